@@ -1,0 +1,39 @@
+# Two entry points for a fresh Debian machine (run as root):
+#   make demo   install what is missing, build, start the demo proxy
+#   make test   install what is missing, build, run every test
+SHELL := /bin/bash
+SWIFT ?= swift
+# Build and run-time needs, plus the real clients and servers the tests drive.
+APT_PACKAGES := pkg-config libbpf-dev libelf-dev bpftool iproute2 curl wrk
+BENCH_PACKAGES := haproxy nginx-light iperf3
+SLUICE := .build/debug/sluice
+
+.PHONY: setup build demo test bench-setup clean
+
+setup:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@if ! mountpoint -q /sys/fs/bpf; then \
+		mount -t bpf bpf /sys/fs/bpf 2>/dev/null && echo "mounted bpffs at /sys/fs/bpf" \
+		|| echo "note: could not mount bpffs at /sys/fs/bpf (BPF features need root)"; \
+	fi
+
+build: setup
+	$(SWIFT) build
+
+demo: build
+	$(SLUICE) demo
+
+test: setup
+	$(SWIFT) build
+	$(SWIFT) test
+
+bench-setup: setup
+	@missing=$$(for p in $(BENCH_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+
+clean:
+	rm -rf .build

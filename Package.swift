@@ -1,0 +1,61 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "Sluice",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "sluice", targets: ["sluice"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+    ],
+    targets: [
+        // Structs and constants shared with the BPF programs, and C shims for
+        // what Swift cannot call directly (variadic syscalls, _GNU_SOURCE calls).
+        .target(name: "CSluice"),
+        .systemLibrary(name: "CLibbpf", pkgConfig: "libbpf", providers: [.apt(["libbpf-dev"])]),
+        .target(
+            name: "SluiceCore",
+            dependencies: [.product(name: "Yams", package: "Yams")]
+        ),
+        .target(name: "SluicePosix", dependencies: ["CSluice"]),
+        .target(
+            name: "SluiceBPF",
+            dependencies: ["CSluice", "CLibbpf", "SluicePosix"],
+            plugins: ["BPFObjectPlugin"]
+        ),
+        .target(
+            name: "SluiceServer",
+            dependencies: [
+                "SluiceCore", "SluicePosix", "SluiceBPF", "CSluice",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Atomics", package: "swift-atomics"),
+            ]
+        ),
+        .executableTarget(
+            name: "sluice",
+            dependencies: [
+                "SluiceServer", "SluiceCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // Compiles bpf/*.bpf.c with the toolchain's clang and embeds the objects.
+        .plugin(name: "BPFObjectPlugin", capability: .buildTool()),
+
+        .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore"]),
+        .testTarget(name: "SluiceBPFTests", dependencies: ["SluiceBPF", "SluicePosix", "CSluice"]),
+        .testTarget(
+            name: "SluiceServerTests",
+            dependencies: ["SluiceServer", "SluicePosix", "SluiceCore", "CSluice"]
+        ),
+        .testTarget(
+            name: "SluiceEndToEndTests",
+            dependencies: ["sluice", "SluicePosix", "CSluice"]
+        ),
+    ]
+)

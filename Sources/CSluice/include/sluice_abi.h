@@ -1,0 +1,39 @@
+/* The one definition of everything shared between the BPF programs and the
+ * daemon. Included by the bpf/ sources and, through the CSluice module, by Swift.
+ * Every field is __u64: the mmap stride of an array map is 8 bytes. */
+#ifndef SLUICE_ABI_H
+#define SLUICE_ABI_H
+
+#include <linux/types.h>
+
+/* Bumped whenever a map layout below changes; part of the pin path and
+ * stored in the `abi` map so a stale pin from another version is refused. */
+#define SLUICE_ABI_VERSION 1
+
+#define SLUICE_MAX_WORKERS 64
+
+/* Bits of sluice_worker.flags. */
+#define SLUICE_WORKER_DRAINING (1ULL << 0)
+
+/* One entry per worker in the mmap-able `worker_load` array. */
+struct sluice_worker {
+    __u64 active;       /* open connections: +1 by select_worker on SYN, -1 by the worker on close */
+    __u64 accepted;     /* connections steered here, total */
+    __u64 heartbeat_ns; /* CLOCK_MONOTONIC at the worker's last loop turn */
+    __u64 busy_ns;      /* time spent handling events, total */
+    __u64 flags;        /* SLUICE_WORKER_* */
+    __u64 bytes_in;
+    __u64 bytes_out;
+};
+
+/* Steering outcomes, one slot each in the per-CPU `steer_stats` array. */
+enum sluice_steer_stat {
+    SLUICE_STEER_SELECTED = 0,   /* placed on the least-loaded live worker */
+    SLUICE_STEER_FALLBACK = 1,   /* bpf_sk_select_reuseport failed: kernel hash */
+    SLUICE_STEER_ALL_STALLED = 2,/* no live worker: kernel hash */
+    SLUICE_STEER_STALL_SKIP = 3, /* a stalled or draining worker was passed over */
+    SLUICE_STEER_NOT_SYN = 4,    /* stray ACK or cookie ACK: not counted as a connection */
+    SLUICE_STEER_NSTATS = 5,
+};
+
+#endif

@@ -1,0 +1,54 @@
+#ifndef SLUICE_SHIMS_H
+#define SLUICE_SHIMS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <sys/timerfd.h>
+#include <sys/ioctl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <signal.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <errno.h>
+#include <pthread.h>
+#include "sluice_abi.h"
+
+/* Calls that need _GNU_SOURCE or are variadic, declared here so Swift sees them. */
+int sluice_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
+ssize_t sluice_splice(int fd_in, int fd_out, size_t len, unsigned int flags);
+int sluice_pipe2(int fds[2], int flags);
+int sluice_pipe_set_size(int fd, int size);
+int sluice_set_thread_name(const char *name);
+int sluice_fcntl_setfl(int fd, int flags);
+int sluice_fcntl_getfl(int fd);
+int sluice_ioctl_int(int fd, unsigned long request, int *value);
+int sluice_errno(void);
+
+/* Signal-set helpers: sigset macros do not import. */
+int sluice_block_signals(const int *signals, int count, sigset_t *out);
+int sluice_signalfd(const int *signals, int count);
+void sluice_ignore_sigpipe(void);
+
+/* Constants that import badly (enum-typed or macro expressions). */
+static const uint32_t SLUICE_EPOLLIN = EPOLLIN;
+static const uint32_t SLUICE_EPOLLOUT = EPOLLOUT;
+static const uint32_t SLUICE_EPOLLERR = EPOLLERR;
+static const uint32_t SLUICE_EPOLLHUP = EPOLLHUP;
+static const uint32_t SLUICE_EPOLLRDHUP = EPOLLRDHUP;
+static const uint32_t SLUICE_EPOLLONESHOT = EPOLLONESHOT;
+static const uint32_t SLUICE_EPOLLEXCLUSIVE = EPOLLEXCLUSIVE;
+static const unsigned int SLUICE_SPLICE_F_MOVE = 1;
+static const unsigned int SLUICE_SPLICE_F_NONBLOCK = 2;
+static const int SLUICE_SOCK_NONBLOCK = SOCK_NONBLOCK;
+static const int SLUICE_SOCK_CLOEXEC = SOCK_CLOEXEC;
+static const int SLUICE_SOCK_STREAM = SOCK_STREAM;
+static const unsigned long SLUICE_SIOCOUTQ = 0x5411; /* TIOCOUTQ */
+
+#endif

@@ -1,0 +1,169 @@
+import CLibbpf
+import CSluice
+import Glibc
+import SluicePosix
+
+/// A failure while opening, checking or loading the embedded BPF object.
+public struct BPFError: Error, Sendable, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// The BPF programs and maps Sluice expects in its object; checked after
+/// open so a mismatched build fails loudly instead of at attach time.
+public enum SluiceBPFLayout {
+    public static let programs = ["select_worker"]
+    public static let maps = ["worker_load", "worker_socks", "steer_stats", "abi"]
+    public static let abiVersion = UInt64(SLUICE_ABI_VERSION)
+}
+
+/// The object compiled from bpf/sluice.bpf.c at build time.
+public var embeddedSluiceObject: [UInt8] { decodeBase64(bpfObject_sluice) }
+
+/// One opened (and, after `load()`, loaded) libbpf object. Owns every kernel
+/// object it creates: `close()` releases all of them.
+public final class BPFObject {
+    private var object: OpaquePointer?
+    private let image: UnsafeMutableRawBufferPointer
+    public private(set) var isLoaded = false
+
+    /// Opens the object (no kernel objects yet) and checks its layout.
+    public init(bytes: [UInt8], name: String = "sluice") throws(BPFError) {
+        image = .allocate(byteCount: bytes.count, alignment: 8)
+        image.copyBytes(from: bytes)
+        var opts = bpf_object_open_opts()
+        opts.sz = MemoryLayout<bpf_object_open_opts>.stride
+        let opened: OpaquePointer? = name.withCString { cname in
+            opts.object_name = cname
+            return bpf_object__open_mem(image.baseAddress, image.count, &opts)
+        }
+        guard let opened, libbpf_get_error(UnsafeRawPointer(opened)) == 0 else {
+            image.deallocate()
+            throw BPFError("opening the BPF object failed: \(errnoDescription(Glibc.errno))")
+        }
+        object = opened
+        do throws(BPFError) {
+            try checkLayout()
+        } catch {
+            close()
+            throw error
+        }
+    }
+
+    deinit { close() }
+
+    public var programNames: [String] {
+        var names: [String] = []
+        var prog = bpf_object__next_program(object, nil)
+        while let p = prog {
+            names.append(String(cString: bpf_program__name(p)))
+            prog = bpf_object__next_program(object, p)
+        }
+        return names
+    }
+
+    public var mapNames: [String] {
+        var names: [String] = []
+        var map = bpf_object__next_map(object, nil)
+        while let m = map {
+            names.append(String(cString: bpf_map__name(m)))
+            map = bpf_object__next_map(object, m)
+        }
+        return names
+    }
+
+    private func checkLayout() throws(BPFError) {
+        let programs = Set(programNames)
+        let maps = Set(mapNames)
+        let missing = SluiceBPFLayout.programs.filter { !programs.contains($0) }.map { "program \($0)" }
+            + SluiceBPFLayout.maps.filter { !maps.contains($0) }.map { "map \($0)" }
+        if !missing.isEmpty {
+            throw BPFError("the BPF object lacks \(missing.joined(separator: ", ")): it was built from other sources")
+        }
+    }
+
+    /// Verifies and loads every program and creates every map.
+    public func load() throws(BPFError) {
+        let rc = bpf_object__load(object)
+        if rc != 0 {
+            throw BPFError("loading the BPF object failed: \(errnoDescription(-rc)) (needs root or CAP_BPF)")
+        }
+        isLoaded = true
+        var key: UInt32 = 0
+        var version = SluiceBPFLayout.abiVersion
+        let abiFD = try mapFD("abi")
+        if bpf_map_update_elem(abiFD, &key, &version, 0) != 0 {
+            throw BPFError("writing the ABI version failed: \(errnoDescription(Glibc.errno))")
+        }
+    }
+
+    public func programFD(_ name: String) throws(BPFError) -> Int32 {
+        guard let prog = bpf_object__find_program_by_name(object, name) else {
+            throw BPFError("no BPF program \(name)")
+        }
+        let fd = bpf_program__fd(prog)
+        guard fd >= 0 else { throw BPFError("BPF program \(name) is not loaded") }
+        return fd
+    }
+
+    public func mapFD(_ name: String) throws(BPFError) -> Int32 {
+        guard let map = bpf_object__find_map_by_name(object, name) else {
+            throw BPFError("no BPF map \(name)")
+        }
+        let fd = bpf_map__fd(map)
+        guard fd >= 0 else { throw BPFError("BPF map \(name) is not created") }
+        return fd
+    }
+
+    /// The kernel's id of a loaded program (stable across fds; what bpftool shows).
+    public func programID(_ name: String) throws(BPFError) -> UInt32 {
+        var info = bpf_prog_info()
+        var length = UInt32(MemoryLayout<bpf_prog_info>.size)
+        let fd = try programFD(name)
+        guard bpf_obj_get_info_by_fd(fd, &info, &length) == 0 else {
+            throw BPFError("bpf_obj_get_info_by_fd: \(errnoDescription(Glibc.errno))")
+        }
+        return info.id
+    }
+
+    /// Releases every program, map and fd of the object.
+    public func close() {
+        guard let object else { return }
+        bpf_object__close(object)
+        self.object = nil
+        image.deallocate()
+        isLoaded = false
+    }
+}
+
+/// Whether a program with this kernel id still exists.
+public func bpfProgramExists(id: UInt32) -> Bool {
+    let fd = bpf_prog_get_fd_by_id(id)
+    if fd >= 0 {
+        closeDescriptor(fd)
+        return true
+    }
+    return Glibc.errno != ENOENT
+}
+
+func decodeBase64(_ text: String) -> [UInt8] {
+    var table = [UInt8](repeating: 0xFF, count: 256)
+    for (i, c) in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8.enumerated() {
+        table[Int(c)] = UInt8(i)
+    }
+    var out: [UInt8] = []
+    out.reserveCapacity(text.utf8.count * 3 / 4)
+    var accumulator: UInt32 = 0
+    var bits = 0
+    for c in text.utf8 {
+        let v = table[Int(c)]
+        if v == 0xFF { continue } // padding
+        accumulator = (accumulator << 6) | UInt32(v)
+        bits += 6
+        if bits >= 8 {
+            bits -= 8
+            out.append(UInt8((accumulator >> UInt32(bits)) & 0xFF))
+        }
+    }
+    return out
+}

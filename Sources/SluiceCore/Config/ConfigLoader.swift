@@ -1,0 +1,131 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Yams
+
+/// Reads, decodes and validates a Sluice YAML configuration.
+public enum ConfigLoader {
+    /// Number of CPUs online (sysconf(_SC_NPROCESSORS_ONLN)), at least 1.
+    public static var onlineCPUCount: Int {
+        let count = sysconf(Int32(_SC_NPROCESSORS_ONLN))
+        return count > 0 ? count : 1
+    }
+
+    /// Decodes `yaml`; `file` is used only in error messages.
+    /// Throws every problem found, sorted by position.
+    public static func parse(
+        yaml: String, file: String, onlineCPUs: Int = ConfigLoader.onlineCPUCount
+    ) throws(ConfigErrors) -> LoadedConfig {
+        try parse(yaml: yaml, file: file, onlineCPUs: onlineCPUs, features: .current)
+    }
+
+    /// `parse` against a chosen feature set (tests use this to check that
+    /// flipping a `FeatureAvailability` flag behaves).
+    static func parse(
+        yaml: String, file: String, onlineCPUs: Int, features: FeatureAvailability
+    ) throws(ConfigErrors) -> LoadedConfig {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: yaml)
+        } catch {
+            throw ConfigErrors([syntaxError(error, yaml: yaml, file: file)])
+        }
+        guard let root else {
+            throw ConfigErrors([ConfigError(
+                file: file, path: "",
+                message: "the configuration is empty; expected a mapping with at least \"listeners\" and \"pools\""
+            )])
+        }
+        var decoder = ConfigDecoder(file: file, features: features, onlineCPUs: onlineCPUs)
+        let config = decoder.decodeDocument(root)
+        guard let config, decoder.errors.isEmpty else {
+            throw ConfigErrors(sortedByPosition(decoder.errors))
+        }
+        return LoadedConfig(config: config, notices: decoder.notices)
+    }
+
+    /// Reads the file at `path` and decodes it.
+    public static func load(path: String) throws(ConfigErrors) -> LoadedConfig {
+        let bytes: [UInt8]
+        switch readFile(path) {
+        case .success(let contents):
+            bytes = contents
+        case .failure(let failure):
+            let reason = String(cString: strerror(failure.code))
+            throw ConfigErrors([ConfigError(file: path, path: "", message: "cannot read the configuration file: \(reason)")])
+        }
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw ConfigErrors([ConfigError(file: path, path: "", message: "the configuration file is not valid UTF-8")])
+        }
+        return try parse(yaml: text, file: path)
+    }
+
+    // MARK: - Helpers
+
+    static func sortedByPosition(_ errors: [ConfigError]) -> [ConfigError] {
+        errors.enumerated().sorted { a, b in
+            let ka = (a.element.line ?? 0, a.element.column ?? 0, a.offset)
+            let kb = (b.element.line ?? 0, b.element.column ?? 0, b.offset)
+            return ka < kb
+        }.map(\.element)
+    }
+
+    static func syntaxError(_ error: any Error, yaml: String, file: String) -> ConfigError {
+        func located(_ problem: String, _ context: YamlError.Context?, _ mark: Mark) -> ConfigError {
+            var message = "invalid YAML: \(problem)"
+            if let context {
+                message += " (\(context.text) at line \(context.mark.line), column \(context.mark.column))"
+            }
+            return ConfigError(file: file, line: mark.line, column: mark.column, path: "", message: message)
+        }
+        guard let yamlError = error as? YamlError else {
+            return ConfigError(file: file, path: "", message: "invalid YAML: \(error)")
+        }
+        switch yamlError {
+        case .scanner(let context, let problem, let mark, _),
+             .parser(let context, let problem, let mark, _),
+             .composer(let context, let problem, let mark, _):
+            return located(problem, context, mark)
+        case .duplicatedKeysInMapping(let duplicates, let context):
+            let keys = duplicates.map(configQuoted).joined(separator: ", ")
+            return ConfigError(
+                file: file, line: context.mark.line, column: context.mark.column, path: "",
+                message: "invalid YAML: duplicate key \(keys) in a mapping"
+            )
+        case .reader(let problem, let offset, _, _):
+            var line: Int? = nil
+            if let offset {
+                line = 1 + yaml.prefix(offset).reduce(0) { $1 == "\n" ? $0 + 1 : $0 }
+            }
+            return ConfigError(file: file, line: line, path: "", message: "invalid YAML: \(problem)")
+        default:
+            return ConfigError(file: file, path: "", message: "invalid YAML: \(yamlError)")
+        }
+    }
+
+    struct ReadFailure: Error {
+        var code: Int32
+    }
+
+    /// The whole contents of a file, or the errno of the failure.
+    static func readFile(_ path: String) -> Result<[UInt8], ReadFailure> {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 { return .failure(ReadFailure(code: errno)) }
+        defer { close(fd) }
+        var contents: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                return .failure(ReadFailure(code: errno))
+            }
+            if count == 0 { return .success(contents) }
+            contents.append(contentsOf: chunk[0..<count])
+        }
+    }
+}

@@ -1,0 +1,207 @@
+// The configuration model for Sluice: plain, immutable-by-convention value
+// types produced by `ConfigLoader` (see ConfigDecoder.swift for the YAML shape).
+// Nothing here depends on Foundation.
+
+/// How accepted connections are spread over the worker threads.
+public enum SteeringMode: String, Sendable, CaseIterable {
+    /// A BPF program picks the worker with the fewest live connections.
+    case leastLoaded = "least_loaded"
+    /// SO_REUSEPORT hashing of the 4-tuple across per-worker sockets.
+    case hash
+    /// One listening socket shared by all workers.
+    case sharedAccept = "shared_accept"
+
+    /// The default the configuration format specifies when `steering` is absent
+    /// (subject to `FeatureAvailability`).
+    public static let specifiedDefault: SteeringMode = .leastLoaded
+}
+
+/// How bytes are moved between the client and backend sockets.
+public enum SpliceMode: String, Sendable, CaseIterable {
+    /// sockmap when the kernel supports it, otherwise splice.
+    case auto
+    /// In-kernel redirection through a BPF sockmap.
+    case sockmap
+    /// splice(2) through a pipe.
+    case splice
+    /// read/write through a user-space buffer.
+    case copy
+
+    /// The default the configuration format specifies when `splice` is absent
+    /// (subject to `FeatureAvailability`).
+    public static let specifiedDefault: SpliceMode = .auto
+}
+
+/// How a pool chooses a backend for a new connection.
+public enum BalancingAlgorithm: String, Sendable, CaseIterable {
+    case roundRobin = "round_robin"
+    case leastConn = "least_conn"
+    case p2c
+    case maglev
+    case random
+}
+
+public enum AccessLogFormat: String, Sendable, CaseIterable {
+    case off, text, json
+}
+
+public enum LogLevelName: String, Sendable, CaseIterable {
+    case trace, debug, info, notice, warning, error, critical
+}
+
+public struct LogConfig: Sendable, Equatable {
+    /// Minimum level of the operational log.
+    public var level: LogLevelName
+    /// Format of the per-connection access log.
+    public var access: AccessLogFormat
+    /// "stderr", "stdout", or an absolute file path.
+    public var file: String
+
+    public init(level: LogLevelName = .info, access: AccessLogFormat = .text, file: String = "stderr") {
+        self.level = level
+        self.access = access
+        self.file = file
+    }
+}
+
+public struct AdminConfig: Sendable, Equatable {
+    /// Absolute path of the admin unix socket.
+    public var socket: String
+    /// Address of the HTTP metrics endpoint; nil when disabled (`metrics: off`).
+    public var metrics: SocketAddressSpec?
+
+    public init(socket: String, metrics: SocketAddressSpec?) {
+        self.socket = socket
+        self.metrics = metrics
+    }
+}
+
+public struct ListenerConfig: Sendable, Equatable {
+    public var name: String
+    public var bind: SocketAddressSpec
+    /// Name of the pool (`PoolConfig.name`) this listener forwards to.
+    public var pool: String
+    public var maxConnections: Int
+    public var connectTimeout: Duration
+    public var idleTimeout: Duration
+
+    public init(
+        name: String,
+        bind: SocketAddressSpec,
+        pool: String,
+        maxConnections: Int = ConfigDefaults.maxConnections,
+        connectTimeout: Duration = ConfigDefaults.connectTimeout,
+        idleTimeout: Duration = ConfigDefaults.idleTimeout
+    ) {
+        self.name = name
+        self.bind = bind
+        self.pool = pool
+        self.maxConnections = maxConnections
+        self.connectTimeout = connectTimeout
+        self.idleTimeout = idleTimeout
+    }
+}
+
+public struct BackendConfig: Sendable, Equatable {
+    public var address: SocketAddressSpec
+    public var weight: Int
+
+    public init(address: SocketAddressSpec, weight: Int = ConfigDefaults.weight) {
+        self.address = address
+        self.weight = weight
+    }
+}
+
+public struct PoolConfig: Sendable, Equatable {
+    public var name: String
+    public var algorithm: BalancingAlgorithm
+    public var retries: Int
+    public var backends: [BackendConfig]
+
+    public init(
+        name: String,
+        algorithm: BalancingAlgorithm = ConfigDefaults.algorithm,
+        retries: Int = ConfigDefaults.retries,
+        backends: [BackendConfig]
+    ) {
+        self.name = name
+        self.algorithm = algorithm
+        self.retries = retries
+        self.backends = backends
+    }
+}
+
+public struct SluiceConfig: Sendable, Equatable {
+    /// Names the bpffs pin directory /sys/fs/bpf/sluice/<instance>.
+    public var instance: String
+    public var workers: Int
+    public var steering: SteeringMode
+    public var splice: SpliceMode
+    public var stallThreshold: Duration
+    public var drainTimeout: Duration
+    public var log: LogConfig
+    /// nil when the admin socket and metrics endpoint are off.
+    public var admin: AdminConfig?
+    public var listeners: [ListenerConfig]
+    public var pools: [PoolConfig]
+
+    public init(
+        instance: String = ConfigDefaults.instance,
+        workers: Int,
+        steering: SteeringMode = FeatureAvailability.current.defaultSteering,
+        splice: SpliceMode = FeatureAvailability.current.defaultSplice,
+        stallThreshold: Duration = ConfigDefaults.stallThreshold,
+        drainTimeout: Duration = ConfigDefaults.drainTimeout,
+        log: LogConfig = LogConfig(),
+        admin: AdminConfig? = nil,
+        listeners: [ListenerConfig],
+        pools: [PoolConfig]
+    ) {
+        self.instance = instance
+        self.workers = workers
+        self.steering = steering
+        self.splice = splice
+        self.stallThreshold = stallThreshold
+        self.drainTimeout = drainTimeout
+        self.log = log
+        self.admin = admin
+        self.listeners = listeners
+        self.pools = pools
+    }
+
+    /// The pool with this name, if any.
+    public func pool(named name: String) -> PoolConfig? {
+        pools.first { $0.name == name }
+    }
+}
+
+/// Default values and limits of the configuration format.
+public enum ConfigDefaults {
+    public static let instance = "default"
+    public static let workersRange: ClosedRange<Int> = 1...64
+    public static let stallThreshold: Duration = .milliseconds(200)
+    public static let drainTimeout: Duration = .seconds(30)
+
+    public static let maxConnections = 100_000
+    public static let maxConnectionsRange: ClosedRange<Int> = 1...10_000_000
+    public static let connectTimeout: Duration = .seconds(2)
+    public static let idleTimeout: Duration = .seconds(300)
+
+    public static let algorithm: BalancingAlgorithm = .leastConn
+    public static let retries = 2
+    public static let retriesRange: ClosedRange<Int> = 0...16
+    public static let weight = 1
+    public static let weightRange: ClosedRange<Int> = 1...1000
+
+    public static let metrics = SocketAddressSpec(host: "127.0.0.1", port: 9901, family: .inet)
+
+    /// The admin socket path used when `admin.socket` is absent.
+    public static func adminSocket(instance: String) -> String {
+        "/run/sluice/\(instance).sock"
+    }
+
+    /// Default worker count for a machine with `onlineCPUs` CPUs online.
+    public static func workers(onlineCPUs: Int) -> Int {
+        min(max(onlineCPUs, workersRange.lowerBound), workersRange.upperBound)
+    }
+}

@@ -1,0 +1,168 @@
+import Glibc
+import Logging
+import SluiceCore
+import SluicePosix
+
+/// Where log lines go: one fd, each line written with a single write(2) so
+/// lines from several workers never interleave and nothing sits in a buffer
+/// when SIGTERM arrives.
+public final class LogSink: @unchecked Sendable {
+    public let fd: Int32
+    private let ownsDescriptor: Bool
+
+    public init(path: String) throws(SystemCallError) {
+        switch path {
+        case "stderr": fd = STDERR_FILENO; ownsDescriptor = false
+        case "stdout": fd = STDOUT_FILENO; ownsDescriptor = false
+        default:
+            fd = try systemCall("open \(path)") { open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640) }
+            ownsDescriptor = true
+        }
+    }
+
+    deinit { if ownsDescriptor { closeDescriptor(fd) } }
+
+    public func write(line: String) {
+        var text = line
+        text.append("\n")
+        text.withUTF8 { bytes in
+            var offset = 0
+            while offset < bytes.count {
+                let n = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+                if n > 0 { offset += n } else if n == -1 && errno == EINTR { continue } else { return }
+            }
+        }
+    }
+}
+
+/// `2026-11-26T23:05:01.123Z info [worker=0] message key=value`
+public struct SluiceLogHandler: LogHandler {
+    public var metadata: Logger.Metadata = [:]
+    public var metadataProvider: Logger.MetadataProvider?
+    public var logLevel: Logger.Level
+    private let sink: LogSink
+    private let label: String
+
+    public init(label: String, sink: LogSink, level: Logger.Level) {
+        self.label = label
+        self.sink = sink
+        self.logLevel = level
+    }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    public func log(event: LogEvent) {
+        var line = wallClockTimestamp()
+        line += " \(event.level)"
+        var merged = metadata
+        if let extra = event.metadata { merged.merge(extra) { _, new in new } }
+        if let worker = merged.removeValue(forKey: "worker") { line += " [worker=\(worker)]" }
+        line += " \(event.message)"
+        for key in merged.keys.sorted() {
+            line += " \(key)=\(merged[key]!)"
+        }
+        sink.write(line: line)
+    }
+}
+
+/// UTC wall-clock time with milliseconds, RFC 3339.
+public func wallClockTimestamp() -> String {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    var seconds = ts.tv_sec
+    var parts = tm()
+    gmtime_r(&seconds, &parts)
+    func pad(_ v: Int32, _ width: Int) -> String {
+        let s = String(v)
+        return String(repeating: "0", count: max(0, width - s.count)) + s
+    }
+    return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T"
+        + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(pad(Int32(ts.tv_nsec / 1_000_000), 3))Z"
+}
+
+extension LogLevelName {
+    public var swiftLogLevel: Logger.Level {
+        switch self {
+        case .trace: .trace
+        case .debug: .debug
+        case .info: .info
+        case .notice: .notice
+        case .warning: .warning
+        case .error: .error
+        case .critical: .critical
+        }
+    }
+}
+
+/// Builds the loggers of one daemon: every logger shares one sink.
+public struct LogFactory: Sendable {
+    public let sink: LogSink
+    public let level: Logger.Level
+
+    public init(sink: LogSink, level: Logger.Level) {
+        self.sink = sink
+        self.level = level
+    }
+
+    public func logger(_ label: String, worker: Int? = nil) -> Logger {
+        var logger = Logger(label: label) { [sink, level] label in
+            SluiceLogHandler(label: label, sink: sink, level: level)
+        }
+        if let worker { logger[metadataKey: "worker"] = "\(worker)" }
+        return logger
+    }
+}
+
+/// One line per finished connection.
+public struct AccessRecord: Sendable {
+    public var worker: Int
+    public var listener: String
+    public var client: String
+    public var backend: String?
+    public var bytesFromClient: UInt64
+    public var bytesToClient: UInt64
+    public var durationMicroseconds: UInt64
+    public var dataPath: String
+    public var closeReason: String
+
+    public func render(_ format: AccessLogFormat) -> String? {
+        let ms = Double(durationMicroseconds) / 1000
+        let duration = (ms * 1000).rounded() / 1000
+        switch format {
+        case .off:
+            return nil
+        case .text:
+            return "\(wallClockTimestamp()) access worker=\(worker) listener=\(listener) client=\(client) backend=\(backend ?? "-") "
+                + "bytes_in=\(bytesFromClient) bytes_out=\(bytesToClient) duration_ms=\(duration) path=\(dataPath) reason=\(closeReason)"
+        case .json:
+            return "{\"time\":\"\(wallClockTimestamp())\",\"worker\":\(worker),\"listener\":\(jsonString(listener)),"
+                + "\"client\":\(jsonString(client)),\"backend\":\(backend.map(jsonString) ?? "null"),"
+                + "\"bytes_in\":\(bytesFromClient),\"bytes_out\":\(bytesToClient),\"duration_ms\":\(duration),"
+                + "\"path\":\(jsonString(dataPath)),\"reason\":\(jsonString(closeReason))}"
+        }
+    }
+}
+
+func jsonString(_ text: String) -> String {
+    var out = "\""
+    for scalar in text.unicodeScalars {
+        switch scalar {
+        case "\"": out += "\\\""
+        case "\\": out += "\\\\"
+        case "\n": out += "\\n"
+        case "\r": out += "\\r"
+        case "\t": out += "\\t"
+        default:
+            if scalar.value < 0x20 {
+                let hex = String(scalar.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+    }
+    return out + "\""
+}

@@ -1,0 +1,605 @@
+import Atomics
+import Glibc
+import Logging
+import SluiceCore
+import SluicePosix
+import Synchronization
+
+/// Messages from the control thread; delivered through a queue plus an eventfd wake-up.
+enum WorkerCommand: Sendable {
+    /// Stop accepting now; close whatever is still open at the deadline.
+    case drain(deadlineMilliseconds: UInt64)
+}
+
+/// What a timer on the worker's wheel stands for.
+enum WorkerTimer {
+    case connect(session: UInt64, attempt: Int)
+    case idle(session: UInt64)
+    case rearmListener(Int)
+    case drainDeadline
+}
+
+/// Shared, immutable settings for every worker of one server.
+struct WorkerSettings: Sendable {
+    var dataPath: DataPathKind
+    var accessLog: AccessLogFormat
+    /// Bytes one direction may move per wake-up before yielding to other sessions.
+    var fairnessBudget = 1 << 20
+    var copyBufferSize = 64 * 1024
+    /// Pipes and buffers kept for reuse; beyond this they are freed.
+    var poolLimit = 64
+    /// Pause accepting on a listener after EMFILE/ENFILE.
+    var acceptBackoffMilliseconds: UInt64 = 100
+}
+
+/// A worker thread: its own epoll instance, its own listening socket per
+/// listener, its own timer wheel and sessions. Nothing here is touched by
+/// another thread except `commands` (locked) and the atomic counters.
+final class Worker: @unchecked Sendable {
+    let id: Int
+    let counters = WorkerCounters()
+    private let epoll: Epoll
+    let wakeup: EventFD
+    private let commands = Mutex<[WorkerCommand]>([])
+    private let settings: WorkerSettings
+    private var logger: Logger
+    private let accessLogger: LogSink?
+
+    private var listenerFDs: [Int32?]
+    private let listeners: [RuntimeListener]
+    private var balancers: [String: Balancer]
+    private var sessions: [UInt64: Session] = [:]
+    private var nextSessionID: UInt64 = 1
+    private var timers: TimerWheel<WorkerTimer>
+    private var draining = false
+    private var pipePool: [Pipe] = []
+    private var bufferPool: [UnsafeMutableRawBufferPointer] = []
+    private var lastAcceptErrorLog: UInt64 = 0
+    private let onExit: @Sendable () -> Void
+
+    private static let wakeupToken: UInt64 = 0
+    private static let listenerKind: UInt64 = 1 << 56
+    private static let sessionKind: UInt64 = 2 << 56
+    private static let kindMask: UInt64 = 0xFF << 56
+
+    init(
+        id: Int, listeners: [RuntimeListener], listenerFDs: [Int32], settings: WorkerSettings,
+        logger: Logger, accessLog: LogSink?, seed: UInt64, onExit: @escaping @Sendable () -> Void
+    ) throws(SystemCallError) {
+        self.id = id
+        self.listeners = listeners
+        self.listenerFDs = listenerFDs
+        self.settings = settings
+        self.logger = logger
+        self.accessLogger = settings.accessLog == .off ? nil : accessLog
+        self.onExit = onExit
+        epoll = try Epoll()
+        wakeup = try EventFD()
+        timers = TimerWheel(tickMilliseconds: 10, slotCount: 512, nowMilliseconds: monotonicMilliseconds())
+        var balancers: [String: Balancer] = [:]
+        for listener in listeners where balancers[listener.pool.name] == nil {
+            let pool = listener.pool
+            balancers[pool.name] = Balancer(
+                algorithm: pool.config.algorithm,
+                backends: pool.config.backends.map { BalancerBackend(weight: $0.weight, key: $0.address.description) },
+                seed: seed &+ UInt64(id) &* 0x9E37_79B9_7F4A_7C15
+            )
+        }
+        self.balancers = balancers
+    }
+
+    deinit {
+        for pipe in pipePool { pipe.close() }
+        for buffer in bufferPool { buffer.deallocate() }
+    }
+
+    // MARK: - Control thread side
+
+    func send(_ command: WorkerCommand) {
+        commands.withLock { $0.append(command) }
+        wakeup.signal()
+    }
+
+    // MARK: - Event loop
+
+    func run() {
+        do {
+            try epoll.add(wakeup.fd, .readable, token: Self.wakeupToken)
+            for (index, fd) in listenerFDs.enumerated() {
+                if let fd { try epoll.add(fd, [.readable, .oneShot], token: Self.listenerKind | UInt64(index)) }
+            }
+        } catch {
+            logger.critical("cannot register with epoll: \(error)")
+            closeListeners()
+            onExit()
+            return
+        }
+        logger.debug("worker started")
+
+        while !(draining && sessions.isEmpty) {
+            let now = monotonicMilliseconds()
+            counters.heartbeatNanoseconds.store(now &* 1_000_000, ordering: .relaxed)
+            var timeout: Int32 = 1000
+            if let next = timers.nextDeadline {
+                timeout = next <= now ? 0 : Int32(min(1000, next - now))
+            }
+            epoll.wait(timeoutMilliseconds: timeout) { token, events in
+                dispatch(token: token, events: events)
+            }
+            for (_, timer) in timers.advance(to: monotonicMilliseconds()) {
+                fire(timer)
+            }
+            processCommands()
+        }
+        closeListeners()
+        logger.debug("worker stopped", metadata: [
+            "accepted": "\(counters.accepted.load(ordering: .relaxed))",
+            "bytes_in": "\(counters.bytesIn.load(ordering: .relaxed))",
+            "bytes_out": "\(counters.bytesOut.load(ordering: .relaxed))",
+        ])
+        onExit()
+    }
+
+    private func dispatch(token: UInt64, events: EpollEvents) {
+        switch token & Self.kindMask {
+        case Self.sessionKind:
+            let value = token & ~Self.kindMask
+            guard let session = sessions[value >> 1] else { return } // closed earlier in this batch
+            let side: Side = (value & 1) == 0 ? .client : .backend
+            if side == .client { session.clientArmed = nil } else { session.backendArmed = nil }
+            handle(session, side: side, events: events)
+        case Self.listenerKind:
+            acceptConnections(listenerIndex: Int(token & ~Self.kindMask))
+        default:
+            wakeup.drain()
+        }
+    }
+
+    private func processCommands() {
+        let pending = commands.withLock { queue -> [WorkerCommand] in
+            defer { queue.removeAll() }
+            return queue
+        }
+        for command in pending {
+            switch command {
+            case .drain(let deadline):
+                guard !draining else { continue }
+                draining = true
+                closeListeners()
+                _ = timers.schedule(at: deadline, .drainDeadline)
+                logger.info("draining", metadata: ["open": "\(sessions.count)"])
+            }
+        }
+    }
+
+    private func fire(_ timer: WorkerTimer) {
+        switch timer {
+        case .connect(let id, let attempt):
+            guard let session = sessions[id], session.phase == .connecting, session.triedBackends.count == attempt else { return }
+            session.connectTimer = nil
+            logger.warning("connect timed out", metadata: ["backend": "\(session.backendDescription ?? "-")"])
+            abandonBackendAttempt(session)
+            connectNextBackend(session)
+        case .idle(let id):
+            guard let session = sessions[id] else { return }
+            session.idleTimer = nil
+            let idle = session.listener.config.idleTimeout.milliseconds
+            let now = monotonicMilliseconds()
+            if now &- session.lastActivityMilliseconds >= idle {
+                close(session, reason: .idleTimeout)
+            } else {
+                session.idleTimer = timers.schedule(at: session.lastActivityMilliseconds + idle, .idle(session: id))
+            }
+        case .rearmListener(let index):
+            if let fd = listenerFDs[index] {
+                try? epoll.modify(fd, [.readable, .oneShot], token: Self.listenerKind | UInt64(index))
+            }
+        case .drainDeadline:
+            if !sessions.isEmpty {
+                logger.warning("drain deadline reached; closing open connections", metadata: ["open": "\(sessions.count)"])
+            }
+            for session in Array(sessions.values) { close(session, reason: .drainTimeout) }
+        }
+    }
+
+    private func closeListeners() {
+        for (index, fd) in listenerFDs.enumerated() {
+            if let fd {
+                epoll.remove(fd)
+                closeDescriptor(fd)
+                listenerFDs[index] = nil
+            }
+        }
+    }
+
+    // MARK: - Accepting
+
+    private func acceptConnections(listenerIndex: Int) {
+        guard let fd = listenerFDs[listenerIndex] else { return }
+        let listener = listeners[listenerIndex]
+        while true {
+            let result: IOResult<(Int32, SocketAddress)>
+            do {
+                result = try Socket.accept(fd)
+            } catch {
+                switch error.errno {
+                case EMFILE, ENFILE, ENOBUFS, ENOMEM:
+                    // Out of fds or memory: stop accepting for a moment instead
+                    // of spinning on a listener that stays readable.
+                    counters.acceptBackoffs.wrappingIncrement(ordering: .relaxed)
+                    let now = monotonicMilliseconds()
+                    if now &- lastAcceptErrorLog > 1000 {
+                        lastAcceptErrorLog = now
+                        logger.error("accept failed, pausing this listener", metadata: [
+                            "listener": "\(listener.name)", "error": "\(error)",
+                            "pause_ms": "\(settings.acceptBackoffMilliseconds)",
+                        ])
+                    }
+                    _ = timers.schedule(at: now + settings.acceptBackoffMilliseconds, .rearmListener(listenerIndex))
+                    return
+                default:
+                    // ECONNABORTED and friends concern one connection only.
+                    continue
+                }
+            }
+            guard case .done(let (clientFD, clientAddress)) = result else { break }
+            listener.accepted.wrappingIncrement(ordering: .relaxed)
+            if listener.active.loadThenWrappingIncrement(ordering: .relaxed) >= listener.config.maxConnections {
+                listener.active.wrappingDecrement(ordering: .relaxed)
+                listener.rejectedOverLimit.wrappingIncrement(ordering: .relaxed)
+                Socket.closeWithReset(clientFD)
+                continue
+            }
+            counters.accepted.wrappingIncrement(ordering: .relaxed)
+            counters.active.wrappingIncrement(ordering: .relaxed)
+            Socket.setNoDelay(clientFD)
+            let session = Session(
+                id: nextSessionID, listener: listener, client: clientFD,
+                clientAddress: clientAddress, now: monotonicMilliseconds()
+            )
+            nextSessionID += 1
+            sessions[session.id] = session
+            connectNextBackend(session)
+        }
+        try? epoll.modify(fd, [.readable, .oneShot], token: Self.listenerKind | UInt64(listenerIndex))
+    }
+
+    // MARK: - Connecting
+
+    private func token(_ session: Session, _ side: Side) -> UInt64 {
+        Self.sessionKind | (session.id << 1) | side.rawValue
+    }
+
+    /// Tries the next backend the pool's algorithm picks, up to 1 + retries
+    /// attempts; closes the client when none is left.
+    private func connectNextBackend(_ session: Session) {
+        let pool = session.listener.pool
+        let maxAttempts = 1 + pool.config.retries
+        while session.triedBackends.count < maxAttempts {
+            let tried = session.triedBackends
+            guard let index = balancers[pool.name]!.pick(
+                clientKey: session.clientKey,
+                active: { pool.active[$0].load(ordering: .relaxed) },
+                eligible: { !tried.contains($0) }
+            ) else { break }
+            session.triedBackends.append(index)
+            session.backendIndex = index
+            let address = pool.addresses[index]
+            let fd: Int32
+            do {
+                fd = try Socket.tcp(family: address.family)
+            } catch {
+                logger.error("cannot create a backend socket", metadata: ["error": "\(error)"])
+                close(session, reason: .resourceExhausted)
+                return
+            }
+            session.backend = fd
+            do {
+                switch try Socket.connect(fd, to: address) {
+                case .connected:
+                    backendConnected(session)
+                    return
+                case .inProgress:
+                    try epoll.add(fd, [.writable, .oneShot], token: token(session, .backend))
+                    session.backendArmed = [.writable]
+                    session.connectTimer = timers.schedule(
+                        at: monotonicMilliseconds() + session.listener.config.connectTimeout.milliseconds,
+                        .connect(session: session.id, attempt: session.triedBackends.count)
+                    )
+                    return
+                }
+            } catch {
+                logger.warning("backend connect failed", metadata: ["backend": "\(address)", "error": "\(error)"])
+                abandonBackendAttempt(session)
+            }
+        }
+        let reason: CloseReason = session.triedBackends.isEmpty ? .noBackend : .connectFailed
+        counters.noBackend.wrappingIncrement(ordering: .relaxed)
+        logger.warning("no backend reachable; closing the client", metadata: [
+            "listener": "\(session.listener.name)", "client": "\(session.clientAddress)",
+            "tried": "\(session.triedBackends.map { pool.addresses[$0].description })",
+        ])
+        close(session, reason: reason)
+    }
+
+    /// Drops the current backend socket after a failed attempt.
+    private func abandonBackendAttempt(_ session: Session) {
+        if let index = session.backendIndex {
+            session.listener.pool.connectFailures[index].wrappingIncrement(ordering: .relaxed)
+        }
+        counters.connectFailures.wrappingIncrement(ordering: .relaxed)
+        if let timer = session.connectTimer {
+            _ = timers.cancel(timer)
+            session.connectTimer = nil
+        }
+        if session.backend >= 0 {
+            closeDescriptor(session.backend) // also leaves the epoll set
+            session.backend = -1
+        }
+        session.backendArmed = nil
+        session.backendIndex = nil
+    }
+
+    private func backendConnected(_ session: Session) {
+        if let timer = session.connectTimer {
+            _ = timers.cancel(timer)
+            session.connectTimer = nil
+        }
+        session.phase = .proxying
+        Socket.setNoDelay(session.backend)
+        session.listener.pool.active[session.backendIndex!].wrappingIncrement(ordering: .relaxed)
+        let now = monotonicMilliseconds()
+        session.lastActivityMilliseconds = now
+        session.idleTimer = timers.schedule(
+            at: now + session.listener.config.idleTimeout.milliseconds, .idle(session: session.id)
+        )
+        // Bytes the client sent while we connected are already waiting.
+        pumpAndRearm(session, upstream: true, downstream: false)
+    }
+
+    // MARK: - Moving bytes
+
+    private func handle(_ session: Session, side: Side, events: EpollEvents) {
+        if session.phase == .connecting {
+            guard side == .backend else { return }
+            let error = Socket.pendingError(session.backend)
+            if error == 0 {
+                backendConnected(session)
+            } else {
+                logger.warning("backend connect failed", metadata: [
+                    "backend": "\(session.backendDescription ?? "-")", "error": "\(errnoDescription(error))",
+                ])
+                abandonBackendAttempt(session)
+                connectNextBackend(session)
+            }
+            return
+        }
+        let trouble = !events.isDisjoint(with: [.error, .hangup])
+        let readable = trouble || !events.isDisjoint(with: [.readable, .readHangup])
+        let writable = trouble || events.contains(.writable)
+        // A readable client or writable backend moves bytes upstream; the reverse downstream.
+        let up = side == .client ? readable : writable
+        let down = side == .client ? writable : readable
+        pumpAndRearm(session, upstream: up, downstream: down)
+    }
+
+    private func pumpAndRearm(_ session: Session, upstream: Bool, downstream: Bool) {
+        do {
+            if upstream {
+                try pump(&session.upstream, from: session.client, to: session.backend,
+                         sourceSide: .client, session: session)
+            }
+            if downstream {
+                try pump(&session.downstream, from: session.backend, to: session.client,
+                         sourceSide: .backend, session: session)
+            }
+        } catch {
+            let reason: CloseReason = error.side == .client ? .clientReset : .backendReset
+            if error.error.errno != ECONNRESET && error.error.errno != EPIPE {
+                logger.debug("connection error", metadata: ["error": "\(error.error)"])
+            }
+            close(session, reason: reason, resetPeer: true)
+            return
+        }
+        if session.upstream.finished && session.downstream.finished {
+            close(session, reason: session.firstEOF == .backend ? .backendClosed : .clientClosed)
+            return
+        }
+        rearm(session)
+    }
+
+    /// Moves bytes one way until the source has none, the destination is
+    /// full, or this direction's fairness budget is spent.
+    private func pump(_ direction: inout Direction, from source: Int32, to destination: Int32,
+                      sourceSide: Side, session: Session) throws(SideFailure) {
+        let destinationSide: Side = sourceSide == .client ? .backend : .client
+        var budget = settings.fairnessBudget
+        var moved = 0
+        direction.destinationBlocked = false
+        defer {
+            if moved > 0 {
+                session.lastActivityMilliseconds = monotonicMilliseconds()
+                if sourceSide == .client {
+                    counters.bytesIn.wrappingIncrement(by: UInt64(moved), ordering: .relaxed)
+                } else {
+                    counters.bytesOut.wrappingIncrement(by: UInt64(moved), ordering: .relaxed)
+                }
+            }
+        }
+        while budget > 0 {
+            if direction.pending > 0 {
+                let result: IOResult<Int>
+                do {
+                    result = try writeOut(&direction, to: destination)
+                } catch {
+                    throw SideFailure(side: destinationSide, error: error)
+                }
+                switch result {
+                case .wouldBlock:
+                    direction.destinationBlocked = true
+                    return
+                case .done(let n):
+                    direction.pending -= n
+                    direction.bytes += UInt64(n)
+                    moved += n
+                    budget -= n
+                    continue
+                }
+            }
+            releaseCarrier(&direction)
+            if direction.sourceEOF {
+                if !direction.shutdownSent {
+                    Socket.shutdownWrite(destination)
+                    direction.shutdownSent = true
+                }
+                return
+            }
+            let result: Socket.ReadOutcome
+            do {
+                result = try readIn(&direction, from: source)
+            } catch {
+                releaseCarrier(&direction)
+                throw SideFailure(side: sourceSide, error: error)
+            }
+            switch result {
+            case .wouldBlock:
+                releaseCarrier(&direction)
+                return
+            case .endOfFile:
+                direction.sourceEOF = true
+                if session.firstEOF == nil { session.firstEOF = sourceSide }
+            case .bytes(let n):
+                direction.pending = n
+            }
+        }
+    }
+
+    private func readIn(_ direction: inout Direction, from source: Int32) throws(SystemCallError) -> Socket.ReadOutcome {
+        switch settings.dataPath {
+        case .copy:
+            if direction.buffer == nil { direction.buffer = takeBuffer() }
+            direction.bufferStart = 0
+            return try Socket.read(source, into: direction.buffer!)
+        case .splice:
+            if direction.pipe == nil { direction.pipe = try takePipe() }
+            switch try Socket.splice(from: source, to: direction.pipe!.writeEnd, maxBytes: 1 << 20) {
+            case .wouldBlock: return .wouldBlock
+            case .done(0): return .endOfFile
+            case .done(let n): return .bytes(n)
+            }
+        }
+    }
+
+    private func writeOut(_ direction: inout Direction, to destination: Int32) throws(SystemCallError) -> IOResult<Int> {
+        switch settings.dataPath {
+        case .copy:
+            let buffer = direction.buffer!
+            let chunk = UnsafeRawBufferPointer(rebasing: buffer[direction.bufferStart..<(direction.bufferStart + direction.pending)])
+            let result = try Socket.write(destination, from: chunk)
+            if case .done(let n) = result { direction.bufferStart += n }
+            return result
+        case .splice:
+            return try Socket.splice(from: direction.pipe!.readEnd, to: destination, maxBytes: direction.pending)
+        }
+    }
+
+    /// Returns an empty direction's buffer or pipe to the worker's pool.
+    private func releaseCarrier(_ direction: inout Direction) {
+        precondition(direction.pending == 0, "releasing a carrier that still holds bytes")
+        if let buffer = direction.buffer {
+            direction.buffer = nil
+            if bufferPool.count < settings.poolLimit { bufferPool.append(buffer) } else { buffer.deallocate() }
+        }
+        if let pipe = direction.pipe {
+            direction.pipe = nil
+            if pipePool.count < settings.poolLimit { pipePool.append(pipe) } else { pipe.close() }
+        }
+    }
+
+    /// Frees a carrier whose bytes will never be delivered (connection torn down).
+    private func discardCarrier(_ direction: inout Direction) {
+        if let buffer = direction.buffer {
+            direction.buffer = nil
+            if bufferPool.count < settings.poolLimit { bufferPool.append(buffer) } else { buffer.deallocate() }
+        }
+        if let pipe = direction.pipe {
+            direction.pipe = nil
+            pipe.close() // may hold bytes: never reuse
+        }
+        direction.pending = 0
+    }
+
+    private func takeBuffer() -> UnsafeMutableRawBufferPointer {
+        bufferPool.popLast() ?? .allocate(byteCount: settings.copyBufferSize, alignment: 64)
+    }
+
+    private func takePipe() throws(SystemCallError) -> Pipe {
+        if let pipe = pipePool.popLast() { return pipe }
+        return try Pipe.make()
+    }
+
+    /// Arms each socket for what its session now waits on. The socket whose
+    /// event was just handled is disarmed (oneshot) and is re-armed only if
+    /// it has something to wait for; the other is changed only if needed.
+    private func rearm(_ session: Session) {
+        var clientInterest: EpollEvents = []
+        if session.upstream.wantsRead { clientInterest.insert(.readable) }
+        if session.downstream.wantsWrite { clientInterest.insert(.writable) }
+        var backendInterest: EpollEvents = []
+        if session.downstream.wantsRead { backendInterest.insert(.readable) }
+        if session.upstream.wantsWrite { backendInterest.insert(.writable) }
+        do {
+            if !clientInterest.isEmpty && session.clientArmed != clientInterest {
+                if session.clientAdded {
+                    try epoll.modify(session.client, clientInterest.union(.oneShot), token: token(session, .client))
+                } else {
+                    try epoll.add(session.client, clientInterest.union(.oneShot), token: token(session, .client))
+                    session.clientAdded = true
+                }
+                session.clientArmed = clientInterest
+            }
+            if !backendInterest.isEmpty && session.backendArmed != backendInterest {
+                try epoll.modify(session.backend, backendInterest.union(.oneShot), token: token(session, .backend))
+                session.backendArmed = backendInterest
+            }
+        } catch {
+            logger.error("epoll re-arm failed", metadata: ["error": "\(error)"])
+            close(session, reason: .internalError)
+            return
+        }
+        // Neither side armed while both directions still run would stall the
+        // session forever; it cannot happen (one side always reads or writes),
+        // and the idle timer would end it if it did.
+    }
+
+    // MARK: - Closing
+
+    private func close(_ session: Session, reason: CloseReason, resetPeer: Bool = false) {
+        guard sessions.removeValue(forKey: session.id) != nil else { return }
+        if let timer = session.connectTimer { _ = timers.cancel(timer) }
+        if let timer = session.idleTimer { _ = timers.cancel(timer) }
+        discardCarrier(&session.upstream)
+        discardCarrier(&session.downstream)
+        if session.backend >= 0 {
+            if resetPeer && reason == .clientReset { Socket.closeWithReset(session.backend) } else { closeDescriptor(session.backend) }
+        }
+        if resetPeer && reason == .backendReset { Socket.closeWithReset(session.client) } else { closeDescriptor(session.client) }
+        if session.phase == .proxying, let index = session.backendIndex {
+            session.listener.pool.active[index].wrappingDecrement(ordering: .relaxed)
+        }
+        session.listener.active.wrappingDecrement(ordering: .relaxed)
+        counters.active.wrappingDecrement(ordering: .relaxed)
+        counters.closed.wrappingIncrement(ordering: .relaxed)
+
+        if let accessLogger {
+            let record = AccessRecord(
+                worker: id, listener: session.listener.name, client: session.clientAddress.description,
+                backend: session.backendDescription, bytesFromClient: session.upstream.bytes,
+                bytesToClient: session.downstream.bytes,
+                durationMicroseconds: (monotonicNanoseconds() &- session.startedNanoseconds) / 1000,
+                dataPath: settings.dataPath.rawValue, closeReason: reason.rawValue
+            )
+            if let line = record.render(settings.accessLog) { accessLogger.write(line: line) }
+        }
+    }
+}

@@ -1,0 +1,62 @@
+import Testing
+@testable import SluiceCore
+
+/// A small valid configuration; tests splice their variations into it.
+let minimalConfigYAML = """
+    listeners:
+      - { name: web, bind: "0.0.0.0:8080", pool: web }
+    pools:
+      - name: web
+        backends:
+          - { address: "127.0.0.1:9001" }
+    """
+
+/// Decodes `yaml`, recording a test issue (and rethrowing) if it fails.
+func decodeConfig(
+    _ yaml: String, cpus: Int = 8, features: FeatureAvailability = .current,
+    sourceLocation: SourceLocation = #_sourceLocation
+) throws -> LoadedConfig {
+    do {
+        return try ConfigLoader.parse(yaml: yaml, file: "test.yaml", onlineCPUs: cpus, features: features)
+    } catch {
+        Issue.record("unexpected config errors:\n\(error)", sourceLocation: sourceLocation)
+        throw error
+    }
+}
+
+/// The errors `yaml` produces; records an issue when it decodes fine.
+func configErrors(
+    _ yaml: String, cpus: Int = 8, features: FeatureAvailability = .current,
+    sourceLocation: SourceLocation = #_sourceLocation
+) -> [ConfigError] {
+    do {
+        let loaded = try ConfigLoader.parse(yaml: yaml, file: "test.yaml", onlineCPUs: cpus, features: features)
+        Issue.record("expected errors, but the config decoded: \(loaded.config)", sourceLocation: sourceLocation)
+        return []
+    } catch {
+        return error.errors
+    }
+}
+
+/// The single error `yaml` produces (records an issue if there are more or none).
+func singleConfigError(
+    _ yaml: String, features: FeatureAvailability = .current,
+    sourceLocation: SourceLocation = #_sourceLocation
+) -> ConfigError? {
+    let errors = configErrors(yaml, features: features, sourceLocation: sourceLocation)
+    guard errors.count == 1 else {
+        Issue.record(
+            "expected exactly one error, got \(errors.count):\n\(ConfigErrors(errors))",
+            sourceLocation: sourceLocation
+        )
+        return nil
+    }
+    return errors[0]
+}
+
+func address(_ text: String, allowPortZero: Bool = false) -> SocketAddressSpec {
+    switch SocketAddressSpec.parse(text, allowPortZero: allowPortZero) {
+    case .success(let address): return address
+    case .failure(let error): fatalError("bad test address \(text): \(error)")
+    }
+}

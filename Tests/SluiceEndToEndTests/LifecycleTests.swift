@@ -1,0 +1,209 @@
+import Foundation
+import Glibc
+import SluicePosix
+import Testing
+
+/// Runs a command, returns (status, combined output).
+func runCommand(_ executable: String, _ arguments: [String]) throws -> (Int32, String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    process.standardError = pipe
+    try process.run()
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
+/// CPU time (user + system, in clock ticks) a process has used so far.
+func cpuTicks(pid: Int32) -> Int {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+          let close = stat.lastIndex(of: ")") else { return -1 }
+    let fields = stat[stat.index(after: close)...].split(separator: " ")
+    return (Int(fields[11]) ?? 0) + (Int(fields[12]) ?? 0) // utime, stime
+}
+
+@Suite("Process lifecycle of the sluice binary", .serialized)
+struct LifecycleTests {
+    @Test("SIGTERM under load: accepting stops at once, in-flight transfers finish intact, exit 0, no fd left")
+    func gracefulDrain() throws {
+        let echo = try TestServer.echo()
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [echo.address]))
+        // Slow clients: each sends 2 MiB in 20 pieces over about a second.
+        let failures = Locked<[String]>([])
+        var threads: [OSThread] = []
+        for i in 0..<8 {
+            threads.append(startThread {
+                do {
+                    let fd = try connectTCP("127.0.0.1", port, timeoutSeconds: 10)
+                    defer { close(fd) }
+                    let data = payload(size: 2 << 20, seed: UInt64(100 + i))
+                    let writer = startThread {
+                        let piece = data.count / 20
+                        for k in 0..<20 {
+                            _ = data[(k * piece)..<((k + 1) * piece)].withUnsafeBytes { sendAll(fd, $0) }
+                            usleep(50_000)
+                        }
+                        shutdown(fd, Int32(SHUT_WR))
+                    }
+                    let (back, clean) = readToEnd(fd)
+                    writer.join()
+                    if !clean || back != data { failures.withLock { $0.append("client \(i): \(back.count) bytes, clean \(clean)") } }
+                } catch {
+                    failures.withLock { $0.append("client \(i): \(error)") }
+                }
+            })
+        }
+        usleep(300_000)
+        sluice.signal(SIGTERM)
+        try sluice.waitForLog("stop signal: draining")
+        // Listeners are closed at once: a new connection is refused.
+        try waitUntil(2, "the listener to close") { (try? connectTCP("127.0.0.1", port)).map { close($0); return false } ?? true }
+        for t in threads { t.join() }
+        #expect(failures.value.isEmpty, "\(failures.value)")
+        #expect(try sluice.waitForExit(seconds: 10) == 0, "\(sluice.log)")
+        #expect(sluice.log.contains("clean exit: no descriptor left open"))
+    }
+
+    @Test("connections still open at drain_timeout are closed and the process exits 0")
+    func drainDeadline() throws {
+        let echo = try TestServer.echo()
+        let port = freePort()
+        let config = proxyConfig(port: port, backends: [echo.address]).replacingOccurrences(of: "drain_timeout: 5s", with: "drain_timeout: 500ms")
+        let sluice = try SluiceProcess.run(config: config)
+        let fd = try connectTCP("127.0.0.1", port)
+        #expect(sendAll(fd, [1]))
+        var b: UInt8 = 0
+        #expect(recv(fd, &b, 1, 0) == 1)
+        let start = Date()
+        sluice.signal(SIGTERM)
+        #expect(try sluice.waitForExit(seconds: 5) == 0)
+        let took = Date().timeIntervalSince(start)
+        #expect(took >= 0.45 && took < 3, "exited after \(took)s")
+        #expect(readToEnd(fd).bytes.isEmpty)
+        close(fd)
+        #expect(sluice.log.contains("reason=drain_timeout"))
+        #expect(sluice.log.contains("clean exit"))
+    }
+
+    @Test("a second stop signal exits at once")
+    func secondSignal() throws {
+        let echo = try TestServer.echo()
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [echo.address]))
+        let fd = try connectTCP("127.0.0.1", port) // keeps the drain waiting (drain_timeout 5s)
+        #expect(sendAll(fd, [1]))
+        var b: UInt8 = 0
+        #expect(recv(fd, &b, 1, 0) == 1)
+        sluice.signal(SIGINT)
+        try sluice.waitForLog("stop signal: draining")
+        let start = Date()
+        sluice.signal(SIGINT)
+        let status = try sluice.waitForExit(seconds: 2)
+        #expect(Date().timeIntervalSince(start) < 1)
+        #expect(status == 1)
+        #expect(sluice.log.contains("second stop signal"))
+        close(fd)
+    }
+
+    @Test("SIGHUP is logged and changes nothing")
+    func sighup() throws {
+        let echo = try TestServer.echo()
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [echo.address]))
+        sluice.signal(SIGHUP)
+        try sluice.waitForLog("reload is not available yet")
+        #expect(echoRoundTrip(port: port, size: 1000, seed: 1) == nil)
+        #expect(try sluice.stop() == 0)
+    }
+
+    @Test("out of file descriptors: the worker backs off without spinning and serves again afterwards")
+    func fileDescriptorExhaustion() throws {
+        let echo = try TestServer.echo()
+        let port = freePort()
+        let yaml = proxyConfig(port: port, backends: [echo.address], workers: 1)
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-emfile-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let configPath = dir.appendingPathComponent("c.yaml").path
+        try yaml.write(toFile: configPath, atomically: true, encoding: .utf8)
+        // 40 descriptors: room for ~12 proxied connections.
+        let sluice = try SluiceProcess(arguments: ["run", "-c", configPath], launcher: ["/usr/bin/prlimit", "--nofile=40", "--"])
+        try sluice.waitForLog("ready", seconds: 20)
+        var held: [Int32] = []
+        for _ in 0..<40 { if let fd = try? connectTCP("127.0.0.1", port) { held.append(fd) } }
+        try sluice.waitForLog("accept failed, pausing this listener")
+        let pid = sluice.process.processIdentifier
+        let before = cpuTicks(pid: pid)
+        sleep(1)
+        let used = cpuTicks(pid: pid) - before
+        #expect(used <= 15, "used \(used) ticks in one second at EMFILE: busy loop")
+        for fd in held { close(fd) }
+        try waitUntil(10, "service to recover") { echoRoundTrip(port: port, size: 100, seed: 9) == nil }
+        #expect(try sluice.stop() == 0)
+    }
+
+    @Test("sluice demo: curl gets answers from both built-in backends")
+    func demoWithCurl() throws {
+        let port = freePort()
+        let demo = try SluiceProcess(arguments: ["demo", "--port", "\(port)", "--workers", "2"])
+        try demo.waitForLog("curl http://127.0.0.1:\(port)/")
+        var seen = Set<String>()
+        for _ in 0..<6 {
+            let (status, output) = try runCommand("/usr/bin/curl", ["-sS", "--max-time", "5", "http://127.0.0.1:\(port)/"])
+            #expect(status == 0, "\(output)")
+            seen.insert(output.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        #expect(seen == ["hello from backend-1", "hello from backend-2"])
+        #expect(try demo.stop() == 0, "\(demo.log)")
+    }
+
+    @Test("sluice check: exit 0 on a valid file; each error with file, line and field path otherwise")
+    func checkCommand() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-check-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let good = dir.appendingPathComponent("good.yaml").path
+        try proxyConfig(port: 8080, backends: ["127.0.0.1:9001"]).write(toFile: good, atomically: true, encoding: .utf8)
+        let (okStatus, okOutput) = try runCommand(sluiceBinary, ["check", "-c", good])
+        #expect(okStatus == 0, "\(okOutput)")
+
+        let bad = dir.appendingPathComponent("bad.yaml").path
+        try """
+            listeners:
+              - { name: web, bind: "0.0.0.0:8080", pool: web, connect_timeout: soon }
+            pools:
+              - name: web
+                algorithm: fastest
+                backends:
+                  - { address: "127.0.0.1:9001", wieght: 2 }
+            """.write(toFile: bad, atomically: true, encoding: .utf8)
+        let (status, output) = try runCommand(sluiceBinary, ["check", "-c", bad])
+        #expect(status != 0)
+        #expect(output.contains("bad.yaml:2:"))
+        #expect(output.contains("listeners[0].connect_timeout"))
+        #expect(output.contains("pools[0].algorithm"))
+        #expect(output.contains("pools[0].backends[0].wieght"))
+    }
+
+    @Test("sluice run refuses an invalid file before binding anything")
+    func runRefusesInvalidConfig() throws {
+        let port = freePort()
+        let yaml = proxyConfig(port: port, backends: ["127.0.0.1:99999"])
+        let sluice = try SluiceProcess(arguments: ["run"], configYAML: yaml)
+        #expect(try sluice.waitForExit(seconds: 10) != 0)
+        #expect(sluice.log.contains("pools[0].backends[0].address"))
+        // Nothing was bound: the port is still free.
+        let fd = try Socket.listen(on: SocketAddress(ip: "127.0.0.1", port: port)!, reusePort: false)
+        closeDescriptor(fd)
+    }
+
+    @Test("a value whose feature is not built yet is refused plainly, not silently replaced")
+    func unavailableFeature() throws {
+        let yaml = proxyConfig(port: freePort(), backends: ["127.0.0.1:9001"]).replacingOccurrences(of: "steering: hash", with: "steering: least_loaded")
+        let sluice = try SluiceProcess(arguments: ["run"], configYAML: yaml)
+        #expect(try sluice.waitForExit(seconds: 10) != 0)
+        #expect(sluice.log.contains("not available yet"))
+    }
+}

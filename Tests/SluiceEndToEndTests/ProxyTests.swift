@@ -1,0 +1,208 @@
+import Foundation
+import Glibc
+import SluicePosix
+import Testing
+
+/// One client's checksummed round trip through the proxy to an echo backend.
+/// Returns nil when the bytes came back intact, else what went wrong.
+func echoRoundTrip(port: UInt16, host: String = "127.0.0.1", size: Int, seed: UInt64) -> String? {
+    let fd: Int32
+    do { fd = try connectTCP(host, port, timeoutSeconds: 30) } catch { return "\(error)" }
+    defer { close(fd) }
+    let data = payload(size: size, seed: seed)
+    var sent = StreamDigest()
+    data.withUnsafeBytes { sent.update($0) }
+    let writer = startThread {
+        _ = sendAll(fd, data)
+        shutdown(fd, Int32(SHUT_WR)) // the echo backend answers EOF with EOF
+    }
+    let (received, clean) = readToEnd(fd)
+    writer.join()
+    var got = StreamDigest()
+    received.withUnsafeBytes { got.update($0) }
+    if !clean { return "size \(size): no clean EOF after \(received.count) bytes" }
+    if got != sent { return "size \(size): sent \(sent.count) bytes, got back \(got.count), digests differ: \(got != sent)" }
+    return nil
+}
+
+@Suite("Proxying through the sluice binary", .serialized)
+struct ProxyTests {
+    @Test("64 concurrent clients: checksummed payloads up to 8 MiB come back byte-exact", arguments: ["splice", "copy"])
+    func concurrentEcho(path: String) throws {
+        let echo1 = try TestServer.echo()
+        let echo2 = try TestServer.echo()
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [echo1.address, echo2.address], splice: path))
+        let failures = Locked<[String]>([])
+        var threads: [OSThread] = []
+        for i in 0..<64 {
+            // Sizes from 1 byte to 8 MiB, spread log-uniformly.
+            let size = i == 0 ? 1 : min(8 << 20, Int(pow(2.0, Double(i % 24))) + i * 7919)
+            threads.append(startThread {
+                if let failure = echoRoundTrip(port: port, size: size, seed: UInt64(i)) {
+                    failures.withLock { $0.append(failure) }
+                }
+            })
+        }
+        for t in threads { t.join() }
+        #expect(failures.value.isEmpty, "\(failures.value)")
+        #expect(echo1.accepted > 0 && echo2.accepted > 0, "round robin used both backends")
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+        #expect(sluice.log.contains("clean exit"))
+        let accessLines = sluice.log.split(separator: "\n").filter { $0.contains(" access ") && $0.contains("path=\(path)") }
+        #expect(accessLines.count == 64)
+    }
+
+    @Test("IPv6 listener and backend")
+    func ipv6() throws {
+        let echo = try TestServer.echo(host: "::1")
+        let port = freePort(ipv6: true)
+        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [echo.address], bindHost: "::1"))
+        #expect(echoRoundTrip(port: port, host: "::1", size: 100_000, seed: 7) == nil)
+        #expect(try sluice.stop() == 0)
+        #expect(sluice.log.contains("backend=[::1]:\(echo.port)"))
+    }
+
+    @Test("client half-close: the backend answers after reading the client's EOF", arguments: ["splice", "copy"])
+    func clientHalfClose(path: String) throws {
+        // Request/response: the backend reads to EOF, then answers with the byte count and closes.
+        let backend = try TestServer { fd in
+            let (request, _) = readToEnd(fd)
+            _ = sendAll(fd, Array("got \(request.count) bytes".utf8))
+        }
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [backend.address], splice: path))
+        let fd = try connectTCP("127.0.0.1", port)
+        #expect(sendAll(fd, payload(size: 300_000, seed: 1)))
+        shutdown(fd, Int32(SHUT_WR))
+        let (reply, clean) = readToEnd(fd)
+        close(fd)
+        #expect(clean)
+        #expect(String(decoding: reply, as: UTF8.self) == "got 300000 bytes")
+        #expect(try sluice.stop() == 0)
+        #expect(sluice.log.contains("reason=client_eof"))
+    }
+
+    @Test("backend half-close: the client keeps sending after the backend's EOF", arguments: ["splice", "copy"])
+    func backendHalfClose(path: String) throws {
+        let received = Locked<Int>(-1)
+        let backend = try TestServer { fd in
+            _ = sendAll(fd, Array("banner\n".utf8))
+            shutdown(fd, Int32(SHUT_WR))
+            let (rest, _) = readToEnd(fd)
+            received.withLock { $0 = rest.count }
+        }
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [backend.address], splice: path))
+        let fd = try connectTCP("127.0.0.1", port)
+        let (banner, clean) = readToEnd(fd)
+        #expect(clean && String(decoding: banner, as: UTF8.self) == "banner\n")
+        // The client's direction is still open: send after the backend's EOF.
+        #expect(sendAll(fd, payload(size: 500_000, seed: 2)))
+        shutdown(fd, Int32(SHUT_WR))
+        try waitUntil(5, "the backend to read the client's bytes") { received.value == 500_000 }
+        close(fd)
+        #expect(try sluice.stop() == 0)
+        #expect(sluice.log.contains("reason=backend_eof"))
+    }
+
+    @Test("a refused backend is retried on another; every client is served")
+    func retriesRefusedBackend() throws {
+        let echo = try TestServer.echo()
+        let dead = "127.0.0.1:\(freePort())" // nothing listens here
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [dead, echo.address], workers: 1, retries: 1))
+        for i in 0..<20 {
+            #expect(echoRoundTrip(port: port, size: 1000, seed: UInt64(i)) == nil)
+        }
+        #expect(try sluice.stop() == 0)
+        #expect(sluice.log.contains("backend connect failed"))
+        #expect(!sluice.log.contains("reason=connect_failed"))
+    }
+
+    @Test("all backends down: the client is closed promptly and the failure logged")
+    func allBackendsDown() throws {
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: proxyConfig(
+            port: port, backends: ["127.0.0.1:\(freePort())", "127.0.0.1:\(freePort())"], retries: 1))
+        let start = Date()
+        let fd = try connectTCP("127.0.0.1", port)
+        let (bytes, _) = readToEnd(fd)
+        close(fd)
+        #expect(bytes.isEmpty)
+        #expect(Date().timeIntervalSince(start) < 1.0, "closed within a second")
+        try sluice.waitForLog("reason=connect_failed")
+        #expect(try sluice.stop() == 0)
+    }
+
+    @Test("an idle connection is closed after idle_timeout")
+    func idleTimeout() throws {
+        let echo = try TestServer.echo()
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: proxyConfig(
+            port: port, backends: [echo.address], extraListener: ", idle_timeout: 300ms"))
+        let fd = try connectTCP("127.0.0.1", port)
+        // Activity pushes the deadline forward.
+        for _ in 0..<4 {
+            #expect(sendAll(fd, [1, 2, 3]))
+            var back = [UInt8](repeating: 0, count: 3)
+            #expect(recv(fd, &back, 3, Int32(MSG_WAITALL)) == 3)
+            usleep(150_000)
+        }
+        let start = Date()
+        let (bytes, _) = readToEnd(fd)
+        let idle = Date().timeIntervalSince(start)
+        close(fd)
+        #expect(bytes.isEmpty)
+        #expect(idle > 0.25 && idle < 1.5, "closed after \(idle)s of silence")
+        try sluice.waitForLog("reason=idle_timeout")
+        #expect(try sluice.stop() == 0)
+    }
+
+    @Test("max_connections: connections above the limit are closed at once, the rest served")
+    func maxConnections() throws {
+        let echo = try TestServer.echo()
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: proxyConfig(
+            port: port, backends: [echo.address], workers: 1, extraListener: ", max_connections: 2"))
+        let held = try (0..<2).map { _ in try connectTCP("127.0.0.1", port) }
+        for fd in held {
+            #expect(sendAll(fd, [9]))
+            var b: UInt8 = 0
+            #expect(recv(fd, &b, 1, 0) == 1)
+        }
+        let extra = try connectTCP("127.0.0.1", port)
+        let (bytes, _) = readToEnd(extra)
+        close(extra)
+        #expect(bytes.isEmpty)
+        for fd in held { close(fd) }
+        // Once the two are gone, a new one is served again.
+        try waitUntil(5, "a slot to free up") { echoRoundTrip(port: port, size: 10, seed: 3) == nil }
+        #expect(try sluice.stop() == 0)
+    }
+
+    @Test("JSON access log lines parse and carry every field")
+    func jsonAccessLog() throws {
+        let echo = try TestServer.echo()
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [echo.address], access: "json"))
+        #expect(echoRoundTrip(port: port, size: 4321, seed: 4) == nil)
+        #expect(try sluice.stop() == 0)
+        let line = try #require(sluice.log.split(separator: "\n").first { $0.hasPrefix("{") })
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+        #expect(object["bytes_in"] as? Int == 4321)
+        #expect(object["bytes_out"] as? Int == 4321)
+        #expect(object["backend"] as? String == echo.address)
+        #expect(object["reason"] as? String == "client_eof")
+        for key in ["time", "worker", "listener", "client", "duration_ms", "path"] { #expect(object[key] != nil, "\(key)") }
+    }
+}
+
+/// A value shared between test threads.
+final class Locked<T>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var _value: T
+    init(_ value: T) { _value = value }
+    var value: T { lock.withLock { _value } }
+    func withLock<R>(_ body: (inout T) -> R) -> R { lock.withLock { body(&_value) } }
+}

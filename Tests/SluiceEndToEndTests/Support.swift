@@ -1,0 +1,282 @@
+import Foundation
+import Glibc
+import SluicePosix
+import Testing
+
+// End-to-end helpers: the built `sluice` binary, real sockets, real peers.
+
+let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+var sluiceBinary: String {
+    if let path = ProcessInfo.processInfo.environment["SLUICE_BINARY"] { return path }
+    return packageRoot.appendingPathComponent(".build/debug/sluice").path
+}
+
+struct TimedOut: Error, CustomStringConvertible {
+    let description: String
+}
+
+/// Polls `condition` every 10 ms until it holds or `seconds` pass.
+@discardableResult
+func waitUntil(_ seconds: Double, _ what: String, _ condition: () -> Bool) throws -> Double {
+    let start = Date()
+    while !condition() {
+        if Date().timeIntervalSince(start) > seconds { throw TimedOut(description: "timed out after \(seconds)s waiting for \(what)") }
+        usleep(10_000)
+    }
+    return Date().timeIntervalSince(start)
+}
+
+/// A port that was free a moment ago on 127.0.0.1 (or ::1).
+func freePort(ipv6: Bool = false) -> UInt16 {
+    let address = SocketAddress(ip: ipv6 ? "::1" : "127.0.0.1", port: 0)!
+    let fd = try! Socket.listen(on: address, reusePort: false)
+    let port = try! Socket.localAddress(fd).port
+    closeDescriptor(fd)
+    return port
+}
+
+/// A running `sluice` process with its combined output in a file.
+final class SluiceProcess: @unchecked Sendable {
+    let process = Process()
+    let logURL: URL
+    let configURL: URL?
+
+    /// `launcher` runs sluice through another program, e.g. `prlimit --nofile=40 --`.
+    init(arguments: [String], configYAML: String? = nil, launcher: [String] = []) throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-e2e-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        logURL = dir.appendingPathComponent("out.log")
+        FileManager.default.createFile(atPath: logURL.path, contents: nil)
+        var args = arguments
+        if let configYAML {
+            let url = dir.appendingPathComponent("sluice.yaml")
+            try configYAML.write(to: url, atomically: true, encoding: .utf8)
+            configURL = url
+            args += ["-c", url.path]
+        } else {
+            configURL = nil
+        }
+        if let program = launcher.first {
+            process.executableURL = URL(fileURLWithPath: program)
+            process.arguments = Array(launcher.dropFirst()) + [sluiceBinary] + args
+        } else {
+            process.executableURL = URL(fileURLWithPath: sluiceBinary)
+            process.arguments = args
+        }
+        let handle = try FileHandle(forWritingTo: logURL)
+        process.standardOutput = handle
+        process.standardError = handle
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+    }
+
+    static func run(config: String, extraArguments: [String] = ["--verify-clean-exit"]) throws -> SluiceProcess {
+        let p = try SluiceProcess(arguments: ["run"] + extraArguments, configYAML: config)
+        try p.waitForLog("ready", seconds: 20)
+        return p
+    }
+
+    var log: String { (try? String(contentsOf: logURL, encoding: .utf8)) ?? "" }
+
+    func waitForLog(_ text: String, seconds: Double = 10) throws {
+        try waitUntil(seconds, "\"\(text)\" in the sluice log:\n\(log)") { log.contains(text) || !process.isRunning }
+        if !log.contains(text) { throw TimedOut(description: "sluice exited before logging \"\(text)\":\n\(log)") }
+    }
+
+    func signal(_ sig: Int32) { kill(process.processIdentifier, sig) }
+
+    /// Sends SIGTERM and waits for the exit; returns the exit status.
+    @discardableResult
+    func stop(seconds: Double = 15) throws -> Int32 {
+        if process.isRunning { signal(SIGTERM) }
+        return try waitForExit(seconds: seconds)
+    }
+
+    func waitForExit(seconds: Double) throws -> Int32 {
+        try waitUntil(seconds, "sluice to exit") { !process.isRunning }
+        return process.terminationStatus
+    }
+
+    deinit {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+    }
+}
+
+// MARK: - Blocking sockets for test peers
+
+func connectTCP(_ host: String, _ port: UInt16, timeoutSeconds: Int = 5) throws -> Int32 {
+    let address = SocketAddress(ip: host, port: port)!
+    let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    precondition(fd >= 0)
+    var tv = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    let rc = address.withSockaddr { Glibc.connect(fd, $0, $1) }
+    if rc != 0 {
+        let e = errno
+        close(fd)
+        throw SystemCallError(call: "connect \(address)", errno: e)
+    }
+    return fd
+}
+
+func sendAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Bool {
+    var offset = 0
+    while offset < bytes.count {
+        let n = send(fd, bytes.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL))
+        if n <= 0 {
+            if n == -1 && errno == EINTR { continue }
+            return false
+        }
+        offset += n
+    }
+    return true
+}
+
+func sendAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool { bytes.withUnsafeBytes { sendAll(fd, $0) } }
+
+/// Reads until EOF (or error/timeout); returns the bytes and whether EOF was clean.
+func readToEnd(_ fd: Int32, limit: Int = 1 << 30) -> (bytes: [UInt8], cleanEOF: Bool) {
+    var out: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+    while out.count < limit {
+        let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        if n == 0 { return (out, true) }
+        if n < 0 {
+            if errno == EINTR { continue }
+            return (out, false)
+        }
+        out.append(contentsOf: chunk[0..<n])
+    }
+    return (out, false)
+}
+
+/// Streaming digest of a byte stream (FNV-1a 64 with length), cheap and order-sensitive.
+struct StreamDigest: Equatable {
+    var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+    var count = 0
+    mutating func update(_ bytes: UnsafeRawBufferPointer) {
+        for b in bytes {
+            hash ^= UInt64(b)
+            hash = hash &* 0x100_0000_01b3
+        }
+        count += bytes.count
+    }
+}
+
+/// Deterministic pseudo-random payload.
+func payload(size: Int, seed: UInt64) -> [UInt8] {
+    var state = seed &+ 0x9E37_79B9_7F4A_7C15
+    var out = [UInt8](repeating: 0, count: size)
+    out.withUnsafeMutableBytes { raw in
+        var i = 0
+        while i < size {
+            state = state &+ 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            z ^= z >> 31
+            withUnsafeBytes(of: z) { word in
+                for b in word where i < size {
+                    raw[i] = b
+                    i += 1
+                }
+            }
+        }
+    }
+    return out
+}
+
+func startThread(_ body: @escaping @Sendable () -> Void) -> OSThread {
+    try! OSThread.start(name: "test-peer", body)
+}
+
+/// A blocking test server on loopback: one thread per connection running `serve`.
+final class TestServer: @unchecked Sendable {
+    let fd: Int32
+    let port: UInt16
+    let host: String
+    private let lock = NSLock()
+    private var stopped = false
+    private var _accepted = 0
+    var accepted: Int { lock.withLock { _accepted } }
+
+    init(host: String = "127.0.0.1", serve: @escaping @Sendable (Int32) -> Void) throws {
+        self.host = host
+        let address = SocketAddress(ip: host, port: 0)!
+        fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, 4)
+        guard address.withSockaddr({ bind(fd, $0, $1) }) == 0, listen(fd, 1024) == 0 else {
+            throw SystemCallError(call: "bind/listen test server", errno: errno)
+        }
+        port = try Socket.localAddress(fd).port
+        _ = startThread { [self] in
+            while true {
+                let client = accept(self.fd, nil, nil)
+                if client < 0 {
+                    if errno == EINTR || errno == ECONNABORTED { continue }
+                    return
+                }
+                if self.lock.withLock({ self.stopped }) { close(client); return }
+                self.lock.withLock { self._accepted += 1 }
+                _ = startThread {
+                    serve(client)
+                    close(client)
+                }
+            }
+        }
+    }
+
+    var address: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+
+    func stop() {
+        lock.withLock { stopped = true }
+        shutdown(fd, Int32(SHUT_RDWR))
+        close(fd)
+    }
+
+    deinit { stop() }
+
+    /// Echoes everything back; half-closes its write side on EOF.
+    static func echo(host: String = "127.0.0.1") throws -> TestServer {
+        try TestServer(host: host) { fd in
+            var chunk = [UInt8](repeating: 0, count: 256 * 1024)
+            while true {
+                let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                if n <= 0 { break }
+                if !chunk.withUnsafeBytes({ sendAll(fd, UnsafeRawBufferPointer(rebasing: $0[0..<n])) }) { break }
+            }
+            shutdown(fd, Int32(SHUT_WR))
+        }
+    }
+}
+
+func proxyConfig(
+    port: UInt16, backends: [String], splice: String = "splice", workers: Int = 2,
+    algorithm: String = "round_robin", retries: Int = 2, extraListener: String = "",
+    extraTop: String = "", bindHost: String = "127.0.0.1", access: String = "text"
+) -> String {
+    let listenHost = bindHost.contains(":") ? "[\(bindHost)]" : bindHost
+    return """
+        instance: e2e\(port)
+        workers: \(workers)
+        steering: hash
+        splice: \(splice)
+        drain_timeout: 5s
+        log: { level: info, access: \(access), file: stderr }
+        \(extraTop)
+        listeners:
+          - { name: test, bind: "\(listenHost):\(port)", pool: backends\(extraListener) }
+        pools:
+          - name: backends
+            algorithm: \(algorithm)
+            retries: \(retries)
+            backends:
+        \(backends.map { "      - { address: \"\($0)\" }" }.joined(separator: "\n"))
+        """
+}

@@ -1,0 +1,108 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Sluice's kernel side: least-loaded worker steering for SO_REUSEPORT groups.
+ * One copy of this object is loaded per listener (each has its own
+ * worker_socks array); worker_load and steer_stats are shared between copies
+ * by reusing the first copy's map fds. Layout lives in sluice_abi.h. */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "sluice_abi.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Set between open and load. */
+const volatile __u32 nr_workers = 1;
+const volatile __u64 stall_threshold_ns = 200000000ULL;
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(map_flags, BPF_F_MMAPABLE);
+    __uint(max_entries, SLUICE_MAX_WORKERS);
+    __type(key, __u32);
+    __type(value, struct sluice_worker);
+} worker_load SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_REUSEPORT_SOCKARRAY);
+    __uint(max_entries, SLUICE_MAX_WORKERS);
+    __type(key, __u32);
+    __type(value, __u64);
+} worker_socks SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, SLUICE_STEER_NSTATS);
+    __type(key, __u32);
+    __type(value, __u64);
+} steer_stats SEC(".maps");
+
+/* Holds SLUICE_ABI_VERSION at index 0: checked before reusing a pin. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u64);
+} abi SEC(".maps");
+
+/* Rotates the starting point of the scan so ties do not always go to worker 0. */
+__u32 rotor = 0;
+
+static __always_inline void count(__u32 stat)
+{
+    __u64 *value = bpf_map_lookup_elem(&steer_stats, &stat);
+    if (value)
+        *value += 1;
+}
+
+SEC("sk_reuseport")
+int select_worker(struct sk_reuseport_md *ctx)
+{
+    /* Only a SYN starts a connection; stray and cookie ACKs must not move counters. */
+    __u8 flags = 0;
+    /* Offset 13 of the TCP header holds the flags; the reuseport context's
+     * data starts at the transport header. */
+    if (ctx->ip_protocol != 6 /* TCP */ || bpf_skb_load_bytes(ctx, 13, &flags, 1) < 0 || (flags & 0x12) != 0x02) {
+        count(SLUICE_STEER_NOT_SYN);
+        return SK_PASS;
+    }
+
+    __u64 now = bpf_ktime_get_ns();
+    __u32 n = nr_workers;
+    if (n > SLUICE_MAX_WORKERS)
+        n = SLUICE_MAX_WORKERS;
+    __u32 start = __sync_fetch_and_add(&rotor, 1);
+    __u32 best = SLUICE_MAX_WORKERS;
+    __u64 best_active = ~0ULL;
+
+    for (__u32 i = 0; i < SLUICE_MAX_WORKERS; i++) {
+        if (i >= n)
+            break;
+        __u32 k = (start + i) % n;
+        struct sluice_worker *w = bpf_map_lookup_elem(&worker_load, &k);
+        if (!w)
+            continue;
+        if ((w->flags & SLUICE_WORKER_DRAINING) || now - w->heartbeat_ns > stall_threshold_ns) {
+            count(SLUICE_STEER_STALL_SKIP);
+            continue;
+        }
+        if (w->active < best_active) {
+            best_active = w->active;
+            best = k;
+        }
+    }
+
+    if (best == SLUICE_MAX_WORKERS) {
+        count(SLUICE_STEER_ALL_STALLED);
+        return SK_PASS;
+    }
+    if (bpf_sk_select_reuseport(ctx, &worker_socks, &best, 0) < 0) {
+        count(SLUICE_STEER_FALLBACK);
+        return SK_PASS;
+    }
+    struct sluice_worker *chosen = bpf_map_lookup_elem(&worker_load, &best);
+    if (chosen) {
+        __sync_fetch_and_add(&chosen->active, 1);
+        __sync_fetch_and_add(&chosen->accepted, 1);
+    }
+    count(SLUICE_STEER_SELECTED);
+    return SK_PASS;
+}
