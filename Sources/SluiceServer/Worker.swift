@@ -55,6 +55,8 @@ final class Worker: @unchecked Sendable {
     private var pipePool: [Pipe] = []
     private var bufferPool: [UnsafeMutableRawBufferPointer] = []
     private var lastAcceptErrorLog: UInt64 = 0
+    /// Listeners not re-armed until their back-off timer fires.
+    private var pausedListeners: Set<Int> = []
     private let onExit: @Sendable () -> Void
 
     private static let wakeupToken: UInt64 = 0
@@ -191,6 +193,7 @@ final class Worker: @unchecked Sendable {
                 session.idleTimer = timers.schedule(at: session.lastActivityMilliseconds + idle, .idle(session: id))
             }
         case .rearmListener(let index):
+            pausedListeners.remove(index)
             if let fd = listenerFDs[index] {
                 try? epoll.modify(fd, [.readable, .oneShot], token: Self.listenerKind | UInt64(index))
             }
@@ -222,25 +225,11 @@ final class Worker: @unchecked Sendable {
             do {
                 result = try Socket.accept(fd)
             } catch {
-                switch error.errno {
-                case EMFILE, ENFILE, ENOBUFS, ENOMEM:
-                    // Out of fds or memory: stop accepting for a moment instead
-                    // of spinning on a listener that stays readable.
-                    counters.acceptBackoffs.wrappingIncrement(ordering: .relaxed)
-                    let now = monotonicMilliseconds()
-                    if now &- lastAcceptErrorLog > 1000 {
-                        lastAcceptErrorLog = now
-                        logger.error("accept failed, pausing this listener", metadata: [
-                            "listener": "\(listener.name)", "error": "\(error)",
-                            "pause_ms": "\(settings.acceptBackoffMilliseconds)",
-                        ])
-                    }
-                    _ = timers.schedule(at: now + settings.acceptBackoffMilliseconds, .rearmListener(listenerIndex))
+                if isResourceExhaustion(error) {
+                    pauseAccepting(listenerIndex, because: error)
                     return
-                default:
-                    // ECONNABORTED and friends concern one connection only.
-                    continue
                 }
+                continue // ECONNABORTED and friends concern one connection only.
             }
             guard case .done(let (clientFD, clientAddress)) = result else { break }
             listener.accepted.wrappingIncrement(ordering: .relaxed)
@@ -260,8 +249,30 @@ final class Worker: @unchecked Sendable {
             nextSessionID += 1
             sessions[session.id] = session
             connectNextBackend(session)
+            if pausedListeners.contains(listenerIndex) { return }
         }
         try? epoll.modify(fd, [.readable, .oneShot], token: Self.listenerKind | UInt64(listenerIndex))
+    }
+
+    private func isResourceExhaustion(_ error: SystemCallError) -> Bool {
+        [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(error.errno)
+    }
+
+    /// Out of fds or memory: stop accepting on this listener for a moment
+    /// instead of spinning on a socket that stays readable, or accepting
+    /// connections only to drop them. Logged at most once a second.
+    private func pauseAccepting(_ listenerIndex: Int, because error: SystemCallError) {
+        counters.acceptBackoffs.wrappingIncrement(ordering: .relaxed)
+        guard pausedListeners.insert(listenerIndex).inserted else { return }
+        let now = monotonicMilliseconds()
+        if now &- lastAcceptErrorLog > 1000 {
+            lastAcceptErrorLog = now
+            logger.error("out of resources, pausing this listener", metadata: [
+                "listener": "\(listeners[listenerIndex].name)", "error": "\(error)",
+                "pause_ms": "\(settings.acceptBackoffMilliseconds)",
+            ])
+        }
+        _ = timers.schedule(at: now + settings.acceptBackoffMilliseconds, .rearmListener(listenerIndex))
     }
 
     // MARK: - Connecting
@@ -289,8 +300,12 @@ final class Worker: @unchecked Sendable {
             do {
                 fd = try Socket.tcp(family: address.family)
             } catch {
-                logger.error("cannot create a backend socket", metadata: ["error": "\(error)"])
                 close(session, reason: .resourceExhausted)
+                if isResourceExhaustion(error) {
+                    pauseAccepting(session.listener.index, because: error)
+                } else {
+                    logger.error("cannot create a backend socket", metadata: ["error": "\(error)"])
+                }
                 return
             }
             session.backend = fd
@@ -475,32 +490,31 @@ final class Worker: @unchecked Sendable {
     }
 
     private func readIn(_ direction: inout Direction, from source: Int32) throws(SystemCallError) -> Socket.ReadOutcome {
-        switch settings.dataPath {
-        case .copy:
-            if direction.buffer == nil { direction.buffer = takeBuffer() }
-            direction.bufferStart = 0
-            return try Socket.read(source, into: direction.buffer!)
-        case .splice:
-            if direction.pipe == nil { direction.pipe = try takePipe() }
-            switch try Socket.splice(from: source, to: direction.pipe!.writeEnd, maxBytes: 1 << 20) {
+        if settings.dataPath == .splice && direction.pipe == nil {
+            // Out of fds for a pipe: this transfer goes through a buffer instead.
+            direction.pipe = try? takePipe()
+        }
+        if let pipe = direction.pipe {
+            switch try Socket.splice(from: source, to: pipe.writeEnd, maxBytes: 1 << 20) {
             case .wouldBlock: return .wouldBlock
             case .done(0): return .endOfFile
             case .done(let n): return .bytes(n)
             }
         }
+        if direction.buffer == nil { direction.buffer = takeBuffer() }
+        direction.bufferStart = 0
+        return try Socket.read(source, into: direction.buffer!)
     }
 
     private func writeOut(_ direction: inout Direction, to destination: Int32) throws(SystemCallError) -> IOResult<Int> {
-        switch settings.dataPath {
-        case .copy:
-            let buffer = direction.buffer!
-            let chunk = UnsafeRawBufferPointer(rebasing: buffer[direction.bufferStart..<(direction.bufferStart + direction.pending)])
-            let result = try Socket.write(destination, from: chunk)
-            if case .done(let n) = result { direction.bufferStart += n }
-            return result
-        case .splice:
-            return try Socket.splice(from: direction.pipe!.readEnd, to: destination, maxBytes: direction.pending)
+        if let pipe = direction.pipe {
+            return try Socket.splice(from: pipe.readEnd, to: destination, maxBytes: direction.pending)
         }
+        let buffer = direction.buffer!
+        let chunk = UnsafeRawBufferPointer(rebasing: buffer[direction.bufferStart..<(direction.bufferStart + direction.pending)])
+        let result = try Socket.write(destination, from: chunk)
+        if case .done(let n) = result { direction.bufferStart += n }
+        return result
     }
 
     /// Returns an empty direction's buffer or pipe to the worker's pool.

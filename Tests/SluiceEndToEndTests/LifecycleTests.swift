@@ -40,7 +40,7 @@ struct LifecycleTests {
                 do {
                     let fd = try connectTCP("127.0.0.1", port, timeoutSeconds: 10)
                     defer { close(fd) }
-                    let data = payload(size: 2 << 20, seed: UInt64(100 + i))
+                    let data = payload(size: 2_000_000, seed: UInt64(100 + i))
                     let writer = startThread {
                         let piece = data.count / 20
                         for k in 0..<20 {
@@ -133,8 +133,12 @@ struct LifecycleTests {
         let sluice = try SluiceProcess(arguments: ["run", "-c", configPath], launcher: ["/usr/bin/prlimit", "--nofile=40", "--"])
         try sluice.waitForLog("ready", seconds: 20)
         var held: [Int32] = []
-        for _ in 0..<40 { if let fd = try? connectTCP("127.0.0.1", port) { held.append(fd) } }
-        try sluice.waitForLog("accept failed, pausing this listener")
+        var refused: [String] = []
+        for _ in 0..<40 {
+            do { held.append(try connectTCP("127.0.0.1", port)) } catch { refused.append("\(error)") }
+        }
+        #expect(refused.isEmpty, "\(refused)")
+        try sluice.waitForLog("out of resources, pausing this listener")
         let pid = sluice.process.processIdentifier
         let before = cpuTicks(pid: pid)
         sleep(1)

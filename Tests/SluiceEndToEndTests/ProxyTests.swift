@@ -143,13 +143,16 @@ struct ProxyTests {
             port: port, backends: [echo.address], extraListener: ", idle_timeout: 300ms"))
         let fd = try connectTCP("127.0.0.1", port)
         // Activity pushes the deadline forward.
-        for _ in 0..<4 {
+        let opened = Date()
+        var start = Date()
+        for round in 0..<4 {
+            if round > 0 { usleep(150_000) }
             #expect(sendAll(fd, [1, 2, 3]))
             var back = [UInt8](repeating: 0, count: 3)
             #expect(recv(fd, &back, 3, Int32(MSG_WAITALL)) == 3)
-            usleep(150_000)
+            start = Date()
         }
-        let start = Date()
+        #expect(start.timeIntervalSince(opened) > 0.4, "activity outlived one idle_timeout")
         let (bytes, _) = readToEnd(fd)
         let idle = Date().timeIntervalSince(start)
         close(fd)

@@ -47,7 +47,7 @@ final class SluiceProcess: @unchecked Sendable {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-e2e-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         logURL = dir.appendingPathComponent("out.log")
-        FileManager.default.createFile(atPath: logURL.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: logURL.path, contents: nil)
         var args = arguments
         if let configYAML {
             let url = dir.appendingPathComponent("sluice.yaml")
@@ -200,30 +200,33 @@ final class TestServer: @unchecked Sendable {
     let fd: Int32
     let port: UInt16
     let host: String
-    private let lock = NSLock()
-    private var stopped = false
-    private var _accepted = 0
-    var accepted: Int { lock.withLock { _accepted } }
+    private let state = Locked<(stopped: Bool, accepted: Int)>((false, 0))
+    var accepted: Int { state.value.accepted }
 
     init(host: String = "127.0.0.1", serve: @escaping @Sendable (Int32) -> Void) throws {
         self.host = host
         let address = SocketAddress(ip: host, port: 0)!
-        fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, 4)
         guard address.withSockaddr({ bind(fd, $0, $1) }) == 0, listen(fd, 1024) == 0 else {
             throw SystemCallError(call: "bind/listen test server", errno: errno)
         }
+        self.fd = fd
         port = try Socket.localAddress(fd).port
-        _ = startThread { [self] in
+        let state = self.state
+        _ = startThread {
             while true {
-                let client = accept(self.fd, nil, nil)
+                let client = accept(fd, nil, nil)
                 if client < 0 {
                     if errno == EINTR || errno == ECONNABORTED { continue }
                     return
                 }
-                if self.lock.withLock({ self.stopped }) { close(client); return }
-                self.lock.withLock { self._accepted += 1 }
+                let stopped = state.withLock { s -> Bool in
+                    if !s.stopped { s.accepted += 1 }
+                    return s.stopped
+                }
+                if stopped { close(client); return }
                 _ = startThread {
                     serve(client)
                     close(client)
@@ -235,7 +238,11 @@ final class TestServer: @unchecked Sendable {
     var address: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
 
     func stop() {
-        lock.withLock { stopped = true }
+        let first = state.withLock { s -> Bool in
+            defer { s.stopped = true }
+            return !s.stopped
+        }
+        guard first else { return }
         shutdown(fd, Int32(SHUT_RDWR))
         close(fd)
     }

@@ -218,8 +218,9 @@ struct ConfigDecoder {
 
     // MARK: - pools
 
-    /// Returns the pools and the names they were given (nil when `pools`
-    /// itself is unusable, so listeners' references are not checked).
+    /// Returns the pools and the names they were given; the names are nil
+    /// when some pool has no usable name, so that listeners' references are
+    /// not checked against an incomplete list.
     mutating func decodePools(_ node: Node, _ path: ConfigFieldPath) -> ([PoolConfig], [String]?) {
         guard let items = sequence(node, path, expected: "a list of pools") else { return ([], nil) }
         if items.isEmpty {
@@ -228,11 +229,15 @@ struct ConfigDecoder {
         var pools: [PoolConfig] = []
         var names: [String] = []
         var firstByName: [String: Int] = [:]
+        var allNamed = true
         for (index, item) in items.enumerated() {
             let itemPath = path.index(index)
             guard let map = mapping(item, itemPath, keys: Self.poolKeys,
                                     expected: "a pool mapping like { name: web, backends: [...] }")
-            else { continue }
+            else {
+                allNamed = false
+                continue
+            }
             var pool = PoolConfig(name: "", backends: [])
 
             if let entry = map["name"] {
@@ -247,8 +252,11 @@ struct ConfigDecoder {
                             firstByName[written] = index
                         }
                     }
+                } else {
+                    allNamed = false
                 }
             } else {
+                allNamed = false
                 missing(itemPath, key: "name", in: map)
             }
             if let entry = map["algorithm"],
@@ -272,7 +280,7 @@ struct ConfigDecoder {
             }
             pools.append(pool)
         }
-        return (pools, names)
+        return (pools, allNamed ? names : nil)
     }
 
     mutating func decodeBackends(_ node: Node, _ path: ConfigFieldPath) -> [BackendConfig] {

@@ -34,7 +34,10 @@ public enum ConfigLoader {
         } catch {
             throw ConfigErrors([syntaxError(error, yaml: yaml, file: file)])
         }
-        guard let root else {
+        // "", comments only, "---" and "~" are all an empty configuration.
+        var isEmpty = root == nil
+        if case .scalar(let scalar)? = root, ConfigDecoder.isNull(scalar) { isEmpty = true }
+        guard let root, !isEmpty else {
             throw ConfigErrors([ConfigError(
                 file: file, path: "",
                 message: "the configuration is empty; expected a mapping with at least \"listeners\" and \"pools\""

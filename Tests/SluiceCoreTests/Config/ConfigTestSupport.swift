@@ -54,7 +54,7 @@ func singleConfigError(
     return errors[0]
 }
 
-func address(_ text: String, allowPortZero: Bool = false) -> SocketAddressSpec {
+func configAddress(_ text: String, allowPortZero: Bool = false) -> SocketAddressSpec {
     switch SocketAddressSpec.parse(text, allowPortZero: allowPortZero) {
     case .success(let address): return address
     case .failure(let error): fatalError("bad test address \(text): \(error)")
