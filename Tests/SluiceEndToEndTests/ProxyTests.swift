@@ -209,3 +209,54 @@ final class Locked<T>: @unchecked Sendable {
     var value: T { lock.withLock { _value } }
     func withLock<R>(_ body: (inout T) -> R) -> R { lock.withLock { body(&_value) } }
 }
+
+/// A backend whose SYNs go unanswered: a listener with a full accept queue
+/// that never accepts (the kernel drops further SYNs), so connects hang.
+final class BlackholeBackend {
+    let fd: Int32
+    let port: UInt16
+    private var fillers: [Int32] = []
+
+    init() throws {
+        let address = SocketAddress(ip: "127.0.0.1", port: 0)!
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard address.withSockaddr({ bind(fd, $0, $1) }) == 0, listen(fd, 0) == 0 else {
+            throw SystemCallError(call: "blackhole listen", errno: errno)
+        }
+        self.fd = fd
+        let port = try Socket.localAddress(fd).port
+        self.port = port
+        // Fill the queue (backlog 0 holds one); later SYNs are dropped.
+        for _ in 0..<2 {
+            let c = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+            _ = SocketAddress(ip: "127.0.0.1", port: port)!.withSockaddr { Glibc.connect(c, $0, $1) }
+            fillers.append(c)
+        }
+        usleep(50_000)
+    }
+
+    deinit {
+        for c in fillers { close(c) }
+        close(fd)
+    }
+}
+
+@Suite("Connect timeouts")
+struct ConnectTimeoutTests {
+    @Test("a backend that never answers is abandoned after connect_timeout and the next one serves")
+    func connectTimeoutThenRetry() throws {
+        let blackhole = try BlackholeBackend()
+        let echo = try TestServer.echo()
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: proxyConfig(
+            port: port, backends: ["127.0.0.1:\(blackhole.port)", echo.address], workers: 1, retries: 1,
+            extraListener: ", connect_timeout: 200ms"))
+        // Round robin: the first client tries the blackhole first.
+        let start = Date()
+        #expect(echoRoundTrip(port: port, size: 1000, seed: 1) == nil)
+        let took = Date().timeIntervalSince(start)
+        #expect(took > 0.15 && took < 1.5, "served after \(took)s")
+        #expect(sluice.log.contains("connect timed out"))
+        #expect(try sluice.stop() == 0)
+    }
+}

@@ -1,24 +1,21 @@
 // A hashed timing wheel (Varghese & Lauck 1987, scheme 6) for per-worker
 // connection timeouts: O(1) schedule, cancel and reschedule.
 //
-// Time is cut into ticks of `tickMilliseconds`; a timer with deadline d lives
-// in the slot of tick d / tick (rounded down) modulo `slotCount`, in an
-// intrusive doubly-linked list threaded through a slab of nodes (freed nodes
-// are reused, so storage is bounded by the peak number of live timers).
-// Deadlines more than one rotation away simply share a slot with nearer ones;
-// every node keeps its absolute deadline, and a node fires only once
+// Time is cut into ticks of `tickMilliseconds`. A timer with deadline d
+// belongs to tick d / tick (rounded down; a deadline already in the past
+// belongs to the current tick) and lives in that tick's slot, modulo
+// `slotCount`, in an intrusive doubly-linked list threaded through a slab of
+// nodes. Freed nodes are reused, so storage is bounded by the peak number of
+// live timers. Every node keeps its absolute deadline and fires only once
 // `deadline <= now`, so nothing ever fires early.
 //
-// Each slot also keeps a lower bound on the ticks of its nodes, which lets
-// `advance` skip slots holding only far-future timers and lets `nextDeadline`
-// find the earliest timer without walking them.
-
-/// Identifies one scheduled timer. Stale ids (fired or cancelled timers) are
-/// recognized and ignored; they never match a later timer.
-public struct TimerID: Hashable, Sendable {
-    let index: Int32
-    let serial: UInt64
-}
+// Each slot has two lists: *near* holds the timers whose tick is inside the
+// current window [currentTick, currentTick + slotCount) (so a slot's near
+// list is exactly one tick's timers), *far* holds those one or more
+// rotations out. When a tick passes, the window gains the tick one rotation
+// later, which maps to the same slot: its far timers for that tick are
+// promoted. A bitmap of non-empty near lists lets `nextDeadline` find the
+// earliest tick without walking the slots one by one.
 
 public struct TimerWheel<Payload> {
     struct Node {
