@@ -81,11 +81,19 @@ final class Worker: @unchecked Sendable {
         var balancers: [String: Balancer] = [:]
         for listener in listeners where balancers[listener.pool.name] == nil {
             let pool = listener.pool
-            balancers[pool.name] = Balancer(
+            var balancer = Balancer(
                 algorithm: pool.config.algorithm,
                 backends: pool.config.backends.map { BalancerBackend(weight: $0.weight, key: $0.address.description) },
                 seed: seed &+ UInt64(id) &* 0x9E37_79B9_7F4A_7C15
             )
+            if pool.config.algorithm == .roundRobin {
+                // Each worker rotates on its own; start them at different
+                // places so that N workers do not all begin with backend 0.
+                for _ in 0..<(id % max(1, balancer.count)) {
+                    _ = balancer.pick(clientKey: 0, active: { _ in 0 }, eligible: { _ in true })
+                }
+            }
+            balancers[pool.name] = balancer
         }
         self.balancers = balancers
     }

@@ -17,60 +17,107 @@
 // promoted. A bitmap of non-empty near lists lets `nextDeadline` find the
 // earliest tick without walking the slots one by one.
 
-public struct TimerWheel<Payload> {
-    struct Node {
-        var deadline: UInt64
-        /// The tick whose slot holds the node: max(deadline / tick, the
-        /// wheel's tick when it was scheduled).
-        var tick: UInt64
-        /// 0 when the node is free.
-        var serial: UInt64
-        var prev: Int32
-        var next: Int32
+/// Identifies one scheduled timer. Stale ids (of fired or cancelled timers)
+/// are recognized and ignored; they never match a later timer.
+public struct TimerID: Hashable, Sendable {
+    @usableFromInline let index: Int32
+    @usableFromInline let serial: UInt64
+
+    @inlinable
+    init(index: Int32, serial: UInt64) {
+        self.index = index
+        self.serial = serial
     }
+}
+
+/// One slab entry of a `TimerWheel`: a pending timer, or a free node on the
+/// free list (serial 0, chained through `next`).
+@usableFromInline
+struct TimerWheelNode: Sendable {
+    @usableFromInline var deadline: UInt64
+    /// max(deadline / tickMilliseconds, the wheel's tick when scheduled).
+    /// Always >= currentTick for a pending node.
+    @usableFromInline var tick: UInt64
+    /// 0 when the node is free.
+    @usableFromInline var serial: UInt64
+    @usableFromInline var prev: Int32
+    @usableFromInline var next: Int32
+
+    @inlinable
+    init(deadline: UInt64, tick: UInt64, serial: UInt64, prev: Int32, next: Int32) {
+        self.deadline = deadline
+        self.tick = tick
+        self.serial = serial
+        self.prev = prev
+        self.next = next
+    }
+}
+
+public struct TimerWheel<Payload> {
+    @usableFromInline typealias Node = TimerWheelNode
 
     public let tickMilliseconds: UInt64
     public let slotCount: Int
 
-    var nodes: [Node] = []
-    var payloads: [Payload?] = []
-    var freeHead: Int32 = -1
-    /// Head node of each slot's list, -1 if empty.
-    var heads: [Int32]
-    /// A lower bound on the tick of every node in each slot (exact after the
-    /// slot is swept; cancellation may leave it low); UInt64.max if empty.
-    var slotMinTick: [UInt64]
-    /// floor(now / tick) for the latest `advance` (or init). Every pending
-    /// node has tick >= currentTick.
-    var currentTick: UInt64
-    var nextSerial: UInt64 = 1
+    @usableFromInline var nodes: [Node] = []
+    @usableFromInline var payloads: [Payload?] = []
+    @usableFromInline var freeHead: Int32 = -1
+    /// Per slot: head of the list of nodes whose tick is in the window
+    /// [currentTick, currentTick + slotCount), -1 if none.
+    @usableFromInline var nearHeads: [Int32]
+    /// Per slot: head of the list of nodes at least one rotation out.
+    @usableFromInline var farHeads: [Int32]
+    /// Per slot: a lower bound on the ticks in the far list (exact after a
+    /// sweep; removals may leave it low); UInt64.max when the list is empty
+    /// (check `farHeads` for emptiness: a timer may really be at tick .max).
+    @usableFromInline var farMinTick: [UInt64]
+    /// Bit s set iff slot s's near list is non-empty.
+    @usableFromInline var nearBits: [UInt64]
+    /// floor(now / tick) for the latest `advance` (or init); never decreases.
+    @usableFromInline var currentTick: UInt64
+    @usableFromInline var nextSerial: UInt64 = 1
+
+    @usableFromInline var latestNow: UInt64
+    @usableFromInline var liveCount: Int = 0
 
     /// The latest time passed to `init` or `advance`.
-    public private(set) var nowMilliseconds: UInt64
+    @inlinable public var nowMilliseconds: UInt64 { latestNow }
 
     /// The number of pending timers.
-    public private(set) var count: Int = 0
+    @inlinable public var count: Int { liveCount }
 
+    @inlinable
     public init(tickMilliseconds: UInt64 = 10, slotCount: Int = 512, nowMilliseconds: UInt64) {
         precondition(tickMilliseconds > 0, "tickMilliseconds must be positive")
         precondition(slotCount > 0, "slotCount must be positive")
         self.tickMilliseconds = tickMilliseconds
         self.slotCount = slotCount
-        self.heads = [Int32](repeating: -1, count: slotCount)
-        self.slotMinTick = [UInt64](repeating: .max, count: slotCount)
+        self.nearHeads = [Int32](repeating: -1, count: slotCount)
+        self.farHeads = [Int32](repeating: -1, count: slotCount)
+        self.farMinTick = [UInt64](repeating: .max, count: slotCount)
+        self.nearBits = [UInt64](repeating: 0, count: (slotCount + 63) / 64)
         self.currentTick = nowMilliseconds / tickMilliseconds
-        self.nowMilliseconds = nowMilliseconds
+        self.latestNow = nowMilliseconds
     }
 
     /// Node slots allocated (live + free). Bounded by the peak number of
     /// simultaneously pending timers.
     var storageCapacityForTesting: Int { nodes.count }
 
+    @inlinable
     @inline(__always)
     func slot(ofTick tick: UInt64) -> Int {
         Int(tick % UInt64(slotCount))
     }
 
+    /// Whether a tick (>= `base`) falls in the window starting at `base`.
+    @inlinable
+    @inline(__always)
+    func isNear(_ tick: UInt64, base: UInt64) -> Bool {
+        tick &- base < UInt64(slotCount)
+    }
+
+    @inlinable
     @inline(__always)
     func isLive(_ id: TimerID) -> Bool {
         id.index >= 0 && Int(id.index) < nodes.count && nodes[Int(id.index)].serial == id.serial
@@ -80,6 +127,7 @@ public struct TimerWheel<Payload> {
 
     /// Schedules `payload` to fire at `deadlineMilliseconds`. Deadlines at or
     /// before the current time fire on the next `advance`.
+    @inlinable
     public mutating func schedule(at deadlineMilliseconds: UInt64, _ payload: Payload) -> TimerID {
         let serial = nextSerial
         nextSerial += 1
@@ -97,40 +145,42 @@ public struct TimerWheel<Payload> {
             nodes.append(node)
             payloads.append(payload)
         }
-        link(index)
-        count += 1
+        link(index, near: isNear(tick, base: currentTick))
+        liveCount += 1
         return TimerID(index: index, serial: serial)
     }
 
     /// Cancels a pending timer and returns its payload; nil if it already
     /// fired or was cancelled.
+    @inlinable
     @discardableResult
     public mutating func cancel(_ id: TimerID) -> Payload? {
         guard isLive(id) else { return nil }
-        unlink(id.index)
-        count -= 1
+        unlink(id.index, near: isNear(nodes[Int(id.index)].tick, base: currentTick))
+        liveCount -= 1
         return release(id.index)
     }
 
     /// Moves a pending timer to a new deadline in O(1). Returns the timer's id
     /// (always equal to `id`), or nil if it already fired or was cancelled.
+    @inlinable
     @discardableResult
     public mutating func reschedule(_ id: TimerID, at deadline: UInt64) -> TimerID? {
         guard isLive(id) else { return nil }
         let i = Int(id.index)
         let tick = Swift.max(deadline / tickMilliseconds, currentTick)
-        if tick == nodes[i].tick {
-            nodes[i].deadline = deadline
-        } else {
-            unlink(id.index)
-            nodes[i].deadline = deadline
+        let oldTick = nodes[i].tick
+        nodes[i].deadline = deadline
+        if tick != oldTick {
+            unlink(id.index, near: isNear(oldTick, base: currentTick))
             nodes[i].tick = tick
-            link(id.index)
+            link(id.index, near: isNear(tick, base: currentTick))
         }
         return id
     }
 
     /// The deadline of a pending timer, nil if it fired or was cancelled.
+    @inlinable
     public func deadline(of id: TimerID) -> UInt64? {
         isLive(id) ? nodes[Int(id.index)].deadline : nil
     }
@@ -139,43 +189,36 @@ public struct TimerWheel<Payload> {
 
     /// Removes and returns every pending timer with deadline <= now, in
     /// deadline order (ties in scheduling order). Never fires a timer early.
-    /// Visits at most one full rotation of slots however far time jumps.
+    /// However far time jumps, visits each slot at most once.
     /// A `now` earlier than a previous one fires only timers due by then.
+    @inlinable
     public mutating func advance(to now: UInt64) -> [(TimerID, Payload)] {
-        let newTick = Swift.max(now / tickMilliseconds, currentTick)
-        defer {
-            currentTick = newTick
-            nowMilliseconds = Swift.max(nowMilliseconds, now)
-        }
-        guard count > 0 else { return [] }
+        let oldTick = currentTick
+        let newTick = Swift.max(now / tickMilliseconds, oldTick)
+        currentTick = newTick
+        latestNow = Swift.max(latestNow, now)
+        guard liveCount > 0 else { return [] }
 
-        // A node due by `now` has tick <= newTick (its deadline is, or it was
-        // scheduled in the past at a tick <= currentTick), so slots whose
-        // lower bound is beyond newTick can be skipped.
-        let span = newTick - currentTick
-        let visits = span >= UInt64(slotCount) ? slotCount : Int(span) + 1
         var fired: [(deadline: UInt64, serial: UInt64, id: TimerID, payload: Payload)] = []
-        var s = slot(ofTick: currentTick)
-        for _ in 0..<visits {
-            if slotMinTick[s] <= newTick {
-                var minTick = UInt64.max
-                var cursor = heads[s]
-                while cursor >= 0 {
-                    let node = nodes[Int(cursor)]
-                    if node.deadline <= now {
-                        unlink(cursor)
-                        count -= 1
-                        let payload = release(cursor)!
-                        fired.append((node.deadline, node.serial, TimerID(index: cursor, serial: node.serial), payload))
-                    } else if node.tick < minTick {
-                        minTick = node.tick
-                    }
-                    cursor = node.next
-                }
-                slotMinTick[s] = minTick
+        let span = newTick - oldTick
+        if span >= UInt64(slotCount) {
+            // A rotation or more: every slot is due for a sweep, once.
+            for s in 0..<slotCount {
+                sweepNear(s, now: now, into: &fired)
+                sweepFar(s, now: now, into: &fired)
             }
-            s += 1
-            if s == slotCount { s = 0 }
+        } else {
+            // Ticks oldTick..<newTick have passed: their near timers are all
+            // due, and the window gains ticks oldTick + slotCount..., which
+            // live in the same slots' far lists. Tick newTick is partial.
+            var s = slot(ofTick: oldTick)
+            for _ in 0..<Int(span) {
+                sweepNear(s, now: now, into: &fired)
+                sweepFar(s, now: now, into: &fired)
+                s += 1
+                if s == slotCount { s = 0 }
+            }
+            sweepNear(s, now: now, into: &fired)
         }
         if fired.count > 1 {
             fired.sort { ($0.deadline, $0.serial) < ($1.deadline, $1.serial) }
@@ -183,77 +226,149 @@ public struct TimerWheel<Payload> {
         return fired.map { ($0.id, $0.payload) }
     }
 
+    /// Fires the due nodes of a slot's near list. (Undue ones are at
+    /// currentTick, which is still in the window.)
+    @inlinable
+    mutating func sweepNear(
+        _ s: Int, now: UInt64,
+        into fired: inout [(deadline: UInt64, serial: UInt64, id: TimerID, payload: Payload)]
+    ) {
+        var cursor = nearHeads[s]
+        while cursor >= 0 {
+            let node = nodes[Int(cursor)]
+            if node.deadline <= now {
+                unlink(cursor, near: true)
+                liveCount -= 1
+                let payload = release(cursor)!
+                fired.append((node.deadline, node.serial, TimerID(index: cursor, serial: node.serial), payload))
+            }
+            cursor = node.next
+        }
+    }
+
+    /// Fires the due nodes of a slot's far list and moves those now inside
+    /// the window to the near list.
+    @inlinable
+    mutating func sweepFar(
+        _ s: Int, now: UInt64,
+        into fired: inout [(deadline: UInt64, serial: UInt64, id: TimerID, payload: Payload)]
+    ) {
+        guard farHeads[s] >= 0 else { return }
+        // Skip if nothing can be due (a due node has tick <= currentTick) or
+        // entering the window.
+        let lowerBound = farMinTick[s]
+        if lowerBound > currentTick && !isNear(lowerBound, base: currentTick) { return }
+        var minTick = UInt64.max
+        var cursor = farHeads[s]
+        while cursor >= 0 {
+            let node = nodes[Int(cursor)]
+            if node.deadline <= now {
+                unlink(cursor, near: false)
+                liveCount -= 1
+                let payload = release(cursor)!
+                fired.append((node.deadline, node.serial, TimerID(index: cursor, serial: node.serial), payload))
+            } else if isNear(node.tick, base: currentTick) {
+                unlink(cursor, near: false)
+                link(cursor, near: true)
+            } else if node.tick < minTick {
+                minTick = node.tick
+            }
+            cursor = node.next
+        }
+        farMinTick[s] = minTick
+    }
+
     // MARK: nextDeadline
 
     /// The earliest pending deadline, or nil if no timer is pending.
     ///
-    /// Exact when the earliest timer is within one rotation of the current
-    /// tick (the normal case). Otherwise it is a lower bound at tick
-    /// granularity (the start of the earliest timer's tick or an earlier
-    /// tick), still more than the current time, so a caller that sleeps
-    /// until it, advances and asks again converges without spinning.
+    /// Exact when the earliest timer is within one rotation
+    /// (slotCount × tickMilliseconds) of the current tick. Otherwise a lower
+    /// bound at tick granularity that is still later than the current time,
+    /// so a caller that sleeps until it, advances and asks again converges
+    /// without spinning. Costs a bitmap scan plus one tick's timers.
+    @inlinable
     public var nextDeadline: UInt64? {
-        guard count > 0 else { return nil }
-        var farTick = UInt64.max
-        var s = slot(ofTick: currentTick)
-        var tick = currentTick
-        for _ in 0..<slotCount {
-            let lowerBound = slotMinTick[s]
-            if lowerBound <= tick {
-                // Nodes here have ticks tick, tick + slotCount, ...; the ones
-                // at `tick` are the earliest of all.
-                var best = UInt64.max
-                var cursor = heads[s]
-                while cursor >= 0 {
-                    let node = nodes[Int(cursor)]
-                    if node.tick <= tick {
-                        if node.deadline < best { best = node.deadline }
-                    } else if node.tick < farTick {
-                        farTick = node.tick
-                    }
-                    cursor = node.next
-                }
-                if best != .max { return best }
-            } else if lowerBound < farTick {
-                farTick = lowerBound
+        guard liveCount > 0 else { return nil }
+        if let s = firstNearSlot(from: slot(ofTick: currentTick)) {
+            var best = UInt64.max
+            var cursor = nearHeads[s]
+            while cursor >= 0 {
+                let node = nodes[Int(cursor)]
+                if node.deadline < best { best = node.deadline }
+                cursor = node.next
             }
-            s += 1
-            if s == slotCount { s = 0 }
-            tick &+= 1
+            return best
         }
-        let (bound, overflow) = farTick.multipliedReportingOverflow(by: tickMilliseconds)
-        return overflow ? .max : bound
+        // Only far timers: they are all at or after the end of the window.
+        let (windowEnd, overflow) = currentTick.addingReportingOverflow(UInt64(slotCount))
+        var tick = overflow ? UInt64.max : windowEnd
+        var farMin = UInt64.max
+        for m in farMinTick where m < farMin { farMin = m }
+        if farMin != .max && farMin > tick { tick = farMin }
+        let (bound, overflow2) = tick.multipliedReportingOverflow(by: tickMilliseconds)
+        return overflow2 ? .max : bound
+    }
+
+    /// The first slot with a non-empty near list, scanning cyclically from
+    /// `start` (i.e. in tick order).
+    @inlinable
+    func firstNearSlot(from start: Int) -> Int? {
+        let words = nearBits.count
+        var w = start >> 6
+        var bits = nearBits[w] & (~0 << UInt64(start & 63))
+        for _ in 0...words {
+            if bits != 0 {
+                let s = w << 6 + bits.trailingZeroBitCount
+                if s < slotCount { return s }
+            }
+            w += 1
+            if w == words { w = 0 }
+            bits = nearBits[w]
+        }
+        return nil
     }
 
     // MARK: lists and slab
 
+    @inlinable
     @inline(__always)
-    mutating func link(_ index: Int32) {
+    mutating func link(_ index: Int32, near: Bool) {
         let i = Int(index)
         let tick = nodes[i].tick
         let s = slot(ofTick: tick)
-        let head = heads[s]
+        let head = near ? nearHeads[s] : farHeads[s]
         nodes[i].prev = -1
         nodes[i].next = head
         if head >= 0 { nodes[Int(head)].prev = index }
-        heads[s] = index
-        if tick < slotMinTick[s] { slotMinTick[s] = tick }
+        if near {
+            nearHeads[s] = index
+            nearBits[s >> 6] |= 1 << UInt64(s & 63)
+        } else {
+            farHeads[s] = index
+            if tick < farMinTick[s] { farMinTick[s] = tick }
+        }
     }
 
+    @inlinable
     @inline(__always)
-    mutating func unlink(_ index: Int32) {
+    mutating func unlink(_ index: Int32, near: Bool) {
         let node = nodes[Int(index)]
         let s = slot(ofTick: node.tick)
+        if node.next >= 0 { nodes[Int(node.next)].prev = node.prev }
         if node.prev >= 0 {
             nodes[Int(node.prev)].next = node.next
+        } else if near {
+            nearHeads[s] = node.next
+            if node.next < 0 { nearBits[s >> 6] &= ~(1 << UInt64(s & 63)) }
         } else {
-            heads[s] = node.next
+            farHeads[s] = node.next
+            if node.next < 0 { farMinTick[s] = .max }
         }
-        if node.next >= 0 { nodes[Int(node.next)].prev = node.prev }
-        if heads[s] < 0 { slotMinTick[s] = .max }
     }
 
     /// Frees an unlinked node and returns its payload.
+    @inlinable
     @inline(__always)
     mutating func release(_ index: Int32) -> Payload? {
         let i = Int(index)

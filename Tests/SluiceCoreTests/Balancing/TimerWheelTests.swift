@@ -247,9 +247,29 @@ struct TimerWheelTests {
         let bound = try! #require(w.nextDeadline)
         #expect(bound <= 5_003)
         #expect(bound > w.nowMilliseconds)
+        #expect(bound == 5_000, "the far timer's tick, rounded down")
         // Within one rotation it becomes exact.
         _ = w.advance(to: 4_900)
         #expect(w.nextDeadline == 5_003)
+    }
+
+    @Test func nextDeadlineAfterMassPushForward() {
+        // Idle timeouts all pushed out beyond a rotation, then one near timer.
+        var w = TimerWheel<Int>(tickMilliseconds: 10, slotCount: 32, nowMilliseconds: 0)
+        let ids = (0..<5000).map { w.schedule(at: UInt64($0 % 300), $0) }
+        #expect(w.nextDeadline == 0)
+        for (i, id) in ids.enumerated() { _ = w.reschedule(id, at: 60_000 + UInt64(i)) }
+        #expect(w.nearBits.allSatisfy { $0 == 0 })
+        #expect(w.nextDeadline == 60_000)   // lower bound = exact tick start here
+        let near = w.schedule(at: 123, -1)
+        #expect(w.nextDeadline == 123)
+        #expect(w.advance(to: 200).map(\.1) == [-1])
+        #expect(w.reschedule(near, at: 1) == nil)
+        #expect(w.nextDeadline == 60_000)
+        _ = w.advance(to: 59_990)
+        #expect(w.nextDeadline == 60_000)
+        #expect(w.advance(to: 64_999).count == 5000)
+        #expect(w.nextDeadline == nil)
     }
 
     @Test func eventLoopConvergesOnNextDeadline() {

@@ -1,0 +1,124 @@
+import CSluice
+import Foundation
+import Glibc
+@testable import SluicePosix
+@testable import SluiceServer
+import Testing
+
+@Suite("Posix facts the event loop relies on")
+struct PosixFactTests {
+    @Test("epoll_event has the kernel's packed layout (12 bytes)")
+    func epollEventLayout() {
+        #expect(MemoryLayout<epoll_event>.size == 12)
+    }
+
+    @Test("a oneshot registration reports once, and again only after re-arming")
+    func oneshotFiresOnce() throws {
+        let epoll = try Epoll()
+        let event = try EventFD()
+        event.signal()
+        try epoll.add(event.fd, [.readable, .oneShot], token: 42)
+        var tokens: [UInt64] = []
+        epoll.wait(timeoutMilliseconds: 100) { token, _ in tokens.append(token) }
+        #expect(tokens == [42])
+        // Still readable (not drained), but disarmed: nothing.
+        #expect(epoll.wait(timeoutMilliseconds: 50) { _, _ in } == 0)
+        try epoll.modify(event.fd, [.readable, .oneShot], token: 43)
+        tokens = []
+        epoll.wait(timeoutMilliseconds: 100) { token, _ in tokens.append(token) }
+        #expect(tokens == [43])
+    }
+
+    @Test("with SIGPIPE ignored, writing to a reset peer is an EPIPE/ECONNRESET error, not a signal")
+    func sigpipeIgnored() throws {
+        ignoreSIGPIPE()
+        let listener = try Socket.listen(on: SocketAddress(ip: "127.0.0.1", port: 0)!, reusePort: false)
+        defer { closeDescriptor(listener) }
+        let client = try Socket.tcp(family: AF_INET)
+        defer { closeDescriptor(client) }
+        _ = try Socket.connect(client, to: try Socket.localAddress(listener))
+        var accepted: Int32 = -1
+        for _ in 0..<100 {
+            if case .done(let (fd, _)) = try Socket.accept(listener) { accepted = fd; break }
+            usleep(1000)
+        }
+        #expect(accepted >= 0)
+        Socket.closeWithReset(accepted)
+        usleep(20_000)
+        let bytes = [UInt8](repeating: 1, count: 1024)
+        var failure: SystemCallError?
+        for _ in 0..<10 {
+            do { _ = try bytes.withUnsafeBytes { try Socket.write(client, from: $0) } } catch { failure = error as? SystemCallError; break }
+        }
+        #expect(failure.map { [EPIPE, ECONNRESET].contains($0.errno) } == true)
+    }
+
+    @Test("socket addresses round-trip through their kernel form, IPv4 and IPv6")
+    func socketAddresses() {
+        #expect(SocketAddress(ip: "127.0.0.1", port: 8080)?.description == "127.0.0.1:8080")
+        #expect(SocketAddress(ip: "::1", port: 443)?.description == "[::1]:443")
+        #expect(SocketAddress(ip: "0:0::1", port: 1) == SocketAddress(ip: "::1", port: 1))
+        #expect(SocketAddress(ip: "localhost", port: 1) == nil)
+    }
+
+    @Test("the fd inventory sees a new descriptor and its closing")
+    func openDescriptorInventory() throws {
+        let before = openDescriptors()
+        let event = try EventFD()
+        #expect(openDescriptors().contains(event.fd))
+        #expect(!before.contains(event.fd))
+    }
+}
+
+@Suite("Access log and log lines")
+struct LogTests {
+    @Test("JSON access lines escape what needs escaping and parse")
+    func jsonAccessLine() throws {
+        let record = AccessRecord(
+            worker: 3, listener: "we\"b\\\n", client: "127.0.0.1:5555", backend: nil,
+            bytesFromClient: 10, bytesToClient: 20, durationMicroseconds: 1500, dataPath: "splice", closeReason: "client_eof")
+        let line = try #require(record.render(.json))
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+        #expect(object["listener"] as? String == "we\"b\\\n")
+        #expect(object["backend"] is NSNull)
+        #expect(object["duration_ms"] as? Double == 1.5)
+        #expect(record.render(.off) == nil)
+        #expect(record.render(.text)?.contains("backend=- bytes_in=10 bytes_out=20 duration_ms=1.5 path=splice reason=client_eof") == true)
+    }
+
+    @Test("each log line is written whole, with the worker tag")
+    func logLines() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-log-\(UUID().uuidString)").path
+        let sink = try LogSink(path: path)
+        let logger = LogFactory(sink: sink, level: .info).logger("test", worker: 2)
+        logger.info("hello", metadata: ["b": "2", "a": "1"])
+        logger.debug("not shown")
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        #expect(text.hasSuffix(" info [worker=2] hello a=1 b=2\n"))
+        #expect(!text.contains("not shown"))
+    }
+}
+
+@Suite("Demo backend")
+struct DemoBackendTests {
+    @Test("answers pipelined requests one response each, keeps the connection")
+    func pipelined() throws {
+        let backend = try DemoBackend(name: "b1", bindTo: SocketAddress(ip: "127.0.0.1", port: 0)!)
+        try backend.start()
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var tv = timeval(tv_sec: 2, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        #expect(backend.address.withSockaddr { connect(fd, $0, $1) } == 0)
+        let requests = String(repeating: "GET / HTTP/1.1\r\nHost: x\r\n\r\n", count: 3)
+        _ = requests.withCString { send(fd, $0, strlen($0), 0) }
+        var received = ""
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while received.components(separatedBy: "hello from b1").count - 1 < 3 {
+            let n = recv(fd, &buffer, buffer.count, 0)
+            if n <= 0 { break }
+            received += String(decoding: buffer[0..<n], as: UTF8.self)
+        }
+        #expect(received.components(separatedBy: "HTTP/1.1 200 OK").count - 1 == 3)
+    }
+}
