@@ -25,7 +25,10 @@ let package = Package(
         .target(name: "SluicePosix", dependencies: ["CSluice"]),
         .target(
             name: "SluiceBPF",
-            dependencies: ["CSluice", "CLibbpf", "SluicePosix"],
+            dependencies: [
+                "CSluice", "CLibbpf", "SluicePosix",
+                .product(name: "Atomics", package: "swift-atomics"),
+            ],
             plugins: ["BPFObjectPlugin"]
         ),
         .target(
@@ -48,7 +51,10 @@ let package = Package(
         .plugin(name: "BPFObjectPlugin", capability: .buildTool()),
 
         .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore"]),
-        .testTarget(name: "SluiceBPFTests", dependencies: ["SluiceBPF", "SluicePosix", "CSluice"]),
+        .testTarget(
+            name: "SluiceBPFTests",
+            dependencies: ["SluiceBPF", "SluicePosix", "CSluice", "CLibbpf", .product(name: "Atomics", package: "swift-atomics")]
+        ),
         .testTarget(
             name: "SluiceServerTests",
             dependencies: ["SluiceServer", "SluicePosix", "SluiceCore", "CSluice"]

@@ -80,7 +80,8 @@ int select_worker(struct sk_reuseport_md *ctx)
         struct sluice_worker *w = bpf_map_lookup_elem(&worker_load, &k);
         if (!w)
             continue;
-        if ((w->flags & SLUICE_WORKER_DRAINING) || now - w->heartbeat_ns > stall_threshold_ns) {
+        /* Signed: a heartbeat written after `now` was read is fresh, not 584 years old. */
+        if ((w->flags & SLUICE_WORKER_DRAINING) || (__s64)(now - w->heartbeat_ns) > (__s64)stall_threshold_ns) {
             count(SLUICE_STEER_STALL_SKIP);
             continue;
         }

@@ -8,6 +8,7 @@
 #include <unistd.h>
 #include <errno.h>
 #include <sys/ioctl.h>
+#include <sys/vfs.h>
 #include "sluice_shims.h"
 
 int sluice_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
@@ -57,4 +58,10 @@ void sluice_ignore_sigpipe(void) {
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = SIG_IGN;
     sigaction(SIGPIPE, &sa, NULL);
+}
+
+int sluice_is_bpffs(const char *path) {
+    struct statfs fs;
+    if (statfs(path, &fs) != 0) return -1;
+    return fs.f_type == 0xCAFE4A11 /* BPF_FS_MAGIC */;
 }

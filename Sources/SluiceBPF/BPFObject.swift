@@ -82,6 +82,23 @@ public final class BPFObject {
         }
     }
 
+    /// Sets a `const volatile` global; only between open and load.
+    public func setReadOnly<T: FixedWidthInteger>(_ name: String, _ value: T) throws(BPFError) {
+        precondition(!isLoaded, "read-only globals are fixed at load")
+        var v = value
+        let rc = sluice_set_rodata(object, name, &v, MemoryLayout<T>.size)
+        if rc != 0 { throw BPFError("setting \(name) in the BPF object failed: \(errnoDescription(-rc))") }
+    }
+
+    /// Makes map `name` use an existing map (another object's) instead of
+    /// creating its own; only between open and load.
+    public func reuseMap(_ name: String, fd: Int32) throws(BPFError) {
+        precondition(!isLoaded, "maps are created at load")
+        guard let map = bpf_object__find_map_by_name(object, name) else { throw BPFError("no BPF map \(name)") }
+        let rc = bpf_map__reuse_fd(map, fd)
+        if rc != 0 { throw BPFError("reusing map \(name) failed: \(errnoDescription(-rc))") }
+    }
+
     /// Verifies and loads every program and creates every map.
     public func load() throws(BPFError) {
         let rc = bpf_object__load(object)
@@ -115,6 +132,17 @@ public final class BPFObject {
         return fd
     }
 
+    /// The kernel's id of a map (what bpftool shows).
+    public func mapID(_ name: String) throws(BPFError) -> UInt32 {
+        var info = bpf_map_info()
+        var length = UInt32(MemoryLayout<bpf_map_info>.size)
+        let fd = try mapFD(name)
+        guard bpf_obj_get_info_by_fd(fd, &info, &length) == 0 else {
+            throw BPFError("bpf_obj_get_info_by_fd: \(errnoDescription(Glibc.errno))")
+        }
+        return info.id
+    }
+
     /// The kernel's id of a loaded program (stable across fds; what bpftool shows).
     public func programID(_ name: String) throws(BPFError) -> UInt32 {
         var info = bpf_prog_info()
@@ -134,6 +162,16 @@ public final class BPFObject {
         image.deallocate()
         isLoaded = false
     }
+}
+
+/// Whether a map with this kernel id still exists.
+public func bpfMapExists(id: UInt32) -> Bool {
+    let fd = bpf_map_get_fd_by_id(id)
+    if fd >= 0 {
+        closeDescriptor(fd)
+        return true
+    }
+    return Glibc.errno != ENOENT
 }
 
 /// Whether a program with this kernel id still exists.

@@ -1,3 +1,4 @@
+import CLibbpf
 import Glibc
 import SluiceBPF
 import SluicePosix
@@ -30,18 +31,31 @@ struct BPFObjectTests {
         #expect(throws: BPFError.self) { try BPFObject(bytes: [0x7F, 0x45, 0x4C, 0x46, 1, 2, 3]) }
     }
 
-    @Test("load verifies the programs, and close leaves no program and no fd behind")
+    @Test("load verifies the programs, and close releases every program and map (nothing holds an fd to them)")
     func loadAndRelease() throws {
         guard try requireBPF() else { return }
-        let fdsBefore = openDescriptors()
         let object = try BPFObject(bytes: embeddedSluiceObject)
         try object.load()
-        let id = try object.programID("select_worker")
-        #expect(bpfProgramExists(id: id))
-        #expect(try object.mapFD("worker_load") >= 0)
+        let programID = try object.programID("select_worker")
+        let mapIDs = try SluiceBPFLayout.maps.map { try object.mapID($0) }
+        #expect(bpfProgramExists(id: programID))
+        for id in mapIDs { #expect(bpfMapExists(id: id)) }
         object.close()
-        #expect(!bpfProgramExists(id: id))
-        // Other tests open fds concurrently; only ours must be gone.
-        #expect(openDescriptors().subtracting(fdsBefore).count <= 2)
+        // A kernel object lives while any fd refers to it: gone means no fd left.
+        #expect(!bpfProgramExists(id: programID))
+        // Maps go after an RCU grace period, once the program that held them is freed.
+        try waitUntilTrue(5) { mapIDs.allSatisfy { !bpfMapExists(id: $0) } }
+    }
+
+    @Test("the ABI version is written to the abi map at load")
+    func abiVersion() throws {
+        guard try requireBPF() else { return }
+        let object = try BPFObject(bytes: embeddedSluiceObject)
+        defer { object.close() }
+        try object.load()
+        var key: UInt32 = 0
+        var value: UInt64 = 0
+        #expect(bpf_map_lookup_elem(try object.mapFD("abi"), &key, &value) == 0)
+        #expect(value == SluiceBPFLayout.abiVersion)
     }
 }

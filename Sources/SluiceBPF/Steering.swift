@@ -1,0 +1,220 @@
+import CLibbpf
+import CSluice
+import Glibc
+import SluicePosix
+
+/// Where an instance's maps are pinned: `/sys/fs/bpf/sluice/<instance>/`.
+public enum PinLayout {
+    public static let root = "/sys/fs/bpf/sluice"
+    /// The maps pinned for `sluice status` and bpftool.
+    public static let pinnedMaps = ["worker_load", "steer_stats", "abi"]
+
+    public static func directory(instance: String, root: String = root) -> String { "\(root)/\(instance)" }
+}
+
+/// Steering counters (sums over CPUs of `steer_stats`).
+public struct SteeringStats: Sendable, Equatable {
+    public var selected: UInt64 = 0
+    public var fallback: UInt64 = 0
+    public var allStalled: UInt64 = 0
+    public var stallSkips: UInt64 = 0
+    public var notSYN: UInt64 = 0
+
+    public init() {}
+}
+
+/// All the BPF state of one running instance: one copy of the object per
+/// listener (each with its own `worker_socks` array and program), sharing
+/// `worker_load`, `steer_stats` and `abi` with the first copy; those three
+/// are pinned under the instance's directory. `close()` releases everything
+/// and removes the pins.
+public final class KernelSteering {
+    public let table: WorkerLoadTable
+    public let pinDirectory: String
+    private var objects: [BPFObject] = []
+    private let attachPrograms: Bool
+    private var pinned = false
+
+    /// Loads one object per listener. With `attachPrograms` false only the
+    /// maps matter (counters for status in `hash` and `shared_accept` modes).
+    public init(instance: String, workers: Int, listeners: Int, stallThresholdNanoseconds: UInt64,
+                attachPrograms: Bool, pinRoot: String = PinLayout.root) throws(BPFError) {
+        precondition(workers >= 1 && workers <= Int(SLUICE_MAX_WORKERS))
+        self.attachPrograms = attachPrograms
+        pinDirectory = PinLayout.directory(instance: instance, root: pinRoot)
+        var objects: [BPFObject] = []
+        do throws(BPFError) {
+            for index in 0..<max(1, listeners) {
+                let object = try BPFObject(bytes: embeddedSluiceObject)
+                objects.append(object)
+                try object.setReadOnly("nr_workers", UInt32(workers))
+                try object.setReadOnly("stall_threshold_ns", stallThresholdNanoseconds)
+                if index > 0 {
+                    for name in PinLayout.pinnedMaps { try object.reuseMap(name, fd: try objects[0].mapFD(name)) }
+                }
+                try object.load()
+            }
+            do {
+                table = try WorkerLoadTable(mapFD: try objects[0].mapFD("worker_load"), count: workers)
+            } catch {
+                throw BPFError("cannot map worker_load: \(error)")
+            }
+        } catch {
+            for object in objects { object.close() }
+            throw error
+        }
+        self.objects = objects
+    }
+
+    deinit { close() }
+
+    public var programIDs: [UInt32] {
+        attachPrograms ? objects.compactMap { try? $0.programID("select_worker") } : []
+    }
+
+    public func mapID(_ name: String) -> UInt32? { try? objects.first?.mapID(name) }
+
+    /// Puts listener `index`'s per-worker sockets in its `worker_socks` array
+    /// (slot k = worker k) and attaches its program to the reuseport group.
+    public func attach(listener index: Int, workerSockets: [Int32]) throws(BPFError) {
+        guard attachPrograms else { return }
+        let object = objects[index]
+        let socks = try object.mapFD("worker_socks")
+        for (worker, fd) in workerSockets.enumerated() {
+            var key = UInt32(worker)
+            var value = UInt64(fd)
+            if bpf_map_update_elem(socks, &key, &value, UInt64(BPF_ANY)) != 0 {
+                throw BPFError("adding worker \(worker)'s socket to worker_socks failed: \(errnoDescription(errno))")
+            }
+        }
+        var prog = try object.programFD("select_worker")
+        // Attaching through any member socket attaches to the whole group.
+        if setsockopt(workerSockets[0], SOL_SOCKET, 52 /* SO_ATTACH_REUSEPORT_EBPF */, &prog, 4) != 0 {
+            throw BPFError("attaching select_worker to the reuseport group failed: \(errnoDescription(errno))")
+        }
+    }
+
+    public var stats: SteeringStats {
+        var result = SteeringStats()
+        guard let fd = try? objects.first?.mapFD("steer_stats") else { return result }
+        let cpus = Int(libbpf_num_possible_cpus())
+        var values = [UInt64](repeating: 0, count: max(1, cpus))
+        func sum(_ stat: UInt32) -> UInt64 {
+            var key = stat
+            guard bpf_map_lookup_elem(fd, &key, &values) == 0 else { return 0 }
+            return values.reduce(0, &+)
+        }
+        result.selected = sum(SLUICE_STEER_SELECTED.rawValue)
+        result.fallback = sum(SLUICE_STEER_FALLBACK.rawValue)
+        result.allStalled = sum(SLUICE_STEER_ALL_STALLED.rawValue)
+        result.stallSkips = sum(SLUICE_STEER_STALL_SKIP.rawValue)
+        result.notSYN = sum(SLUICE_STEER_NOT_SYN.rawValue)
+        return result
+    }
+
+    /// Pins the shared maps under the instance directory, atomically: into a
+    /// temporary directory first, renamed into place. A directory left by a
+    /// run that died is replaced; the caller must hold the instance lock so
+    /// that it cannot belong to a live daemon. Returns whether stale pins
+    /// were replaced.
+    @discardableResult
+    public func pin() throws(BPFError) -> Bool {
+        let parent = String(pinDirectory[..<pinDirectory.lastIndex(of: "/")!])
+        guard isBPFFileSystem(parent) || makeDirectory(parent) == 0 || isBPFFileSystem(parent) else {
+            throw BPFError("cannot create \(parent): \(errnoDescription(errno)) (is bpffs mounted at /sys/fs/bpf?)")
+        }
+        guard isBPFFileSystem(parent) else {
+            throw BPFError("\(parent) is not on a bpffs (mount -t bpf bpf /sys/fs/bpf)")
+        }
+        // bpffs refuses dots in names, so staging lives in a sibling directory.
+        let stagingParent = parent + "-staging"
+        guard makeDirectory(stagingParent) == 0 else {
+            throw BPFError("cannot create \(stagingParent): \(errnoDescription(errno))")
+        }
+        let staging = "\(stagingParent)/\(pinDirectory.split(separator: "/").last!)-\(getpid())"
+        removePinDirectory(staging)
+        guard mkdir(staging, 0o750) == 0 else {
+            throw BPFError("cannot create \(staging): \(errnoDescription(errno))")
+        }
+        for name in PinLayout.pinnedMaps {
+            let fd = try objects[0].mapFD(name)
+            if bpf_obj_pin(fd, "\(staging)/\(name)") != 0 {
+                let code = errno
+                removePinDirectory(staging)
+                throw BPFError("pinning \(name) failed: \(errnoDescription(code))")
+            }
+            // Steering state: readable by root's group (status), writable by root alone.
+            chmod("\(staging)/\(name)", 0o640)
+        }
+        var replaced = false
+        if access(pinDirectory, F_OK) == 0 {
+            removePinDirectory(pinDirectory)
+            replaced = true
+        }
+        guard rename(staging, pinDirectory) == 0 else {
+            let code = errno
+            removePinDirectory(staging)
+            throw BPFError("cannot move pins into \(pinDirectory): \(errnoDescription(code))")
+        }
+        pinned = true
+        return replaced
+    }
+
+    /// Unpins, unmaps and closes every object: no program or map outlives this.
+    public func close() {
+        table.unmap()
+        if pinned {
+            removePinDirectory(pinDirectory)
+            pinned = false
+        }
+        for object in objects { object.close() }
+        objects.removeAll()
+    }
+}
+
+func makeDirectory(_ path: String) -> Int32 {
+    if access(path, F_OK) == 0 { return 0 }
+    let parent = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
+    if !parent.isEmpty && access(parent, F_OK) != 0 { _ = makeDirectory(parent) }
+    return mkdir(path, 0o755)
+}
+
+public func isBPFFileSystem(_ path: String) -> Bool { sluice_is_bpffs(path) == 1 }
+
+/// Removes a pin directory and the pins in it (not recursive beyond one level).
+public func removePinDirectory(_ path: String) {
+    guard let dir = opendir(path) else { return }
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+            String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+        }
+        if name != "." && name != ".." { unlink("\(path)/\(name)") }
+    }
+    closedir(dir)
+    rmdir(path)
+}
+
+/// An exclusive lock on an instance name (flock on /run/sluice/<instance>.lock),
+/// held for the daemon's lifetime: proof that pins under the same name that
+/// exist without the lock were left by a run that died.
+public final class InstanceLock {
+    public let path: String
+    private let fd: Int32
+
+    public init(instance: String, directory: String = "/run/sluice") throws(BPFError) {
+        path = "\(directory)/\(instance).lock"
+        _ = makeDirectory(directory)
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw BPFError("cannot open \(path): \(errnoDescription(errno))") }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            Glibc.close(fd)
+            throw BPFError("instance \"\(instance)\" is already running (\(path) is locked)")
+        }
+        self.fd = fd
+    }
+
+    deinit {
+        unlink(path)
+        Glibc.close(fd)
+    }
+}

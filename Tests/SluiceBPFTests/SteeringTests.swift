@@ -1,0 +1,298 @@
+import CLibbpf
+import CSluice
+import Foundation
+import Glibc
+import SluiceBPF
+import SluicePosix
+import Testing
+
+/// A reuseport group of `workers` listening sockets on one loopback port,
+/// with select_worker attached: the kernel half of steering, without a server.
+final class SteeredGroup {
+    private(set) var sockets: [Int32]
+    let port: UInt16
+    let steering: KernelSteering
+
+    init(workers: Int, stallThreshold: UInt64 = 5_000_000_000) throws {
+        var sockets: [Int32] = []
+        var address = SocketAddress(ip: "127.0.0.1", port: 0)!
+        for _ in 0..<workers {
+            let fd = try Socket.listen(on: address, reusePort: true, backlog: 1024)
+            if address.port == 0 { address = try Socket.localAddress(fd) }
+            sockets.append(fd)
+        }
+        self.sockets = sockets
+        port = address.port
+        steering = try KernelSteering(
+            instance: "test-\(UUID().uuidString.prefix(8))", workers: workers, listeners: 1,
+            stallThresholdNanoseconds: stallThreshold, attachPrograms: true)
+        try steering.attach(listener: 0, workerSockets: sockets)
+        refreshHeartbeats()
+    }
+
+    deinit {
+        for fd in sockets where fd >= 0 { closeDescriptor(fd) }
+        steering.close()
+    }
+
+    /// Closes one worker's listening socket, as a worker that exits would.
+    func closeWorkerSocket(_ k: Int) {
+        closeDescriptor(sockets[k])
+        sockets[k] = -1
+    }
+
+    func refreshHeartbeats() {
+        let now = monotonicNanoseconds()
+        for k in 0..<sockets.count { steering.table.record(k).store(.heartbeatNanoseconds, now) }
+    }
+
+    var active: [UInt64] { (0..<sockets.count).map { steering.table.record($0).load(.active) } }
+
+    /// Opens `count` connections as one burst (non-blocking connects first,
+    /// then waits for every handshake); returns the client fds.
+    func burst(_ count: Int) throws -> [Int32] {
+        let target = SocketAddress(ip: "127.0.0.1", port: port)!
+        var clients: [Int32] = []
+        for _ in 0..<count {
+            let fd = try Socket.tcp(family: AF_INET)
+            _ = try Socket.connect(fd, to: target)
+            clients.append(fd)
+        }
+        for fd in clients {
+            var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            guard poll(&pfd, 1, 5000) == 1, Socket.pendingError(fd) == 0 else {
+                throw SystemCallError(call: "connect in burst", errno: Socket.pendingError(fd))
+            }
+        }
+        return clients
+    }
+
+    /// Accepts everything queued on each worker's socket; returns the counts.
+    func drainQueues() throws -> [Int] {
+        try sockets.map { listener in
+            guard listener >= 0 else { return 0 }
+            var n = 0
+            while case .done(let (fd, _)) = try Socket.accept(listener) {
+                closeDescriptor(fd)
+                n += 1
+            }
+            return n
+        }
+    }
+}
+
+func closeAll(_ fds: [Int32]) { for fd in fds { closeDescriptor(fd) } }
+
+@Suite("select_worker steering in the kernel")
+struct SteeringTests {
+    @Test("200 connections in one burst land evenly: per-worker counts equal ±1, and the queues agree")
+    func burstIsEven() throws {
+        guard try requireBPF() else { return }
+        let group = try SteeredGroup(workers: 4)
+        let clients = try group.burst(200)
+        defer { closeAll(clients) }
+        let active = group.active
+        #expect(active.reduce(0, +) == 200)
+        #expect(active.max()! - active.min()! <= 1, "\(active)")
+        let queued = try group.drainQueues()
+        #expect(queued.map(UInt64.init) == active, "where connections were queued vs. the counters")
+        #expect(group.steering.table.record(0).load(.accepted) == active[0])
+        #expect(group.steering.stats.selected == 200)
+    }
+
+    @Test("a worker preloaded with 1,000 connections gets none of the next 50")
+    func preloadedWorkerIsAvoided() throws {
+        guard try requireBPF() else { return }
+        let group = try SteeredGroup(workers: 4)
+        group.steering.table.record(2).store(.active, 1000)
+        let clients = try group.burst(50)
+        defer { closeAll(clients) }
+        let queued = try group.drainQueues()
+        #expect(queued[2] == 0, "\(queued)")
+        #expect(queued.reduce(0, +) == 50)
+    }
+
+    @Test("a worker whose heartbeat froze gets nothing after stall_threshold, and work again once it beats")
+    func stalledWorkerIsSkipped() throws {
+        guard try requireBPF() else { return }
+        let group = try SteeredGroup(workers: 3, stallThreshold: 200_000_000)
+        group.steering.table.record(1).store(.heartbeatNanoseconds, monotonicNanoseconds() - 1_000_000_000)
+        let before = group.steering.stats.stallSkips
+        let clients = try group.burst(30)
+        let queued = try group.drainQueues()
+        #expect(queued[1] == 0, "\(queued)")
+        #expect(group.steering.stats.stallSkips - before >= 30)
+        group.refreshHeartbeats()
+        let more = try group.burst(30)
+        defer { closeAll(clients + more) }
+        #expect(try group.drainQueues()[1] > 0)
+    }
+
+    @Test("a heartbeat written just after the program read the clock counts as fresh")
+    func futureHeartbeatIsFresh() throws {
+        guard try requireBPF() else { return }
+        let group = try SteeredGroup(workers: 2, stallThreshold: 200_000_000)
+        group.steering.table.record(0).store(.heartbeatNanoseconds, monotonicNanoseconds() + 50_000_000)
+        group.steering.table.record(1).store(.active, 100)
+        let clients = try group.burst(10)
+        defer { closeAll(clients) }
+        #expect(try group.drainQueues() == [10, 0])
+    }
+
+    @Test("draining workers get nothing; when every worker is stalled the kernel hash serves everyone")
+    func drainingAndAllStalled() throws {
+        guard try requireBPF() else { return }
+        let group = try SteeredGroup(workers: 2, stallThreshold: 200_000_000)
+        group.steering.table.record(0).store(.flags, UInt64(SLUICE_WORKER_DRAINING))
+        let first = try group.burst(10)
+        #expect(try group.drainQueues() == [0, 10])
+        let old = monotonicNanoseconds() - 1_000_000_000
+        for k in 0..<2 { group.steering.table.record(k).store(.heartbeatNanoseconds, old) }
+        let before = group.steering.stats.allStalled
+        let second = try group.burst(20)
+        defer { closeAll(first + second) }
+        #expect(try group.drainQueues().reduce(0, +) == 20, "nobody refused")
+        #expect(group.steering.stats.allStalled - before == 20)
+    }
+
+    @Test("an emptied slot falls back to the kernel hash without refusing anyone, and counts it")
+    func emptiedSlotFallsBack() throws {
+        guard try requireBPF() else { return }
+        let group = try SteeredGroup(workers: 3)
+        // Worker 2 looks least loaded, but its socket is gone: closing a
+        // listener removes its slot from the sockarray by itself.
+        group.steering.table.record(0).store(.active, 100)
+        group.steering.table.record(1).store(.active, 100)
+        group.closeWorkerSocket(2)
+        let before = group.steering.stats.fallback
+        let clients = try group.burst(20)
+        defer { closeAll(clients) }
+        var served = 0
+        for listener in group.sockets.prefix(2) {
+            while case .done(let (fd, _)) = try Socket.accept(listener) { closeDescriptor(fd); served += 1 }
+        }
+        #expect(served == 20)
+        #expect(group.steering.stats.fallback - before == 20)
+    }
+
+    @Test("stray ACKs run the program but move no counter")
+    func strayACKsAreNotConnections() throws {
+        guard try requireBPF() else { return }
+        let group = try SteeredGroup(workers: 2)
+        let before = group.steering.stats
+        for _ in 0..<5 { try sendBareACK(toPort: group.port) }
+        try waitUntilTrue(2) { group.steering.stats.notSYN - before.notSYN >= 5 }
+        #expect(group.active == [0, 0])
+        #expect(group.steering.stats.selected == before.selected)
+    }
+
+    @Test("pins: the shared maps appear under the instance directory, bpftool reads named fields, close removes all")
+    func pinsAndRelease() throws {
+        guard try requireBPF() else { return }
+        let instance = "test-pin-\(UUID().uuidString.prefix(8))"
+        let steering = try KernelSteering(instance: instance, workers: 2, listeners: 2,
+                                          stallThresholdNanoseconds: 200_000_000, attachPrograms: true)
+        let replaced = try steering.pin()
+        #expect(!replaced)
+        let dir = PinLayout.directory(instance: instance)
+        for name in PinLayout.pinnedMaps { #expect(access("\(dir)/\(name)", F_OK) == 0, "\(name)") }
+        steering.table.record(1).store(.active, 7)
+        steering.table.record(1).store(.bytesOut, 12345)
+        let json = try bpftoolJSON(["map", "dump", "pinned", "\(dir)/worker_load"])
+        let entries = try #require(json as? [[String: Any]])
+        // With BTF, bpftool's JSON carries a "formatted" object with named fields.
+        let formatted = entries.compactMap { $0["formatted"] as? [String: Any] }
+        let second = try #require(formatted.first { ($0["key"] as? Int) == 1 }?["value"] as? [String: Any])
+        #expect(second["active"] as? Int == 7)
+        #expect(second["bytes_out"] as? Int == 12345)
+        let programIDs = steering.programIDs
+        let mapID = try #require(steering.mapID("worker_load"))
+        #expect(programIDs.count == 2)
+        steering.close()
+        #expect(access(dir, F_OK) != 0, "pin directory removed")
+        for id in programIDs { #expect(!bpfProgramExists(id: id)) }
+        // Maps are released after an RCU grace period once the programs are gone.
+        try waitUntilTrue(5) { !bpfMapExists(id: mapID) }
+    }
+
+    @Test("stale pins from a run that died are replaced")
+    func stalePinsReplaced() throws {
+        guard try requireBPF() else { return }
+        let instance = "test-stale-\(UUID().uuidString.prefix(8))"
+        let dir = PinLayout.directory(instance: instance)
+        // A crashed run: pins left behind, and the objects closed without unpinning.
+        let crashed = try KernelSteering(instance: instance, workers: 1, listeners: 1,
+                                         stallThresholdNanoseconds: 1, attachPrograms: false)
+        try crashed.pin()
+        let staleID = try #require(crashed.mapID("worker_load"))
+        let lock = try InstanceLock(instance: instance, directory: NSTemporaryDirectory())
+        let fresh = try KernelSteering(instance: instance, workers: 1, listeners: 1,
+                                       stallThresholdNanoseconds: 1, attachPrograms: false)
+        #expect(try fresh.pin())
+        let pinnedFD = bpf_obj_get("\(dir)/worker_load")
+        var info = bpf_map_info()
+        var len = UInt32(MemoryLayout<bpf_map_info>.size)
+        #expect(bpf_obj_get_info_by_fd(pinnedFD, &info, &len) == 0)
+        #expect(info.id == fresh.mapID("worker_load"))
+        #expect(info.id != staleID)
+        closeDescriptor(pinnedFD)
+        fresh.close()
+        crashed.close()
+        _ = lock
+        #expect(throws: BPFError.self) { _ = try InstanceLock(instance: "x", directory: "/proc/nonexistent") }
+    }
+
+    @Test("an instance lock is exclusive")
+    func instanceLockIsExclusive() throws {
+        let name = "lock-\(UUID().uuidString.prefix(8))"
+        let first = try InstanceLock(instance: name, directory: NSTemporaryDirectory())
+        #expect(throws: BPFError.self) { _ = try InstanceLock(instance: name, directory: NSTemporaryDirectory()) }
+        _ = first
+    }
+}
+
+func waitUntilTrue(_ seconds: Double, _ condition: () -> Bool) throws {
+    let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
+    while !condition() {
+        if monotonicNanoseconds() > deadline { throw BPFError("condition not met within \(seconds)s") }
+        usleep(5000)
+    }
+}
+
+func bpftoolJSON(_ arguments: [String]) throws -> Any {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/sbin/bpftool")
+    process.arguments = ["-j"] + arguments
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    try process.run()
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return try JSONSerialization.jsonObject(with: data)
+}
+
+/// Sends one bare TCP ACK (no SYN) from a raw socket to 127.0.0.1:port.
+func sendBareACK(toPort port: UInt16) throws {
+    let fd = socket(AF_INET, Int32(SOCK_RAW.rawValue), Int32(IPPROTO_TCP))
+    guard fd >= 0 else { throw SystemCallError(call: "socket(SOCK_RAW)", errno: errno) }
+    defer { close(fd) }
+    var header = [UInt8](repeating: 0, count: 20)
+    let sourcePort = UInt16.random(in: 20000...60000)
+    header[0] = UInt8(sourcePort >> 8); header[1] = UInt8(sourcePort & 0xFF)
+    header[2] = UInt8(port >> 8); header[3] = UInt8(port & 0xFF)
+    for i in 4..<12 { header[i] = UInt8.random(in: 0...255) } // seq, ack
+    header[12] = 5 << 4     // data offset: 5 words
+    header[13] = 0x10       // ACK only
+    header[14] = 0xFF; header[15] = 0xFF // window
+    // Checksum over the pseudo-header (127.0.0.1 → 127.0.0.1, TCP, length 20) and the header.
+    var sum: UInt32 = 0x7F00 + 0x0001 + 0x7F00 + 0x0001 + 6 + 20
+    for i in stride(from: 0, to: 20, by: 2) { sum += UInt32(header[i]) << 8 | UInt32(header[i + 1]) }
+    while sum > 0xFFFF { sum = (sum & 0xFFFF) + (sum >> 16) }
+    let checksum = ~UInt16(sum)
+    header[16] = UInt8(checksum >> 8); header[17] = UInt8(checksum & 0xFF)
+    let destination = SocketAddress(ip: "127.0.0.1", port: 0)!
+    let sent = destination.withSockaddr { addr, len in
+        header.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, 0, addr, len) }
+    }
+    guard sent == 20 else { throw SystemCallError(call: "sendto(raw ACK)", errno: errno) }
+}
