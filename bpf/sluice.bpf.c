@@ -53,6 +53,36 @@ static __always_inline void count(__u32 stat)
         *value += 1;
 }
 
+/* The worker that gets the connection owns it in the counts: +1 here, -1
+ * by the worker when the connection closes. */
+static __always_inline void charge(__u32 worker)
+{
+    struct sluice_worker *w = bpf_map_lookup_elem(&worker_load, &worker);
+    if (w) {
+        __sync_fetch_and_add(&w->active, 1);
+        __sync_fetch_and_add(&w->accepted, 1);
+    }
+}
+
+/* Fallback placement by the connection's hash, over the slots that hold a
+ * socket, so that even a fallback is counted against the worker that gets
+ * it. With no socket at all, the kernel's own hash decides (uncounted). */
+static __always_inline int place_by_hash(struct sk_reuseport_md *ctx, __u32 n)
+{
+    if (n == 0)
+        return SK_PASS;
+    for (__u32 i = 0; i < SLUICE_MAX_WORKERS; i++) {
+        if (i >= n)
+            break;
+        __u32 k = (ctx->hash + i) % n;
+        if (bpf_sk_select_reuseport(ctx, &worker_socks, &k, 0) == 0) {
+            charge(k);
+            return SK_PASS;
+        }
+    }
+    return SK_PASS;
+}
+
 SEC("sk_reuseport")
 int select_worker(struct sk_reuseport_md *ctx)
 {
@@ -92,18 +122,16 @@ int select_worker(struct sk_reuseport_md *ctx)
     }
 
     if (best == SLUICE_MAX_WORKERS) {
+        /* Nobody is live: spread by the connection's hash, as the kernel would. */
         count(SLUICE_STEER_ALL_STALLED);
-        return SK_PASS;
+        return place_by_hash(ctx, n);
     }
     if (bpf_sk_select_reuseport(ctx, &worker_socks, &best, 0) < 0) {
+        /* The chosen worker's socket is gone (closed listener, empty slot). */
         count(SLUICE_STEER_FALLBACK);
-        return SK_PASS;
+        return place_by_hash(ctx, n);
     }
-    struct sluice_worker *chosen = bpf_map_lookup_elem(&worker_load, &best);
-    if (chosen) {
-        __sync_fetch_and_add(&chosen->active, 1);
-        __sync_fetch_and_add(&chosen->accepted, 1);
-    }
+    charge(best);
     count(SLUICE_STEER_SELECTED);
     return SK_PASS;
 }

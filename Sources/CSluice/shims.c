@@ -65,3 +65,5 @@ int sluice_is_bpffs(const char *path) {
     if (statfs(path, &fs) != 0) return -1;
     return fs.f_type == 0xCAFE4A11 /* BPF_FS_MAGIC */;
 }
+
+int sluice_dup_cloexec(int fd) { return fcntl(fd, F_DUPFD_CLOEXEC, 0); }

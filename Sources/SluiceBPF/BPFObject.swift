@@ -6,7 +6,12 @@ import SluicePosix
 /// A failure while opening, checking or loading the embedded BPF object.
 public struct BPFError: Error, Sendable, CustomStringConvertible {
     public let description: String
-    public init(_ description: String) { self.description = description }
+    /// The instance lock is held by a live daemon.
+    public let alreadyRunning: Bool
+    public init(_ description: String, alreadyRunning: Bool = false) {
+        self.description = description
+        self.alreadyRunning = alreadyRunning
+    }
 }
 
 /// The BPF programs and maps Sluice expects in its object; checked after

@@ -208,7 +208,7 @@ public final class InstanceLock {
         guard fd >= 0 else { throw BPFError("cannot open \(path): \(errnoDescription(errno))") }
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
             Glibc.close(fd)
-            throw BPFError("instance \"\(instance)\" is already running (\(path) is locked)")
+            throw BPFError("instance \"\(instance)\" is already running (\(path) is locked)", alreadyRunning: true)
         }
         self.fd = fd
     }

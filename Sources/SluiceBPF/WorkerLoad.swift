@@ -27,7 +27,7 @@ public struct WorkerLoadRecord: @unchecked Sendable {
     let base: UnsafeMutableRawPointer
 
     @inline(__always)
-    func atomic(_ field: WorkerField) -> UnsafeAtomic<UInt64> {
+    public func atomic(_ field: WorkerField) -> UnsafeAtomic<UInt64> {
         UnsafeAtomic(at: (base + field.rawValue).assumingMemoryBound(to: UInt64.AtomicRepresentation.self))
     }
 

@@ -46,17 +46,15 @@ public final class RuntimeListener: Sendable {
     public var name: String { config.name }
 }
 
-/// Counters of one worker, written by its thread alone, read by anyone.
+/// Counters of one worker that the kernel does not need (those live in its
+/// worker_load record), written by its thread alone, read by anyone.
 public final class WorkerCounters: Sendable {
     public let accepted = ManagedAtomic<UInt64>(0)
     public let active = ManagedAtomic<Int>(0)
     public let closed = ManagedAtomic<UInt64>(0)
-    public let bytesIn = ManagedAtomic<UInt64>(0)
-    public let bytesOut = ManagedAtomic<UInt64>(0)
     public let connectFailures = ManagedAtomic<UInt64>(0)
     public let noBackend = ManagedAtomic<UInt64>(0)
     public let acceptBackoffs = ManagedAtomic<UInt64>(0)
-    public let heartbeatNanoseconds = ManagedAtomic<UInt64>(0)
 
     public init() {}
 }

@@ -1,6 +1,8 @@
 import Atomics
 import Glibc
 import Logging
+import CSluice
+import SluiceBPF
 import SluiceCore
 import SluicePosix
 
@@ -56,9 +58,6 @@ public final class Server {
     }
 
     private func serve() throws(ServerError) -> Int32 {
-        guard config.steering == .hash else {
-            throw ServerError("steering \"\(config.steering.rawValue)\" is not available yet; use \"hash\"")
-        }
         let dataPath: DataPathKind
         switch config.splice {
         case .splice: dataPath = .splice
@@ -66,6 +65,7 @@ public final class Server {
         case .auto, .sockmap:
             throw ServerError("splice \"\(config.splice.rawValue)\" is not available yet; use \"splice\" or \"copy\"")
         }
+        let steeringMode = config.steering
 
         // Signals are blocked before any thread starts, so every thread inherits the mask.
         let signals: SignalFD
@@ -75,31 +75,39 @@ public final class Server {
             throw ServerError("cannot set up signal handling: \(error)")
         }
 
+        // One daemon per instance name: the lock proves that pins found under
+        // the name were left by a run that died.
+        var lock: InstanceLock?
+        do {
+            lock = try InstanceLock(instance: config.instance)
+        } catch {
+            if error.alreadyRunning || steeringMode == .leastLoaded { throw ServerError("\(error)") }
+            logger.warning("running without an instance lock or pinned counters: \(error)")
+        }
+        defer { withExtendedLifetime(lock) {} }
+
+        let steering = try setUpSteering(mode: steeringMode, pinning: lock != nil)
+        let table = steering?.table ?? WorkerLoadTable(anonymousCount: config.workers)
+        defer { steering?.close() }
+
         var pools: [String: RuntimePool] = [:]
         for pool in config.pools { pools[pool.name] = RuntimePool(pool) }
 
         // Bind everything before starting anything: a bad address fails the start.
-        var runtimeListeners: [RuntimeListener] = []
-        var socketsByWorker = Array(repeating: [Int32](), count: config.workers)
+        let (runtimeListeners, bound) = try bindListeners(pools: pools, shared: steeringMode == .sharedAccept)
+        var socketsByWorker = bound
         func closeAllBound() {
             for fds in socketsByWorker { for fd in fds { closeDescriptor(fd) } }
         }
-        for (index, listener) in config.listeners.enumerated() {
-            guard var address = SocketAddress(ip: listener.bind.host, port: listener.bind.port) else {
-                closeAllBound()
-                throw ServerError("listener \(listener.name): bad address \(listener.bind)")
-            }
-            for worker in 0..<config.workers {
+        if let steering, steeringMode == .leastLoaded {
+            for index in runtimeListeners.indices {
                 do {
-                    let fd = try Socket.listen(on: address, reusePort: true)
-                    if address.port == 0 { address = try Socket.localAddress(fd) } // the others join its port
-                    socketsByWorker[worker].append(fd)
+                    try steering.attach(listener: index, workerSockets: socketsByWorker.map { $0[index] })
                 } catch {
                     closeAllBound()
-                    throw ServerError("listener \(listener.name): cannot listen on \(address): \(error)")
+                    throw ServerError("listener \(runtimeListeners[index].name): \(error)")
                 }
             }
-            runtimeListeners.append(RuntimeListener(index: index, config: listener, pool: pools[listener.pool]!, address: address))
         }
 
         let exited = ManagedAtomic(0)
@@ -115,15 +123,21 @@ public final class Server {
             throw ServerError("cannot set up the control loop: \(error)")
         }
 
-        let settings = WorkerSettings(dataPath: dataPath, accessLog: config.log.access)
+        var settings = WorkerSettings(dataPath: dataPath, accessLog: config.log.access)
+        settings.sharedAccept = steeringMode == .sharedAccept
+        settings.workerCountsAccepts = steeringMode != .leastLoaded
+        settings.maxWaitMilliseconds = Int32(max(1, min(1000, config.stallThreshold.milliseconds / 4)))
         var workers: [Worker] = []
         var threads: [OSThread] = []
         let seed = monotonicNanoseconds()
         for k in 0..<config.workers {
+            let record = table.record(k)
+            // A fresh heartbeat before the thread runs: never steered away from at start.
+            record.store(.heartbeatNanoseconds, monotonicNanoseconds())
             do {
                 let worker = try Worker(
                     id: k, listeners: runtimeListeners, listenerFDs: socketsByWorker[k], settings: settings,
-                    logger: logs.logger("sluice.worker", worker: k), accessLog: accessSink, seed: seed,
+                    record: record, logger: logs.logger("sluice.worker", worker: k), accessLog: accessSink, seed: seed,
                     onExit: { exited.wrappingIncrement(ordering: .relaxed); exitWake.signal() }
                 )
                 socketsByWorker[k] = [] // the worker owns them now
@@ -131,7 +145,7 @@ public final class Server {
                 threads.append(try OSThread.start(name: "sluice-w\(k)") { worker.run() })
             } catch {
                 // Stop what started, then fail.
-                for fds in socketsByWorker { for fd in fds { closeDescriptor(fd) } }
+                closeAllBound()
                 for worker in workers { worker.send(.drain(deadlineMilliseconds: monotonicMilliseconds())) }
                 for thread in threads { thread.join() }
                 throw ServerError("cannot start worker \(k): \(error)")
@@ -144,9 +158,15 @@ public final class Server {
                 "algorithm": "\(listener.pool.config.algorithm.rawValue)",
             ])
         }
-        logger.info("ready", metadata: [
-            "workers": "\(config.workers)", "steering": "\(config.steering.rawValue)", "data_path": "\(dataPath.rawValue)",
-        ])
+        var readyMetadata: Logger.Metadata = [
+            "workers": "\(config.workers)", "steering": "\(steeringMode.rawValue)", "data_path": "\(dataPath.rawValue)",
+            "instance": "\(config.instance)",
+        ]
+        if let steering {
+            readyMetadata["pins"] = "\(steering.pinDirectory)"
+            if !steering.programIDs.isEmpty { readyMetadata["prog_ids"] = "\(steering.programIDs.map(String.init).joined(separator: ","))" }
+        }
+        logger.info("ready", metadata: readyMetadata)
         options.onReady?(runtimeListeners.map { (name: $0.name, address: $0.address) })
 
         var draining = false
@@ -174,17 +194,98 @@ public final class Server {
             }
         }
         for thread in threads { thread.join() }
-        let totals = workers.reduce(into: (accepted: UInt64(0), bytesIn: UInt64(0), bytesOut: UInt64(0))) { sum, w in
-            sum.accepted += w.counters.accepted.load(ordering: .relaxed)
-            sum.bytesIn += w.counters.bytesIn.load(ordering: .relaxed)
-            sum.bytesOut += w.counters.bytesOut.load(ordering: .relaxed)
+        var totals = (accepted: UInt64(0), bytesIn: UInt64(0), bytesOut: UInt64(0))
+        for worker in workers {
+            totals.accepted += worker.counters.accepted.load(ordering: .relaxed)
+            totals.bytesIn += worker.record.load(.bytesIn)
+            totals.bytesOut += worker.record.load(.bytesOut)
         }
-        logger.info("stopped", metadata: [
+        var stoppedMetadata: Logger.Metadata = [
             "accepted": "\(totals.accepted)", "bytes_in": "\(totals.bytesIn)", "bytes_out": "\(totals.bytesOut)",
-        ])
+        ]
+        if let steering, steeringMode == .leastLoaded {
+            let stats = steering.stats
+            stoppedMetadata["steered"] = "\(stats.selected)"
+            stoppedMetadata["fallbacks"] = "\(stats.fallback + stats.allStalled)"
+        }
+        logger.info("stopped", metadata: stoppedMetadata)
         workers.removeAll()
-        _ = epoll
-        _ = signals
+        withExtendedLifetime((epoll, signals, exitWake)) {}
         return 0
+    }
+
+    /// Loads the BPF object and pins the per-worker counters. `least_loaded`
+    /// cannot run without it; the other modes run with process memory instead.
+    private func setUpSteering(mode: SteeringMode, pinning: Bool) throws(ServerError) -> KernelSteering? {
+        do {
+            let steering = try KernelSteering(
+                instance: config.instance, workers: config.workers, listeners: config.listeners.count,
+                stallThresholdNanoseconds: config.stallThreshold.milliseconds * 1_000_000,
+                attachPrograms: mode == .leastLoaded)
+            if pinning {
+                do {
+                    if try steering.pin() {
+                        logger.notice("replaced stale pins left by a run that did not stop cleanly", metadata: [
+                            "pins": "\(steering.pinDirectory)",
+                        ])
+                    }
+                } catch {
+                    steering.close()
+                    throw error
+                }
+            }
+            return steering
+        } catch {
+            if mode == .leastLoaded {
+                throw ServerError("steering least_loaded needs BPF (root or CAP_BPF, and bpffs at /sys/fs/bpf): \(error); "
+                    + "use steering: hash to run without it")
+            }
+            logger.warning("per-worker counters are not in BPF maps (sluice status will not see them): \(error)")
+            return nil
+        }
+    }
+
+    /// Binds every listener: one SO_REUSEPORT socket per worker, or, for
+    /// shared_accept, one socket that every worker gets a duplicate of.
+    private func bindListeners(pools: [String: RuntimePool], shared: Bool) throws(ServerError)
+        -> ([RuntimeListener], [[Int32]])
+    {
+        var runtimeListeners: [RuntimeListener] = []
+        var socketsByWorker = Array(repeating: [Int32](), count: config.workers)
+        func closeAllBound() {
+            for fds in socketsByWorker { for fd in fds { closeDescriptor(fd) } }
+        }
+        for (index, listener) in config.listeners.enumerated() {
+            guard var address = SocketAddress(ip: listener.bind.host, port: listener.bind.port) else {
+                closeAllBound()
+                throw ServerError("listener \(listener.name): bad address \(listener.bind)")
+            }
+            do throws(SystemCallError) {
+                if shared {
+                    let fd = try Socket.listen(on: address, reusePort: false)
+                    address = try Socket.localAddress(fd)
+                    for worker in 0..<config.workers {
+                        let copy = sluice_dup_cloexec(fd)
+                        if copy < 0 {
+                            closeDescriptor(fd)
+                            throw SystemCallError(call: "dup", errno: errno)
+                        }
+                        socketsByWorker[worker].append(copy)
+                    }
+                    closeDescriptor(fd)
+                } else {
+                    for worker in 0..<config.workers {
+                        let fd = try Socket.listen(on: address, reusePort: true)
+                        if address.port == 0 { address = try Socket.localAddress(fd) } // the others join its port
+                        socketsByWorker[worker].append(fd)
+                    }
+                }
+            } catch {
+                closeAllBound()
+                throw ServerError("listener \(listener.name): cannot listen on \(address): \(error)")
+            }
+            runtimeListeners.append(RuntimeListener(index: index, config: listener, pool: pools[listener.pool]!, address: address))
+        }
+        return (runtimeListeners, socketsByWorker)
     }
 }

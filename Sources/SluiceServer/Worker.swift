@@ -1,6 +1,8 @@
 import Atomics
+import CSluice
 import Glibc
 import Logging
+import SluiceBPF
 import SluiceCore
 import SluicePosix
 import Synchronization
@@ -22,6 +24,16 @@ enum WorkerTimer {
 /// Shared, immutable settings for every worker of one server.
 struct WorkerSettings: Sendable {
     var dataPath: DataPathKind
+    /// `shared_accept`: one listening socket per listener in every worker's
+    /// epoll with EPOLLEXCLUSIVE; otherwise each worker has its own socket,
+    /// armed EPOLLONESHOT.
+    var sharedAccept = false
+    /// In `least_loaded` the steering program counts each connection on SYN;
+    /// in the other modes the worker counts what it accepts.
+    var workerCountsAccepts = true
+    /// Longest sleep in epoll_wait: the heartbeat must stay fresher than the
+    /// stall threshold even when there is nothing to do.
+    var maxWaitMilliseconds: Int32 = 1000
     var accessLog: AccessLogFormat
     /// Bytes one direction may move per wake-up before yielding to other sessions.
     var fairnessBudget = 1 << 20
@@ -38,6 +50,8 @@ struct WorkerSettings: Sendable {
 final class Worker: @unchecked Sendable {
     let id: Int
     let counters = WorkerCounters()
+    /// This worker's record in worker_load: read by the steering program and `sluice status`.
+    let record: WorkerLoadRecord
     private let epoll: Epoll
     let wakeup: EventFD
     private let commands = Mutex<[WorkerCommand]>([])
@@ -66,9 +80,11 @@ final class Worker: @unchecked Sendable {
 
     init(
         id: Int, listeners: [RuntimeListener], listenerFDs: [Int32], settings: WorkerSettings,
-        logger: Logger, accessLog: LogSink?, seed: UInt64, onExit: @escaping @Sendable () -> Void
+        record: WorkerLoadRecord, logger: Logger, accessLog: LogSink?, seed: UInt64,
+        onExit: @escaping @Sendable () -> Void
     ) throws(SystemCallError) {
         self.id = id
+        self.record = record
         self.listeners = listeners
         self.listenerFDs = listenerFDs
         self.settings = settings
@@ -115,9 +131,7 @@ final class Worker: @unchecked Sendable {
     func run() {
         do {
             try epoll.add(wakeup.fd, .readable, token: Self.wakeupToken)
-            for (index, fd) in listenerFDs.enumerated() {
-                if let fd { try epoll.add(fd, [.readable, .oneShot], token: Self.listenerKind | UInt64(index)) }
-            }
+            for index in listenerFDs.indices { try armListener(index, firstTime: true) }
         } catch {
             logger.critical("cannot register with epoll: \(error)")
             closeListeners()
@@ -127,25 +141,30 @@ final class Worker: @unchecked Sendable {
         logger.debug("worker started")
 
         while !(draining && sessions.isEmpty) {
-            let now = monotonicMilliseconds()
-            counters.heartbeatNanoseconds.store(now &* 1_000_000, ordering: .relaxed)
-            var timeout: Int32 = 1000
+            let idleSince = monotonicNanoseconds()
+            record.store(.heartbeatNanoseconds, idleSince)
+            let now = idleSince / 1_000_000
+            var timeout = settings.maxWaitMilliseconds
             if let next = timers.nextDeadline {
-                timeout = next <= now ? 0 : Int32(min(1000, next - now))
+                timeout = next <= now ? 0 : Int32(min(UInt64(timeout), next - now))
             }
+            var wokeAt: UInt64 = 0
             epoll.wait(timeoutMilliseconds: timeout) { token, events in
+                if wokeAt == 0 { wokeAt = monotonicNanoseconds() }
                 dispatch(token: token, events: events)
             }
-            for (_, timer) in timers.advance(to: monotonicMilliseconds()) {
+            if wokeAt == 0 { wokeAt = monotonicNanoseconds() }
+            for (_, timer) in timers.advance(to: wokeAt / 1_000_000) {
                 fire(timer)
             }
             processCommands()
+            record.add(.busyNanoseconds, monotonicNanoseconds() &- wokeAt)
         }
         closeListeners()
         logger.debug("worker stopped", metadata: [
             "accepted": "\(counters.accepted.load(ordering: .relaxed))",
-            "bytes_in": "\(counters.bytesIn.load(ordering: .relaxed))",
-            "bytes_out": "\(counters.bytesOut.load(ordering: .relaxed))",
+            "bytes_in": "\(record.load(.bytesIn))",
+            "bytes_out": "\(record.load(.bytesOut))",
         ])
         onExit()
     }
@@ -175,6 +194,7 @@ final class Worker: @unchecked Sendable {
             case .drain(let deadline):
                 guard !draining else { continue }
                 draining = true
+                record.store(.flags, record.load(.flags) | UInt64(SLUICE_WORKER_DRAINING))
                 closeListeners()
                 _ = timers.schedule(at: deadline, .drainDeadline)
                 logger.info("draining", metadata: ["open": "\(sessions.count)"])
@@ -202,14 +222,26 @@ final class Worker: @unchecked Sendable {
             }
         case .rearmListener(let index):
             pausedListeners.remove(index)
-            if let fd = listenerFDs[index] {
-                try? epoll.modify(fd, [.readable, .oneShot], token: Self.listenerKind | UInt64(index))
-            }
+            try? armListener(index)
         case .drainDeadline:
             if !sessions.isEmpty {
                 logger.warning("drain deadline reached; closing open connections", metadata: ["open": "\(sessions.count)"])
             }
             for session in Array(sessions.values) { close(session, reason: .drainTimeout) }
+        }
+    }
+
+    private var listenerInterest: EpollEvents { settings.sharedAccept ? [.readable, .exclusive] : [.readable, .oneShot] }
+
+    /// Oneshot listeners are re-armed with MOD; an EPOLLEXCLUSIVE one cannot
+    /// be modified, so pausing removes it and arming adds it back.
+    private func armListener(_ index: Int, firstTime: Bool = false) throws(SystemCallError) {
+        guard let fd = listenerFDs[index] else { return }
+        let token = Self.listenerKind | UInt64(index)
+        if firstTime || settings.sharedAccept {
+            try epoll.add(fd, listenerInterest, token: token)
+        } else {
+            try epoll.modify(fd, listenerInterest, token: token)
         }
     }
 
@@ -241,10 +273,15 @@ final class Worker: @unchecked Sendable {
             }
             guard case .done(let (clientFD, clientAddress)) = result else { break }
             listener.accepted.wrappingIncrement(ordering: .relaxed)
+            if settings.workerCountsAccepts {
+                record.add(.active, 1)
+                record.add(.accepted, 1)
+            }
             if listener.active.loadThenWrappingIncrement(ordering: .relaxed) >= listener.config.maxConnections {
                 listener.active.wrappingDecrement(ordering: .relaxed)
                 listener.rejectedOverLimit.wrappingIncrement(ordering: .relaxed)
                 Socket.closeWithReset(clientFD)
+                releaseActive()
                 continue
             }
             counters.accepted.wrappingIncrement(ordering: .relaxed)
@@ -259,7 +296,21 @@ final class Worker: @unchecked Sendable {
             connectNextBackend(session)
             if pausedListeners.contains(listenerIndex) { return }
         }
-        try? epoll.modify(fd, [.readable, .oneShot], token: Self.listenerKind | UInt64(listenerIndex))
+        if !settings.sharedAccept { try? armListener(listenerIndex) }
+    }
+
+    /// One accepted connection is gone: take it off this worker's load.
+    /// Saturating, so a connection the kernel placed without counting it
+    /// (a fallback) cannot wrap the counter below zero.
+    private func releaseActive() {
+        let slot = record.atomic(.active)
+        var current = slot.load(ordering: .relaxed)
+        while current > 0 {
+            let (exchanged, original) = slot.weakCompareExchange(
+                expected: current, desired: current - 1, ordering: .relaxed)
+            if exchanged { return }
+            current = original
+        }
     }
 
     private func isResourceExhaustion(_ error: SystemCallError) -> Bool {
@@ -272,6 +323,7 @@ final class Worker: @unchecked Sendable {
     private func pauseAccepting(_ listenerIndex: Int, because error: SystemCallError) {
         counters.acceptBackoffs.wrappingIncrement(ordering: .relaxed)
         guard pausedListeners.insert(listenerIndex).inserted else { return }
+        if settings.sharedAccept, let fd = listenerFDs[listenerIndex] { epoll.remove(fd) }
         let now = monotonicMilliseconds()
         if now &- lastAcceptErrorLog > 1000 {
             lastAcceptErrorLog = now
@@ -442,11 +494,7 @@ final class Worker: @unchecked Sendable {
         defer {
             if moved > 0 {
                 session.lastActivityMilliseconds = monotonicMilliseconds()
-                if sourceSide == .client {
-                    counters.bytesIn.wrappingIncrement(by: UInt64(moved), ordering: .relaxed)
-                } else {
-                    counters.bytesOut.wrappingIncrement(by: UInt64(moved), ordering: .relaxed)
-                }
+                record.add(sourceSide == .client ? .bytesIn : .bytesOut, UInt64(moved))
             }
         }
         while budget > 0 {
@@ -612,6 +660,7 @@ final class Worker: @unchecked Sendable {
         session.listener.active.wrappingDecrement(ordering: .relaxed)
         counters.active.wrappingDecrement(ordering: .relaxed)
         counters.closed.wrappingIncrement(ordering: .relaxed)
+        releaseActive()
 
         if let accessLogger {
             let record = AccessRecord(

@@ -148,8 +148,11 @@ struct Demo: ParsableCommand {
             name: "demo", bind: SocketAddressSpec(host: "127.0.0.1", port: port, family: .inet), pool: "demo",
             maxConnections: 100_000, connectTimeout: .seconds(2), idleTimeout: .seconds(300)
         )
+        // Least-loaded steering needs BPF (root); without it the demo still runs, on the kernel's hash.
+        let steering: SteeringMode = geteuid() == 0 ? .leastLoaded : .hash
+        if steering == .hash { printError("note: not root, so steering is \"hash\" (least_loaded needs BPF)") }
         let config = SluiceConfig(
-            instance: "demo", workers: workers ?? onlineCPUCount(), steering: .hash, splice: dataPath,
+            instance: "demo", workers: workers ?? onlineCPUCount(), steering: steering, splice: dataPath,
             stallThreshold: .milliseconds(200), drainTimeout: .seconds(5),
             log: LogConfig(level: .info, access: accessFormat, file: "stderr"), admin: nil,
             listeners: [listener], pools: [pool]
@@ -162,7 +165,7 @@ struct Demo: ParsableCommand {
                 sluice demo: proxy at http://\(address)/ in front of \(backendList)
                   try:    curl http://\(address)/
                   load:   wrk -t2 -c64 -d10s http://\(address)/
-                  status: sluice status --instance demo   (arrives with BPF steering)
+                  load per worker: bpftool map dump pinned /sys/fs/bpf/sluice/demo/worker_load
                   stop:   Ctrl-C
                 """)
         }

@@ -205,7 +205,7 @@ struct LifecycleTests {
 
     @Test("a value whose feature is not built yet is refused plainly, not silently replaced")
     func unavailableFeature() throws {
-        let yaml = proxyConfig(port: freePort(), backends: ["127.0.0.1:9001"]).replacingOccurrences(of: "steering: hash", with: "steering: least_loaded")
+        let yaml = proxyConfig(port: freePort(), backends: ["127.0.0.1:9001"]).replacingOccurrences(of: "splice: splice", with: "splice: sockmap")
         let sluice = try SluiceProcess(arguments: ["run"], configYAML: yaml)
         #expect(try sluice.waitForExit(seconds: 10) != 0)
         #expect(sluice.log.contains("not available yet"))

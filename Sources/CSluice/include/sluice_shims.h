@@ -30,6 +30,7 @@ int sluice_fcntl_setfl(int fd, int flags);
 int sluice_fcntl_getfl(int fd);
 int sluice_ioctl_int(int fd, unsigned long request, int *value);
 int sluice_errno(void);
+int sluice_dup_cloexec(int fd);
 /* 1 if path is on a bpffs, 0 if not, -1 (errno set) if it cannot be examined. */
 int sluice_is_bpffs(const char *path);
 

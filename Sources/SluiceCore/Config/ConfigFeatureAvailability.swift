@@ -9,9 +9,9 @@ public struct FeatureAvailability: Sendable, Equatable {
     // MARK: - Flip these when the feature ships.
 
     /// `steering: least_loaded` (the specified default).
-    public static let leastLoadedSteering = false
+    public static let leastLoadedSteering = true
     /// `steering: shared_accept`.
-    public static let sharedAcceptSteering = false
+    public static let sharedAcceptSteering = true
     /// `splice: sockmap` and `splice: auto` (the specified default).
     public static let sockmapSplice = false
     /// The `admin` block (admin socket and metrics endpoint).

@@ -58,7 +58,7 @@ struct ConfigDecodingTests {
     }
 
     @Test func documentedExampleReportsUnavailableFeaturesToday() {
-        let errors = configErrors(documentedExampleYAML)
+        let errors = configErrors(documentedExampleYAML, features: .nothingBuilt)
         #expect(errors.map(\.path) == ["steering", "splice", "admin", "pools[0].health_check"])
         #expect(errors.map(\.line) == [3, 4, 8, 18])
         #expect(errors[0].message == "\"least_loaded\" is not available yet in this version; use \"hash\"")
@@ -88,7 +88,7 @@ struct ConfigDecodingTests {
     }
 
     @Test func defaultsWhenKeysAreAbsent() throws {
-        let loaded = try decodeConfig(minimalConfigYAML, cpus: 6)
+        let loaded = try decodeConfig(minimalConfigYAML, cpus: 6, features: .nothingBuilt)
         let config = loaded.config
         #expect(config.instance == "default")
         #expect(config.workers == 6)
@@ -122,7 +122,7 @@ struct ConfigDecodingTests {
     }
 
     @Test func flippingOneFlagChangesOnlyThatFeature() throws {
-        var features = FeatureAvailability.current
+        var features = FeatureAvailability.nothingBuilt
         features.leastLoadedSteering = true
         let loaded = try decodeConfig(minimalConfigYAML, features: features)
         #expect(loaded.config.steering == .leastLoaded)

@@ -74,7 +74,7 @@ struct ConfigErrorTests {
          "expected one of trace, debug, info, notice, warning, error, critical; found \"INFO\"; did you mean \"info\"?"),
     ])
     func badTopLevelEnums(line: String, path: String, message: String) throws {
-        let error = try #require(singleConfigError(line + "\n" + minimalConfigYAML))
+        let error = try #require(singleConfigError(line + "\n" + minimalConfigYAML, features: .nothingBuilt))
         #expect(error.path == path)
         #expect(error.line == 1)
         #expect(error.message == message)
@@ -322,7 +322,7 @@ struct ConfigErrorTests {
          "expected stderr, stdout or an absolute file path; found \"sluice.log\""),
     ])
     func outOfRangeValues(line: String, path: String, message: String) throws {
-        let error = try #require(singleConfigError(line + "\n" + minimalConfigYAML))
+        let error = try #require(singleConfigError(line + "\n" + minimalConfigYAML, features: .nothingBuilt))
         #expect(error.path == path)
         if !message.isEmpty { #expect(error.message == message) }
     }
@@ -391,7 +391,7 @@ struct ConfigErrorTests {
         ("admin: {}", "admin", "the admin socket and metrics endpoint are not available yet; remove the admin block"),
     ])
     func unavailableFeatureWrittenExplicitly(line: String, path: String, message: String) throws {
-        let error = try #require(singleConfigError(line + "\n" + minimalConfigYAML))
+        let error = try #require(singleConfigError(line + "\n" + minimalConfigYAML, features: .nothingBuilt))
         #expect(error.path == path)
         #expect(error.line == 1)
         #expect(error.message == message)
@@ -419,7 +419,7 @@ struct ConfigErrorTests {
         let yaml = """
             instance: "my instance"
             workers: 0
-            steering: least_loaded
+            steering: fastest
             splice: copy
             stall_threshold: 10
             log: { level: loud, access: text, file: stderr }

@@ -60,3 +60,11 @@ func configAddress(_ text: String, allowPortZero: Bool = false) -> SocketAddress
     case .failure(let error): fatalError("bad test address \(text): \(error)")
     }
 }
+
+extension FeatureAvailability {
+    /// No optional feature built: exercises the "not available yet" path
+    /// whatever this build ships.
+    static let nothingBuilt = FeatureAvailability(
+        leastLoadedSteering: false, sharedAcceptSteering: false, sockmapSplice: false,
+        adminEndpoints: false, healthChecks: false)
+}
