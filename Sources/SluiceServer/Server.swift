@@ -13,6 +13,8 @@ public struct ServerOptions: Sendable {
     public var verifyCleanExit = false
     /// Printed once listeners are bound and workers run (the demo uses it).
     public var onReady: (@Sendable ([(name: String, address: SocketAddress)]) -> Void)?
+    /// Benchmark knob: on SIGUSR1, block this worker for this long.
+    public var stallOnSIGUSR1: (worker: Int, milliseconds: UInt64)?
 
     public init(verifyCleanExit: Bool = false) {
         self.verifyCleanExit = verifyCleanExit
@@ -70,7 +72,7 @@ public final class Server {
         // Signals are blocked before any thread starts, so every thread inherits the mask.
         let signals: SignalFD
         do {
-            signals = try SignalFD(signals: [SIGINT, SIGTERM, SIGHUP])
+            signals = try SignalFD(signals: [SIGINT, SIGTERM, SIGHUP] + (options.stallOnSIGUSR1 != nil ? [SIGUSR1] : []))
         } catch {
             throw ServerError("cannot set up signal handling: \(error)")
         }
@@ -177,9 +179,15 @@ public final class Server {
                     switch signal {
                     case SIGHUP:
                         logger.notice("SIGHUP: configuration reload is not available yet; nothing changed")
+                    case SIGUSR1:
+                        if let stall = options.stallOnSIGUSR1, stall.worker < workers.count {
+                            workers[stall.worker].send(.stall(milliseconds: stall.milliseconds))
+                        }
                     default:
                         if draining {
                             logger.warning("second stop signal: exiting now")
+                            // Workers still run, so nothing is unmapped; only the pins go.
+                            if let steering { removePinDirectory(steering.pinDirectory) }
                             _exit(1)
                         }
                         draining = true

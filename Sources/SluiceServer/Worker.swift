@@ -11,6 +11,9 @@ import Synchronization
 enum WorkerCommand: Sendable {
     /// Stop accepting now; close whatever is still open at the deadline.
     case drain(deadlineMilliseconds: UInt64)
+    /// Test and benchmark knob: block this worker's loop, as a worker stuck
+    /// in a slow call would be (no heartbeat, no events handled).
+    case stall(milliseconds: UInt64)
 }
 
 /// What a timer on the worker's wheel stands for.
@@ -198,6 +201,9 @@ final class Worker: @unchecked Sendable {
                 closeListeners()
                 _ = timers.schedule(at: deadline, .drainDeadline)
                 logger.info("draining", metadata: ["open": "\(sessions.count)"])
+            case .stall(let milliseconds):
+                logger.warning("stalling on request", metadata: ["ms": "\(milliseconds)"])
+                usleep(UInt32(min(milliseconds, 60_000)) * 1000)
             }
         }
     }

@@ -69,9 +69,21 @@ struct Run: ParsableCommand {
     @Flag(help: "At exit, fail (status 3) if any descriptor the server opened is still open.")
     var verifyCleanExit = false
 
+    @Option(help: ArgumentHelp("Benchmark knob: on SIGUSR1, block worker K for MS milliseconds (K:MS).", visibility: .hidden))
+    var stallOnSigusr1: String?
+
     func run() throws {
         let loaded = try loadConfig(config)
-        try runServer(loaded.config, options: ServerOptions(verifyCleanExit: verifyCleanExit))
+        var options = ServerOptions(verifyCleanExit: verifyCleanExit)
+        if let knob = stallOnSigusr1 {
+            let parts = knob.split(separator: ":")
+            guard parts.count == 2, let worker = Int(parts[0]), let ms = UInt64(parts[1]) else {
+                printError("error: --stall-on-sigusr1: expected WORKER:MILLISECONDS; found \"\(knob)\"")
+                throw ExitCode(2)
+            }
+            options.stallOnSIGUSR1 = (worker, ms)
+        }
+        try runServer(loaded.config, options: options)
     }
 }
 
