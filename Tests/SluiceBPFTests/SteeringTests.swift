@@ -195,7 +195,11 @@ struct SteeringTests {
         let replaced = try steering.pin()
         #expect(!replaced)
         let dir = PinLayout.directory(instance: instance)
-        for name in PinLayout.pinnedMaps { #expect(access("\(dir)/\(name)", F_OK) == 0, "\(name)") }
+        for name in PinLayout.pinnedMaps {
+            var info = stat()
+            #expect(stat("\(dir)/\(name)", &info) == 0, "\(name) pinned")
+            #expect(info.st_mode & 0o777 == 0o640 && info.st_uid == 0, "\(name): writable by root alone")
+        }
         steering.table.record(1).store(.active, 7)
         steering.table.record(1).store(.bytesOut, 12345)
         let json = try bpftoolJSON(["map", "dump", "pinned", "\(dir)/worker_load"])
