@@ -22,8 +22,16 @@ public enum SluiceBPFLayout {
     public static let abiVersion = UInt64(SLUICE_ABI_VERSION)
 }
 
+/// The programs and maps of the splice object (bpf/splice.bpf.c).
+public enum SpliceBPFLayout {
+    public static let programs = ["splice_verdict"]
+    public static let maps = ["splice_socks", "splice_peers", "worker_load"]
+}
+
 /// The object compiled from bpf/sluice.bpf.c at build time.
 public var embeddedSluiceObject: [UInt8] { decodeBase64(bpfObject_sluice) }
+/// The object compiled from bpf/splice.bpf.c at build time.
+public var embeddedSpliceObject: [UInt8] { decodeBase64(bpfObject_splice) }
 
 /// One opened (and, after `load()`, loaded) libbpf object. Owns every kernel
 /// object it creates: `close()` releases all of them.
@@ -33,7 +41,10 @@ public final class BPFObject {
     public private(set) var isLoaded = false
 
     /// Opens the object (no kernel objects yet) and checks its layout.
-    public init(bytes: [UInt8], name: String = "sluice") throws(BPFError) {
+    public init(
+        bytes: [UInt8], name: String = "sluice",
+        expectedPrograms: [String] = SluiceBPFLayout.programs, expectedMaps: [String] = SluiceBPFLayout.maps
+    ) throws(BPFError) {
         image = .allocate(byteCount: bytes.count, alignment: 8)
         image.copyBytes(from: bytes)
         var opts = bpf_object_open_opts()
@@ -48,7 +59,7 @@ public final class BPFObject {
         }
         object = opened
         do throws(BPFError) {
-            try checkLayout()
+            try checkLayout(programs: expectedPrograms, maps: expectedMaps)
         } catch {
             close()
             throw error
@@ -77,11 +88,11 @@ public final class BPFObject {
         return names
     }
 
-    private func checkLayout() throws(BPFError) {
+    private func checkLayout(programs expectedPrograms: [String], maps expectedMaps: [String]) throws(BPFError) {
         let programs = Set(programNames)
         let maps = Set(mapNames)
-        let missing = SluiceBPFLayout.programs.filter { !programs.contains($0) }.map { "program \($0)" }
-            + SluiceBPFLayout.maps.filter { !maps.contains($0) }.map { "map \($0)" }
+        let missing = expectedPrograms.filter { !programs.contains($0) }.map { "program \($0)" }
+            + expectedMaps.filter { !maps.contains($0) }.map { "map \($0)" }
         if !missing.isEmpty {
             throw BPFError("the BPF object lacks \(missing.joined(separator: ", ")): it was built from other sources")
         }
@@ -104,6 +115,13 @@ public final class BPFObject {
         if rc != 0 { throw BPFError("reusing map \(name) failed: \(errnoDescription(-rc))") }
     }
 
+    /// Sizes a map; only between open and load.
+    public func setMaxEntries(_ name: String, _ entries: UInt32) throws(BPFError) {
+        guard let map = bpf_object__find_map_by_name(object, name) else { throw BPFError("no BPF map \(name)") }
+        let rc = bpf_map__set_max_entries(map, entries)
+        if rc != 0 { throw BPFError("sizing map \(name) failed: \(errnoDescription(-rc))") }
+    }
+
     /// Verifies and loads every program and creates every map.
     public func load() throws(BPFError) {
         let rc = bpf_object__load(object)
@@ -111,6 +129,7 @@ public final class BPFObject {
             throw BPFError("loading the BPF object failed: \(errnoDescription(-rc)) (needs root or CAP_BPF)")
         }
         isLoaded = true
+        guard bpf_object__find_map_by_name(object, "abi") != nil else { return }
         var key: UInt32 = 0
         var version = SluiceBPFLayout.abiVersion
         let abiFD = try mapFD("abi")

@@ -36,4 +36,15 @@ enum sluice_steer_stat {
     SLUICE_STEER_NSTATS = 5,
 };
 
+/* Value of the `splice_peers` map, keyed by a spliced socket's cookie. */
+struct sluice_splice_peer {
+    __u64 peer;     /* cookie of the socket this one's bytes are redirected to */
+    __u64 bytes;    /* bytes redirected from this socket, total */
+    __u64 worker;   /* index in worker_load of the worker that owns the pair */
+    __u64 side;     /* SLUICE_SIDE_*: which of bytes_in / bytes_out to add to */
+};
+
+#define SLUICE_SIDE_CLIENT 0 /* bytes from the client: bytes_in */
+#define SLUICE_SIDE_BACKEND 1 /* bytes from the backend: bytes_out */
+
 #endif

@@ -1,0 +1,12 @@
+#ifndef SLUICE_TCPINFO_H
+#define SLUICE_TCPINFO_H
+#include <stdint.h>
+
+#define SLUICE_TCP_ESTABLISHED 1
+
+/* Bytes that have entered fd's send path (tcpi_bytes_acked + SIOCOUTQ) and
+ * its TCP state. 0 or -1 (errno set). */
+int sluice_tcp_progress(int fd, uint64_t *bytes_written, uint8_t *state);
+/* SO_COOKIE: the kernel's stable id of a socket. 0 or -1 (errno set). */
+int sluice_socket_cookie(int fd, uint64_t *cookie);
+#endif

@@ -1,0 +1,60 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Sluice's in-kernel data path: once a client and its backend are paired,
+ * every skb that arrives on one is redirected to the other's send queue
+ * without waking userspace. Attached as a stream verdict (no parser) to the
+ * `splice_socks` SOCKHASH. Layout lives in sluice_abi.h. */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "sluice_abi.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Spliced sockets, keyed by socket cookie. Sized at load. */
+struct {
+    __uint(type, BPF_MAP_TYPE_SOCKHASH);
+    __uint(max_entries, 65536);
+    __type(key, __u64);
+    __type(value, __u64);
+} splice_socks SEC(".maps");
+
+/* cookie -> where its bytes go, and how many went. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 65536);
+    __type(key, __u64);
+    __type(value, struct sluice_splice_peer);
+} splice_peers SEC(".maps");
+
+/* Shared with the steering object (reused fd): per-worker byte totals. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(map_flags, BPF_F_MMAPABLE);
+    __uint(max_entries, SLUICE_MAX_WORKERS);
+    __type(key, __u32);
+    __type(value, struct sluice_worker);
+} worker_load SEC(".maps");
+
+SEC("sk_skb/stream_verdict")
+int splice_verdict(struct __sk_buff *skb)
+{
+    /* A FIN arrives as an empty skb: passing it lets userspace see EOF
+     * (dropping it would make the peer's next write fail with EPIPE). */
+    if (skb->len == 0)
+        return SK_PASS;
+
+    __u64 cookie = bpf_get_socket_cookie(skb);
+    struct sluice_splice_peer *pair = bpf_map_lookup_elem(&splice_peers, &cookie);
+    if (!pair)
+        return SK_PASS; /* not paired (yet): userspace reads it */
+
+    __sync_fetch_and_add(&pair->bytes, skb->len);
+    __u32 worker = (__u32)pair->worker;
+    struct sluice_worker *w = bpf_map_lookup_elem(&worker_load, &worker);
+    if (w) {
+        if (pair->side == SLUICE_SIDE_CLIENT)
+            __sync_fetch_and_add(&w->bytes_in, skb->len);
+        else
+            __sync_fetch_and_add(&w->bytes_out, skb->len);
+    }
+    return bpf_sk_redirect_hash(skb, &splice_socks, &pair->peer, 0);
+}
