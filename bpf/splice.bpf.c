@@ -17,9 +17,11 @@ struct {
     __type(value, __u64);
 } splice_socks SEC(".maps");
 
-/* cookie -> where its bytes go, and how many went. */
+/* cookie -> where its bytes go, and how many went. Not preallocated: memory
+ * follows the spliced connections, not the configured maximum. */
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
     __uint(max_entries, 65536);
     __type(key, __u64);
     __type(value, struct sluice_splice_peer);
@@ -37,10 +39,16 @@ struct {
 SEC("sk_skb/stream_verdict")
 int splice_verdict(struct __sk_buff *skb)
 {
-    /* A FIN arrives as an empty skb: passing it lets userspace see EOF
-     * (dropping it would make the peer's next write fail with EPIPE). */
+    /* A FIN arrives as an empty skb. It must never reach a psock backlog:
+     * an empty skb there returns 0 from the send step, which the backlog
+     * takes for a hard error; it then stops sending and drops every byte
+     * still queued for this socket's peer direction (seen: a client that
+     * half-closes while its response is still queued loses the rest of
+     * it). Redirecting it does that on the peer; passing it does it here
+     * whenever redirected bytes are still queued. Dropping it is safe: the
+     * FIN has already set RCV_SHUTDOWN, so userspace still reads EOF. */
     if (skb->len == 0)
-        return SK_PASS;
+        return SK_DROP;
 
     __u64 cookie = bpf_get_socket_cookie(skb);
     struct sluice_splice_peer *pair = bpf_map_lookup_elem(&splice_peers, &cookie);

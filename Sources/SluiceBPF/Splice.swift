@@ -109,3 +109,62 @@ public func tcpProgress(_ fd: Int32) throws(SystemCallError) -> (written: UInt64
     _ = try systemCall("getsockopt(TCP_INFO)") { sluice_tcp_progress(fd, &written, &state) }
     return (written, Int32(state) == SLUICE_TCP_ESTABLISHED)
 }
+
+extension KernelSplice {
+    /// Splices two loopback connections and checks that bytes cross both
+    /// ways. Returns nil when the kernel path works, else why not.
+    public func selfTest() -> String? {
+        var fds: [Int32] = []
+        defer { for fd in fds { closeDescriptor(fd) } }
+        func pair() throws(SystemCallError) -> (outer: Int32, inner: Int32) {
+            let listener = try Socket.listen(on: SocketAddress(ip: "127.0.0.1", port: 0)!, reusePort: false, backlog: 4)
+            defer { closeDescriptor(listener) }
+            let outer = try Socket.tcp(family: AF_INET)
+            fds.append(outer)
+            _ = try Socket.connect(outer, to: try Socket.localAddress(listener))
+            for _ in 0..<1000 {
+                if case .done(let (inner, _)) = try Socket.accept(listener) {
+                    fds.append(inner)
+                    return (outer, inner)
+                }
+                usleep(1000)
+            }
+            throw SystemCallError(call: "accept (self-test)", errno: ETIMEDOUT)
+        }
+        func transfer(from: Int32, to: Int32, count: Int) -> Bool {
+            let bytes = [UInt8](repeating: 0x5A, count: count)
+            var sent = 0
+            var received = 0
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            let deadline = monotonicMilliseconds() + 2000
+            while received < count && monotonicMilliseconds() < deadline {
+                if sent < count {
+                    let n = bytes[sent...].withUnsafeBytes { Glibc.send(from, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                    if n > 0 { sent += n }
+                }
+                var pfd = pollfd(fd: to, events: Int16(POLLIN), revents: 0)
+                _ = poll(&pfd, 1, 10)
+                let n = Glibc.recv(to, &buffer, buffer.count, Int32(MSG_DONTWAIT))
+                if n > 0 { received += n }
+            }
+            return received == count
+        }
+        do {
+            let (client, proxyA) = try pair()
+            let (proxyB, server) = try pair()
+            let a = try socketCookie(proxyA)
+            let b = try socketCookie(proxyB)
+            try insertPeer(cookie: a, peer: b, worker: 0, fromClient: true)
+            defer { removePeer(cookie: a) }
+            try insertSocket(proxyB, cookie: b)
+            try insertSocket(proxyA, cookie: a)
+            try insertPeer(cookie: b, peer: a, worker: 0, fromClient: false)
+            defer { removePeer(cookie: b) }
+            guard transfer(from: client, to: server, count: 256 * 1024) else { return "bytes did not reach the backend side" }
+            guard transfer(from: server, to: client, count: 256 * 1024) else { return "bytes did not reach the client side" }
+            return nil
+        } catch {
+            return "\(error)"
+        }
+    }
+}

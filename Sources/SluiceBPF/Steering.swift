@@ -74,6 +74,9 @@ public final class KernelSteering {
 
     public func mapID(_ name: String) -> UInt32? { try? objects.first?.mapID(name) }
 
+    /// worker_load's fd, for other objects that add to the same records.
+    public var workerLoadFD: Int32? { try? objects.first?.mapFD("worker_load") }
+
     /// Puts listener `index`'s per-worker sockets in its `worker_socks` array
     /// (slot k = worker k) and attaches its program to the reuseport group.
     public func attach(listener index: Int, workerSockets: [Int32]) throws(BPFError) {

@@ -60,13 +60,6 @@ public final class Server {
     }
 
     private func serve() throws(ServerError) -> Int32 {
-        let dataPath: DataPathKind
-        switch config.splice {
-        case .splice: dataPath = .splice
-        case .copy: dataPath = .copy
-        case .auto, .sockmap:
-            throw ServerError("splice \"\(config.splice.rawValue)\" is not available yet; use \"splice\" or \"copy\"")
-        }
         let steeringMode = config.steering
 
         // Signals are blocked before any thread starts, so every thread inherits the mask.
@@ -91,6 +84,8 @@ public final class Server {
         let steering = try setUpSteering(mode: steeringMode, pinning: lock != nil)
         let table = steering?.table ?? WorkerLoadTable(anonymousCount: config.workers)
         defer { steering?.close() }
+        let (dataPath, kernelSplice) = try setUpDataPath(workerLoadFD: steering?.workerLoadFD)
+        defer { kernelSplice?.close() }
 
         var pools: [String: RuntimePool] = [:]
         for pool in config.pools { pools[pool.name] = RuntimePool(pool) }
@@ -139,7 +134,8 @@ public final class Server {
             do {
                 let worker = try Worker(
                     id: k, listeners: runtimeListeners, listenerFDs: socketsByWorker[k], settings: settings,
-                    record: record, logger: logs.logger("sluice.worker", worker: k), accessLog: accessSink, seed: seed,
+                    record: record, kernelSplice: kernelSplice, logger: logs.logger("sluice.worker", worker: k),
+                    accessLog: accessSink, seed: seed,
                     onExit: { exited.wrappingIncrement(ordering: .relaxed); exitWake.signal() }
                 )
                 socketsByWorker[k] = [] // the worker owns them now
@@ -250,6 +246,36 @@ public final class Server {
             }
             logger.warning("per-worker counters are not in BPF maps (sluice status will not see them): \(error)")
             return nil
+        }
+    }
+
+    /// Resolves `splice:`. `sockmap` must load, attach and pass a loopback
+    /// self-test or the start fails; `auto` uses it when it does, and
+    /// splice(2) otherwise, saying why.
+    private func setUpDataPath(workerLoadFD: Int32?) throws(ServerError) -> (DataPathKind, KernelSplice?) {
+        switch config.splice {
+        case .splice: return (.splice, nil)
+        case .copy: return (.copy, nil)
+        case .sockmap, .auto:
+            let pairs = min(1 << 20, config.listeners.reduce(0) { $0 + $1.maxConnections })
+            do {
+                let splice = try KernelSplice(workerLoadFD: workerLoadFD, pairs: pairs)
+                if let problem = splice.selfTest() {
+                    splice.close()
+                    throw BPFError("the loopback self-test failed: \(problem)")
+                }
+                logger.info("data path: sockmap (the verdict program loaded and passed its loopback self-test)", metadata: [
+                    "splice": "\(config.splice.rawValue)",
+                ])
+                return (.sockmap, splice)
+            } catch {
+                if config.splice == .sockmap {
+                    throw ServerError("splice sockmap is unavailable: \(error); it needs root (CAP_BPF and CAP_NET_ADMIN). "
+                        + "Use splice: auto to fall back, or splice: splice")
+                }
+                logger.warning("data path: splice(2), because the sockmap path is unavailable: \(error)")
+                return (.splice, nil)
+            }
         }
     }
 

@@ -4,6 +4,9 @@ import SluicePosix
 
 /// How a session's bytes move between its two sockets.
 public enum DataPathKind: String, Sendable {
+    /// The kernel moves the bytes: both sockets in a SOCKHASH whose verdict
+    /// program redirects every skb to the peer; userspace sees only EOF and errors.
+    case sockmap
     /// splice(2) through a pipe taken from the worker's pool while bytes are in flight.
     case splice
     /// read/write through a buffer taken from the worker's pool while bytes are in flight.
@@ -78,6 +81,12 @@ final class Session {
     var clientAdded = false
     var backendArmed: EpollEvents?
 
+    /// How this session's bytes move (sockmap sessions that could not be
+    /// spliced fall back to splice).
+    var path: DataPathKind = .splice
+    /// Set while the kernel splices this session.
+    var spliced: SplicedPair?
+
     var upstream = Direction()   // client → backend
     var downstream = Direction() // backend → client
     var firstEOF: Side?
@@ -94,5 +103,34 @@ final class Session {
 
     var backendDescription: String? {
         backendIndex.map { listener.pool.addresses[$0].description }
+    }
+}
+
+/// Kernel-side state of a session spliced through the SOCKHASH.
+final class SplicedPair {
+    let clientCookie: UInt64
+    let backendCookie: UInt64
+    /// Bytes that had entered each socket's send path before splicing began:
+    /// the baseline for "has the peer taken every redirected byte".
+    let clientSentBase: UInt64
+    let backendSentBase: UInt64
+    /// Bytes userspace itself wrote (data that reached a socket before its pairing).
+    var userspaceToClient: UInt64 = 0
+    var userspaceToBackend: UInt64 = 0
+    /// After an EOF: how much of the redirected bytes the peer had taken at
+    /// the last look, when that last grew, and the current polling interval.
+    var flushProgress: [Side: (taken: UInt64, at: UInt64, interval: UInt64)] = [:]
+    /// Redirected byte total at the last idle check.
+    var lastRedirected: UInt64 = 0
+    /// Whether the kernel carries backend-to-client bytes. Not when the
+    /// client's FIN arrived around its insertion: the kernel then drops
+    /// what it redirects into that socket, so userspace carries them.
+    var backendToClientInKernel = true
+
+    init(clientCookie: UInt64, backendCookie: UInt64, clientSentBase: UInt64, backendSentBase: UInt64) {
+        self.clientCookie = clientCookie
+        self.backendCookie = backendCookie
+        self.clientSentBase = clientSentBase
+        self.backendSentBase = backendSentBase
     }
 }

@@ -138,3 +138,35 @@ struct SpliceKernelTests {
         #expect(try tcpProgress(c.client).written - before.written == 4000)
     }
 }
+
+@Suite("SOCKHASH splicing: sockets that got their FIN before insertion", .serialized)
+struct SpliceHalfClosedFacts {
+    // Why the worker re-checks the client's state right after inserting it,
+    // and moves the backend-to-client direction to userspace if it changed:
+    // on this kernel (6.18) such a socket is accepted into the SOCKHASH, but
+    // its queued bytes never reach the verdict program, and bytes redirected
+    // into it are counted and then never sent.
+    @Test("its queued bytes stay for userspace to read, and bytes redirected into it are lost")
+    func finBeforeInsertion() throws {
+        guard try requireBPF() else { return }
+        let splice = try KernelSplice(workerLoadFD: nil, pairs: 16)
+        defer { splice.close() }
+        let c = try TwoConnections.make()
+        defer { c.closeAll() }
+        let request = [UInt8](repeating: 0x61, count: 60_000)
+        #expect(send(c.client, request, request.count, 0) == request.count)
+        shutdown(c.client, Int32(SHUT_WR))
+        try waitUntilTrue(2) { (try? tcpProgress(c.proxyA).established) == false }
+        _ = try splicePair(splice, c)
+        for fd in [c.proxyA, c.proxyB] { var one: Int32 = 1; setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &one, 4) }
+        var probe: UInt8 = 0
+        #expect(recv(c.server, &probe, 1, Int32(MSG_DONTWAIT)) == -1, "nothing reached the server through the kernel")
+        var buffer = [UInt8](repeating: 0, count: 70_000)
+        #expect(recv(c.proxyA, &buffer, buffer.count, Int32(MSG_DONTWAIT)) == 60_000, "userspace reads the queued bytes")
+        let reply = [UInt8](repeating: 0x62, count: 50_000)
+        #expect(send(c.server, reply, reply.count, 0) == reply.count)
+        try waitUntilTrue(2) { splice.redirectedBytes(cookie: (try? socketCookie(c.proxyB)) ?? 0) == 50_000 }
+        usleep(100_000)
+        #expect(recv(c.client, &buffer, buffer.count, Int32(MSG_DONTWAIT)) == -1, "the redirected reply never left")
+    }
+}

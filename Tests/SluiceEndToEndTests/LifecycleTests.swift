@@ -206,7 +206,8 @@ struct LifecycleTests {
 
     @Test("a value whose feature is not built yet is refused plainly, not silently replaced")
     func unavailableFeature() throws {
-        let yaml = proxyConfig(port: freePort(), backends: ["127.0.0.1:9001"]).replacingOccurrences(of: "splice: splice", with: "splice: sockmap")
+        // Every value of the format is built now except the admin block and health checks.
+        let yaml = proxyConfig(port: freePort(), backends: ["127.0.0.1:9001"]).replacingOccurrences(of: "splice: splice", with: "splice: splice\nadmin: { socket: /tmp/x.sock }")
         let sluice = try SluiceProcess(arguments: ["run"], configYAML: yaml)
         #expect(try sluice.waitForExit(seconds: 10) != 0)
         #expect(sluice.log.contains("not available yet"))

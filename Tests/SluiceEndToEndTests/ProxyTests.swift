@@ -27,7 +27,7 @@ func echoRoundTrip(port: UInt16, host: String = "127.0.0.1", size: Int, seed: UI
 
 @Suite("Proxying through the sluice binary", .serialized)
 struct ProxyTests {
-    @Test("64 concurrent clients: checksummed payloads up to 8 MiB come back byte-exact", arguments: ["splice", "copy"])
+    @Test("64 concurrent clients: checksummed payloads up to 8 MiB come back byte-exact", arguments: ["sockmap", "splice", "copy"])
     func concurrentEcho(path: String) throws {
         let echo1 = try TestServer.echo()
         let echo2 = try TestServer.echo()
@@ -49,8 +49,11 @@ struct ProxyTests {
         #expect(echo1.accepted > 0 && echo2.accepted > 0, "round robin used both backends")
         #expect(try sluice.stop() == 0, "\(sluice.log)")
         #expect(sluice.log.contains("clean exit"))
-        let accessLines = sluice.log.split(separator: "\n").filter { $0.contains(" access ") && $0.contains("path=\(path)") }
+        let accessLines = sluice.log.split(separator: "\n").filter { $0.contains(" access ") }
         #expect(accessLines.count == 64)
+        // A client whose FIN arrives before its connection is spliced goes through userspace.
+        let onPath = accessLines.filter { $0.contains("path=\(path)") }.count
+        #expect(path == "sockmap" ? onPath >= 32 : onPath == 64, "\(onPath) of 64 on \(path)")
     }
 
     @Test("IPv6 listener and backend")
@@ -63,7 +66,7 @@ struct ProxyTests {
         #expect(sluice.log.contains("backend=[::1]:\(echo.port)"))
     }
 
-    @Test("client half-close: the backend answers after reading the client's EOF", arguments: ["splice", "copy"])
+    @Test("client half-close: the backend answers after reading the client's EOF", arguments: ["sockmap", "splice", "copy"])
     func clientHalfClose(path: String) throws {
         // Request/response: the backend reads to EOF, then answers with the byte count and closes.
         let backend = try TestServer { fd in
@@ -83,7 +86,7 @@ struct ProxyTests {
         #expect(sluice.log.contains("reason=client_eof"))
     }
 
-    @Test("backend half-close: the client keeps sending after the backend's EOF", arguments: ["splice", "copy"])
+    @Test("backend half-close: the client keeps sending after the backend's EOF", arguments: ["sockmap", "splice", "copy"])
     func backendHalfClose(path: String) throws {
         let received = Locked<Int>(-1)
         let backend = try TestServer { fd in

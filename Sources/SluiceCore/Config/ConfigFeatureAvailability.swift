@@ -13,7 +13,7 @@ public struct FeatureAvailability: Sendable, Equatable {
     /// `steering: shared_accept`.
     public static let sharedAcceptSteering = true
     /// `splice: sockmap` and `splice: auto` (the specified default).
-    public static let sockmapSplice = false
+    public static let sockmapSplice = true
     /// The `admin` block (admin socket and metrics endpoint).
     public static let adminEndpoints = false
     /// The `health_check` key of a pool.
