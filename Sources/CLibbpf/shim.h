@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdarg.h>
 
 /* Sets a `const volatile` global of a BPF object between open and load:
  * finds the variable's offset in the .rodata datasec through BTF, patches a
@@ -42,5 +43,21 @@ static inline int sluice_set_rodata(struct bpf_object *obj, const char *name, co
         return rc;
     }
     return -ENOENT;
+}
+/* libbpf prints its own warnings to stderr (some misleading, such as
+ * "try raising ulimit -l" for a missing capability); the daemon reports
+ * every failure itself. SLUICE_LIBBPF_DEBUG=1 brings libbpf's output back,
+ * with the verifier log, for debugging. */
+static int sluice_libbpf_silent(enum libbpf_print_level level, const char *format, va_list args)
+{
+    (void)level; (void)format; (void)args;
+    return 0;
+}
+
+static inline void sluice_libbpf_quiet_unless_debugging(void)
+{
+    const char *debug = getenv("SLUICE_LIBBPF_DEBUG");
+    if (!debug || strcmp(debug, "1") != 0)
+        libbpf_set_print(sluice_libbpf_silent);
 }
 #endif

@@ -45,6 +45,7 @@ public final class BPFObject {
         bytes: [UInt8], name: String = "sluice",
         expectedPrograms: [String] = SluiceBPFLayout.programs, expectedMaps: [String] = SluiceBPFLayout.maps
     ) throws(BPFError) {
+        quietLibbpf
         image = .allocate(byteCount: bytes.count, alignment: 8)
         image.copyBytes(from: bytes)
         var opts = bpf_object_open_opts()
@@ -123,10 +124,10 @@ public final class BPFObject {
     }
 
     /// Verifies and loads every program and creates every map.
-    public func load() throws(BPFError) {
+    public func load(capabilityHint: String = "needs root or CAP_BPF") throws(BPFError) {
         let rc = bpf_object__load(object)
         if rc != 0 {
-            throw BPFError("loading the BPF object failed: \(errnoDescription(-rc)) (needs root or CAP_BPF)")
+            throw BPFError("loading the BPF object failed: \(errnoDescription(-rc)) (\(capabilityHint))")
         }
         isLoaded = true
         guard bpf_object__find_map_by_name(object, "abi") != nil else { return }
@@ -187,6 +188,9 @@ public final class BPFObject {
         isLoaded = false
     }
 }
+
+/// Installs the libbpf print hook once (see shim.h).
+private let quietLibbpf: Void = sluice_libbpf_quiet_unless_debugging()
 
 /// Whether a map with this kernel id still exists.
 public func bpfMapExists(id: UInt32) -> Bool {

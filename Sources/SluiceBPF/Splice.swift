@@ -24,7 +24,7 @@ public final class KernelSplice: @unchecked Sendable {
             try object.setMaxEntries("splice_socks", entries)
             try object.setMaxEntries("splice_peers", entries)
             if let workerLoadFD { try object.reuseMap("worker_load", fd: workerLoadFD) }
-            try object.load()
+            try object.load(capabilityHint: "a SOCKHASH and its verdict program need CAP_BPF and CAP_NET_ADMIN")
             socks = try object.mapFD("splice_socks")
             peers = try object.mapFD("splice_peers")
             let prog = try object.programFD("splice_verdict")
@@ -44,6 +44,22 @@ public final class KernelSplice: @unchecked Sendable {
     public func close() { object.close() }
 
     public var programID: UInt32? { try? object.programID("splice_verdict") }
+
+    /// The maps pinned beside the instance's steering maps, for bpftool.
+    public static let pinnedMaps = ["splice_socks", "splice_peers"]
+
+    /// Pins the splice maps into an existing instance directory (mode 0640).
+    /// They go when the directory is removed at stop.
+    public func pin(into directory: String) throws(BPFError) {
+        for name in Self.pinnedMaps {
+            let path = "\(directory)/\(name)"
+            unlink(path)
+            if bpf_obj_pin(try object.mapFD(name), path) != 0 {
+                throw BPFError("pinning \(name) failed: \(errnoDescription(errno))")
+            }
+            chmod(path, 0o640)
+        }
+    }
     public func mapID(_ name: String) -> UInt32? { try? object.mapID(name) }
 
     /// Adds a socket to the SOCKHASH under its cookie.

@@ -86,6 +86,11 @@ public final class Server {
         defer { steering?.close() }
         let (dataPath, kernelSplice) = try setUpDataPath(workerLoadFD: steering?.workerLoadFD)
         defer { kernelSplice?.close() }
+        if let kernelSplice, let steering, lock != nil {
+            do { try kernelSplice.pin(into: steering.pinDirectory) } catch {
+                logger.warning("splice maps not pinned: \(error)")
+            }
+        }
 
         var pools: [String: RuntimePool] = [:]
         for pool in config.pools { pools[pool.name] = RuntimePool(pool) }
