@@ -5,7 +5,7 @@ SHELL := /bin/bash
 SWIFT ?= swift
 # Build and run-time needs, plus the real clients and servers the tests drive.
 APT_PACKAGES := pkg-config libbpf-dev libelf-dev bpftool iproute2 curl wrk
-BENCH_PACKAGES := haproxy nginx-light iperf3
+BENCH_PACKAGES := haproxy nginx-light libnginx-mod-stream iperf3 wrk python3
 SLUICE := .build/debug/sluice
 
 .PHONY: setup build demo test bench-setup clean
