@@ -1,3 +1,4 @@
+import CSluice
 import Glibc
 import SluicePosix
 

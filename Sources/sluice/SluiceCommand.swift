@@ -1,4 +1,5 @@
 import ArgumentParser
+import CSluice
 import Glibc
 import Logging
 import SluiceCore

@@ -1,0 +1,157 @@
+import CSluice
+import Glibc
+import SluiceBPF
+import SluicePosix
+
+/// `splice: auto` decides by measurement: the same request/response
+/// exchange (a small request, a 1 MiB response, on one persistent
+/// connection pair over loopback) through the SOCKHASH and through splice(2).
+/// Throughput alone does not decide it: the sockmap path keeps the proxy's
+/// CPU near zero, so it wins unless it is clearly slower.
+public struct DataPathMeasurement: Sendable, CustomStringConvertible {
+    public var sockmapMiBps: Double
+    public var spliceMiBps: Double
+    /// Sockmap is chosen unless it reaches less than this share of splice(2)'s speed.
+    public static let sockmapTolerance = 0.9
+
+    public var prefersSockmap: Bool { sockmapMiBps >= spliceMiBps * Self.sockmapTolerance }
+
+    public var description: String {
+        "sockmap \(Int(sockmapMiBps)) MiB/s, splice(2) \(Int(spliceMiBps)) MiB/s"
+    }
+}
+
+enum DataPathProbe {
+    static let responseBytes = 1 << 20
+    static let rounds = 32
+
+    /// Blocking loopback pairs for the probe: (client, proxyA) and (proxyB, server).
+    struct Pairs {
+        var fds: [Int32] = []
+        var client: Int32 = -1, proxyA: Int32 = -1, proxyB: Int32 = -1, server: Int32 = -1
+
+        init() throws(SystemCallError) {
+            func pair(_ fds: inout [Int32]) throws(SystemCallError) -> (Int32, Int32) {
+                let listener = try Socket.listen(on: SocketAddress(ip: "127.0.0.1", port: 0)!, reusePort: false, backlog: 4)
+                defer { closeDescriptor(listener) }
+                let outer = try systemCall("socket") { Glibc.socket(AF_INET, SLUICE_SOCK_STREAM | SLUICE_SOCK_CLOEXEC, 0) }
+                fds.append(outer)
+                let target = try Socket.localAddress(listener)
+                _ = try systemCall("connect") { target.withSockaddr { Glibc.connect(outer, $0, $1) } }
+                let inner = try systemCall("accept") { sluice_accept4(listener, nil, nil, SLUICE_SOCK_CLOEXEC) }
+                fds.append(inner)
+                for fd in [outer, inner] { Socket.setNoDelay(fd) }
+                return (outer, inner)
+            }
+            (client, proxyA) = try pair(&fds)
+            (proxyB, server) = try pair(&fds)
+        }
+
+        func close() { for fd in fds { closeDescriptor(fd) } }
+    }
+
+    /// Runs the exchange with `proxy` moving the bytes; MiB/s of responses.
+    static func exchange(_ pairs: Pairs) -> Double {
+        let server = pairs.server
+        let serverThread = try? OSThread.start(name: "probe-server") {
+            var request = [UInt8](repeating: 0, count: 100)
+            let response = [UInt8](repeating: 0x42, count: responseBytes)
+            for _ in 0..<rounds {
+                guard Glibc.recv(server, &request, request.count, Int32(MSG_WAITALL)) == request.count else { return }
+                var sent = 0
+                while sent < response.count {
+                    let n = response[sent...].withUnsafeBytes { Glibc.send(server, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                    if n <= 0 { return }
+                    sent += n
+                }
+            }
+        }
+        let request = [UInt8](repeating: 0x41, count: 100)
+        var buffer = [UInt8](repeating: 0, count: 256 * 1024)
+        let start = monotonicNanoseconds()
+        var ok = true
+        for _ in 0..<rounds where ok {
+            ok = Glibc.send(pairs.client, request, request.count, Int32(MSG_NOSIGNAL)) == request.count
+            var received = 0
+            while ok && received < responseBytes {
+                let n = Glibc.recv(pairs.client, &buffer, min(buffer.count, responseBytes - received), 0)
+                if n <= 0 { ok = false } else { received += n }
+            }
+        }
+        let seconds = Double(monotonicNanoseconds() - start) / 1e9
+        shutdown(pairs.client, Int32(SHUT_RDWR))
+        shutdown(pairs.server, Int32(SHUT_RDWR))
+        serverThread?.join()
+        return ok ? Double(rounds * responseBytes) / Double(1 << 20) / seconds : 0
+    }
+
+    /// Best of `trials` for each path: scheduling noise only ever slows a trial down.
+    static func measure(splice: KernelSplice, trials: Int = 2) -> DataPathMeasurement {
+        var best = DataPathMeasurement(sockmapMiBps: 0, spliceMiBps: 0)
+        for _ in 0..<trials {
+            let trial = measureOnce(splice: splice)
+            best.sockmapMiBps = max(best.sockmapMiBps, trial.sockmapMiBps)
+            best.spliceMiBps = max(best.spliceMiBps, trial.spliceMiBps)
+        }
+        return best
+    }
+
+    static func measureOnce(splice: KernelSplice) -> DataPathMeasurement {
+        var result = DataPathMeasurement(sockmapMiBps: 0, spliceMiBps: 0)
+        let timeout = timeval(tv_sec: 2, tv_usec: 0)
+        func limit(_ pairs: Pairs) {
+            var tv = timeout
+            for fd in pairs.fds { setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size)) }
+        }
+        // Through the kernel.
+        if let pairs = try? Pairs() {
+            limit(pairs)
+            if let a = try? socketCookie(pairs.proxyA), let b = try? socketCookie(pairs.proxyB) {
+                for fd in [pairs.proxyA, pairs.proxyB] {
+                    try? Socket.setOption(fd, SOL_SOCKET, SO_SNDBUFFORCE, 16 << 20, "SO_SNDBUFFORCE")
+                    try? Socket.setOption(fd, Int32(IPPROTO_TCP), 25, 256 << 10, "TCP_NOTSENT_LOWAT")
+                }
+                if (try? splice.insertPeer(cookie: a, peer: b, worker: 0, fromClient: true)) != nil,
+                   (try? splice.insertSocket(pairs.proxyB, cookie: b)) != nil,
+                   (try? splice.insertSocket(pairs.proxyA, cookie: a)) != nil,
+                   (try? splice.insertPeer(cookie: b, peer: a, worker: 0, fromClient: false)) != nil {
+                    result.sockmapMiBps = exchange(pairs)
+                }
+                splice.removePeer(cookie: a)
+                splice.removePeer(cookie: b)
+            }
+            pairs.close()
+        }
+        // Through splice(2), one thread per direction, as a worker would move them.
+        if let pairs = try? Pairs() {
+            limit(pairs)
+            func relay(_ from: Int32, _ to: Int32) -> OSThread? {
+                try? OSThread.start(name: "probe-splice") {
+                    guard let pipe = try? Pipe.make() else { return }
+                    _ = sluice_fcntl_setfl(pipe.readEnd, 0)
+                    _ = sluice_fcntl_setfl(pipe.writeEnd, 0)
+                    defer { pipe.close() }
+                    while true {
+                        let n = sluice_splice(from, pipe.writeEnd, 1 << 20, SLUICE_SPLICE_F_MOVE)
+                        if n <= 0 { return }
+                        var left = n
+                        while left > 0 {
+                            let m = sluice_splice(pipe.readEnd, to, left, SLUICE_SPLICE_F_MOVE)
+                            if m <= 0 { return }
+                            left -= m
+                        }
+                    }
+                }
+            }
+            let up = relay(pairs.proxyA, pairs.proxyB)
+            let down = relay(pairs.proxyB, pairs.proxyA)
+            result.spliceMiBps = exchange(pairs)
+            shutdown(pairs.proxyA, Int32(SHUT_RDWR))
+            shutdown(pairs.proxyB, Int32(SHUT_RDWR))
+            up?.join()
+            down?.join()
+            pairs.close()
+        }
+        return result
+    }
+}
