@@ -16,6 +16,7 @@ setup:
 		echo "installing:" $$missing; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	@python3 -c "import prometheus_client" 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check prometheus-client
 	@if ! mountpoint -q /sys/fs/bpf; then \
 		mount -t bpf bpf /sys/fs/bpf 2>/dev/null && echo "mounted bpffs at /sys/fs/bpf" \
 		|| echo "note: could not mount bpffs at /sys/fs/bpf (BPF features need root)"; \

@@ -35,6 +35,15 @@ struct {
     __type(value, __u64);
 } steer_stats SEC(".maps");
 
+/* Per-listener counters for `sluice status` (no program touches them). */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(map_flags, BPF_F_MMAPABLE);
+    __uint(max_entries, SLUICE_MAX_LISTENERS);
+    __type(key, __u32);
+    __type(value, struct sluice_listener);
+} listener_load SEC(".maps");
+
 /* Holds SLUICE_ABI_VERSION at index 0: checked before reusing a pin. */
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);

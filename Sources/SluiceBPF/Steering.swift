@@ -7,7 +7,7 @@ import SluicePosix
 public enum PinLayout {
     public static let root = "/sys/fs/bpf/sluice"
     /// The maps pinned for `sluice status` and bpftool.
-    public static let pinnedMaps = ["worker_load", "steer_stats", "abi"]
+    public static let pinnedMaps = ["worker_load", "listener_load", "steer_stats", "abi"]
 
     public static func directory(instance: String, root: String = root) -> String { "\(root)/\(instance)" }
 }
@@ -30,6 +30,7 @@ public struct SteeringStats: Sendable, Equatable {
 /// and removes the pins.
 public final class KernelSteering {
     public let table: WorkerLoadTable
+    public let listenerTable: ListenerLoadTable
     public let pinDirectory: String
     private var objects: [BPFObject] = []
     private let attachPrograms: Bool
@@ -56,8 +57,9 @@ public final class KernelSteering {
             }
             do {
                 table = try WorkerLoadTable(mapFD: try objects[0].mapFD("worker_load"), count: workers)
+                listenerTable = try ListenerLoadTable(mapFD: try objects[0].mapFD("listener_load"), count: max(1, listeners))
             } catch {
-                throw BPFError("cannot map worker_load: \(error)")
+                throw BPFError("cannot map the counter tables: \(error)")
             }
         } catch {
             for object in objects { object.close() }
@@ -166,6 +168,7 @@ public final class KernelSteering {
     /// Unpins, unmaps and closes every object: no program or map outlives this.
     public func close() {
         table.unmap()
+        listenerTable.unmap()
         if pinned {
             removePinDirectory(pinDirectory)
             pinned = false
@@ -201,10 +204,11 @@ public func removePinDirectory(_ path: String) {
 /// held for the daemon's lifetime: proof that pins under the same name that
 /// exist without the lock were left by a run that died.
 public final class InstanceLock {
+    public static let defaultDirectory = "/run/sluice"
     public let path: String
     private let fd: Int32
 
-    public init(instance: String, directory: String = "/run/sluice") throws(BPFError) {
+    public init(instance: String, directory: String = InstanceLock.defaultDirectory) throws(BPFError) {
         path = "\(directory)/\(instance).lock"
         _ = makeDirectory(directory)
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)

@@ -3,11 +3,20 @@ import CSluice
 import Glibc
 import SluicePosix
 
-/// The fields of `struct sluice_worker`, as byte offsets (all u64).
-public enum WorkerField: Int, CaseIterable, Sendable {
+/// A u64 field of a record shared with the kernel, by byte offset.
+public protocol CounterField: CaseIterable, Sendable {
+    var offset: Int { get }
+    /// The name bpftool and `sluice status --json` show.
+    var name: String { get }
+    static var stride: Int { get }
+    static var capacity: Int { get }
+}
+
+/// The fields of `struct sluice_worker` (all u64).
+public enum WorkerField: Int, CounterField {
     case active = 0, accepted = 8, heartbeatNanoseconds = 16, busyNanoseconds = 24, flags = 32, bytesIn = 40, bytesOut = 48
 
-    /// The name bpftool and `sluice status --json` show.
+    public var offset: Int { rawValue }
     public var name: String {
         switch self {
         case .active: "active"
@@ -19,43 +28,81 @@ public enum WorkerField: Int, CaseIterable, Sendable {
         case .bytesOut: "bytes_out"
         }
     }
+    public static var stride: Int { MemoryLayout<sluice_worker>.stride }
+    public static var capacity: Int { Int(SLUICE_MAX_WORKERS) }
 }
 
-/// One worker's record in the shared table. Every access is atomic: the
-/// kernel's `select_worker` updates `active` and `accepted` concurrently.
-public struct WorkerLoadRecord: @unchecked Sendable {
+/// The fields of `struct sluice_listener` (all u64).
+public enum ListenerField: Int, CounterField {
+    case active = 0, accepted = 8, rejected = 16, noBackend = 24
+
+    public var offset: Int { rawValue }
+    public var name: String {
+        switch self {
+        case .active: "active"
+        case .accepted: "accepted"
+        case .rejected: "rejected"
+        case .noBackend: "no_backend"
+        }
+    }
+    public static var stride: Int { MemoryLayout<sluice_listener>.stride }
+    public static var capacity: Int { Int(SLUICE_MAX_LISTENERS) }
+}
+
+/// One record of a shared table. Every access is atomic: the kernel's
+/// programs and other threads update the same memory concurrently.
+public struct CounterRecord<Field: CounterField>: @unchecked Sendable {
     let base: UnsafeMutableRawPointer
 
     @inline(__always)
-    public func atomic(_ field: WorkerField) -> UnsafeAtomic<UInt64> {
-        UnsafeAtomic(at: (base + field.rawValue).assumingMemoryBound(to: UInt64.AtomicRepresentation.self))
+    public func atomic(_ field: Field) -> UnsafeAtomic<UInt64> {
+        UnsafeAtomic(at: (base + field.offset).assumingMemoryBound(to: UInt64.AtomicRepresentation.self))
     }
 
-    public func load(_ field: WorkerField) -> UInt64 { atomic(field).load(ordering: .relaxed) }
-    public func store(_ field: WorkerField, _ value: UInt64) { atomic(field).store(value, ordering: .relaxed) }
-    public func add(_ field: WorkerField, _ value: UInt64) { atomic(field).wrappingIncrement(by: value, ordering: .relaxed) }
-    public func subtract(_ field: WorkerField, _ value: UInt64) { atomic(field).wrappingDecrement(by: value, ordering: .relaxed) }
+    public func load(_ field: Field) -> UInt64 { atomic(field).load(ordering: .relaxed) }
+    public func store(_ field: Field, _ value: UInt64) { atomic(field).store(value, ordering: .relaxed) }
+    public func add(_ field: Field, _ value: UInt64) { atomic(field).wrappingIncrement(by: value, ordering: .relaxed) }
+    public func subtract(_ field: Field, _ value: UInt64) { atomic(field).wrappingDecrement(by: value, ordering: .relaxed) }
+
+    /// Decrements without going below zero (a counter the kernel may not
+    /// have charged, such as a connection placed by a fallback).
+    public func release(_ field: Field) {
+        let slot = atomic(field)
+        var current = slot.load(ordering: .relaxed)
+        while current > 0 {
+            let (exchanged, original) = slot.weakCompareExchange(expected: current, desired: current - 1, ordering: .relaxed)
+            if exchanged { return }
+            current = original
+        }
+    }
 }
 
-/// The per-worker records: the mmap of the BPF array `worker_load` when BPF
-/// is available (the steering program reads it with no syscall on either
-/// side), else plain shared memory with the same layout.
-public final class WorkerLoadTable: @unchecked Sendable {
+public typealias WorkerLoadRecord = CounterRecord<WorkerField>
+public typealias ListenerLoadRecord = CounterRecord<ListenerField>
+
+/// A table of records: the mmap of a BPF array map (BPF_F_MMAPABLE) when BPF
+/// is available, so programs and `sluice status` see the same memory with no
+/// syscall on either side; else plain shared memory with the same layout.
+public final class CounterTable<Field: CounterField>: @unchecked Sendable {
     public let count: Int
     public let isKernelMap: Bool
     private let base: UnsafeMutableRawPointer
     private let mappedSize: Int
-    static let stride = MemoryLayout<sluice_worker>.stride
+    private var isMapped = true
 
-    /// Maps the BPF array map `fd` (created with BPF_F_MMAPABLE).
-    public init(mapFD fd: Int32, count: Int) throws(SystemCallError) {
-        precondition(count <= Int(SLUICE_MAX_WORKERS))
-        self.count = count
+    static var bytes: Int {
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-        let bytes = Int(SLUICE_MAX_WORKERS) * Self.stride
-        mappedSize = (bytes + page - 1) / page * page
-        let pointer = mmap(nil, mappedSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-        guard let pointer, pointer != MAP_FAILED else { throw SystemCallError(call: "mmap worker_load", errno: errno) }
+        return (Field.capacity * Field.stride + page - 1) / page * page
+    }
+
+    /// Maps the BPF array map `fd`. `writable` false maps it read-only.
+    public init(mapFD fd: Int32, count: Int, writable: Bool = true) throws(SystemCallError) {
+        precondition(count <= Field.capacity)
+        self.count = count
+        mappedSize = Self.bytes
+        let protection = writable ? PROT_READ | PROT_WRITE : PROT_READ
+        let pointer = mmap(nil, mappedSize, protection, MAP_SHARED, fd, 0)
+        guard let pointer, pointer != MAP_FAILED else { throw SystemCallError(call: "mmap", errno: errno) }
         base = pointer
         isKernelMap = true
     }
@@ -63,15 +110,12 @@ public final class WorkerLoadTable: @unchecked Sendable {
     /// Process memory with the same layout, for when BPF is unavailable.
     public init(anonymousCount count: Int) {
         self.count = count
-        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-        mappedSize = (Int(SLUICE_MAX_WORKERS) * Self.stride + page - 1) / page * page
+        mappedSize = Self.bytes
         let pointer = mmap(nil, mappedSize, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0)
         precondition(pointer != MAP_FAILED, "anonymous mmap failed")
         base = pointer!
         isKernelMap = false
     }
-
-    private var isMapped = true
 
     deinit { unmap() }
 
@@ -83,9 +127,12 @@ public final class WorkerLoadTable: @unchecked Sendable {
         isMapped = false
     }
 
-    public func record(_ worker: Int) -> WorkerLoadRecord {
-        precondition(isMapped, "worker_load used after unmap")
-        precondition(worker >= 0 && worker < count)
-        return WorkerLoadRecord(base: base + worker * Self.stride)
+    public func record(_ index: Int) -> CounterRecord<Field> {
+        precondition(isMapped, "counter table used after unmap")
+        precondition(index >= 0 && index < count)
+        return CounterRecord(base: base + index * Field.stride)
     }
 }
+
+public typealias WorkerLoadTable = CounterTable<WorkerField>
+public typealias ListenerLoadTable = CounterTable<ListenerField>

@@ -1,4 +1,5 @@
 import Atomics
+import SluiceBPF
 import SluiceCore
 import SluicePosix
 
@@ -9,6 +10,8 @@ public final class RuntimePool: Sendable {
     public let addresses: [SocketAddress]
     public let active: [ManagedAtomic<Int>]
     public let connectFailures: [ManagedAtomic<Int>]
+    /// Drained by the admin socket: no new connections, existing ones finish.
+    public let drained: [ManagedAtomic<Bool>]
 
     public init(_ config: PoolConfig) {
         self.config = config
@@ -20,27 +23,27 @@ public final class RuntimePool: Sendable {
         }
         active = config.backends.map { _ in ManagedAtomic(0) }
         connectFailures = config.backends.map { _ in ManagedAtomic(0) }
+        drained = config.backends.map { _ in ManagedAtomic(false) }
     }
 
     public var name: String { config.name }
 }
 
-/// A listener shared by all workers: its limits and counters.
+/// A listener shared by all workers: its limits, and its counters in the
+/// pinned listener_load table (so `sluice status` sees them without us).
 public final class RuntimeListener: Sendable {
     public let index: Int
     public let config: ListenerConfig
     public let pool: RuntimePool
     public let address: SocketAddress
-    public let active = ManagedAtomic(0)
-    public let accepted = ManagedAtomic(0)
-    /// Accepted and closed at once because `max_connections` was reached.
-    public let rejectedOverLimit = ManagedAtomic(0)
+    public let counters: ListenerLoadRecord
 
-    public init(index: Int, config: ListenerConfig, pool: RuntimePool, address: SocketAddress) {
+    public init(index: Int, config: ListenerConfig, pool: RuntimePool, address: SocketAddress, counters: ListenerLoadRecord) {
         self.index = index
         self.config = config
         self.pool = pool
         self.address = address
+        self.counters = counters
     }
 
     public var name: String { config.name }
@@ -55,6 +58,8 @@ public final class WorkerCounters: Sendable {
     public let connectFailures = ManagedAtomic<UInt64>(0)
     public let noBackend = ManagedAtomic<UInt64>(0)
     public let acceptBackoffs = ManagedAtomic<UInt64>(0)
+    public let movedOut = ManagedAtomic<UInt64>(0)
+    public let movedIn = ManagedAtomic<UInt64>(0)
 
     public init() {}
 }

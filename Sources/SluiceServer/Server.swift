@@ -2,6 +2,7 @@ import Atomics
 import Glibc
 import Logging
 import CSluice
+import Foundation
 import SluiceBPF
 import SluiceCore
 import SluicePosix
@@ -28,8 +29,16 @@ public struct ServerError: Error, CustomStringConvertible {
 
 /// The control thread: binds every listener once per worker, starts the
 /// workers, owns the signals, drains on SIGINT/SIGTERM, and joins.
-public final class Server {
+public final class Server: AdminHandler {
     private let config: SluiceConfig
+    // Set while serving; read by the admin socket and metrics (control thread only).
+    private var liveWorkers: [Worker] = []
+    private var livePools: [RuntimePool] = []
+    private var liveListeners: [RuntimeListener] = []
+    private var liveSteering: KernelSteering?
+    private var liveTable: WorkerLoadTable?
+    private var liveInfo: InstanceInfo?
+    private var moves: UInt64 = 0
     private let logs: LogFactory
     private let accessSink: LogSink
     private let options: ServerOptions
@@ -83,8 +92,9 @@ public final class Server {
 
         let steering = try setUpSteering(mode: steeringMode, pinning: lock != nil)
         let table = steering?.table ?? WorkerLoadTable(anonymousCount: config.workers)
+        let listenerTable = steering?.listenerTable ?? ListenerLoadTable(anonymousCount: max(1, config.listeners.count))
         defer { steering?.close() }
-        let (dataPath, kernelSplice) = try setUpDataPath(workerLoadFD: steering?.workerLoadFD)
+        let (dataPath, kernelSplice, dataPathReason) = try setUpDataPath(workerLoadFD: steering?.workerLoadFD)
         defer { kernelSplice?.close() }
         if let kernelSplice, let steering, lock != nil {
             do { try kernelSplice.pin(into: steering.pinDirectory) } catch {
@@ -96,7 +106,7 @@ public final class Server {
         for pool in config.pools { pools[pool.name] = RuntimePool(pool) }
 
         // Bind everything before starting anything: a bad address fails the start.
-        let (runtimeListeners, bound) = try bindListeners(pools: pools, shared: steeringMode == .sharedAccept)
+        let (runtimeListeners, bound) = try bindListeners(pools: pools, shared: steeringMode == .sharedAccept, counters: listenerTable)
         var socketsByWorker = bound
         func closeAllBound() {
             for fds in socketsByWorker { for fd in fds { closeDescriptor(fd) } }
@@ -169,12 +179,58 @@ public final class Server {
             readyMetadata["pins"] = "\(steering.pinDirectory)"
             if !steering.programIDs.isEmpty { readyMetadata["prog_ids"] = "\(steering.programIDs.map(String.init).joined(separator: ","))" }
         }
+        liveWorkers = workers
+        livePools = config.pools.map { pools[$0.name]! }
+        liveListeners = runtimeListeners
+        liveSteering = steering
+        liveTable = table
+        let info = InstanceInfo(
+            instance: config.instance, pid: getpid(), started: Date().timeIntervalSince1970,
+            steering: steeringMode.rawValue, splice: config.splice.rawValue, dataPath: dataPath.rawValue,
+            dataPathReason: dataPathReason, workers: config.workers,
+            stallThresholdMilliseconds: config.stallThreshold.milliseconds,
+            listeners: runtimeListeners.map { .init(name: $0.name, address: "\($0.address)", pool: $0.pool.name) },
+            adminSocket: config.admin?.socket, metrics: config.admin?.metrics.map { "\($0)" })
+        liveInfo = info
+        if lock != nil {
+            do { try info.write() } catch { logger.warning("cannot write \(InstanceInfo.path(instance: config.instance)): \(error)") }
+        }
+        defer { if lock != nil { unlink(InstanceInfo.path(instance: config.instance)) } }
+
+        var admin: AdminEndpoints?
+        if let adminConfig = config.admin {
+            do {
+                let metricsAddress = adminConfig.metrics.flatMap { SocketAddress(ip: $0.host, port: $0.port) }
+                admin = try AdminEndpoints(
+                    socketPath: adminConfig.socket, metrics: metricsAddress, epoll: epoll, tokenBase: 100,
+                    handler: self, logger: logs.logger("sluice.admin"))
+                readyMetadata["admin"] = "\(adminConfig.socket)"
+                if let metricsAddress { readyMetadata["metrics"] = "http://\(metricsAddress)/metrics" }
+            } catch {
+                logger.error("\(error)")
+                for worker in workers { worker.send(.drain(deadlineMilliseconds: monotonicMilliseconds())) }
+                for thread in threads { thread.join() }
+                workers.removeAll()
+                liveWorkers.removeAll()
+                throw error
+            }
+        }
+        defer { admin?.close() }
+
         logger.info("ready", metadata: readyMetadata)
         options.onReady?(runtimeListeners.map { (name: $0.name, address: $0.address) })
 
         var draining = false
+        let tick = config.rebalance.map { Int32(max(10, min(1000, $0.interval.milliseconds))) } ?? 1000
+        var nextTick = monotonicMilliseconds() + UInt64(tick)
         while exited.load(ordering: .relaxed) < workers.count {
-            epoll.wait(timeoutMilliseconds: 1000) { token, _ in
+            let now = monotonicMilliseconds()
+            if now >= nextTick {
+                nextTick = now + UInt64(tick)
+                if !draining, let rebalance = config.rebalance { rebalanceTick(rebalance) }
+            }
+            epoll.wait(timeoutMilliseconds: Int32(nextTick > now ? nextTick - now : 0)) { token, events in
+                if let admin, admin.owns(token) { admin.handle(token: token, events: events); return }
                 guard token == 1 else { exitWake.drain(); return }
                 while let signal = signals.next() {
                     switch signal {
@@ -203,6 +259,9 @@ public final class Server {
             }
         }
         for thread in threads { thread.join() }
+        liveWorkers.removeAll()
+        liveTable = nil
+        liveSteering = nil
         var totals = (accepted: UInt64(0), bytesIn: UInt64(0), bytesOut: UInt64(0))
         for worker in workers {
             totals.accepted += worker.counters.accepted.load(ordering: .relaxed)
@@ -221,6 +280,148 @@ public final class Server {
         workers.removeAll()
         withExtendedLifetime((epoll, signals, exitWake)) {}
         return 0
+    }
+
+    // MARK: - Rebalancing
+
+    /// Moves established connections from the fullest to the emptiest live
+    /// worker when their active counts drift further apart than the ratio.
+    /// One move order per tick; the counts settle before the next look.
+    private func rebalanceTick(_ rebalance: RebalanceConfig) {
+        guard let table = liveTable, liveWorkers.count > 1 else { return }
+        var loads: [(worker: Int, active: UInt64)] = []
+        for k in liveWorkers.indices {
+            let record = table.record(k)
+            if record.load(.flags) & UInt64(SLUICE_WORKER_DRAINING) != 0 { continue }
+            loads.append((k, record.load(.active)))
+        }
+        guard loads.count > 1, let most = loads.max(by: { $0.active < $1.active }),
+              let least = loads.min(by: { $0.active < $1.active }) else { return }
+        let balanced = least.active == 0
+            ? most.active < 2
+            : Double(most.active) / Double(least.active) <= rebalance.ratio
+        guard !balanced else { return }
+        let total = loads.reduce(0) { $0 + $1.active }
+        let target = total / UInt64(loads.count)
+        // Bring the fullest down toward the average without pushing the emptiest above it.
+        let count = Int(min(most.active - min(target, most.active), max(target, least.active) - least.active))
+        let capped = max(1, min(count, rebalance.maxMovesPerTick))
+        liveWorkers[most.worker].send(.give(count: capped, to: liveWorkers[least.worker]))
+        moves += UInt64(capped)
+        logger.info("rebalancing", metadata: [
+            "from": "\(most.worker)", "to": "\(least.worker)", "count": "\(capped)",
+            "active": "\(loads.sorted { $0.worker < $1.worker }.map { $0.active })",
+        ])
+    }
+
+    // MARK: - Admin socket and metrics
+
+    func adminStatus() -> StatusSnapshot? {
+        guard var snapshot = try? StatusReader.read(instance: config.instance, sampleSeconds: 0, askAdmin: false) else { return nil }
+        snapshot.backends = adminBackends().backends
+        snapshot.steering.moves = moves
+        return snapshot
+    }
+
+    func adminBackends() -> AdminBackendsReply {
+        var backends: [StatusSnapshot.Backend] = []
+        for pool in livePools {
+            for (i, backend) in pool.config.backends.enumerated() {
+                backends.append(.init(
+                    pool: pool.name, address: "\(backend.address)",
+                    state: pool.drained[i].load(ordering: .relaxed) ? "drained" : "up",
+                    active: pool.active[i].load(ordering: .relaxed), weight: backend.weight,
+                    failures: pool.connectFailures[i].load(ordering: .relaxed), lastCheck: nil))
+            }
+        }
+        return AdminBackendsReply(backends: backends, moves: moves)
+    }
+
+    func adminDrainBackend(pool name: String, backend: String, drained: Bool) -> String? {
+        guard let pool = livePools.first(where: { $0.name == name }) else { return "no pool \"\(name)\"" }
+        guard case .success(let wanted) = SocketAddressSpec.parse(backend),
+              let index = pool.config.backends.firstIndex(where: { $0.address == wanted }) else {
+            return "pool \"\(name)\" has no backend \"\(backend)\""
+        }
+        pool.drained[index].store(drained, ordering: .relaxed)
+        return nil
+    }
+
+    func adminDrainWorker(_ worker: Int, drained: Bool) -> String? {
+        guard let table = liveTable, worker >= 0, worker < liveWorkers.count else {
+            return "no worker \(worker) (workers are 0...\(liveWorkers.count - 1))"
+        }
+        guard config.steering == .leastLoaded else {
+            return "draining a worker needs steering least_loaded (the kernel's hash does not skip it)"
+        }
+        let record = table.record(worker)
+        let flags = record.load(.flags)
+        let bit = UInt64(SLUICE_WORKER_DRAINING)
+        record.store(.flags, drained ? flags | bit : flags & ~bit)
+        return nil
+    }
+
+    func metricsText() -> String {
+        var out = MetricsText()
+        out.family("sluice_build_info", "gauge", "Build of this sluice.")
+        out.sample("sluice_build_info", ["version": sluiceVersion, "abi": "\(SluiceBPFLayout.abiVersion)"], 1)
+        if let table = liveTable {
+            let now = monotonicNanoseconds()
+            let families: [(String, String, String, (WorkerLoadRecord) -> Double)] = [
+                ("sluice_worker_active_connections", "gauge", "Open connections per worker.", { Double($0.load(.active)) }),
+                ("sluice_worker_accepted_total", "counter", "Connections placed on the worker.", { Double($0.load(.accepted)) }),
+                ("sluice_worker_bytes_in_total", "counter", "Bytes from clients.", { Double($0.load(.bytesIn)) }),
+                ("sluice_worker_bytes_out_total", "counter", "Bytes to clients.", { Double($0.load(.bytesOut)) }),
+                ("sluice_worker_busy_seconds_total", "counter", "Time spent handling events.", { Double($0.load(.busyNanoseconds)) / 1e9 }),
+                ("sluice_worker_heartbeat_age_seconds", "gauge", "Time since the worker's last loop turn.", {
+                    let beat = $0.load(.heartbeatNanoseconds)
+                    return now > beat ? Double(now - beat) / 1e9 : 0
+                }),
+                ("sluice_worker_draining", "gauge", "1 while the worker takes no new connections.", {
+                    $0.load(.flags) & UInt64(SLUICE_WORKER_DRAINING) != 0 ? 1 : 0
+                }),
+            ]
+            for (name, type, help, value) in families {
+                out.family(name, type, help)
+                for k in liveWorkers.indices { out.sample(name, ["worker": "\(k)"], value(table.record(k))) }
+            }
+        }
+        let listenerFamilies: [(String, String, String, ListenerField)] = [
+            ("sluice_listener_active_connections", "gauge", "Open connections per listener.", .active),
+            ("sluice_listener_accepted_total", "counter", "Connections accepted.", .accepted),
+            ("sluice_listener_rejected_total", "counter", "Connections refused at max_connections.", .rejected),
+            ("sluice_listener_no_backend_total", "counter", "Connections closed because no backend was reachable.", .noBackend),
+        ]
+        for (name, type, help, field) in listenerFamilies {
+            out.family(name, type, help)
+            for listener in liveListeners {
+                out.sample(name, ["listener": listener.name, "pool": listener.pool.name], Double(listener.counters.load(field)))
+            }
+        }
+        let backendFamilies: [(String, String, String, (RuntimePool, Int) -> Double)] = [
+            ("sluice_backend_active_connections", "gauge", "Open connections per backend.", { Double($0.active[$1].load(ordering: .relaxed)) }),
+            ("sluice_backend_connect_failures_total", "counter", "Failed connection attempts.", { Double($0.connectFailures[$1].load(ordering: .relaxed)) }),
+            ("sluice_backend_drained", "gauge", "1 while drained by the admin socket.", { $0.drained[$1].load(ordering: .relaxed) ? 1 : 0 }),
+        ]
+        for (name, type, help, value) in backendFamilies {
+            out.family(name, type, help)
+            for pool in livePools {
+                for (i, backend) in pool.config.backends.enumerated() {
+                    out.sample(name, ["pool": pool.name, "backend": "\(backend.address)"], value(pool, i))
+                }
+            }
+        }
+        if let steering = liveSteering {
+            let stats = steering.stats
+            out.family("sluice_steering_total", "counter", "Steering decisions of select_worker by outcome.")
+            for (outcome, value) in [("selected", stats.selected), ("fallback", stats.fallback), ("all_stalled", stats.allStalled),
+                                     ("stall_skip", stats.stallSkips), ("not_syn", stats.notSYN)] {
+                out.sample("sluice_steering_total", ["outcome": outcome], Double(value))
+            }
+        }
+        out.family("sluice_rebalance_moves_total", "counter", "Connections moved between workers.")
+        out.sample("sluice_rebalance_moves_total", [:], Double(moves))
+        return out.text
     }
 
     /// Loads the BPF object and pins the per-worker counters. `least_loaded`
@@ -257,10 +458,10 @@ public final class Server {
     /// Resolves `splice:`. `sockmap` must load, attach and pass a loopback
     /// self-test or the start fails; `auto` uses it when it does, and
     /// splice(2) otherwise, saying why.
-    private func setUpDataPath(workerLoadFD: Int32?) throws(ServerError) -> (DataPathKind, KernelSplice?) {
+    private func setUpDataPath(workerLoadFD: Int32?) throws(ServerError) -> (DataPathKind, KernelSplice?, String) {
         switch config.splice {
-        case .splice: return (.splice, nil)
-        case .copy: return (.copy, nil)
+        case .splice: return (.splice, nil, "configured")
+        case .copy: return (.copy, nil, "configured")
         case .sockmap, .auto:
             let pairs = min(1 << 20, config.listeners.reduce(0) { $0 + $1.maxConnections })
             do {
@@ -276,29 +477,29 @@ public final class Server {
                         logger.notice("data path: splice(2), measured faster here for 1 MiB request/response exchanges", metadata: [
                             "measured": "\(measured)",
                         ])
-                        return (.splice, nil)
+                        return (.splice, nil, "auto: measured \(measured)")
                     }
                     logger.info("data path: sockmap (loaded, passed its loopback self-test, and measured)", metadata: [
                         "measured": "\(measured)",
                     ])
-                } else {
-                    logger.info("data path: sockmap (the verdict program loaded and passed its loopback self-test)")
+                    return (.sockmap, splice, "auto: measured \(measured)")
                 }
-                return (.sockmap, splice)
+                logger.info("data path: sockmap (the verdict program loaded and passed its loopback self-test)")
+                return (.sockmap, splice, "configured")
             } catch {
                 if config.splice == .sockmap {
                     throw ServerError("splice sockmap is unavailable: \(error); it needs root (CAP_BPF and CAP_NET_ADMIN). "
                         + "Use splice: auto to fall back, or splice: splice")
                 }
                 logger.warning("data path: splice(2), because the sockmap path is unavailable: \(error)")
-                return (.splice, nil)
+                return (.splice, nil, "auto: sockmap unavailable: \(error)")
             }
         }
     }
 
     /// Binds every listener: one SO_REUSEPORT socket per worker, or, for
     /// shared_accept, one socket that every worker gets a duplicate of.
-    private func bindListeners(pools: [String: RuntimePool], shared: Bool) throws(ServerError)
+    private func bindListeners(pools: [String: RuntimePool], shared: Bool, counters: ListenerLoadTable) throws(ServerError)
         -> ([RuntimeListener], [[Int32]])
     {
         var runtimeListeners: [RuntimeListener] = []
@@ -335,7 +536,9 @@ public final class Server {
                 closeAllBound()
                 throw ServerError("listener \(listener.name): cannot listen on \(address): \(error)")
             }
-            runtimeListeners.append(RuntimeListener(index: index, config: listener, pool: pools[listener.pool]!, address: address))
+            runtimeListeners.append(RuntimeListener(
+                index: index, config: listener, pool: pools[listener.pool]!, address: address,
+                counters: counters.record(index)))
         }
         return (runtimeListeners, socketsByWorker)
     }

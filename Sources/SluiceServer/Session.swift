@@ -61,7 +61,8 @@ struct SideFailure: Error {
 final class Session {
     enum Phase { case connecting, proxying }
 
-    let id: UInt64
+    /// Unique within the owning worker (a moved session gets a new one).
+    var id: UInt64
     let listener: RuntimeListener
     let client: Int32
     let clientAddress: SocketAddress
@@ -80,6 +81,9 @@ final class Session {
     /// (oneshot fired, or never added).
     var clientArmed: EpollEvents?
     var clientAdded = false
+    /// Whether the backend socket is in this worker's epoll (it is added at
+    /// connect; a session adopted from another worker starts outside).
+    var backendAdded = false
     var backendArmed: EpollEvents?
 
     /// How this session's bytes move (sockmap sessions that could not be

@@ -14,6 +14,18 @@ enum WorkerCommand: Sendable {
     /// Test and benchmark knob: block this worker's loop, as a worker stuck
     /// in a slow call would be (no heartbeat, no events handled).
     case stall(milliseconds: UInt64)
+    /// Rebalancing: hand up to `count` established connections to `worker`.
+    case give(count: Int, to: Worker)
+    /// Rebalancing: take over connections another worker handed over.
+    case adopt(MigratingSessions)
+}
+
+/// Sessions in transit between two workers. The giver has taken them out of
+/// its epoll and timer wheel and no longer touches them; the receiver is the
+/// only thread that will.
+struct MigratingSessions: @unchecked Sendable {
+    let sessions: [Session]
+    let from: Int
 }
 
 /// What a timer on the worker's wheel stands for.
@@ -217,8 +229,69 @@ final class Worker: @unchecked Sendable {
             case .stall(let milliseconds):
                 logger.warning("stalling on request", metadata: ["ms": "\(milliseconds)"])
                 usleep(UInt32(min(milliseconds, 60_000)) * 1000)
+            case .give(let count, let receiver):
+                give(count, to: receiver)
+            case .adopt(let migrating):
+                adopt(migrating)
             }
         }
+    }
+
+    // MARK: - Moving connections between workers
+
+    /// Hands up to `count` established, quiet-enough sessions to `receiver`.
+    /// A session is disarmed and out of this epoll before it leaves (oneshot:
+    /// no event for it can be in flight here), and its timers go with it.
+    private func give(_ count: Int, to receiver: Worker) {
+        guard !draining, receiver !== self else { return }
+        var moving: [Session] = []
+        for session in sessions.values where moving.count < count {
+            // Only sessions in steady state: connected, no EOF being passed on.
+            guard session.phase == .proxying, !session.upstream.sourceEOF, !session.downstream.sourceEOF,
+                  session.spliced?.flushProgress.isEmpty ?? true else { continue }
+            moving.append(session)
+        }
+        for session in moving {
+            epoll.remove(session.client)
+            epoll.remove(session.backend)
+            session.clientAdded = false
+            session.backendAdded = false
+            session.clientArmed = nil
+            session.backendArmed = nil
+            if let timer = session.idleTimer { _ = timers.cancel(timer) }
+            session.idleTimer = nil
+            sessions.removeValue(forKey: session.id)
+            releaseActive()
+            counters.active.wrappingDecrement(ordering: .relaxed)
+            counters.movedOut.wrappingIncrement(by: UInt64(1), ordering: .relaxed)
+        }
+        if !moving.isEmpty { receiver.send(.adopt(MigratingSessions(sessions: moving, from: id))) }
+    }
+
+    /// Takes over sessions from another worker: new ids in this worker's
+    /// token space, both sockets into this epoll, the idle deadline kept.
+    private func adopt(_ migrating: MigratingSessions) {
+        for session in migrating.sessions {
+            session.id = nextSessionID
+            nextSessionID += 1
+            sessions[session.id] = session
+            record.add(.active, 1)
+            counters.active.wrappingIncrement(ordering: .relaxed)
+            counters.movedIn.wrappingIncrement(by: UInt64(1), ordering: .relaxed)
+            session.idleTimer = timers.schedule(
+                at: session.lastActivityMilliseconds + session.listener.config.idleTimeout.milliseconds,
+                .idle(session: session.id))
+            if session.spliced != nil {
+                rearmSpliced(session)
+            } else {
+                // Level-triggered readiness fires again for whatever was pending.
+                pumpAndRearm(session, upstream: true, downstream: true)
+                if sessions[session.id] != nil && session.clientArmed == nil && session.backendArmed == nil {
+                    rearm(session)
+                }
+            }
+        }
+        logger.debug("adopted connections", metadata: ["count": "\(migrating.sessions.count)", "from": "\(migrating.from)"])
     }
 
     private func fire(_ timer: WorkerTimer) {
@@ -294,14 +367,15 @@ final class Worker: @unchecked Sendable {
                 continue // ECONNABORTED and friends concern one connection only.
             }
             guard case .done(let (clientFD, clientAddress)) = result else { break }
-            listener.accepted.wrappingIncrement(ordering: .relaxed)
+            listener.counters.add(.accepted, 1)
             if settings.workerCountsAccepts {
                 record.add(.active, 1)
                 record.add(.accepted, 1)
             }
-            if listener.active.loadThenWrappingIncrement(ordering: .relaxed) >= listener.config.maxConnections {
-                listener.active.wrappingDecrement(ordering: .relaxed)
-                listener.rejectedOverLimit.wrappingIncrement(ordering: .relaxed)
+            let open = listener.counters.atomic(.active).loadThenWrappingIncrement(ordering: .relaxed)
+            if open >= UInt64(listener.config.maxConnections) {
+                listener.counters.release(.active)
+                listener.counters.add(.rejected, 1)
                 Socket.closeWithReset(clientFD)
                 releaseActive()
                 continue
@@ -325,16 +399,7 @@ final class Worker: @unchecked Sendable {
     /// One accepted connection is gone: take it off this worker's load.
     /// Saturating, so a connection the kernel placed without counting it
     /// (a fallback) cannot wrap the counter below zero.
-    private func releaseActive() {
-        let slot = record.atomic(.active)
-        var current = slot.load(ordering: .relaxed)
-        while current > 0 {
-            let (exchanged, original) = slot.weakCompareExchange(
-                expected: current, desired: current - 1, ordering: .relaxed)
-            if exchanged { return }
-            current = original
-        }
-    }
+    private func releaseActive() { record.release(.active) }
 
     private func isResourceExhaustion(_ error: SystemCallError) -> Bool {
         [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(error.errno)
@@ -374,7 +439,7 @@ final class Worker: @unchecked Sendable {
             guard let index = balancers[pool.name]!.pick(
                 clientKey: session.clientKey,
                 active: { pool.active[$0].load(ordering: .relaxed) },
-                eligible: { !tried.contains($0) }
+                eligible: { !tried.contains($0) && !pool.drained[$0].load(ordering: .relaxed) }
             ) else { break }
             session.triedBackends.append(index)
             session.backendIndex = index
@@ -399,6 +464,7 @@ final class Worker: @unchecked Sendable {
                     return
                 case .inProgress:
                     try epoll.add(fd, [.writable, .oneShot], token: token(session, .backend))
+                    session.backendAdded = true
                     session.backendArmed = [.writable]
                     session.connectTimer = timers.schedule(
                         at: monotonicMilliseconds() + session.listener.config.connectTimeout.milliseconds,
@@ -413,6 +479,7 @@ final class Worker: @unchecked Sendable {
         }
         let reason: CloseReason = session.triedBackends.isEmpty ? .noBackend : .connectFailed
         counters.noBackend.wrappingIncrement(ordering: .relaxed)
+        session.listener.counters.add(.noBackend, 1)
         logger.warning("no backend reachable; closing the client", metadata: [
             "listener": "\(session.listener.name)", "client": "\(session.clientAddress)",
             "tried": "\(session.triedBackends.map { pool.addresses[$0].description })",
@@ -435,6 +502,7 @@ final class Worker: @unchecked Sendable {
             session.backend = -1
         }
         session.backendArmed = nil
+        session.backendAdded = false
         session.backendIndex = nil
     }
 
@@ -664,7 +732,12 @@ final class Worker: @unchecked Sendable {
                 session.clientArmed = clientInterest
             }
             if !backendInterest.isEmpty && session.backendArmed != backendInterest {
-                try epoll.modify(session.backend, backendInterest.union(.oneShot), token: token(session, .backend))
+                if session.backendAdded {
+                    try epoll.modify(session.backend, backendInterest.union(.oneShot), token: token(session, .backend))
+                } else {
+                    try epoll.add(session.backend, backendInterest.union(.oneShot), token: token(session, .backend))
+                    session.backendAdded = true
+                }
                 session.backendArmed = backendInterest
             }
         } catch {
@@ -693,7 +766,7 @@ final class Worker: @unchecked Sendable {
         if session.phase == .proxying, let index = session.backendIndex {
             session.listener.pool.active[index].wrappingDecrement(ordering: .relaxed)
         }
-        session.listener.active.wrappingDecrement(ordering: .relaxed)
+        session.listener.counters.release(.active)
         counters.active.wrappingDecrement(ordering: .relaxed)
         counters.closed.wrappingIncrement(ordering: .relaxed)
         releaseActive()

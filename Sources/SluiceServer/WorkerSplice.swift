@@ -277,7 +277,12 @@ extension Worker {
                 session.clientArmed = clientInterest
             }
             if session.backendArmed != backendInterest {
-                try epoll.modify(session.backend, backendInterest.union(.oneShot), token: token(session, .backend))
+                if session.backendAdded {
+                    try epoll.modify(session.backend, backendInterest.union(.oneShot), token: token(session, .backend))
+                } else {
+                    try epoll.add(session.backend, backendInterest.union(.oneShot), token: token(session, .backend))
+                    session.backendAdded = true
+                }
                 session.backendArmed = backendInterest
             }
         } catch {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import CSluice
 import Glibc
 import Logging
@@ -103,15 +104,59 @@ struct Check: ParsableCommand {
 }
 
 struct Status: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Show workers, listeners and backends of a running instance.")
+    static let configuration = CommandConfiguration(
+        abstract: "Show workers, listeners and backends of a running instance.",
+        discussion: """
+            Reads the instance's pinned BPF maps directly, so it answers even when the daemon \
+            is wedged; backends come from the admin socket when it answers.
+            """
+    )
 
     @Option(help: "Instance name.")
     var instance = "default"
 
-    func run() throws {
-        printError("sluice status is not available yet in this version: the pinned per-worker counters it reads arrive with BPF steering")
-        throw ExitCode(2)
+    @Flag(help: "Print one JSON document.")
+    var json = false
+
+    @Flag(help: "Redraw every INTERVAL seconds (default 1) until Ctrl-C.")
+    var watch = false
+
+    @Argument(help: "Seconds between redraws with --watch.")
+    var interval: Double?
+
+    func validate() throws {
+        if interval != nil && !watch { throw ValidationError("an interval only goes with --watch") }
+        if let interval, !(interval >= 0.1 && interval <= 3600) {
+            throw ValidationError("the interval is in seconds, 0.1 to 3600; found \(interval)")
+        }
     }
+
+    func run() throws {
+        repeat {
+            let snapshot: StatusSnapshot
+            do {
+                snapshot = try StatusReader.read(instance: instance)
+            } catch {
+                printError(error.description)
+                throw ExitCode(error.exitCode)
+            }
+            if json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+                printOut(String(decoding: try encoder.encode(snapshot), as: UTF8.self))
+            } else {
+                // Home and clear, then the table: redrawn in place with --watch.
+                if watch { printOutRaw("\u{1B}[H\u{1B}[2J") }
+                printOutRaw(StatusText.render(snapshot))
+            }
+            if watch { usleep(UInt32((interval ?? 1) * 1e6)) }
+        } while watch
+    }
+}
+
+func printOutRaw(_ text: String) {
+    var line = text
+    _ = line.withUTF8 { Glibc.write(STDOUT_FILENO, $0.baseAddress, $0.count) }
 }
 
 struct Demo: ParsableCommand {
@@ -130,6 +175,9 @@ struct Demo: ParsableCommand {
 
     @Option(help: "Access log: off, text or json.")
     var access: String = "text"
+
+    @Option(help: "Prometheus metrics port on 127.0.0.1 (0: off).")
+    var metricsPort: UInt16 = 9901
 
     func run() throws {
         guard let dataPath = SpliceMode(rawValue: path), dataPath == .splice || dataPath == .copy else {
@@ -167,7 +215,10 @@ struct Demo: ParsableCommand {
         let config = SluiceConfig(
             instance: "demo", workers: workers ?? onlineCPUCount(), steering: steering, splice: dataPath,
             stallThreshold: .milliseconds(200), drainTimeout: .seconds(5),
-            log: LogConfig(level: .info, access: accessFormat, file: "stderr"), admin: nil,
+            log: LogConfig(level: .info, access: accessFormat, file: "stderr"),
+            admin: AdminConfig(
+                socket: "/run/sluice/demo.sock",
+                metrics: metricsPort > 0 ? SocketAddressSpec(host: "127.0.0.1", port: metricsPort, family: .inet) : nil),
             listeners: [listener], pools: [pool]
         )
         var options = ServerOptions()
@@ -178,7 +229,8 @@ struct Demo: ParsableCommand {
                 sluice demo: proxy at http://\(address)/ in front of \(backendList)
                   try:    curl http://\(address)/
                   load:   wrk -t2 -c64 -d10s http://\(address)/
-                  load per worker: bpftool map dump pinned /sys/fs/bpf/sluice/demo/worker_load
+                  status: sluice status --instance demo --watch
+                  metrics: \(metricsPort > 0 ? "curl http://127.0.0.1:\(metricsPort)/metrics" : "off (--metrics-port)")
                   stop:   Ctrl-C
                 """)
         }

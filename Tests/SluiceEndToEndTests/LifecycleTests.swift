@@ -153,7 +153,7 @@ struct LifecycleTests {
     @Test("sluice demo: curl gets answers from both built-in backends")
     func demoWithCurl() throws {
         let port = freePort()
-        let demo = try SluiceProcess(arguments: ["demo", "--port", "\(port)", "--workers", "2"])
+        let demo = try SluiceProcess(arguments: ["demo", "--port", "\(port)", "--workers", "2", "--metrics-port", "0"])
         try demo.waitForLog("curl http://127.0.0.1:\(port)/")
         var seen = Set<String>()
         for _ in 0..<6 {
@@ -206,8 +206,9 @@ struct LifecycleTests {
 
     @Test("a value whose feature is not built yet is refused plainly, not silently replaced")
     func unavailableFeature() throws {
-        // Every value of the format is built now except the admin block and health checks.
-        let yaml = proxyConfig(port: freePort(), backends: ["127.0.0.1:9001"]).replacingOccurrences(of: "splice: splice", with: "splice: splice\nadmin: { socket: /tmp/x.sock }")
+        // Every value of the format is built now except health checks.
+        let yaml = proxyConfig(port: freePort(), backends: ["127.0.0.1:9001"])
+            + "\n    health_check: { kind: tcp }\n"
         let sluice = try SluiceProcess(arguments: ["run"], configYAML: yaml)
         #expect(try sluice.waitForExit(seconds: 10) != 0)
         #expect(sluice.log.contains("not available yet"))

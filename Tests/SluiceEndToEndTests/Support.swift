@@ -276,6 +276,7 @@ func proxyConfig(
         splice: \(splice)
         drain_timeout: 5s
         log: { level: info, access: \(access), file: stderr }
+        \(extraTop.contains("admin:") ? "" : "admin: { metrics: off }")
         \(extraTop)
         listeners:
           - { name: test, bind: "\(listenHost):\(port)", pool: backends\(extraListener) }

@@ -11,6 +11,7 @@
 #define SLUICE_ABI_VERSION 1
 
 #define SLUICE_MAX_WORKERS 64
+#define SLUICE_MAX_LISTENERS 64
 
 /* Bits of sluice_worker.flags. */
 #define SLUICE_WORKER_DRAINING (1ULL << 0)
@@ -24,6 +25,16 @@ struct sluice_worker {
     __u64 flags;        /* SLUICE_WORKER_* */
     __u64 bytes_in;
     __u64 bytes_out;
+};
+
+/* One entry per listener in the mmap-able `listener_load` array, written by
+ * the workers (not read by any program: it is pinned so that `sluice status`
+ * can show listeners without the daemon). */
+struct sluice_listener {
+    __u64 active;    /* open connections */
+    __u64 accepted;  /* accepted, total */
+    __u64 rejected;  /* accepted and closed at once: max_connections reached */
+    __u64 no_backend;/* closed because no backend could be reached */
 };
 
 /* Steering outcomes, one slot each in the per-CPU `steer_stats` array. */

@@ -50,8 +50,9 @@ struct ConfigDecoder {
 
     static let topKeys = [
         "instance", "workers", "steering", "splice", "stall_threshold", "drain_timeout",
-        "log", "admin", "listeners", "pools",
+        "log", "admin", "rebalance", "listeners", "pools",
     ]
+    static let rebalanceKeys = ["interval", "ratio"]
     static let logKeys = ["level", "access", "file"]
     static let adminKeys = ["socket", "metrics"]
     static let listenerKeys = ["name", "bind", "pool", "max_connections", "connect_timeout", "idle_timeout"]
@@ -98,6 +99,7 @@ struct ConfigDecoder {
             ?? ConfigDefaults.drainTimeout
         let log = doc["log"].map { decodeLog($0.value, top.key("log")) } ?? LogConfig()
         let admin = decodeAdmin(doc["admin"], top.key("admin"), instance: instance)
+        let rebalance = decodeRebalance(doc["rebalance"], top.key("rebalance"))
 
         var pools: [PoolConfig] = []
         var poolNames: [String]? = nil
@@ -121,11 +123,13 @@ struct ConfigDecoder {
             notices.append("pools: pool \"\(pool.name)\" is not used by any listener")
         }
 
-        return SluiceConfig(
+        var config = SluiceConfig(
             instance: instance, workers: workers, steering: steering, splice: splice,
             stallThreshold: stallThreshold, drainTimeout: drainTimeout, log: log, admin: admin,
             listeners: listeners, pools: pools
         )
+        config.rebalance = rebalance
+        return config
     }
 
     // MARK: - Features that may not be built yet
@@ -183,6 +187,30 @@ struct ConfigDecoder {
         return log
     }
 
+    /// `rebalance: off`, or `{ interval: 100ms, ratio: 1.1 }` (both optional).
+    mutating func decodeRebalance(_ entry: ConfigMapping.Entry?, _ path: ConfigFieldPath) -> RebalanceConfig? {
+        var rebalance = RebalanceConfig()
+        guard let entry else { return rebalance }
+        if case .scalar(let scalar) = entry.value, scalar.string == "off" { return nil }
+        guard let map = mapping(entry.value, path, keys: Self.rebalanceKeys,
+                                expected: "off, or a mapping like { interval: 100ms, ratio: 1.1 }")
+        else { return rebalance }
+        if let interval = map["interval"], let value = duration(interval.value, path.key("interval")) {
+            rebalance.interval = value
+        }
+        if let ratio = map["ratio"] {
+            let expected = "a number above 1.0, such as 1.1"
+            if let text = scalarText(ratio.value, path.key("ratio"), expected: expected) {
+                if let value = Double(text), value > 1.0, value.isFinite {
+                    rebalance.ratio = value
+                } else {
+                    fail(path.key("ratio"), at: ratio.value, "expected \(expected); found \(configQuoted(text))")
+                }
+            }
+        }
+        return rebalance
+    }
+
     mutating func decodeAdmin(_ entry: ConfigMapping.Entry?, _ path: ConfigFieldPath, instance: String) -> AdminConfig? {
         let defaults = AdminConfig(socket: ConfigDefaults.adminSocket(instance: instance), metrics: ConfigDefaults.metrics)
         guard let entry else {
@@ -190,6 +218,7 @@ struct ConfigDecoder {
             notices.append("\(path): the admin socket and metrics endpoint are not available yet; running without them")
             return nil
         }
+        if case .scalar(let scalar) = entry.value, scalar.string == "off" { return nil }
         var admin = defaults
         if let map = mapping(entry.value, path, keys: Self.adminKeys) {
             if let socket = map["socket"] {
@@ -324,6 +353,9 @@ struct ConfigDecoder {
         guard let items = sequence(node, path, expected: "a list of listeners") else { return [] }
         if items.isEmpty {
             fail(path, at: node, "expected at least one listener; found an empty list")
+        }
+        if items.count > ConfigDefaults.maxListeners {
+            fail(path, at: node, "expected at most \(ConfigDefaults.maxListeners) listeners; found \(items.count)")
         }
         var listeners: [ListenerConfig] = []
         var firstByName: [String: Int] = [:]

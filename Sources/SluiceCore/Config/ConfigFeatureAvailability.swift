@@ -15,7 +15,7 @@ public struct FeatureAvailability: Sendable, Equatable {
     /// `splice: sockmap` and `splice: auto` (the specified default).
     public static let sockmapSplice = true
     /// The `admin` block (admin socket and metrics endpoint).
-    public static let adminEndpoints = false
+    public static let adminEndpoints = true
     /// The `health_check` key of a pool.
     public static let healthChecks = false
 

@@ -76,6 +76,22 @@ public struct AdminConfig: Sendable, Equatable {
     }
 }
 
+/// Moving established connections between workers when their loads drift apart.
+public struct RebalanceConfig: Sendable, Equatable {
+    /// How often the control thread looks at the per-worker loads.
+    public var interval: Duration
+    /// Largest max/min ratio of active connections per worker left alone.
+    public var ratio: Double
+    /// Most connections moved per tick (bounds the work of one tick).
+    public var maxMovesPerTick: Int
+
+    public init(interval: Duration = .milliseconds(100), ratio: Double = 1.1, maxMovesPerTick: Int = 256) {
+        self.interval = interval
+        self.ratio = ratio
+        self.maxMovesPerTick = maxMovesPerTick
+    }
+}
+
 public struct ListenerConfig: Sendable, Equatable {
     public var name: String
     public var bind: SocketAddressSpec
@@ -144,6 +160,8 @@ public struct SluiceConfig: Sendable, Equatable {
     public var admin: AdminConfig?
     public var listeners: [ListenerConfig]
     public var pools: [PoolConfig]
+    /// nil when rebalancing is off (`rebalance: off`).
+    public var rebalance: RebalanceConfig? = RebalanceConfig()
 
     public init(
         instance: String = ConfigDefaults.instance,
@@ -179,6 +197,8 @@ public struct SluiceConfig: Sendable, Equatable {
 public enum ConfigDefaults {
     public static let instance = "default"
     public static let workersRange: ClosedRange<Int> = 1...64
+    /// One record each in the pinned listener_load table.
+    public static let maxListeners = 64
     public static let stallThreshold: Duration = .milliseconds(200)
     public static let drainTimeout: Duration = .seconds(30)
 

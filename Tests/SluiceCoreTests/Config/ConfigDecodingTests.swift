@@ -76,7 +76,7 @@ struct ConfigDecodingTests {
             .replacing("splice: auto", with: "splice: copy")
             .replacing("admin: { socket: /run/sluice/default.sock, metrics: 127.0.0.1:9901 }\n", with: "")
             .replacing("    health_check: {}         # reserved key (later feature)", with: "")
-        let loaded = try decodeConfig(yaml)
+        let loaded = try decodeConfig(yaml, features: .nothingBuilt)
         var expected = Self.expectedExample
         expected.steering = .hash
         expected.splice = .copy
@@ -151,12 +151,10 @@ struct ConfigDecodingTests {
     }
 
     @Test func explicitAvailableValuesGiveNoNotices() throws {
-        let loaded = try decodeConfig("steering: hash\nsplice: copy\n" + minimalConfigYAML)
+        let loaded = try decodeConfig("steering: hash\nsplice: copy\n" + minimalConfigYAML, features: .all)
         #expect(loaded.config.steering == .hash)
         #expect(loaded.config.splice == .copy)
-        #expect(loaded.notices == [
-            "admin: the admin socket and metrics endpoint are not available yet; running without them",
-        ])
+        #expect(loaded.notices.isEmpty)
     }
 
     @Test(arguments: [(1, 1), (4, 4), (64, 64), (200, 64), (0, 1)])
@@ -275,5 +273,33 @@ struct ConfigDecodingTests {
     @Test func healthCheckKeyIsAcceptedOnceAvailable() throws {
         let yaml = minimalConfigYAML + "\n    health_check: { interval: 1s }"
         #expect(try decodeConfig(yaml, features: .all).config.pools.count == 1)
+    }
+}
+
+@Suite("Config: admin and rebalance")
+struct ConfigAdminRebalanceTests {
+    @Test func adminOffAndRebalanceOff() throws {
+        let loaded = try decodeConfig("admin: off\nrebalance: off\n" + minimalConfigYAML, features: .all)
+        #expect(loaded.config.admin == nil)
+        #expect(loaded.config.rebalance == nil)
+    }
+
+    @Test func rebalanceDefaultsAndValues() throws {
+        #expect(try decodeConfig(minimalConfigYAML, features: .all).config.rebalance == RebalanceConfig())
+        let loaded = try decodeConfig("rebalance: { interval: 250ms, ratio: 1.25 }\n" + minimalConfigYAML, features: .all)
+        #expect(loaded.config.rebalance?.interval == .milliseconds(250))
+        #expect(loaded.config.rebalance?.ratio == 1.25)
+    }
+
+    @Test func rebalanceErrors() {
+        let errors = configErrors("rebalance: { interval: soon, ratio: 0.9, every: 1 }\n" + minimalConfigYAML, features: .all)
+        #expect(errors.map(\.path) == ["rebalance.interval", "rebalance.ratio", "rebalance.every"])
+        #expect(errors[1].message == "expected a number above 1.0, such as 1.1; found \"0.9\"")
+    }
+
+    @Test func tooManyListeners() {
+        let listeners = (0..<65).map { "  - { name: l\($0), bind: \"127.0.0.1:\(10000 + $0)\", pool: web }" }.joined(separator: "\n")
+        let yaml = "listeners:\n\(listeners)\npools:\n  - { name: web, backends: [ { address: \"127.0.0.1:9001\" } ] }\n"
+        #expect(configErrors(yaml, features: .all).map(\.message).contains("expected at most 64 listeners; found 65"))
     }
 }

@@ -399,7 +399,7 @@ struct ConfigErrorTests {
 
     @Test func unavailableFeaturesStillHaveTheirShapeChecked() {
         let errors = configErrors("admin: { socket: relative.sock, metrics: \"localhost:9901\", extra: 1 }\n"
-            + minimalConfigYAML)
+            + minimalConfigYAML, features: .nothingBuilt)
         #expect(errors.map(\.path) == ["admin", "admin.socket", "admin.metrics", "admin.extra"])
         #expect(errors[2].message.hasPrefix("hostnames are not supported"))
         #expect(errors[0].message.hasSuffix("remove the admin block"))

@@ -1,0 +1,285 @@
+import CLibbpf
+import CSluice
+import Foundation
+import Glibc
+import SluiceBPF
+import SluicePosix
+
+/// What a running daemon writes next to its lock, for `sluice status`: the
+/// facts the counters alone do not carry (names, addresses, modes).
+public struct InstanceInfo: Codable, Sendable, Equatable {
+    public struct Listener: Codable, Sendable, Equatable {
+        public var name: String
+        public var address: String
+        public var pool: String
+    }
+
+    public var instance: String
+    public var pid: Int32
+    public var started: Double  // Unix time
+    public var steering: String
+    public var splice: String    // as configured
+    public var dataPath: String  // as resolved
+    public var dataPathReason: String
+    public var workers: Int
+    public var stallThresholdMilliseconds: UInt64
+    public var listeners: [Listener]
+    public var adminSocket: String?
+    public var metrics: String?
+
+    enum CodingKeys: String, CodingKey {
+        case instance, pid, started, steering, splice, workers, listeners, metrics
+        case dataPath = "data_path", dataPathReason = "data_path_reason"
+        case stallThresholdMilliseconds = "stall_threshold_ms", adminSocket = "admin_socket"
+    }
+
+    public static func path(instance: String, runDirectory: String = InstanceLock.defaultDirectory) -> String {
+        "\(runDirectory)/\(instance).json"
+    }
+
+    /// Written atomically (temporary file, then rename), readable by all.
+    public func write(runDirectory: String = InstanceLock.defaultDirectory) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        let data = try encoder.encode(self)
+        let final = Self.path(instance: instance, runDirectory: runDirectory)
+        let temporary = final + ".tmp"
+        try data.write(to: URL(fileURLWithPath: temporary))
+        chmod(temporary, 0o644)
+        guard rename(temporary, final) == 0 else { throw SystemCallError(call: "rename \(final)", errno: errno) }
+    }
+
+    public static func read(instance: String, runDirectory: String = InstanceLock.defaultDirectory) -> InstanceInfo? {
+        guard let data = FileManager.default.contents(atPath: path(instance: instance, runDirectory: runDirectory)) else { return nil }
+        return try? JSONDecoder().decode(InstanceInfo.self, from: data)
+    }
+}
+
+/// One stable document: what `sluice status --json` prints and the admin
+/// socket's `status` answers.
+public struct StatusSnapshot: Codable, Sendable, Equatable {
+    public struct Worker: Codable, Sendable, Equatable {
+        public var id: Int
+        public var state: String          // ok | stalled | draining
+        public var active: UInt64
+        public var accepted: UInt64
+        public var connectionsPerSecond: Double
+        public var bytesIn: UInt64
+        public var bytesOut: UInt64
+        public var heartbeatAgeMilliseconds: UInt64
+        public var busyPercent: Double
+
+        enum CodingKeys: String, CodingKey {
+            case id, state, active, accepted
+            case connectionsPerSecond = "connections_per_second", bytesIn = "bytes_in", bytesOut = "bytes_out"
+            case heartbeatAgeMilliseconds = "heartbeat_age_ms", busyPercent = "busy_percent"
+        }
+    }
+
+    public struct Listener: Codable, Sendable, Equatable {
+        public var name: String
+        public var address: String
+        public var pool: String
+        public var active: UInt64
+        public var accepted: UInt64
+        public var rejected: UInt64
+        public var noBackend: UInt64
+
+        enum CodingKeys: String, CodingKey {
+            case name, address, pool, active, accepted, rejected
+            case noBackend = "no_backend"
+        }
+    }
+
+    public struct Backend: Codable, Sendable, Equatable {
+        public var pool: String
+        public var address: String
+        public var state: String          // up | down | ejected | drained
+        public var active: Int
+        public var weight: Int
+        public var failures: Int
+        public var lastCheck: String?
+
+        enum CodingKeys: String, CodingKey {
+            case pool, address, state, active, weight, failures
+            case lastCheck = "last_check"
+        }
+    }
+
+    public struct Steering: Codable, Sendable, Equatable {
+        public var mode: String
+        public var selected: UInt64
+        public var fallback: UInt64
+        public var allStalled: UInt64
+        public var stallSkips: UInt64
+        public var notSYN: UInt64
+        public var moves: UInt64?
+
+        enum CodingKeys: String, CodingKey {
+            case mode, selected, fallback, moves
+            case allStalled = "all_stalled", stallSkips = "stall_skips", notSYN = "not_syn"
+        }
+    }
+
+    public var instance: String
+    /// running | not responding | stopped (SIGSTOP) | not running
+    public var daemon: String
+    public var pid: Int32?
+    public var uptimeSeconds: Double?
+    public var workers: [Worker]
+    public var listeners: [Listener]
+    public var backends: [Backend]?
+    public var steering: Steering
+    public var splice: String
+    public var notes: [String]
+
+    enum CodingKeys: String, CodingKey {
+        case instance, daemon, pid, workers, listeners, backends, steering, splice, notes
+        case uptimeSeconds = "uptime_s"
+    }
+}
+
+public struct StatusError: Error, CustomStringConvertible {
+    public let description: String
+    /// Exit status for the CLI: 1 when no instance runs, 2 for other trouble.
+    public let exitCode: Int32
+}
+
+/// Reads an instance's pinned maps directly (no daemon needed), plus its
+/// info file, plus the admin socket when it answers.
+public enum StatusReader {
+    public static func read(
+        instance: String, sampleSeconds: Double = 0.25, pinRoot: String = PinLayout.root,
+        runDirectory: String = InstanceLock.defaultDirectory, askAdmin: Bool = true
+    ) throws(StatusError) -> StatusSnapshot {
+        let dir = PinLayout.directory(instance: instance, root: pinRoot)
+        let info = InstanceInfo.read(instance: instance, runDirectory: runDirectory)
+        guard access(dir, F_OK) == 0 else {
+            throw StatusError(description: "no sluice instance \"\(instance)\" is running (nothing pinned under \(dir))", exitCode: 1)
+        }
+        func open(_ name: String) throws(StatusError) -> Int32 {
+            let fd = bpf_obj_get("\(dir)/\(name)")
+            guard fd >= 0 else {
+                throw StatusError(description: "cannot open \(dir)/\(name): \(errnoDescription(errno))"
+                    + (errno == EACCES || errno == EPERM ? " (run as root)" : ""), exitCode: 2)
+            }
+            return fd
+        }
+        let abiFD = try open("abi")
+        defer { closeDescriptor(abiFD) }
+        var key: UInt32 = 0
+        var version: UInt64 = 0
+        guard bpf_map_lookup_elem(abiFD, &key, &version) == 0, version == SluiceBPFLayout.abiVersion else {
+            throw StatusError(description: "the pins under \(dir) have ABI version \(version), this sluice reads \(SluiceBPFLayout.abiVersion)", exitCode: 2)
+        }
+        let workerCount = info?.workers ?? Int(SLUICE_MAX_WORKERS)
+        let listenerCount = info?.listeners.count ?? 0
+        let workerFD = try open("worker_load")
+        defer { closeDescriptor(workerFD) }
+        let listenerFD = try open("listener_load")
+        defer { closeDescriptor(listenerFD) }
+        let stealFD = try open("steer_stats")
+        defer { closeDescriptor(stealFD) }
+        let workers: WorkerLoadTable
+        let listeners: ListenerLoadTable
+        do {
+            workers = try WorkerLoadTable(mapFD: workerFD, count: workerCount, writable: false)
+            listeners = try ListenerLoadTable(mapFD: listenerFD, count: max(1, listenerCount), writable: false)
+        } catch {
+            throw StatusError(description: "cannot map the counters: \(error)", exitCode: 2)
+        }
+
+        func sample() -> (at: UInt64, workers: [[UInt64]]) {
+            (monotonicNanoseconds(), (0..<workerCount).map { k in WorkerField.allCases.map { workers.record(k).load($0) } })
+        }
+        let first = sample()
+        if sampleSeconds > 0 { usleep(UInt32(sampleSeconds * 1e6)) }
+        let second = sample()
+        let elapsed = Double(second.at - first.at) / 1e9
+        let stall = (info?.stallThresholdMilliseconds ?? 200) * 1_000_000
+
+        var snapshot = StatusSnapshot(
+            instance: instance, daemon: "running", pid: info?.pid, uptimeSeconds: nil, workers: [], listeners: [],
+            backends: nil, steering: steeringStats(stealFD, mode: info?.steering ?? "unknown"),
+            splice: info?.dataPath ?? "unknown", notes: [])
+        if let info { snapshot.uptimeSeconds = Date().timeIntervalSince1970 - info.started }
+        let fieldIndex = { (f: WorkerField) in WorkerField.allCases.firstIndex(of: f)! }
+        for k in 0..<workerCount {
+            let now = second.workers[k], before = first.workers[k]
+            let heartbeat = now[fieldIndex(.heartbeatNanoseconds)]
+            let age = second.at > heartbeat ? second.at - heartbeat : 0
+            let flags = now[fieldIndex(.flags)]
+            let state = flags & UInt64(SLUICE_WORKER_DRAINING) != 0 ? "draining" : (age > stall ? "stalled" : "ok")
+            let accepted = now[fieldIndex(.accepted)]
+            let busy = now[fieldIndex(.busyNanoseconds)] &- before[fieldIndex(.busyNanoseconds)]
+            snapshot.workers.append(.init(
+                id: k, state: state, active: now[fieldIndex(.active)], accepted: accepted,
+                connectionsPerSecond: elapsed > 0 ? Double(accepted &- before[fieldIndex(.accepted)]) / elapsed : 0,
+                bytesIn: now[fieldIndex(.bytesIn)], bytesOut: now[fieldIndex(.bytesOut)],
+                heartbeatAgeMilliseconds: age / 1_000_000,
+                busyPercent: elapsed > 0 ? min(100, Double(busy) / 1e9 / elapsed * 100) : 0))
+        }
+        for (index, listener) in (info?.listeners ?? []).enumerated() {
+            let record = listeners.record(index)
+            snapshot.listeners.append(.init(
+                name: listener.name, address: listener.address, pool: listener.pool,
+                active: record.load(.active), accepted: record.load(.accepted),
+                rejected: record.load(.rejected), noBackend: record.load(.noBackend)))
+        }
+
+        // Is the daemon there at all, and responsive?
+        if let pid = info?.pid {
+            switch processState(pid) {
+            case nil:
+                snapshot.daemon = "not running"
+                snapshot.notes.append("process \(pid) is gone: these are stale pins from a run that did not stop cleanly")
+            case "T", "t":
+                snapshot.daemon = "stopped (SIGSTOP)"
+                snapshot.notes.append("process \(pid) is stopped: workers do not beat; resume it with kill -CONT \(pid)")
+            default:
+                if !snapshot.workers.isEmpty && snapshot.workers.allSatisfy({ $0.state == "stalled" }) {
+                    snapshot.daemon = "not responding"
+                    snapshot.notes.append("every worker's heartbeat is older than the stall threshold")
+                }
+            }
+        } else {
+            snapshot.notes.append("no info file (\(InstanceInfo.path(instance: instance, runDirectory: runDirectory))): names and addresses unknown")
+        }
+        if askAdmin, snapshot.daemon == "running", let socket = info?.adminSocket {
+            if let reply = try? AdminClient.request(socket: socket, ["cmd": "backends"], timeoutMilliseconds: 300),
+               let data = reply.data(using: .utf8),
+               let decoded = try? JSONDecoder().decode(AdminBackendsReply.self, from: data) {
+                snapshot.backends = decoded.backends
+                snapshot.steering.moves = decoded.moves
+            }
+        }
+        return snapshot
+    }
+
+    static func steeringStats(_ fd: Int32, mode: String) -> StatusSnapshot.Steering {
+        let cpus = max(1, Int(libbpf_num_possible_cpus()))
+        var values = [UInt64](repeating: 0, count: cpus)
+        func sum(_ stat: UInt32) -> UInt64 {
+            var key = stat
+            guard bpf_map_lookup_elem(fd, &key, &values) == 0 else { return 0 }
+            return values.reduce(0, &+)
+        }
+        return .init(
+            mode: mode, selected: sum(SLUICE_STEER_SELECTED.rawValue), fallback: sum(SLUICE_STEER_FALLBACK.rawValue),
+            allStalled: sum(SLUICE_STEER_ALL_STALLED.rawValue), stallSkips: sum(SLUICE_STEER_STALL_SKIP.rawValue),
+            notSYN: sum(SLUICE_STEER_NOT_SYN.rawValue), moves: nil)
+    }
+
+    /// The state letter of /proc/<pid>/stat, nil when there is no such process.
+    static func processState(_ pid: Int32) -> String? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return nil }
+        let rest = stat[stat.index(close, offsetBy: 2)...]
+        return rest.first.map(String.init)
+    }
+}
+
+struct AdminBackendsReply: Codable {
+    var backends: [StatusSnapshot.Backend]
+    var moves: UInt64?
+}

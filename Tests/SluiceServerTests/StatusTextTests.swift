@@ -1,0 +1,60 @@
+@testable import SluiceServer
+import Testing
+
+@Suite("sluice status text")
+struct StatusTextTests {
+    static let snapshot = StatusSnapshot(
+        instance: "edge", daemon: "running", pid: 4242, uptimeSeconds: 11_530,
+        workers: [
+            .init(id: 0, state: "ok", active: 310, accepted: 12_345, connectionsPerSecond: 14,
+                  bytesIn: 1_288_490_188, bytesOut: 3_650_722_201, heartbeatAgeMilliseconds: 3, busyPercent: 12.4),
+            .init(id: 1, state: "ok", active: 298, accepted: 12_001, connectionsPerSecond: 13.5,
+                  bytesIn: 1_100_000_000, bytesOut: 3_500_000_000, heartbeatAgeMilliseconds: 1, busyPercent: 11.6),
+            .init(id: 2, state: "stalled", active: 301, accepted: 11_800, connectionsPerSecond: 0,
+                  bytesIn: 900_000, bytesOut: 52_000, heartbeatAgeMilliseconds: 2_300, busyPercent: 0),
+            .init(id: 3, state: "draining", active: 25, accepted: 9_999_999, connectionsPerSecond: 1_234.5,
+                  bytesIn: 512, bytesOut: 0, heartbeatAgeMilliseconds: 75_000, busyPercent: 100),
+        ],
+        listeners: [.init(name: "web", address: "0.0.0.0:8080", pool: "web", active: 934, accepted: 10_012_345,
+                          rejected: 3, noBackend: 1)],
+        backends: [.init(pool: "web", address: "127.0.0.1:9001", state: "up", active: 467, weight: 1, failures: 0, lastCheck: nil),
+                   .init(pool: "web", address: "[::1]:9002", state: "drained", active: 467, weight: 2, failures: 12, lastCheck: nil)],
+        steering: .init(mode: "least_loaded", selected: 10_012_340, fallback: 5, allStalled: 0, stallSkips: 77, notSYN: 9, moves: 128),
+        splice: "sockmap", notes: ["every worker's heartbeat is older than the stall threshold"])
+
+    static let expected = """
+        sluice edge  running  pid 4242  up 3h12m
+        steering least_loaded  data path sockmap  open 934  new/s 1,262
+
+         W state      active share         accepted  conn/s      in     out   beat  busy
+         0 ok            310 ███▍            12,345    14.0    1.2G    3.4G    3ms   12%
+         1 ok            298 ███▎            12,001    13.5    1.0G    3.3G    1ms   12%
+         2 stalled       301 ███▎            11,800     0.0    879K   50.8K     2s    0%
+         3 draining       25 ▎            9,999,999   1,235    512B      0B  1m15s  100%
+
+        listener   address                pool          open    accepted  refused
+        web        0.0.0.0:8080           web            934  10,012,345        4
+
+        steered 10,012,340  fallbacks 5  all stalled 0  stalled skipped 77  moved 128
+
+        backend                pool       state       open weight failures checked
+        127.0.0.1:9001         web        up           467      1        0 -
+        [::1]:9002             web        drained      467      2       12 -
+        note: every worker's heartbeat is older than the stall threshold
+
+        """
+
+    @Test("the table is what an operator expects, and fits 80 columns")
+    func rendersAtEightyColumns() {
+        let text = StatusText.render(Self.snapshot)
+        #expect(text == Self.expected)
+        for line in text.split(separator: "\n") { #expect(line.count <= 80, "\(line.count): \(line)") }
+    }
+
+    @Test("share bars are proportional: a full share is ten blocks")
+    func bars() {
+        #expect(StatusText.bar(1) == "██████████")
+        #expect(StatusText.bar(0) == "")
+        #expect(StatusText.bar(0.25) == "██▌")
+    }
+}
