@@ -1,10 +1,12 @@
 import Atomics
 import SluiceBPF
+import Synchronization
 import SluiceCore
 import SluicePosix
 
-/// A backend pool as the workers see it: addresses resolved once, and
-/// connection counts shared by all workers (least_conn and p2c read them).
+/// A backend pool as the workers see it: addresses resolved once, and the
+/// state every worker shares: connection counts (least_conn and p2c read
+/// them), health (active checks), passive ejection, admin drain.
 public final class RuntimePool: Sendable {
     public let config: PoolConfig
     public let addresses: [SocketAddress]
@@ -12,6 +14,19 @@ public final class RuntimePool: Sendable {
     public let connectFailures: [ManagedAtomic<Int>]
     /// Drained by the admin socket: no new connections, existing ones finish.
     public let drained: [ManagedAtomic<Bool>]
+    /// The active health checks' verdict (true without checks).
+    public let checkedUp: [ManagedAtomic<Bool>]
+    /// Passive ejection: not eligible before this monotonic millisecond.
+    public let ejectedUntil: [ManagedAtomic<UInt64>]
+    public let healthTransitions: [ManagedAtomic<Int>]
+    public let ejections: [ManagedAtomic<Int>]
+    /// Monotonic ms and outcome of the last active check (0: none yet).
+    public let lastCheckAt: [ManagedAtomic<UInt64>]
+    public let lastCheckPassed: [ManagedAtomic<Bool>]
+    /// Mirrors of the passive state's counters, so the hot path can tell
+    /// without the lock that there is nothing to forgive.
+    private let failuresInARow: [ManagedAtomic<Int>]
+    private let passive: Mutex<[PassiveEjectionState]>
 
     public init(_ config: PoolConfig) {
         self.config = config
@@ -21,12 +36,64 @@ public final class RuntimePool: Sendable {
             }
             return address
         }
-        active = config.backends.map { _ in ManagedAtomic(0) }
-        connectFailures = config.backends.map { _ in ManagedAtomic(0) }
-        drained = config.backends.map { _ in ManagedAtomic(false) }
+        let n = config.backends.count
+        active = (0..<n).map { _ in ManagedAtomic(0) }
+        connectFailures = (0..<n).map { _ in ManagedAtomic(0) }
+        drained = (0..<n).map { _ in ManagedAtomic(false) }
+        checkedUp = (0..<n).map { _ in ManagedAtomic(true) }
+        ejectedUntil = (0..<n).map { _ in ManagedAtomic(0) }
+        healthTransitions = (0..<n).map { _ in ManagedAtomic(0) }
+        ejections = (0..<n).map { _ in ManagedAtomic(0) }
+        lastCheckAt = (0..<n).map { _ in ManagedAtomic(0) }
+        lastCheckPassed = (0..<n).map { _ in ManagedAtomic(false) }
+        failuresInARow = (0..<n).map { _ in ManagedAtomic(0) }
+        passive = Mutex(Array(repeating: PassiveEjectionState(), count: n))
     }
 
     public var name: String { config.name }
+
+    /// Healthy: checks say up and not ejected (drain aside).
+    public func isHealthy(_ i: Int, now: UInt64) -> Bool {
+        checkedUp[i].load(ordering: .relaxed) && now >= ejectedUntil[i].load(ordering: .relaxed)
+    }
+
+    /// May take a new connection.
+    public func isEligible(_ i: Int, now: UInt64) -> Bool {
+        !drained[i].load(ordering: .relaxed) && isHealthy(i, now: now)
+    }
+
+    public func state(_ i: Int, now: UInt64) -> String {
+        if drained[i].load(ordering: .relaxed) { return "drained" }
+        if !checkedUp[i].load(ordering: .relaxed) { return "down" }
+        if now < ejectedUntil[i].load(ordering: .relaxed) { return "ejected" }
+        return "up"
+    }
+
+    /// A connect failure or a reset before the first byte. Returns the end
+    /// of the ejection it caused, if it caused one.
+    public func noteFailure(_ i: Int, now: UInt64) -> UInt64? {
+        guard let settings = config.passive else { return nil }
+        failuresInARow[i].wrappingIncrement(ordering: .relaxed)
+        let healthyOthers = (0..<addresses.count).filter { $0 != i && isHealthy($0, now: now) }.count
+        let until = passive.withLock { states in
+            states[i].failure(now: now, threshold: settings.failures, ejectionMilliseconds: settings.ejection.milliseconds,
+                              mayEject: healthyOthers >= config.minHealthy)
+        }
+        if let until {
+            ejectedUntil[i].store(until, ordering: .relaxed)
+            ejections[i].wrappingIncrement(ordering: .relaxed)
+            failuresInARow[i].store(0, ordering: .relaxed)
+        }
+        return until
+    }
+
+    /// The backend delivered bytes (or closed cleanly): forgive its failures.
+    public func noteSuccess(_ i: Int) {
+        guard config.passive != nil, failuresInARow[i].load(ordering: .relaxed) != 0 || ejections[i].load(ordering: .relaxed) != 0
+        else { return }
+        failuresInARow[i].store(0, ordering: .relaxed)
+        passive.withLock { $0[i].success() }
+    }
 }
 
 /// A listener shared by all workers: its limits, and its counters in the

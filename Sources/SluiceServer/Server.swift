@@ -217,6 +217,20 @@ public final class Server: AdminHandler {
         }
         defer { admin?.close() }
 
+        let healthChecker: HealthChecker?
+        do {
+            healthChecker = try HealthChecker(pools: livePools, logger: logs.logger("sluice.health"))
+            try healthChecker?.start()
+        } catch {
+            logger.error("cannot start health checks: \(error)")
+            for worker in workers { worker.send(.drain(deadlineMilliseconds: monotonicMilliseconds())) }
+            for thread in threads { thread.join() }
+            workers.removeAll()
+            liveWorkers.removeAll()
+            throw ServerError("cannot start health checks: \(error)")
+        }
+        defer { healthChecker?.stop() }
+
         logger.info("ready", metadata: readyMetadata)
         options.onReady?(runtimeListeners.map { (name: $0.name, address: $0.address) })
 
@@ -324,14 +338,20 @@ public final class Server: AdminHandler {
     }
 
     func adminBackends() -> AdminBackendsReply {
+        let now = monotonicMilliseconds()
         var backends: [StatusSnapshot.Backend] = []
         for pool in livePools {
             for (i, backend) in pool.config.backends.enumerated() {
+                let checkedAt = pool.lastCheckAt[i].load(ordering: .relaxed)
+                var lastCheck: String?
+                if checkedAt > 0 {
+                    let age = (now > checkedAt ? now - checkedAt : 0) / 1000
+                    lastCheck = "\(age)s " + (pool.lastCheckPassed[i].load(ordering: .relaxed) ? "ok" : "fail")
+                }
                 backends.append(.init(
-                    pool: pool.name, address: "\(backend.address)",
-                    state: pool.drained[i].load(ordering: .relaxed) ? "drained" : "up",
+                    pool: pool.name, address: "\(backend.address)", state: pool.state(i, now: now),
                     active: pool.active[i].load(ordering: .relaxed), weight: backend.weight,
-                    failures: pool.connectFailures[i].load(ordering: .relaxed), lastCheck: nil))
+                    failures: pool.connectFailures[i].load(ordering: .relaxed), lastCheck: lastCheck))
             }
         }
         return AdminBackendsReply(backends: backends, moves: moves)
@@ -402,6 +422,13 @@ public final class Server: AdminHandler {
             ("sluice_backend_active_connections", "gauge", "Open connections per backend.", { Double($0.active[$1].load(ordering: .relaxed)) }),
             ("sluice_backend_connect_failures_total", "counter", "Failed connection attempts.", { Double($0.connectFailures[$1].load(ordering: .relaxed)) }),
             ("sluice_backend_drained", "gauge", "1 while drained by the admin socket.", { $0.drained[$1].load(ordering: .relaxed) ? 1 : 0 }),
+            ("sluice_backend_up", "gauge", "1 while the backend takes new connections (up, not ejected, not drained).", {
+                $0.isEligible($1, now: monotonicMilliseconds()) ? 1 : 0
+            }),
+            ("sluice_backend_health_transitions_total", "counter", "Up/down changes decided by active checks.", {
+                Double($0.healthTransitions[$1].load(ordering: .relaxed))
+            }),
+            ("sluice_backend_ejections_total", "counter", "Passive ejections.", { Double($0.ejections[$1].load(ordering: .relaxed)) }),
         ]
         for (name, type, help, value) in backendFamilies {
             out.family(name, type, help)

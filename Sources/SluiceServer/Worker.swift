@@ -423,6 +423,16 @@ final class Worker: @unchecked Sendable {
         _ = timers.schedule(at: now + settings.acceptBackoffMilliseconds, .rearmListener(listenerIndex))
     }
 
+    /// Passive health: a failure may eject the backend for a while.
+    private func noteBackendFailure(_ pool: RuntimePool, _ index: Int) {
+        let now = monotonicMilliseconds()
+        if let until = pool.noteFailure(index, now: now) {
+            logger.warning("backend ejected after consecutive failures", metadata: [
+                "pool": "\(pool.name)", "backend": "\(pool.addresses[index])", "for_ms": "\(until - now)",
+            ])
+        }
+    }
+
     // MARK: - Connecting
 
     func token(_ session: Session, _ side: Side) -> UInt64 {
@@ -436,10 +446,11 @@ final class Worker: @unchecked Sendable {
         let maxAttempts = 1 + pool.config.retries
         while session.triedBackends.count < maxAttempts {
             let tried = session.triedBackends
+            let now = monotonicMilliseconds()
             guard let index = balancers[pool.name]!.pick(
                 clientKey: session.clientKey,
                 active: { pool.active[$0].load(ordering: .relaxed) },
-                eligible: { !tried.contains($0) && !pool.drained[$0].load(ordering: .relaxed) }
+                eligible: { !tried.contains($0) && pool.isEligible($0, now: now) }
             ) else { break }
             session.triedBackends.append(index)
             session.backendIndex = index
@@ -490,7 +501,9 @@ final class Worker: @unchecked Sendable {
     /// Drops the current backend socket after a failed attempt.
     private func abandonBackendAttempt(_ session: Session) {
         if let index = session.backendIndex {
-            session.listener.pool.connectFailures[index].wrappingIncrement(ordering: .relaxed)
+            let pool = session.listener.pool
+            pool.connectFailures[index].wrappingIncrement(ordering: .relaxed)
+            noteBackendFailure(pool, index)
         }
         counters.connectFailures.wrappingIncrement(ordering: .relaxed)
         if let timer = session.connectTimer {
@@ -764,7 +777,13 @@ final class Worker: @unchecked Sendable {
         }
         if resetPeer && reason == .backendReset { Socket.closeWithReset(session.client) } else { closeDescriptor(session.client) }
         if session.phase == .proxying, let index = session.backendIndex {
-            session.listener.pool.active[index].wrappingDecrement(ordering: .relaxed)
+            let pool = session.listener.pool
+            pool.active[index].wrappingDecrement(ordering: .relaxed)
+            if reason == .backendReset && session.downstream.bytes == 0 {
+                noteBackendFailure(pool, index) // reset before its first byte
+            } else if session.downstream.bytes > 0 || reason == .clientClosed || reason == .backendClosed {
+                pool.noteSuccess(index)
+            }
         }
         session.listener.counters.release(.active)
         counters.active.wrappingDecrement(ordering: .relaxed)

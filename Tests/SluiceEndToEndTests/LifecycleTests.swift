@@ -204,13 +204,16 @@ struct LifecycleTests {
         closeDescriptor(fd)
     }
 
-    @Test("a value whose feature is not built yet is refused plainly, not silently replaced")
-    func unavailableFeature() throws {
-        // Every value of the format is built now except health checks.
-        let yaml = proxyConfig(port: freePort(), backends: ["127.0.0.1:9001"])
-            + "\n    health_check: { kind: tcp }\n"
-        let sluice = try SluiceProcess(arguments: ["run"], configYAML: yaml)
-        #expect(try sluice.waitForExit(seconds: 10) != 0)
-        #expect(sluice.log.contains("not available yet"))
+    @Test("the README's example configuration validates")
+    func readmeExampleValidates() throws {
+        let readme = try String(contentsOf: packageRoot.appendingPathComponent("README.md"), encoding: .utf8)
+        let start = try #require(readme.range(of: "```yaml\ninstance:"))
+        let body = readme[start.upperBound...]
+        let end = try #require(body.range(of: "```"))
+        let yaml = "instance:" + body[..<end.lowerBound]
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("readme-\(UUID().uuidString).yaml").path
+        try yaml.write(toFile: path, atomically: true, encoding: .utf8)
+        let (status, output) = try runCommand(sluiceBinary, ["check", "-c", path])
+        #expect(status == 0, "\(output)")
     }
 }

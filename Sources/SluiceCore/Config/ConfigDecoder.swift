@@ -56,7 +56,9 @@ struct ConfigDecoder {
     static let logKeys = ["level", "access", "file"]
     static let adminKeys = ["socket", "metrics"]
     static let listenerKeys = ["name", "bind", "pool", "max_connections", "connect_timeout", "idle_timeout"]
-    static let poolKeys = ["name", "algorithm", "retries", "backends", "health_check"]
+    static let poolKeys = ["name", "algorithm", "retries", "backends", "health_check", "passive", "min_healthy"]
+    static let healthKeys = ["kind", "interval", "timeout", "rise", "fall", "path", "expect_status"]
+    static let passiveKeys = ["failures", "ejection"]
     static let backendKeys = ["address", "weight"]
 
     // MARK: - Reporting
@@ -301,15 +303,65 @@ struct ConfigDecoder {
             } else {
                 missing(itemPath, key: "backends", in: map)
             }
-            if let entry = map["health_check"], !features.healthChecks {
-                // The health_check schema arrives with the feature; until then
-                // the key is reserved.
-                fail(itemPath.key("health_check"), at: entry.key,
-                     "health checks are not available yet; remove the health_check key")
+            if let entry = map["health_check"] {
+                if features.healthChecks {
+                    pool.healthCheck = decodeHealthCheck(entry.value, itemPath.key("health_check"))
+                } else {
+                    fail(itemPath.key("health_check"), at: entry.key,
+                         "health checks are not available yet; remove the health_check key")
+                }
+            }
+            if let entry = map["passive"] {
+                pool.passive = decodePassive(entry.value, itemPath.key("passive"))
+            }
+            if let entry = map["min_healthy"],
+               let value = integer(entry.value, itemPath.key("min_healthy"), in: 0...1000) {
+                pool.minHealthy = value
             }
             pools.append(pool)
         }
         return (pools, allNamed ? names : nil)
+    }
+
+    mutating func decodeHealthCheck(_ node: Node, _ path: ConfigFieldPath) -> HealthCheckConfig {
+        var check = HealthCheckConfig()
+        guard let map = mapping(node, path, keys: Self.healthKeys,
+                                expected: "a mapping like { kind: http, interval: 2s, timeout: 1s, rise: 2, fall: 3, path: /health }")
+        else { return check }
+        if let entry = map["kind"], let kind = choice(entry.value, path.key("kind"), HealthCheckKind.self) { check.kind = kind }
+        if let entry = map["interval"], let value = duration(entry.value, path.key("interval")) { check.interval = value }
+        if let entry = map["timeout"], let value = duration(entry.value, path.key("timeout")) { check.timeout = value }
+        if let entry = map["rise"], let value = integer(entry.value, path.key("rise"), in: 1...100) { check.rise = value }
+        if let entry = map["fall"], let value = integer(entry.value, path.key("fall"), in: 1...100) { check.fall = value }
+        if let entry = map["expect_status"], let value = integer(entry.value, path.key("expect_status"), in: 100...599) {
+            check.expectStatus = value
+        }
+        if let entry = map["path"] {
+            let expected = "a request path starting with /, without spaces"
+            if let text = scalarText(entry.value, path.key("path"), expected: expected) {
+                if text.hasPrefix("/") && !text.contains(where: { $0 == " " || $0 == "\r" || $0 == "\n" }) {
+                    check.path = text
+                } else {
+                    fail(path.key("path"), at: entry.value, "expected \(expected); found \(configQuoted(text))")
+                }
+            }
+        }
+        if check.kind == .tcp, map["path"] != nil || map["expect_status"] != nil {
+            fail(path.key("kind"), at: map["kind"]?.value ?? node, "path and expect_status need kind: http")
+        }
+        if check.timeout > check.interval {
+            fail(path.key("timeout"), at: map["timeout"]?.value ?? node, "expected a timeout no longer than the interval (\(formatDuration(check.interval)))")
+        }
+        return check
+    }
+
+    mutating func decodePassive(_ node: Node, _ path: ConfigFieldPath) -> PassiveConfig {
+        var passive = PassiveConfig()
+        guard let map = mapping(node, path, keys: Self.passiveKeys, expected: "a mapping like { failures: 3, ejection: 10s }")
+        else { return passive }
+        if let entry = map["failures"], let value = integer(entry.value, path.key("failures"), in: 1...1000) { passive.failures = value }
+        if let entry = map["ejection"], let value = duration(entry.value, path.key("ejection")) { passive.ejection = value }
+        return passive
     }
 
     mutating func decodeBackends(_ node: Node, _ path: ConfigFieldPath) -> [BackendConfig] {

@@ -17,7 +17,7 @@ public struct FeatureAvailability: Sendable, Equatable {
     /// The `admin` block (admin socket and metrics endpoint).
     public static let adminEndpoints = true
     /// The `health_check` key of a pool.
-    public static let healthChecks = false
+    public static let healthChecks = true
 
     // MARK: - Instance form, so the decoder (and tests) can use any combination.
 

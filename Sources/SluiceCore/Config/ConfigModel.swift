@@ -128,11 +128,42 @@ public struct BackendConfig: Sendable, Equatable {
     }
 }
 
+public enum HealthCheckKind: String, Sendable, CaseIterable { case tcp, http }
+
+/// Active checks of a pool's backends, run off the workers' hot path.
+public struct HealthCheckConfig: Sendable, Equatable {
+    public var kind: HealthCheckKind = .tcp
+    public var interval: Duration = .seconds(2)
+    public var timeout: Duration = .seconds(1)
+    /// Successes in a row that bring a down backend up.
+    public var rise = 2
+    /// Failures in a row that take an up backend down.
+    public var fall = 3
+    /// For http: the request path and the status that counts as healthy.
+    public var path = "/"
+    public var expectStatus = 200
+
+    public init() {}
+}
+
+/// Passive ejection: consecutive connect failures (or resets before the
+/// first byte) take a backend out for `ejection`, doubling on each repeat.
+public struct PassiveConfig: Sendable, Equatable {
+    public var failures = 3
+    public var ejection: Duration = .seconds(10)
+
+    public init() {}
+}
+
 public struct PoolConfig: Sendable, Equatable {
     public var name: String
     public var algorithm: BalancingAlgorithm
     public var retries: Int
     public var backends: [BackendConfig]
+    public var healthCheck: HealthCheckConfig?
+    public var passive: PassiveConfig?
+    /// Passive ejection never leaves fewer healthy backends than this.
+    public var minHealthy = 1
 
     public init(
         name: String,

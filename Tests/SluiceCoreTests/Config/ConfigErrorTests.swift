@@ -407,7 +407,7 @@ struct ConfigErrorTests {
 
     @Test func healthCheckKeyIsAnError() throws {
         let yaml = minimalConfigYAML + "\n    health_check: { path: /healthz }"
-        let error = try #require(singleConfigError(yaml))
+        let error = try #require(singleConfigError(yaml, features: .nothingBuilt))
         #expect(error.path == "pools[0].health_check")
         #expect(error.line == 7)
         #expect(error.message.hasPrefix("health checks are not available yet"))
@@ -469,5 +469,43 @@ struct ConfigErrorTests {
             ConfigError(file: "f", line: 2, column: 1, path: "y", message: "two"),
         ])
         #expect(both.description == "f:1:1: x: one\nf:2:1: y: two")
+    }
+}
+
+@Suite("Config: health checks and passive ejection")
+struct ConfigHealthTests {
+    @Test func fullHealthCheck() throws {
+        let yaml = minimalConfigYAML + """
+
+                health_check: { kind: http, interval: 500ms, timeout: 200ms, rise: 1, fall: 2, path: /healthz, expect_status: 204 }
+                passive: { failures: 5, ejection: 30s }
+                min_healthy: 0
+            """
+        let pool = try decodeConfig(yaml, features: .all).config.pools[0]
+        var expected = HealthCheckConfig()
+        expected.kind = .http
+        expected.interval = .milliseconds(500)
+        expected.timeout = .milliseconds(200)
+        expected.rise = 1
+        expected.fall = 2
+        expected.path = "/healthz"
+        expected.expectStatus = 204
+        #expect(pool.healthCheck == expected)
+        #expect(pool.passive?.failures == 5 && pool.passive?.ejection == .seconds(30))
+        #expect(pool.minHealthy == 0)
+    }
+
+    @Test func healthCheckErrors() {
+        let yaml = minimalConfigYAML + "\n    health_check: { kind: icmp, rise: 0, timeout: 5s, interval: 1s, path: no-slash }"
+        let paths = configErrors(yaml, features: .all).map(\.path)
+        #expect(paths.contains("pools[0].health_check.kind"))
+        #expect(paths.contains("pools[0].health_check.rise"))
+        #expect(paths.contains("pools[0].health_check.path"))
+        #expect(paths.contains("pools[0].health_check.timeout"))
+    }
+
+    @Test func tcpChecksTakeNoPath() {
+        let yaml = minimalConfigYAML + "\n    health_check: { kind: tcp, path: /x }"
+        #expect(configErrors(yaml, features: .all).map(\.message).contains("path and expect_status need kind: http"))
     }
 }

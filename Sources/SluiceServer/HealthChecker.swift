@@ -1,0 +1,209 @@
+import Atomics
+import CSluice
+import Glibc
+import Logging
+import SluiceCore
+import SluicePosix
+import Synchronization
+
+/// Active health checks, on a thread of their own (never on a worker's hot
+/// path): one non-blocking probe at a time per backend, tcp (connect) or
+/// http (a GET whose status line must match), each with a timeout, spread in
+/// time by jitter so that checks of many pools do not line up.
+final class HealthChecker: @unchecked Sendable {
+    private struct Target {
+        let pool: RuntimePool
+        let index: Int
+        let check: HealthCheckConfig
+        var state = HealthCheckState()
+    }
+
+    private final class Probe {
+        let target: Int
+        let fd: Int32
+        var connected = false
+        var response: [UInt8] = []
+        var timer: TimerID?
+        init(target: Int, fd: Int32) {
+            self.target = target
+            self.fd = fd
+        }
+    }
+
+    private enum Timer { case start(Int), timeout(Int) }
+
+    private var targets: [Target] = []
+    private var probes: [Int: Probe] = [:]  // by target index
+    private let epoll: Epoll
+    private let wakeup: EventFD
+    private let stopping = ManagedAtomic(false)
+    private var timers: TimerWheel<Timer>
+    private var random = SystemRandomNumberGenerator()
+    private let logger: Logger
+    private var thread: OSThread?
+
+    init?(pools: [RuntimePool], logger: Logger) throws(SystemCallError) {
+        for pool in pools {
+            guard let check = pool.config.healthCheck else { continue }
+            for index in pool.addresses.indices { targets.append(Target(pool: pool, index: index, check: check)) }
+        }
+        guard !targets.isEmpty else { return nil }
+        self.logger = logger
+        epoll = try Epoll(maxEventsPerWait: 64)
+        wakeup = try EventFD()
+        timers = TimerWheel(tickMilliseconds: 5, slotCount: 1024, nowMilliseconds: monotonicMilliseconds())
+        try epoll.add(wakeup.fd, .readable, token: UInt64.max)
+    }
+
+    func start() throws(SystemCallError) {
+        thread = try OSThread.start(name: "sluice-health") { self.run() }
+    }
+
+    func stop() {
+        stopping.store(true, ordering: .relaxed)
+        wakeup.signal()
+        thread?.join()
+        thread = nil
+    }
+
+    private func run() {
+        let now = monotonicMilliseconds()
+        for i in targets.indices {
+            // First checks spread over one interval.
+            let interval = targets[i].check.interval.milliseconds
+            _ = timers.schedule(at: now + UInt64.random(in: 0...max(1, interval), using: &random), .start(i))
+        }
+        while !stopping.load(ordering: .relaxed) {
+            let now = monotonicMilliseconds()
+            var timeout: Int32 = 1000
+            if let next = timers.nextDeadline { timeout = next <= now ? 0 : Int32(min(1000, next - now)) }
+            epoll.wait(timeoutMilliseconds: timeout) { token, events in
+                if token == UInt64.max { wakeup.drain(); return }
+                progress(Int(token), events: events)
+            }
+            for (_, timer) in timers.advance(to: monotonicMilliseconds()) {
+                switch timer {
+                case .start(let i): begin(i)
+                case .timeout(let i): finish(i, passed: false, why: "timed out after \(formatDuration(targets[i].check.timeout))")
+                }
+            }
+        }
+        for probe in probes.values { closeDescriptor(probe.fd) }
+        probes.removeAll()
+    }
+
+    private func begin(_ i: Int) {
+        let target = targets[i]
+        let address = target.pool.addresses[target.index]
+        let fd: Int32
+        do {
+            fd = try Socket.tcp(family: address.family)
+        } catch {
+            finish(i, passed: false, why: "\(error)")
+            return
+        }
+        let probe = Probe(target: i, fd: fd)
+        probes[i] = probe
+        probe.timer = timers.schedule(at: monotonicMilliseconds() + target.check.timeout.milliseconds, .timeout(i))
+        do {
+            if case .connected = try Socket.connect(fd, to: address) {
+                probe.connected = true
+                connectedProbe(i)
+                return
+            }
+            try epoll.add(fd, .writable, token: UInt64(i))
+        } catch {
+            finish(i, passed: false, why: "\(error)")
+        }
+    }
+
+    private func progress(_ i: Int, events: EpollEvents) {
+        guard let probe = probes[i] else { return }
+        if !probe.connected {
+            let error = Socket.pendingError(probe.fd)
+            guard error == 0 else {
+                finish(i, passed: false, why: "connect: \(errnoDescription(error))")
+                return
+            }
+            probe.connected = true
+            connectedProbe(i)
+            return
+        }
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let outcome = chunk.withUnsafeMutableBytes { try? Socket.read(probe.fd, into: $0) }
+            switch outcome {
+            case .bytes(let n)?:
+                probe.response += chunk[0..<n]
+                if let verdict = httpStatusCode(probe.response) { judge(i, status: verdict); return }
+            case .wouldBlock?:
+                return
+            default:
+                if let verdict = httpStatusCode(probe.response + [10]) { judge(i, status: verdict) } else {
+                    finish(i, passed: false, why: "the connection closed before a status line")
+                }
+                return
+            }
+        }
+    }
+
+    private func connectedProbe(_ i: Int) {
+        let target = targets[i]
+        guard target.check.kind == .http, let probe = probes[i] else {
+            finish(i, passed: true, why: "connected")
+            return
+        }
+        let address = target.pool.addresses[target.index]
+        let request = "GET \(target.check.path) HTTP/1.1\r\nHost: \(address)\r\nUser-Agent: sluice-health-check\r\n"
+            + "Accept: */*\r\nConnection: close\r\n\r\n"
+        let bytes = Array(request.utf8)
+        let sent = bytes.withUnsafeBytes { Glibc.send(probe.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        guard sent == bytes.count else {
+            finish(i, passed: false, why: "sending the request failed")
+            return
+        }
+        do {
+            try epoll.modify(probe.fd, .readable, token: UInt64(i))
+        } catch {
+            do { try epoll.add(probe.fd, .readable, token: UInt64(i)) } catch {
+                finish(i, passed: false, why: "\(error)")
+            }
+        }
+    }
+
+    private func judge(_ i: Int, status: Int?) {
+        let expected = targets[i].check.expectStatus
+        if let status {
+            finish(i, passed: status == expected, why: "HTTP \(status)" + (status == expected ? "" : ", expected \(expected)"))
+        } else {
+            finish(i, passed: false, why: "the answer is not HTTP")
+        }
+    }
+
+    /// Records the outcome, moves the backend up or down on rise/fall, and
+    /// schedules the next check with ±10% jitter.
+    private func finish(_ i: Int, passed: Bool, why: String) {
+        if let probe = probes.removeValue(forKey: i) {
+            if let timer = probe.timer { _ = timers.cancel(timer) }
+            closeDescriptor(probe.fd)
+        }
+        let target = targets[i]
+        let pool = target.pool
+        let now = monotonicMilliseconds()
+        pool.lastCheckAt[target.index].store(now, ordering: .relaxed)
+        pool.lastCheckPassed[target.index].store(passed, ordering: .relaxed)
+        if targets[i].state.record(success: passed, rise: target.check.rise, fall: target.check.fall) {
+            let up = targets[i].state.isUp
+            pool.checkedUp[target.index].store(up, ordering: .relaxed)
+            pool.healthTransitions[target.index].wrappingIncrement(ordering: .relaxed)
+            let metadata: Logger.Metadata = [
+                "pool": "\(pool.name)", "backend": "\(pool.addresses[target.index])", "check": "\(target.check.kind.rawValue)",
+                "last": "\(why)",
+            ]
+            if up { logger.notice("backend up", metadata: metadata) } else { logger.warning("backend down", metadata: metadata) }
+        }
+        let interval = target.check.interval.milliseconds
+        let jitter = UInt64.random(in: 0...max(1, interval / 5), using: &random)
+        _ = timers.schedule(at: now + interval - interval / 10 + jitter, .start(i))
+    }
+}
