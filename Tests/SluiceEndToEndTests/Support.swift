@@ -203,9 +203,9 @@ final class TestServer: @unchecked Sendable {
     private let state = Locked<(stopped: Bool, accepted: Int)>((false, 0))
     var accepted: Int { state.value.accepted }
 
-    init(host: String = "127.0.0.1", serve: @escaping @Sendable (Int32) -> Void) throws {
+    init(host: String = "127.0.0.1", port requested: UInt16 = 0, serve: @escaping @Sendable (Int32) -> Void) throws {
         self.host = host
-        let address = SocketAddress(ip: host, port: 0)!
+        let address = SocketAddress(ip: host, port: requested)!
         let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, 4)
