@@ -56,6 +56,8 @@ struct WorkerSettings: Sendable {
     /// Bytes one direction may move per wake-up before yielding to other sessions.
     var fairnessBudget = 1 << 20
     var copyBufferSize = 64 * 1024
+    /// A read of fewer bytes than this is taken to have drained the socket.
+    var shortReadBytes = 64 * 1024
     /// Pipes and buffers kept for reuse; beyond this they are freed.
     var poolLimit = 64
     /// Pause accepting on a listener after EMFILE/ENFILE.
@@ -613,6 +615,10 @@ final class Worker: @unchecked Sendable {
                 record.add(sourceSide == .client ? .bytesIn : .bytesOut, UInt64(moved))
             }
         }
+        // A read shorter than a full buffer almost always emptied the socket:
+        // skip the read that would only say EAGAIN. Oneshot re-arming brings
+        // us back if more arrived meanwhile (level-triggered).
+        var sourceLikelyDrained = false
         while budget > 0 {
             if direction.pending > 0 {
                 let result: IOResult<Int>
@@ -641,6 +647,7 @@ final class Worker: @unchecked Sendable {
                 }
                 return
             }
+            if sourceLikelyDrained { return }
             let result: Socket.ReadOutcome
             do {
                 result = try readIn(&direction, from: source, path: session.path)
@@ -657,6 +664,7 @@ final class Worker: @unchecked Sendable {
                 if session.firstEOF == nil { session.firstEOF = sourceSide }
             case .bytes(let n):
                 direction.pending = n
+                sourceLikelyDrained = n < settings.shortReadBytes
             }
         }
     }
