@@ -45,6 +45,10 @@ struct Direction {
     var buffer: UnsafeMutableRawBufferPointer?
     var bufferStart = 0
     var pipe: Pipe?
+    /// On the splice path: whether the next read goes through a pipe. Small
+    /// exchanges are cheaper with read/write; a read that fills a whole
+    /// buffer means a bulk transfer, which splice(2) moves with no copy.
+    var bulk = false
 
     var wantsRead: Bool { !sourceEOF && pending == 0 }
     var wantsWrite: Bool { pending > 0 }

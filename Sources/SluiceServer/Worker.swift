@@ -58,6 +58,10 @@ struct WorkerSettings: Sendable {
     var copyBufferSize = 64 * 1024
     /// A read of fewer bytes than this is taken to have drained the socket.
     var shortReadBytes = 64 * 1024
+    /// The splice path moves a direction to splice(2) after a read this big,
+    /// and back to read/write after a splice this small (hysteresis).
+    var bulkEntryBytes = 32 * 1024
+    var bulkExitBytes = 4 * 1024
     /// Pipes and buffers kept for reuse; beyond this they are freed.
     var poolLimit = 64
     /// Pause accepting on a listener after EMFILE/ENFILE.
@@ -670,7 +674,7 @@ final class Worker: @unchecked Sendable {
     }
 
     private func readIn(_ direction: inout Direction, from source: Int32, path: DataPathKind) throws(SystemCallError) -> Socket.ReadOutcome {
-        if path == .splice && direction.pipe == nil {
+        if path == .splice && direction.bulk && direction.pipe == nil {
             // Out of fds for a pipe: this transfer goes through a buffer instead.
             direction.pipe = try? takePipe()
         }
@@ -678,12 +682,16 @@ final class Worker: @unchecked Sendable {
             switch try Socket.splice(from: source, to: pipe.writeEnd, maxBytes: 1 << 20) {
             case .wouldBlock: return .wouldBlock
             case .done(0): return .endOfFile
-            case .done(let n): return .bytes(n)
+            case .done(let n):
+                if n < settings.bulkExitBytes { direction.bulk = false }
+                return .bytes(n)
             }
         }
         if direction.buffer == nil { direction.buffer = takeBuffer() }
         direction.bufferStart = 0
-        return try Socket.read(source, into: direction.buffer!)
+        let outcome = try Socket.read(source, into: direction.buffer!)
+        if path == .splice, case .bytes(let n) = outcome, n >= settings.bulkEntryBytes { direction.bulk = true }
+        return outcome
     }
 
     private func writeOut(_ direction: inout Direction, to destination: Int32) throws(SystemCallError) -> IOResult<Int> {
