@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 SWIFT ?= swift
 # Build and run-time needs, plus the real clients and servers the tests drive.
-APT_PACKAGES := pkg-config libbpf-dev libelf-dev bpftool iproute2 curl wrk
+APT_PACKAGES := pkg-config libbpf-dev libelf-dev bpftool iproute2 curl wrk util-linux systemd
 BENCH_PACKAGES := haproxy nginx-light libnginx-mod-stream iperf3 wrk python3
 SLUICE := .build/debug/sluice
 
@@ -16,7 +16,7 @@ setup:
 		echo "installing:" $$missing; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
-	@python3 -c "import prometheus_client" 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check prometheus-client
+	@python3 -c "import prometheus_client, kubernetes_validate" 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check prometheus-client kubernetes-validate
 	@if ! mountpoint -q /sys/fs/bpf; then \
 		mount -t bpf bpf /sys/fs/bpf 2>/dev/null && echo "mounted bpffs at /sys/fs/bpf" \
 		|| echo "note: could not mount bpffs at /sys/fs/bpf (BPF features need root)"; \

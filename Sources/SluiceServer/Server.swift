@@ -70,6 +70,7 @@ public final class Server: AdminHandler {
 
     private func serve() throws(ServerError) -> Int32 {
         let steeringMode = config.steering
+        try preflight()
 
         // Signals are blocked before any thread starts, so every thread inherits the mask.
         let signals: SignalFD
@@ -139,32 +140,6 @@ public final class Server: AdminHandler {
         settings.sharedAccept = steeringMode == .sharedAccept
         settings.workerCountsAccepts = steeringMode != .leastLoaded
         settings.maxWaitMilliseconds = Int32(max(1, min(1000, config.stallThreshold.milliseconds / 4)))
-        var workers: [Worker] = []
-        var threads: [OSThread] = []
-        let seed = monotonicNanoseconds()
-        for k in 0..<config.workers {
-            let record = table.record(k)
-            // A fresh heartbeat before the thread runs: never steered away from at start.
-            record.store(.heartbeatNanoseconds, monotonicNanoseconds())
-            do {
-                let worker = try Worker(
-                    id: k, listeners: runtimeListeners, listenerFDs: socketsByWorker[k], settings: settings,
-                    record: record, kernelSplice: kernelSplice, logger: logs.logger("sluice.worker", worker: k),
-                    accessLog: accessSink, seed: seed,
-                    onExit: { exited.wrappingIncrement(ordering: .relaxed); exitWake.signal() }
-                )
-                socketsByWorker[k] = [] // the worker owns them now
-                workers.append(worker)
-                threads.append(try OSThread.start(name: "sluice-w\(k)") { worker.run() })
-            } catch {
-                // Stop what started, then fail.
-                closeAllBound()
-                for worker in workers { worker.send(.drain(deadlineMilliseconds: monotonicMilliseconds())) }
-                for thread in threads { thread.join() }
-                throw ServerError("cannot start worker \(k): \(error)")
-            }
-        }
-
         for listener in runtimeListeners {
             logger.info("listening", metadata: [
                 "listener": "\(listener.name)", "address": "\(listener.address)", "pool": "\(listener.pool.name)",
@@ -179,7 +154,6 @@ public final class Server: AdminHandler {
             readyMetadata["pins"] = "\(steering.pinDirectory)"
             if !steering.programIDs.isEmpty { readyMetadata["prog_ids"] = "\(steering.programIDs.map(String.init).joined(separator: ","))" }
         }
-        liveWorkers = workers
         livePools = config.pools.map { pools[$0.name]! }
         liveListeners = runtimeListeners
         liveSteering = steering
@@ -207,16 +181,53 @@ public final class Server: AdminHandler {
                 readyMetadata["admin"] = "\(adminConfig.socket)"
                 if let metricsAddress { readyMetadata["metrics"] = "http://\(metricsAddress)/metrics" }
             } catch {
-                logger.error("\(error)")
-                for worker in workers { worker.send(.drain(deadlineMilliseconds: monotonicMilliseconds())) }
-                for thread in threads { thread.join() }
-                workers.removeAll()
-                liveWorkers.removeAll()
+                closeAllBound()
                 throw error
             }
         }
         defer { admin?.close() }
 
+        // Everything that needs root is done: BPF loaded, pinned, attached,
+        // sockets bound, admin socket created. Become the configured user with
+        // only the capabilities the data path still uses, before any other
+        // thread exists (capabilities are per thread; threads inherit them).
+        if let user = config.user {
+            do {
+                try dropPrivileges(to: user, dataPath: dataPath, pinDirectory: steering?.pinDirectory,
+                                   adminSocket: config.admin?.socket, holdsLock: lock != nil)
+            } catch {
+                closeAllBound()
+                throw error
+            }
+        }
+
+        var workers: [Worker] = []
+        var threads: [OSThread] = []
+        let seed = monotonicNanoseconds()
+        for k in 0..<config.workers {
+            let record = table.record(k)
+            // A fresh heartbeat before the thread runs: never steered away from at start.
+            record.store(.heartbeatNanoseconds, monotonicNanoseconds())
+            do {
+                let worker = try Worker(
+                    id: k, listeners: runtimeListeners, listenerFDs: socketsByWorker[k], settings: settings,
+                    record: record, kernelSplice: kernelSplice, logger: logs.logger("sluice.worker", worker: k),
+                    accessLog: accessSink, seed: seed,
+                    onExit: { exited.wrappingIncrement(ordering: .relaxed); exitWake.signal() }
+                )
+                socketsByWorker[k] = [] // the worker owns them now
+                workers.append(worker)
+                threads.append(try OSThread.start(name: "sluice-w\(k)") { worker.run() })
+            } catch {
+                // Stop what started, then fail.
+                closeAllBound()
+                for worker in workers { worker.send(.drain(deadlineMilliseconds: monotonicMilliseconds())) }
+                for thread in threads { thread.join() }
+                throw ServerError("cannot start worker \(k): \(error)")
+            }
+        }
+
+        liveWorkers = workers
         let healthChecker: HealthChecker?
         do {
             healthChecker = try HealthChecker(pools: livePools, logger: logs.logger("sluice.health"))
@@ -232,6 +243,7 @@ public final class Server: AdminHandler {
         defer { healthChecker?.stop() }
 
         logger.info("ready", metadata: readyMetadata)
+        SystemdNotify.send("READY=1\nMAINPID=\(getpid())\nSTATUS=listening")
         options.onReady?(runtimeListeners.map { (name: $0.name, address: $0.address) })
 
         var draining = false
@@ -262,6 +274,7 @@ public final class Server: AdminHandler {
                             _exit(1)
                         }
                         draining = true
+                        SystemdNotify.send("STOPPING=1\nSTATUS=draining")
                         let deadline = monotonicMilliseconds() + config.drainTimeout.milliseconds
                         logger.info("stop signal: draining", metadata: [
                             "signal": "\(signal == SIGINT ? "SIGINT" : "SIGTERM")",
@@ -449,6 +462,78 @@ public final class Server: AdminHandler {
         out.family("sluice_rebalance_moves_total", "counter", "Connections moved between workers.")
         out.sample("sluice_rebalance_moves_total", [:], Double(moves))
         return out.text
+    }
+
+    // MARK: - Privileges
+
+    /// Whether this thread has the capability (bit number) in its effective set.
+    static func hasCapability(_ cap: Int32) -> Bool {
+        var mask: UInt64 = 0
+        return sluice_effective_capabilities(&mask) == 0 && mask & (1 << UInt64(cap)) != 0
+    }
+
+    /// Refuses to start, naming what is missing, when the configuration needs
+    /// privileges or bpffs that this process does not have.
+    private func preflight() throws(ServerError) {
+        let needsBPF = config.steering == .leastLoaded || config.splice == .sockmap
+        if needsBPF && !Self.hasCapability(SLUICE_CAP_BPF) && !Self.hasCapability(SLUICE_CAP_SYS_ADMIN) {
+            throw ServerError("missing privilege: CAP_BPF (needed by "
+                + (config.steering == .leastLoaded ? "steering least_loaded" : "splice sockmap")
+                + "); run as root or grant CAP_BPF (see deploy/systemd/sluice.service)")
+        }
+        if config.splice == .sockmap && !Self.hasCapability(SLUICE_CAP_NET_ADMIN) && !Self.hasCapability(SLUICE_CAP_SYS_ADMIN) {
+            throw ServerError("missing privilege: CAP_NET_ADMIN (needed by splice sockmap); grant it, or use splice: auto")
+        }
+        if needsBPF && !isBPFFileSystem("/sys/fs/bpf") {
+            throw ServerError("bpffs is not mounted at /sys/fs/bpf: mount -t bpf bpf /sys/fs/bpf")
+        }
+        if config.user != nil && geteuid() != 0 {
+            throw ServerError("user: \(config.user!) needs sluice to start as root (it drops to that user after start-up)")
+        }
+    }
+
+    /// Becomes `user`, keeping CAP_BPF (the data path reads and updates BPF
+    /// maps: counters, metrics, sockmap pairing) and, for sockmap, CAP_NET_ADMIN
+    /// (send buffers above the sysctl limit). What the daemon removes at stop
+    /// (pins, its lock, info file and admin socket) is handed to the user first.
+    private func dropPrivileges(to user: String, dataPath: DataPathKind, pinDirectory: String?,
+                                adminSocket: String?, holdsLock: Bool) throws(ServerError) {
+        guard let entry = getpwnam(user) else { throw ServerError("user: no such user \"\(user)\"") }
+        let uid = entry.pointee.pw_uid, gid = entry.pointee.pw_gid
+        var owned: [String] = []
+        if let pinDirectory {
+            owned.append(pinDirectory)
+            if let dir = opendir(pinDirectory) {
+                while let item = readdir(dir) {
+                    let name = withUnsafeBytes(of: item.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                    if name != "." && name != ".." { owned.append("\(pinDirectory)/\(name)") }
+                }
+                closedir(dir)
+            }
+            // Its parent: the group may add and remove its own entries (sticky).
+            let parent = String(pinDirectory[..<pinDirectory.lastIndex(of: "/")!])
+            chown(parent, 0, gid)
+            chmod(parent, 0o1770)
+        }
+        if holdsLock {
+            owned += ["\(InstanceLock.defaultDirectory)/\(config.instance).lock", InstanceInfo.path(instance: config.instance)]
+            chown(InstanceLock.defaultDirectory, 0, gid)
+            chmod(InstanceLock.defaultDirectory, 0o1770)
+        }
+        if let adminSocket {
+            owned.append(adminSocket)
+            chmod(adminSocket, 0o660) // the group may ask for status; nobody else may talk to it
+        }
+        for path in owned { chown(path, uid, gid) }
+        var keep: UInt64 = 1 << UInt64(SLUICE_CAP_BPF)
+        if dataPath == .sockmap { keep |= 1 << UInt64(SLUICE_CAP_NET_ADMIN) }
+        guard sluice_drop_privileges(uid, gid, keep) == 0 else {
+            throw ServerError("cannot become \(user): \(errnoDescription(errno))")
+        }
+        logger.info("running as \(user)", metadata: [
+            "uid": "\(uid)", "gid": "\(gid)",
+            "capabilities": "\(dataPath == .sockmap ? "CAP_BPF CAP_NET_ADMIN" : "CAP_BPF")",
+        ])
     }
 
     /// Loads the BPF object and pins the per-worker counters. `least_loaded`

@@ -155,13 +155,20 @@ public enum StatusReader {
         let dir = PinLayout.directory(instance: instance, root: pinRoot)
         let info = InstanceInfo.read(instance: instance, runDirectory: runDirectory)
         guard access(dir, F_OK) == 0 else {
+            if errno == EACCES {
+                throw StatusError(description: "cannot read \(dir): Permission denied (readable by root and the daemon's group)", exitCode: 2)
+            }
             throw StatusError(description: "no sluice instance \"\(instance)\" is running (nothing pinned under \(dir))", exitCode: 1)
         }
         func open(_ name: String) throws(StatusError) -> Int32 {
-            let fd = bpf_obj_get("\(dir)/\(name)")
+            // Read-only: enough for status, and all a member of the daemon's group may have.
+            var options = bpf_obj_get_opts()
+            options.sz = MemoryLayout<bpf_obj_get_opts>.stride
+            options.file_flags = UInt32(BPF_F_RDONLY)
+            let fd = bpf_obj_get_opts("\(dir)/\(name)", &options)
             guard fd >= 0 else {
                 throw StatusError(description: "cannot open \(dir)/\(name): \(errnoDescription(errno))"
-                    + (errno == EACCES || errno == EPERM ? " (run as root)" : ""), exitCode: 2)
+                    + (errno == EACCES || errno == EPERM ? " (readable by root and the daemon's group)" : ""), exitCode: 2)
             }
             return fd
         }
@@ -180,17 +187,19 @@ public enum StatusReader {
         defer { closeDescriptor(listenerFD) }
         let stealFD = try open("steer_stats")
         defer { closeDescriptor(stealFD) }
-        let workers: WorkerLoadTable
-        let listeners: ListenerLoadTable
-        do {
-            workers = try WorkerLoadTable(mapFD: workerFD, count: workerCount, writable: false)
-            listeners = try ListenerLoadTable(mapFD: listenerFD, count: max(1, listenerCount), writable: false)
-        } catch {
-            throw StatusError(description: "cannot map the counters: \(error)", exitCode: 2)
+        // Plain lookups, not mmap: they work on a read-only fd, which is all
+        // a member of the daemon's group gets.
+        func lookup<T>(_ fd: Int32, _ index: Int, _ empty: T) -> T {
+            var key = UInt32(index)
+            var value = empty
+            _ = bpf_map_lookup_elem(fd, &key, &value)
+            return value
         }
-
         func sample() -> (at: UInt64, workers: [[UInt64]]) {
-            (monotonicNanoseconds(), (0..<workerCount).map { k in WorkerField.allCases.map { workers.record(k).load($0) } })
+            (monotonicNanoseconds(), (0..<workerCount).map { k in
+                let w = lookup(workerFD, k, sluice_worker())
+                return [w.active, w.accepted, w.heartbeat_ns, w.busy_ns, w.flags, w.bytes_in, w.bytes_out]
+            })
         }
         let first = sample()
         if sampleSeconds > 0 { usleep(UInt32(sampleSeconds * 1e6)) }
@@ -220,11 +229,10 @@ public enum StatusReader {
                 busyPercent: elapsed > 0 ? min(100, Double(busy) / 1e9 / elapsed * 100) : 0))
         }
         for (index, listener) in (info?.listeners ?? []).enumerated() {
-            let record = listeners.record(index)
+            let record = lookup(listenerFD, index, sluice_listener())
             snapshot.listeners.append(.init(
                 name: listener.name, address: listener.address, pool: listener.pool,
-                active: record.load(.active), accepted: record.load(.accepted),
-                rejected: record.load(.rejected), noBackend: record.load(.noBackend)))
+                active: record.active, accepted: record.accepted, rejected: record.rejected, noBackend: record.no_backend))
         }
 
         // Is the daemon there at all, and responsive?

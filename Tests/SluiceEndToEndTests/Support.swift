@@ -64,6 +64,7 @@ final class SluiceProcess: @unchecked Sendable {
             process.executableURL = URL(fileURLWithPath: sluiceBinary)
             process.arguments = args
         }
+        process.environment = ProcessInfo.processInfo.environment
         let handle = try FileHandle(forWritingTo: logURL)
         process.standardOutput = handle
         process.standardError = handle

@@ -20,6 +20,7 @@
 #include <pthread.h>
 #include "sluice_abi.h"
 #include "sluice_tcpinfo.h"
+#include "sluice_privileges.h"
 
 /* Calls that need _GNU_SOURCE or are variadic, declared here so Swift sees them. */
 int sluice_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);

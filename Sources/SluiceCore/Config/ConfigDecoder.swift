@@ -50,7 +50,7 @@ struct ConfigDecoder {
 
     static let topKeys = [
         "instance", "workers", "steering", "splice", "stall_threshold", "drain_timeout",
-        "log", "admin", "rebalance", "listeners", "pools",
+        "log", "admin", "rebalance", "user", "listeners", "pools",
     ]
     static let rebalanceKeys = ["interval", "ratio"]
     static let logKeys = ["level", "access", "file"]
@@ -102,6 +102,17 @@ struct ConfigDecoder {
         let log = doc["log"].map { decodeLog($0.value, top.key("log")) } ?? LogConfig()
         let admin = decodeAdmin(doc["admin"], top.key("admin"), instance: instance)
         let rebalance = decodeRebalance(doc["rebalance"], top.key("rebalance"))
+        var user: String?
+        if let entry = doc["user"] {
+            let expected = "a user name such as sluice"
+            if let text = scalarText(entry.value, top.key("user"), expected: expected) {
+                if !text.isEmpty, text.count <= 32, text.allSatisfy({ $0.isLetter || $0.isNumber || "_-.".contains($0) }) {
+                    user = text
+                } else {
+                    fail(top.key("user"), at: entry.value, "expected \(expected); found \(configQuoted(text))")
+                }
+            }
+        }
 
         var pools: [PoolConfig] = []
         var poolNames: [String]? = nil
@@ -131,6 +142,7 @@ struct ConfigDecoder {
             listeners: listeners, pools: pools
         )
         config.rebalance = rebalance
+        config.user = user
         return config
     }
 

@@ -193,6 +193,8 @@ public struct SluiceConfig: Sendable, Equatable {
     public var pools: [PoolConfig]
     /// nil when rebalancing is off (`rebalance: off`).
     public var rebalance: RebalanceConfig? = RebalanceConfig()
+    /// After start-up (BPF loaded, sockets bound), run as this user.
+    public var user: String?
 
     public init(
         instance: String = ConfigDefaults.instance,
