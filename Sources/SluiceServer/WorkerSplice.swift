@@ -87,9 +87,13 @@ extension Worker {
         // backend were either redirected before the FIN or are still queued
         // for us to read).
         let clientStillOpen = (try? tcpProgress(client).established) == true
-        pair.backendToClientInKernel = clientStillOpen
-        if !clientStillOpen { logger.debug("client half-closed while splicing began; its direction back goes through userspace") }
-        if clientStillOpen {
+        // Bytes the backend sent before its pairing sit on its socket; pairing
+        // it now would let later bytes overtake them (the kernel redirects new
+        // skbs at once while we would forward the old ones by hand). A backend
+        // that already spoke (server-first protocols) therefore keeps its
+        // direction in userspace; the client's direction stays in the kernel.
+        var backendInKernel = clientStillOpen && !hasPendingBytes(backend)
+        if backendInKernel {
             do {
                 try splice.insertPeer(cookie: backendCookie, peer: clientCookie, worker: id, fromClient: false)
             } catch {
@@ -97,19 +101,38 @@ extension Worker {
                 close(session, reason: .resourceExhausted)
                 return true
             }
+            if hasPendingBytes(backend) {
+                // Bytes slipped in between the check and the pairing.
+                splice.removePeer(cookie: backendCookie)
+                if (splice.redirectedBytes(cookie: backendCookie) ?? 0) > 0 {
+                    // Some already went ahead of them: the order cannot be kept.
+                    logger.error("backend bytes raced the splice pairing; resetting the connection rather than reordering it")
+                    close(session, reason: .internalError, resetPeer: true)
+                    return true
+                }
+                backendInKernel = false
+            }
         }
+        pair.backendToClientInKernel = backendInKernel
+        if !clientStillOpen { logger.debug("client half-closed while splicing began; its direction back goes through userspace") }
         // Bytes that reached either socket before it was paired wait in its
         // receive queue, and the verdict program only runs when new data
         // arrives: with a full receive window none ever does (seen: 128 KB
         // stuck for good). Setting SO_RCVLOWAT makes TCP call data_ready now,
         // which hands the queue to the verdict program, in order.
         for fd in [client, backend] { try? Socket.setOption(fd, SOL_SOCKET, SO_RCVLOWAT, 1, "SO_RCVLOWAT") }
-        // Bytes the backend sent between its insertion and its pairing were
-        // passed to its socket: forward them by hand.
-        readSplicedSide(session, side: .backend)
+        // A backend direction left in userspace: forward what waits.
+        if !backendInKernel { readSplicedSide(session, side: .backend) }
         if !clientStillOpen, sessions[session.id] != nil { readSplicedSide(session, side: .client) }
         if sessions[session.id] != nil { rearmSpliced(session) }
         return true
+    }
+
+    /// Whether a socket has bytes waiting for us (in its receive queue or,
+    /// for a SOCKHASH member, passed to it by the verdict program).
+    private func hasPendingBytes(_ fd: Int32) -> Bool {
+        var byte: UInt8 = 0
+        return Glibc.recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) > 0
     }
 
     /// An event on a spliced socket: EOF, reset, or room to write leftovers.
