@@ -269,8 +269,14 @@ public final class Server: AdminHandler {
                     default:
                         if draining {
                             logger.warning("second stop signal: exiting now")
-                            // Workers still run, so nothing is unmapped; only the pins go.
+                            // Workers still run, so nothing is unmapped; only the names go:
+                            // pins, info file, admin socket, lock.
                             if let steering { removePinDirectory(steering.pinDirectory) }
+                            if let lock {
+                                unlink(InstanceInfo.path(instance: config.instance))
+                                unlink(lock.path)
+                            }
+                            if let socket = config.admin?.socket { unlink(socket) }
                             _exit(1)
                         }
                         draining = true
