@@ -13,13 +13,7 @@ char LICENSE[] SEC("license") = "GPL";
 const volatile __u32 nr_workers = 1;
 const volatile __u64 stall_threshold_ns = 200000000ULL;
 
-struct {
-    __uint(type, BPF_MAP_TYPE_ARRAY);
-    __uint(map_flags, BPF_F_MMAPABLE);
-    __uint(max_entries, SLUICE_MAX_WORKERS);
-    __type(key, __u32);
-    __type(value, struct sluice_worker);
-} worker_load SEC(".maps");
+#include "worker_load.bpf.h"
 
 struct {
     __uint(type, BPF_MAP_TYPE_REUSEPORT_SOCKARRAY);

@@ -27,14 +27,7 @@ struct {
     __type(value, struct sluice_splice_peer);
 } splice_peers SEC(".maps");
 
-/* Shared with the steering object (reused fd): per-worker byte totals. */
-struct {
-    __uint(type, BPF_MAP_TYPE_ARRAY);
-    __uint(map_flags, BPF_F_MMAPABLE);
-    __uint(max_entries, SLUICE_MAX_WORKERS);
-    __type(key, __u32);
-    __type(value, struct sluice_worker);
-} worker_load SEC(".maps");
+#include "worker_load.bpf.h"
 
 SEC("sk_skb/stream_verdict")
 int splice_verdict(struct __sk_buff *skb)

@@ -18,6 +18,9 @@ struct BPFObjectPlugin: BuildToolPlugin {
         let headers = try FileManager.default.contentsOfDirectory(atPath: abiDir.path)
             .filter { $0.hasSuffix(".h") }
             .map { abiDir.appending(path: $0) }
+            + FileManager.default.contentsOfDirectory(atPath: bpfDir.path)
+            .filter { $0.hasSuffix(".h") }
+            .map { bpfDir.appending(path: $0) }
 
         return sources.map { file in
             let stem = String(file.dropLast(".bpf.c".count))

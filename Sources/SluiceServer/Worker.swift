@@ -750,33 +750,35 @@ final class Worker: @unchecked Sendable {
         var backendInterest: EpollEvents = []
         if session.downstream.wantsRead { backendInterest.insert(.readable) }
         if session.upstream.wantsWrite { backendInterest.insert(.writable) }
-        do {
-            if !clientInterest.isEmpty && session.clientArmed != clientInterest {
-                if session.clientAdded {
-                    try epoll.modify(session.client, clientInterest.union(.oneShot), token: token(session, .client))
-                } else {
-                    try epoll.add(session.client, clientInterest.union(.oneShot), token: token(session, .client))
-                    session.clientAdded = true
-                }
-                session.clientArmed = clientInterest
-            }
-            if !backendInterest.isEmpty && session.backendArmed != backendInterest {
-                if session.backendAdded {
-                    try epoll.modify(session.backend, backendInterest.union(.oneShot), token: token(session, .backend))
-                } else {
-                    try epoll.add(session.backend, backendInterest.union(.oneShot), token: token(session, .backend))
-                    session.backendAdded = true
-                }
-                session.backendArmed = backendInterest
-            }
-        } catch {
-            logger.error("epoll re-arm failed", metadata: ["error": "\(error)"])
-            close(session, reason: .internalError)
-            return
-        }
+        // An empty interest is left disarmed: nothing to wait for on that side.
+        arm(session, client: clientInterest.isEmpty ? nil : clientInterest,
+            backend: backendInterest.isEmpty ? nil : backendInterest)
         // Neither side armed while both directions still run would stall the
         // session forever; it cannot happen (one side always reads or writes),
         // and the idle timer would end it if it did.
+    }
+
+    /// Arms each socket of a session for `interest` (nil: leave it as it
+    /// is) unless it is armed for exactly that already; a socket not yet in
+    /// this epoll is added. A failure closes the session.
+    func arm(_ session: Session, client: EpollEvents?, backend: EpollEvents?) {
+        func apply(_ fd: Int32, _ side: Side, _ interest: EpollEvents, added: inout Bool, armed: inout EpollEvents?) throws(SystemCallError) {
+            guard armed != interest else { return }
+            if added {
+                try epoll.modify(fd, interest.union(.oneShot), token: token(session, side))
+            } else {
+                try epoll.add(fd, interest.union(.oneShot), token: token(session, side))
+                added = true
+            }
+            armed = interest
+        }
+        do {
+            if let client { try apply(session.client, .client, client, added: &session.clientAdded, armed: &session.clientArmed) }
+            if let backend { try apply(session.backend, .backend, backend, added: &session.backendAdded, armed: &session.backendArmed) }
+        } catch {
+            logger.error("epoll re-arm failed", metadata: ["error": "\(error)"])
+            close(session, reason: .internalError)
+        }
     }
 
     // MARK: - Closing

@@ -289,29 +289,8 @@ extension Worker {
             backendInterest.insert(.readable)
         }
         if session.upstream.pending > 0 { backendInterest.insert(.writable) }
-        do {
-            if session.clientArmed != clientInterest {
-                if session.clientAdded {
-                    try epoll.modify(session.client, clientInterest.union(.oneShot), token: token(session, .client))
-                } else {
-                    try epoll.add(session.client, clientInterest.union(.oneShot), token: token(session, .client))
-                    session.clientAdded = true
-                }
-                session.clientArmed = clientInterest
-            }
-            if session.backendArmed != backendInterest {
-                if session.backendAdded {
-                    try epoll.modify(session.backend, backendInterest.union(.oneShot), token: token(session, .backend))
-                } else {
-                    try epoll.add(session.backend, backendInterest.union(.oneShot), token: token(session, .backend))
-                    session.backendAdded = true
-                }
-                session.backendArmed = backendInterest
-            }
-        } catch {
-            logger.error("epoll re-arm failed", metadata: ["error": "\(error)"])
-            close(session, reason: .internalError)
-        }
+        // Always armed, if only for errors: a reset must reach us.
+        arm(session, client: clientInterest, backend: backendInterest)
     }
 
     /// Idle detection for spliced sessions: userspace sees no bytes, so the

@@ -63,17 +63,7 @@ struct DeployTests {
         let root = FileManager.default.temporaryDirectory.appendingPathComponent("root-\(UUID().uuidString)").path
         let script = packageRoot.appendingPathComponent("deploy/install.sh").path
         func install(_ extra: [String]) throws -> (Int32, String) {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/bin/sh")
-            process.arguments = [script] + extra
-            process.environment = ProcessInfo.processInfo.environment.merging(["DESTDIR": root]) { $1 }
-            let pipe = Pipe()
-            process.standardOutput = pipe
-            process.standardError = pipe
-            try process.run()
-            let data = pipe.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+            try runCommand("/bin/sh", [script] + extra, environment: ["DESTDIR": root])
         }
         #expect(try install(["--binary", sluiceBinary]).0 == 0)
         let config = "\(root)/etc/sluice/sluice.yaml"

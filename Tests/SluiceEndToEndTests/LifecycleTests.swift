@@ -4,10 +4,13 @@ import SluicePosix
 import Testing
 
 /// Runs a command, returns (status, combined output).
-func runCommand(_ executable: String, _ arguments: [String]) throws -> (Int32, String) {
+func runCommand(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws -> (Int32, String) {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
+    if !environment.isEmpty {
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    }
     let pipe = Pipe()
     process.standardOutput = pipe
     process.standardError = pipe
