@@ -5,6 +5,8 @@ SHELL := /bin/bash
 SWIFT ?= swift
 # Build and run-time needs, plus the real clients and servers the tests drive.
 APT_PACKAGES := pkg-config libbpf-dev libelf-dev bpftool iproute2 curl wrk util-linux systemd
+# The tests parse /metrics with Prometheus' own parser and validate the Kubernetes manifests.
+PYTHON_PACKAGES := prometheus-client kubernetes-validate
 BENCH_PACKAGES := haproxy nginx-light libnginx-mod-stream iperf3 wrk python3
 SLUICE := .build/debug/sluice
 
@@ -16,7 +18,9 @@ setup:
 		echo "installing:" $$missing; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
-	@python3 -c "import prometheus_client, kubernetes_validate" 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check prometheus-client kubernetes-validate
+	@python3 -c "import prometheus_client, kubernetes_validate" 2>/dev/null \
+		|| python3 -m pip install --quiet --disable-pip-version-check $(PYTHON_PACKAGES) 2>/dev/null \
+		|| python3 -m pip install --quiet --disable-pip-version-check --break-system-packages $(PYTHON_PACKAGES)
 	@if ! mountpoint -q /sys/fs/bpf; then \
 		mount -t bpf bpf /sys/fs/bpf 2>/dev/null && echo "mounted bpffs at /sys/fs/bpf" \
 		|| echo "note: could not mount bpffs at /sys/fs/bpf (BPF features need root)"; \

@@ -40,13 +40,13 @@ struct DeployTests {
     @Test("the Kubernetes manifests validate against the API schemas, and a broken one does not")
     func kubernetesManifests() throws {
         let dir = packageRoot.appendingPathComponent("deploy/kubernetes").path
-        let (status, output) = try runCommand("/usr/bin/env", ["kubernetes-validate", "--strict", "\(dir)/configmap.yaml", "\(dir)/daemonset.yaml"])
+        let (status, output) = try runCommand("/usr/bin/env", ["python3", "-m", "kubernetes_validate", "--strict", "\(dir)/configmap.yaml", "\(dir)/daemonset.yaml"])
         #expect(status == 0, "\(output)")
         #expect(output.contains("daemonset/sluice"))
         let broken = FileManager.default.temporaryDirectory.appendingPathComponent("broken-\(UUID().uuidString).yaml").path
         let daemonset = try String(contentsOfFile: "\(dir)/daemonset.yaml", encoding: .utf8)
         try daemonset.replacingOccurrences(of: "hostNetwork: true", with: "hostNetwrk: true").write(toFile: broken, atomically: true, encoding: .utf8)
-        let (bad, _) = try runCommand("/usr/bin/env", ["kubernetes-validate", "--strict", broken])
+        let (bad, _) = try runCommand("/usr/bin/env", ["python3", "-m", "kubernetes_validate", "--strict", broken])
         #expect(bad != 0)
         // The ConfigMap carries a configuration sluice accepts.
         let map = try String(contentsOfFile: "\(dir)/configmap.yaml", encoding: .utf8)
