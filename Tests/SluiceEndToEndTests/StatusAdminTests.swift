@@ -27,7 +27,7 @@ struct StatusAdminTests {
         guard requireRoot() else { return }
         let echo = try TestServer.echo()
         let port = freePort()
-        let sluice = try SluiceProcess.run(config: steeredConfig(port: port, backends: [echo.address], workers: 4))
+        let sluice = try SluiceProcess.run(config: steeredConfig(port: port, backends: [echo.address], workers: 4, extra: "rebalance: off"))
         let held = try holdConnections(100, port: port)
         let status = try statusJSON("e2e\(port)")
         #expect(status["daemon"] as? String == "running")
@@ -56,7 +56,8 @@ struct StatusAdminTests {
         guard requireRoot() else { return }
         let echo = try TestServer.echo()
         let port = freePort()
-        let sluice = try SluiceProcess.run(config: steeredConfig(port: port, backends: [echo.address], workers: 2))
+        let sluice = try SluiceProcess.run(config: steeredConfig(port: port, backends: [echo.address], workers: 2)
+            .replacingOccurrences(of: "stall_threshold: 2s", with: "stall_threshold: 200ms"))
         sluice.signal(SIGSTOP)
         defer { sluice.signal(SIGCONT) }
         usleep(400_000)

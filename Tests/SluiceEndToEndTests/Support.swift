@@ -276,6 +276,9 @@ func proxyConfig(
         steering: hash
         splice: \(splice)
         drain_timeout: 5s
+        # Generous: a debug build on a loaded 2-core machine can miss a 200ms heartbeat,
+        # and steering would then (rightly) skip that worker. Stall tests set their own.
+        stall_threshold: 2s
         log: { level: info, access: \(access), file: stderr }
         \(extraTop.contains("admin:") ? "" : "admin: { metrics: off }")
         \(extraTop)
