@@ -27,13 +27,20 @@ func waitUntil(_ seconds: Double, _ what: String, _ condition: () -> Bool) throw
     return Date().timeIntervalSince(start)
 }
 
-/// A port that was free a moment ago on 127.0.0.1 (or ::1).
+/// Ports handed out by `freePort` in this test process: never handed out twice,
+/// so two "free" ports asked for in a row cannot be the same one.
+private let handedOutPorts = Locked<Set<UInt16>>([])
+
+/// A port that was free a moment ago on 127.0.0.1 (or ::1), and that this
+/// process has not handed out before.
 func freePort(ipv6: Bool = false) -> UInt16 {
     let address = SocketAddress(ip: ipv6 ? "::1" : "127.0.0.1", port: 0)!
-    let fd = try! Socket.listen(on: address, reusePort: false)
-    let port = try! Socket.localAddress(fd).port
-    closeDescriptor(fd)
-    return port
+    while true {
+        let fd = try! Socket.listen(on: address, reusePort: false)
+        let port = try! Socket.localAddress(fd).port
+        closeDescriptor(fd)
+        if handedOutPorts.withLock({ $0.insert(port).inserted }) { return port }
+    }
 }
 
 /// A running `sluice` process with its combined output in a file.
