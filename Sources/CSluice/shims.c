@@ -31,9 +31,6 @@ int sluice_set_thread_name(const char *name) {
 }
 
 int sluice_fcntl_setfl(int fd, int flags) { return fcntl(fd, F_SETFL, flags); }
-int sluice_fcntl_getfl(int fd) { return fcntl(fd, F_GETFL); }
-int sluice_ioctl_int(int fd, unsigned long request, int *value) { return ioctl(fd, request, value); }
-int sluice_errno(void) { return errno; }
 
 static void fill_set(sigset_t *set, const int *signals, int count) {
     sigemptyset(set);
@@ -67,3 +64,16 @@ int sluice_is_bpffs(const char *path) {
 }
 
 int sluice_dup_cloexec(int fd) { return fcntl(fd, F_DUPFD_CLOEXEC, 0); }
+
+int sluice_thread_create(pthread_t *thread, void *(*body)(void *), void *argument) {
+    sigset_t stop, previous;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGINT);
+    sigaddset(&stop, SIGTERM);
+    sigaddset(&stop, SIGHUP);
+    sigaddset(&stop, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &stop, &previous);
+    int rc = pthread_create(thread, NULL, body, argument);
+    pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    return rc;
+}

@@ -126,27 +126,75 @@ public func tcpProgress(_ fd: Int32) throws(SystemCallError) -> (written: UInt64
     return (written, Int32(state) == SLUICE_TCP_ESTABLISHED)
 }
 
+/// Two blocking loopback connections, (client ↔ proxyA) and (proxyB ↔ server):
+/// proxyA and proxyB play a proxy's two sockets. For the start-up self-test
+/// and the data-path measurement.
+public struct LoopbackConnections {
+    public private(set) var client: Int32 = -1, proxyA: Int32 = -1, proxyB: Int32 = -1, server: Int32 = -1
+    private var fds: [Int32] = []
+
+    public init(receiveTimeoutSeconds: Int = 2) throws(SystemCallError) {
+        func pair(_ fds: inout [Int32]) throws(SystemCallError) -> (Int32, Int32) {
+            let listener = try Socket.listen(on: SocketAddress(ip: "127.0.0.1", port: 0)!, reusePort: false, backlog: 4)
+            defer { closeDescriptor(listener) }
+            let outer = try systemCall("socket") { Glibc.socket(AF_INET, SLUICE_SOCK_STREAM | SLUICE_SOCK_CLOEXEC, 0) }
+            fds.append(outer)
+            let target = try Socket.localAddress(listener)
+            _ = try systemCall("connect") { target.withSockaddr { Glibc.connect(outer, $0, $1) } }
+            let inner = try systemCall("accept") { sluice_accept4(listener, nil, nil, SLUICE_SOCK_CLOEXEC) }
+            fds.append(inner)
+            return (outer, inner)
+        }
+        do throws(SystemCallError) {
+            (client, proxyA) = try pair(&fds)
+            (proxyB, server) = try pair(&fds)
+        } catch {
+            close()
+            throw error
+        }
+        var timeout = timeval(tv_sec: receiveTimeoutSeconds, tv_usec: 0)
+        for fd in fds {
+            Socket.setNoDelay(fd)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        }
+    }
+
+    public func close() { for fd in fds { closeDescriptor(fd) } }
+}
+
 extension KernelSplice {
+    /// Send buffer of spliced sockets: with the default, redirects back up
+    /// and the sockmap path runs at a third of splice(2)'s speed.
+    public static let sendBuffer: Int32 = 16 << 20
+    /// TCP_NOTSENT_LOWAT of spliced sockets: the kernel's redirect backlog
+    /// gives up on a socket that is not writable (less than half its send
+    /// buffer free) without asking TCP to call it back when room appears, and
+    /// the transfer stalls for good. With a small not-sent low-water mark,
+    /// TCP's own "no room" path trips first, and that one does ask.
+    public static let notSentLowWater: Int32 = 256 << 10
+
+    /// Send-side settings every socket needs before it is spliced.
+    public static func prepare(_ fd: Int32) {
+        try? Socket.setOption(fd, SOL_SOCKET, SO_SNDBUFFORCE, sendBuffer, "SO_SNDBUFFORCE")
+        try? Socket.setOption(fd, Int32(IPPROTO_TCP), 25 /* TCP_NOTSENT_LOWAT */, notSentLowWater, "TCP_NOTSENT_LOWAT")
+    }
+
+    /// Pairs two sockets both ways, in the order that drops nothing: a's
+    /// pairing, b's socket, a's socket, b's pairing (a redirect to a socket
+    /// not yet in the SOCKHASH would drop the bytes). For sockets that carry
+    /// no data yet; the workers add checks of their own around each step.
+    public func pair(_ a: Int32, _ b: Int32, worker: Int) throws(SystemCallError) -> (UInt64, UInt64) {
+        let cookieA = try socketCookie(a), cookieB = try socketCookie(b)
+        try insertPeer(cookie: cookieA, peer: cookieB, worker: worker, fromClient: true)
+        try insertSocket(b, cookie: cookieB)
+        try insertSocket(a, cookie: cookieA)
+        try insertPeer(cookie: cookieB, peer: cookieA, worker: worker, fromClient: false)
+        return (cookieA, cookieB)
+    }
+
     /// Splices two loopback connections and checks that bytes cross both
     /// ways. Returns nil when the kernel path works, else why not.
     public func selfTest() -> String? {
-        var fds: [Int32] = []
-        defer { for fd in fds { closeDescriptor(fd) } }
-        func pair() throws(SystemCallError) -> (outer: Int32, inner: Int32) {
-            let listener = try Socket.listen(on: SocketAddress(ip: "127.0.0.1", port: 0)!, reusePort: false, backlog: 4)
-            defer { closeDescriptor(listener) }
-            let outer = try Socket.tcp(family: AF_INET)
-            fds.append(outer)
-            _ = try Socket.connect(outer, to: try Socket.localAddress(listener))
-            for _ in 0..<1000 {
-                if case .done(let (inner, _)) = try Socket.accept(listener) {
-                    fds.append(inner)
-                    return (outer, inner)
-                }
-                usleep(1000)
-            }
-            throw SystemCallError(call: "accept (self-test)", errno: ETIMEDOUT)
-        }
         func transfer(from: Int32, to: Int32, count: Int) -> Bool {
             let bytes = [UInt8](repeating: 0x5A, count: count)
             var sent = 0
@@ -155,7 +203,7 @@ extension KernelSplice {
             let deadline = monotonicMilliseconds() + 2000
             while received < count && monotonicMilliseconds() < deadline {
                 if sent < count {
-                    let n = bytes[sent...].withUnsafeBytes { Glibc.send(from, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                    let n = bytes[sent...].withUnsafeBytes { Glibc.send(from, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
                     if n > 0 { sent += n }
                 }
                 var pfd = pollfd(fd: to, events: Int16(POLLIN), revents: 0)
@@ -166,18 +214,15 @@ extension KernelSplice {
             return received == count
         }
         do {
-            let (client, proxyA) = try pair()
-            let (proxyB, server) = try pair()
-            let a = try socketCookie(proxyA)
-            let b = try socketCookie(proxyB)
-            try insertPeer(cookie: a, peer: b, worker: 0, fromClient: true)
-            defer { removePeer(cookie: a) }
-            try insertSocket(proxyB, cookie: b)
-            try insertSocket(proxyA, cookie: a)
-            try insertPeer(cookie: b, peer: a, worker: 0, fromClient: false)
-            defer { removePeer(cookie: b) }
-            guard transfer(from: client, to: server, count: 256 * 1024) else { return "bytes did not reach the backend side" }
-            guard transfer(from: server, to: client, count: 256 * 1024) else { return "bytes did not reach the client side" }
+            let c = try LoopbackConnections()
+            defer { c.close() }
+            let (a, b) = try pair(c.proxyA, c.proxyB, worker: 0)
+            defer {
+                removePeer(cookie: a)
+                removePeer(cookie: b)
+            }
+            guard transfer(from: c.client, to: c.server, count: 256 * 1024) else { return "bytes did not reach the backend side" }
+            guard transfer(from: c.server, to: c.client, count: 256 * 1024) else { return "bytes did not reach the client side" }
             return nil
         } catch {
             return "\(error)"

@@ -21,6 +21,21 @@ public struct SteeringStats: Sendable, Equatable {
     public var notSYN: UInt64 = 0
 
     public init() {}
+
+    /// Sums the per-CPU `steer_stats` map behind `fd` (a read-only fd will do).
+    public init(readingMap fd: Int32) {
+        var values = [UInt64](repeating: 0, count: max(1, Int(libbpf_num_possible_cpus())))
+        func sum(_ stat: sluice_steer_stat) -> UInt64 {
+            var key = stat.rawValue
+            guard bpf_map_lookup_elem(fd, &key, &values) == 0 else { return 0 }
+            return values.reduce(0, &+)
+        }
+        selected = sum(SLUICE_STEER_SELECTED)
+        fallback = sum(SLUICE_STEER_FALLBACK)
+        allStalled = sum(SLUICE_STEER_ALL_STALLED)
+        stallSkips = sum(SLUICE_STEER_STALL_SKIP)
+        notSYN = sum(SLUICE_STEER_NOT_SYN)
+    }
 }
 
 /// All the BPF state of one running instance: one copy of the object per
@@ -100,21 +115,8 @@ public final class KernelSteering {
     }
 
     public var stats: SteeringStats {
-        var result = SteeringStats()
-        guard let fd = try? objects.first?.mapFD("steer_stats") else { return result }
-        let cpus = Int(libbpf_num_possible_cpus())
-        var values = [UInt64](repeating: 0, count: max(1, cpus))
-        func sum(_ stat: UInt32) -> UInt64 {
-            var key = stat
-            guard bpf_map_lookup_elem(fd, &key, &values) == 0 else { return 0 }
-            return values.reduce(0, &+)
-        }
-        result.selected = sum(SLUICE_STEER_SELECTED.rawValue)
-        result.fallback = sum(SLUICE_STEER_FALLBACK.rawValue)
-        result.allStalled = sum(SLUICE_STEER_ALL_STALLED.rawValue)
-        result.stallSkips = sum(SLUICE_STEER_STALL_SKIP.rawValue)
-        result.notSYN = sum(SLUICE_STEER_NOT_SYN.rawValue)
-        return result
+        guard let fd = try? objects.first?.mapFD("steer_stats") else { return SteeringStats() }
+        return SteeringStats(readingMap: fd)
     }
 
     /// Pins the shared maps under the instance directory, atomically: into a
@@ -125,7 +127,7 @@ public final class KernelSteering {
     @discardableResult
     public func pin() throws(BPFError) -> Bool {
         let parent = String(pinDirectory[..<pinDirectory.lastIndex(of: "/")!])
-        guard isBPFFileSystem(parent) || makeDirectory(parent) == 0 || isBPFFileSystem(parent) else {
+        guard makeDirectory(parent) == 0 else {
             throw BPFError("cannot create \(parent): \(errnoDescription(errno)) (is bpffs mounted at /sys/fs/bpf?)")
         }
         guard isBPFFileSystem(parent) else {

@@ -4,10 +4,8 @@ import Glibc
 import SluicePosix
 
 /// A u64 field of a record shared with the kernel, by byte offset.
-public protocol CounterField: CaseIterable, Sendable {
+public protocol CounterField: Sendable {
     var offset: Int { get }
-    /// The name bpftool and `sluice status --json` show.
-    var name: String { get }
     static var stride: Int { get }
     static var capacity: Int { get }
 }
@@ -17,17 +15,6 @@ public enum WorkerField: Int, CounterField {
     case active = 0, accepted = 8, heartbeatNanoseconds = 16, busyNanoseconds = 24, flags = 32, bytesIn = 40, bytesOut = 48
 
     public var offset: Int { rawValue }
-    public var name: String {
-        switch self {
-        case .active: "active"
-        case .accepted: "accepted"
-        case .heartbeatNanoseconds: "heartbeat_ns"
-        case .busyNanoseconds: "busy_ns"
-        case .flags: "flags"
-        case .bytesIn: "bytes_in"
-        case .bytesOut: "bytes_out"
-        }
-    }
     public static var stride: Int { MemoryLayout<sluice_worker>.stride }
     public static var capacity: Int { Int(SLUICE_MAX_WORKERS) }
 }
@@ -37,14 +24,6 @@ public enum ListenerField: Int, CounterField {
     case active = 0, accepted = 8, rejected = 16, noBackend = 24
 
     public var offset: Int { rawValue }
-    public var name: String {
-        switch self {
-        case .active: "active"
-        case .accepted: "accepted"
-        case .rejected: "rejected"
-        case .noBackend: "no_backend"
-        }
-    }
     public static var stride: Int { MemoryLayout<sluice_listener>.stride }
     public static var capacity: Int { Int(SLUICE_MAX_LISTENERS) }
 }
@@ -63,6 +42,11 @@ public struct CounterRecord<Field: CounterField>: @unchecked Sendable {
     public func store(_ field: Field, _ value: UInt64) { atomic(field).store(value, ordering: .relaxed) }
     public func add(_ field: Field, _ value: UInt64) { atomic(field).wrappingIncrement(by: value, ordering: .relaxed) }
     public func subtract(_ field: Field, _ value: UInt64) { atomic(field).wrappingDecrement(by: value, ordering: .relaxed) }
+
+    /// Sets or clears bits atomically (the worker and the admin socket both
+    /// touch a worker's flags).
+    public func setBits(_ field: Field, _ bits: UInt64) { _ = atomic(field).loadThenBitwiseOr(with: bits, ordering: .relaxed) }
+    public func clearBits(_ field: Field, _ bits: UInt64) { _ = atomic(field).loadThenBitwiseAnd(with: ~bits, ordering: .relaxed) }
 
     /// Decrements without going below zero (a counter the kernel may not
     /// have charged, such as a connection placed by a fallback).
@@ -95,13 +79,12 @@ public final class CounterTable<Field: CounterField>: @unchecked Sendable {
         return (Field.capacity * Field.stride + page - 1) / page * page
     }
 
-    /// Maps the BPF array map `fd`. `writable` false maps it read-only.
-    public init(mapFD fd: Int32, count: Int, writable: Bool = true) throws(SystemCallError) {
+    /// Maps the BPF array map `fd`.
+    public init(mapFD fd: Int32, count: Int) throws(SystemCallError) {
         precondition(count <= Field.capacity)
         self.count = count
         mappedSize = Self.bytes
-        let protection = writable ? PROT_READ | PROT_WRITE : PROT_READ
-        let pointer = mmap(nil, mappedSize, protection, MAP_SHARED, fd, 0)
+        let pointer = mmap(nil, mappedSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
         guard let pointer, pointer != MAP_FAILED else { throw SystemCallError(call: "mmap", errno: errno) }
         base = pointer
         isKernelMap = true

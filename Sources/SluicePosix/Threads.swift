@@ -12,14 +12,15 @@ private final class ThreadBody {
 
 /// A plain OS thread (not Swift concurrency's cooperative pool, which epoll
 /// loops must never block). Started here, outside `main.swift`, so the
-/// closure does not inherit `@MainActor`.
+/// closure does not inherit `@MainActor`. The stop signals are blocked in it:
+/// they belong to the control thread's signalfd.
 public struct OSThread: Sendable {
     private let handle: pthread_t
 
     public static func start(name: String, _ body: @escaping @Sendable () -> Void) throws(SystemCallError) -> OSThread {
         let box = Unmanaged.passRetained(ThreadBody(name: name, body: body))
         var handle = pthread_t()
-        let rc = pthread_create(&handle, nil, { raw in
+        let rc = sluice_thread_create(&handle, { raw in
             let box = Unmanaged<ThreadBody>.fromOpaque(raw!).takeRetainedValue()
             _ = box.name.withCString { sluice_set_thread_name($0) }
             box.body()

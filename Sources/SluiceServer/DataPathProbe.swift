@@ -25,33 +25,8 @@ enum DataPathProbe {
     static let responseBytes = 1 << 20
     static let rounds = 32
 
-    /// Blocking loopback pairs for the probe: (client, proxyA) and (proxyB, server).
-    struct Pairs {
-        var fds: [Int32] = []
-        var client: Int32 = -1, proxyA: Int32 = -1, proxyB: Int32 = -1, server: Int32 = -1
-
-        init() throws(SystemCallError) {
-            func pair(_ fds: inout [Int32]) throws(SystemCallError) -> (Int32, Int32) {
-                let listener = try Socket.listen(on: SocketAddress(ip: "127.0.0.1", port: 0)!, reusePort: false, backlog: 4)
-                defer { closeDescriptor(listener) }
-                let outer = try systemCall("socket") { Glibc.socket(AF_INET, SLUICE_SOCK_STREAM | SLUICE_SOCK_CLOEXEC, 0) }
-                fds.append(outer)
-                let target = try Socket.localAddress(listener)
-                _ = try systemCall("connect") { target.withSockaddr { Glibc.connect(outer, $0, $1) } }
-                let inner = try systemCall("accept") { sluice_accept4(listener, nil, nil, SLUICE_SOCK_CLOEXEC) }
-                fds.append(inner)
-                for fd in [outer, inner] { Socket.setNoDelay(fd) }
-                return (outer, inner)
-            }
-            (client, proxyA) = try pair(&fds)
-            (proxyB, server) = try pair(&fds)
-        }
-
-        func close() { for fd in fds { closeDescriptor(fd) } }
-    }
-
     /// Runs the exchange with `proxy` moving the bytes; MiB/s of responses.
-    static func exchange(_ pairs: Pairs) -> Double {
+    static func exchange(_ pairs: LoopbackConnections) -> Double {
         let server = pairs.server
         let serverThread = try? OSThread.start(name: "probe-server") {
             var request = [UInt8](repeating: 0, count: 100)
@@ -98,33 +73,18 @@ enum DataPathProbe {
 
     static func measureOnce(splice: KernelSplice) -> DataPathMeasurement {
         var result = DataPathMeasurement(sockmapMiBps: 0, spliceMiBps: 0)
-        let timeout = timeval(tv_sec: 2, tv_usec: 0)
-        func limit(_ pairs: Pairs) {
-            var tv = timeout
-            for fd in pairs.fds { setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size)) }
-        }
         // Through the kernel.
-        if let pairs = try? Pairs() {
-            limit(pairs)
-            if let a = try? socketCookie(pairs.proxyA), let b = try? socketCookie(pairs.proxyB) {
-                for fd in [pairs.proxyA, pairs.proxyB] {
-                    try? Socket.setOption(fd, SOL_SOCKET, SO_SNDBUFFORCE, 16 << 20, "SO_SNDBUFFORCE")
-                    try? Socket.setOption(fd, Int32(IPPROTO_TCP), 25, 256 << 10, "TCP_NOTSENT_LOWAT")
-                }
-                if (try? splice.insertPeer(cookie: a, peer: b, worker: 0, fromClient: true)) != nil,
-                   (try? splice.insertSocket(pairs.proxyB, cookie: b)) != nil,
-                   (try? splice.insertSocket(pairs.proxyA, cookie: a)) != nil,
-                   (try? splice.insertPeer(cookie: b, peer: a, worker: 0, fromClient: false)) != nil {
-                    result.sockmapMiBps = exchange(pairs)
-                }
+        if let pairs = try? LoopbackConnections() {
+            for fd in [pairs.proxyA, pairs.proxyB] { KernelSplice.prepare(fd) }
+            if let (a, b) = try? splice.pair(pairs.proxyA, pairs.proxyB, worker: 0) {
+                result.sockmapMiBps = exchange(pairs)
                 splice.removePeer(cookie: a)
                 splice.removePeer(cookie: b)
             }
             pairs.close()
         }
         // Through splice(2), one thread per direction, as a worker would move them.
-        if let pairs = try? Pairs() {
-            limit(pairs)
+        if let pairs = try? LoopbackConnections() {
             func relay(_ from: Int32, _ to: Int32) -> OSThread? {
                 try? OSThread.start(name: "probe-splice") {
                     guard let pipe = try? Pipe.make() else { return }

@@ -1,3 +1,5 @@
+import Foundation
+
 /// The version this build reports (metrics, status).
 public let sluiceVersion = "0.1.0"
 
@@ -7,7 +9,7 @@ struct MetricsText {
     private(set) var text = ""
 
     mutating func family(_ name: String, _ type: String, _ help: String) {
-        text += "# HELP \(name) \(help.replacingAll("\\", "\\\\").replacingAll("\n", "\\n"))\n# TYPE \(name) \(type)\n"
+        text += "# HELP \(name) \(help.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\n", with: "\\n"))\n# TYPE \(name) \(type)\n"
     }
 
     mutating func sample(_ name: String, _ labels: [String: String], _ value: Double) {
@@ -19,7 +21,7 @@ struct MetricsText {
     }
 
     static func escape(_ value: String) -> String {
-        value.replacingAll("\\", "\\\\").replacingAll("\"", "\\\"").replacingAll("\n", "\\n")
+        value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"").replacingOccurrences(of: "\n", with: "\\n")
     }
 
     static func format(_ value: Double) -> String {
@@ -27,11 +29,5 @@ struct MetricsText {
         if value.isInfinite { return value > 0 ? "+Inf" : "-Inf" }
         if value == value.rounded() && abs(value) < 1e15 { return String(Int64(value)) }
         return String(value)
-    }
-}
-
-extension String {
-    func replacingAll(_ target: String, _ replacement: String) -> String {
-        split(separator: target, omittingEmptySubsequences: false).joined(separator: replacement)
     }
 }

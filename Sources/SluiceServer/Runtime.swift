@@ -119,11 +119,9 @@ public final class RuntimeListener: Sendable {
 /// Counters of one worker that the kernel does not need (those live in its
 /// worker_load record), written by its thread alone, read by anyone.
 public final class WorkerCounters: Sendable {
+    /// Connections this worker accepted (the record's `accepted` counts SYNs steered here).
     public let accepted = ManagedAtomic<UInt64>(0)
-    public let active = ManagedAtomic<Int>(0)
-    public let closed = ManagedAtomic<UInt64>(0)
-    public let connectFailures = ManagedAtomic<UInt64>(0)
-    public let noBackend = ManagedAtomic<UInt64>(0)
+    /// Times a listener was paused for lack of fds or memory.
     public let acceptBackoffs = ManagedAtomic<UInt64>(0)
     public let movedOut = ManagedAtomic<UInt64>(0)
     public let movedIn = ManagedAtomic<UInt64>(0)

@@ -395,9 +395,8 @@ public final class Server: AdminHandler {
             return "draining a worker needs steering least_loaded (the kernel's hash does not skip it)"
         }
         let record = table.record(worker)
-        let flags = record.load(.flags)
         let bit = UInt64(SLUICE_WORKER_DRAINING)
-        record.store(.flags, drained ? flags | bit : flags & ~bit)
+        if drained { record.setBits(.flags, bit) } else { record.clearBits(.flags, bit) }
         return nil
     }
 
@@ -425,6 +424,15 @@ public final class Server: AdminHandler {
                 out.family(name, type, help)
                 for k in liveWorkers.indices { out.sample(name, ["worker": "\(k)"], value(table.record(k))) }
             }
+        }
+        let workerCounterFamilies: [(String, String, (WorkerCounters) -> UInt64)] = [
+            ("sluice_worker_accept_backoffs_total", "Listener pauses for lack of descriptors or memory.", { $0.acceptBackoffs.load(ordering: .relaxed) }),
+            ("sluice_worker_moved_in_total", "Connections adopted from other workers.", { $0.movedIn.load(ordering: .relaxed) }),
+            ("sluice_worker_moved_out_total", "Connections handed to other workers.", { $0.movedOut.load(ordering: .relaxed) }),
+        ]
+        for (name, help, value) in workerCounterFamilies {
+            out.family(name, "counter", help)
+            for worker in liveWorkers { out.sample(name, ["worker": "\(worker.id)"], Double(value(worker.counters))) }
         }
         let listenerFamilies: [(String, String, String, ListenerField)] = [
             ("sluice_listener_active_connections", "gauge", "Open connections per listener.", .active),

@@ -39,7 +39,6 @@ enum Side: UInt64 {
 struct Direction {
     var sourceEOF = false
     var shutdownSent = false
-    var destinationBlocked = false
     var pending = 0
     var bytes: UInt64 = 0
     var buffer: UnsafeMutableRawBufferPointer?

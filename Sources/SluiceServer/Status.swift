@@ -185,8 +185,8 @@ public enum StatusReader {
         defer { closeDescriptor(workerFD) }
         let listenerFD = try open("listener_load")
         defer { closeDescriptor(listenerFD) }
-        let stealFD = try open("steer_stats")
-        defer { closeDescriptor(stealFD) }
+        let statsFD = try open("steer_stats")
+        defer { closeDescriptor(statsFD) }
         // Plain lookups, not mmap: they work on a read-only fd, which is all
         // a member of the daemon's group gets.
         func lookup<T>(_ fd: Int32, _ index: Int, _ empty: T) -> T {
@@ -195,11 +195,8 @@ public enum StatusReader {
             _ = bpf_map_lookup_elem(fd, &key, &value)
             return value
         }
-        func sample() -> (at: UInt64, workers: [[UInt64]]) {
-            (monotonicNanoseconds(), (0..<workerCount).map { k in
-                let w = lookup(workerFD, k, sluice_worker())
-                return [w.active, w.accepted, w.heartbeat_ns, w.busy_ns, w.flags, w.bytes_in, w.bytes_out]
-            })
+        func sample() -> (at: UInt64, workers: [sluice_worker]) {
+            (monotonicNanoseconds(), (0..<workerCount).map { lookup(workerFD, $0, sluice_worker()) })
         }
         let first = sample()
         if sampleSeconds > 0 { usleep(UInt32(sampleSeconds * 1e6)) }
@@ -209,22 +206,18 @@ public enum StatusReader {
 
         var snapshot = StatusSnapshot(
             instance: instance, daemon: "running", pid: info?.pid, uptimeSeconds: nil, workers: [], listeners: [],
-            backends: nil, steering: steeringStats(stealFD, mode: info?.steering ?? "unknown"),
+            backends: nil, steering: steering(SteeringStats(readingMap: statsFD), mode: info?.steering ?? "unknown"),
             splice: info?.dataPath ?? "unknown", notes: [])
         if let info { snapshot.uptimeSeconds = Date().timeIntervalSince1970 - info.started }
-        let fieldIndex = { (f: WorkerField) in WorkerField.allCases.firstIndex(of: f)! }
         for k in 0..<workerCount {
             let now = second.workers[k], before = first.workers[k]
-            let heartbeat = now[fieldIndex(.heartbeatNanoseconds)]
-            let age = second.at > heartbeat ? second.at - heartbeat : 0
-            let flags = now[fieldIndex(.flags)]
-            let state = flags & UInt64(SLUICE_WORKER_DRAINING) != 0 ? "draining" : (age > stall ? "stalled" : "ok")
-            let accepted = now[fieldIndex(.accepted)]
-            let busy = now[fieldIndex(.busyNanoseconds)] &- before[fieldIndex(.busyNanoseconds)]
+            let age = second.at > now.heartbeat_ns ? second.at - now.heartbeat_ns : 0
+            let state = now.flags & UInt64(SLUICE_WORKER_DRAINING) != 0 ? "draining" : (age > stall ? "stalled" : "ok")
+            let busy = now.busy_ns &- before.busy_ns
             snapshot.workers.append(.init(
-                id: k, state: state, active: now[fieldIndex(.active)], accepted: accepted,
-                connectionsPerSecond: elapsed > 0 ? Double(accepted &- before[fieldIndex(.accepted)]) / elapsed : 0,
-                bytesIn: now[fieldIndex(.bytesIn)], bytesOut: now[fieldIndex(.bytesOut)],
+                id: k, state: state, active: now.active, accepted: now.accepted,
+                connectionsPerSecond: elapsed > 0 ? Double(now.accepted &- before.accepted) / elapsed : 0,
+                bytesIn: now.bytes_in, bytesOut: now.bytes_out,
                 heartbeatAgeMilliseconds: age / 1_000_000,
                 busyPercent: elapsed > 0 ? min(100, Double(busy) / 1e9 / elapsed * 100) : 0))
         }
@@ -264,18 +257,9 @@ public enum StatusReader {
         return snapshot
     }
 
-    static func steeringStats(_ fd: Int32, mode: String) -> StatusSnapshot.Steering {
-        let cpus = max(1, Int(libbpf_num_possible_cpus()))
-        var values = [UInt64](repeating: 0, count: cpus)
-        func sum(_ stat: UInt32) -> UInt64 {
-            var key = stat
-            guard bpf_map_lookup_elem(fd, &key, &values) == 0 else { return 0 }
-            return values.reduce(0, &+)
-        }
-        return .init(
-            mode: mode, selected: sum(SLUICE_STEER_SELECTED.rawValue), fallback: sum(SLUICE_STEER_FALLBACK.rawValue),
-            allStalled: sum(SLUICE_STEER_ALL_STALLED.rawValue), stallSkips: sum(SLUICE_STEER_STALL_SKIP.rawValue),
-            notSYN: sum(SLUICE_STEER_NOT_SYN.rawValue), moves: nil)
+    static func steering(_ stats: SteeringStats, mode: String) -> StatusSnapshot.Steering {
+        .init(mode: mode, selected: stats.selected, fallback: stats.fallback, allStalled: stats.allStalled,
+              stallSkips: stats.stallSkips, notSYN: stats.notSYN, moves: nil)
     }
 
     /// The state letter of /proc/<pid>/stat, nil when there is no such process.

@@ -66,12 +66,8 @@ struct WorkerSettings: Sendable {
     var poolLimit = 64
     /// Pause accepting on a listener after EMFILE/ENFILE.
     var acceptBackoffMilliseconds: UInt64 = 100
-    /// Send buffer of spliced sockets: with the default, redirects back up
-    /// and the sockmap path runs at a third of splice(2)'s speed.
-    var splicedSendBuffer: Int32 = 16 << 20
-    /// TCP_NOTSENT_LOWAT of spliced sockets (see enterSockmap).
-    var splicedNotSentLowWater: Int32 = 256 << 10
-    /// Longest wait for the kernel's redirect backlog after an EOF.
+    /// After an EOF, how long the kernel's redirect backlog may make no
+    /// progress before the EOF is passed on anyway.
     var spliceFlushTimeoutMilliseconds: UInt64 = 5000
 }
 
@@ -99,6 +95,9 @@ final class Worker: @unchecked Sendable {
     private var nextSessionID: UInt64 = 1
     var timers: TimerWheel<WorkerTimer>
     private var draining = false
+    /// Set when the wake-up eventfd fired: only then is the command queue
+    /// (and its lock) looked at, not on every loop turn.
+    private var commandsWaiting = false
     private var pipePool: [Pipe] = []
     private var bufferPool: [UnsafeMutableRawBufferPointer] = []
     private var lastAcceptErrorLog: UInt64 = 0
@@ -191,7 +190,10 @@ final class Worker: @unchecked Sendable {
             for (_, timer) in timers.advance(to: wokeAt / 1_000_000) {
                 fire(timer)
             }
-            processCommands()
+            if commandsWaiting {
+                commandsWaiting = false
+                processCommands()
+            }
             record.add(.busyNanoseconds, monotonicNanoseconds() &- wokeAt)
         }
         closeListeners()
@@ -215,6 +217,7 @@ final class Worker: @unchecked Sendable {
             acceptConnections(listenerIndex: Int(token & ~Self.kindMask))
         default:
             wakeup.drain()
+            commandsWaiting = true
         }
     }
 
@@ -228,7 +231,7 @@ final class Worker: @unchecked Sendable {
             case .drain(let deadline):
                 guard !draining else { continue }
                 draining = true
-                record.store(.flags, record.load(.flags) | UInt64(SLUICE_WORKER_DRAINING))
+                record.setBits(.flags, UInt64(SLUICE_WORKER_DRAINING))
                 closeListeners()
                 _ = timers.schedule(at: deadline, .drainDeadline)
                 logger.info("draining", metadata: ["open": "\(sessions.count)"])
@@ -268,8 +271,7 @@ final class Worker: @unchecked Sendable {
             session.idleTimer = nil
             sessions.removeValue(forKey: session.id)
             releaseActive()
-            counters.active.wrappingDecrement(ordering: .relaxed)
-            counters.movedOut.wrappingIncrement(by: UInt64(1), ordering: .relaxed)
+            counters.movedOut.wrappingIncrement(ordering: .relaxed)
         }
         if !moving.isEmpty { receiver.send(.adopt(MigratingSessions(sessions: moving, from: id))) }
     }
@@ -282,8 +284,7 @@ final class Worker: @unchecked Sendable {
             nextSessionID += 1
             sessions[session.id] = session
             record.add(.active, 1)
-            counters.active.wrappingIncrement(ordering: .relaxed)
-            counters.movedIn.wrappingIncrement(by: UInt64(1), ordering: .relaxed)
+            counters.movedIn.wrappingIncrement(ordering: .relaxed)
             session.idleTimer = timers.schedule(
                 at: session.lastActivityMilliseconds + session.listener.config.idleTimeout.milliseconds,
                 .idle(session: session.id))
@@ -387,7 +388,6 @@ final class Worker: @unchecked Sendable {
                 continue
             }
             counters.accepted.wrappingIncrement(ordering: .relaxed)
-            counters.active.wrappingIncrement(ordering: .relaxed)
             Socket.setNoDelay(clientFD)
             let session = Session(
                 id: nextSessionID, listener: listener, client: clientFD,
@@ -495,7 +495,6 @@ final class Worker: @unchecked Sendable {
             }
         }
         let reason: CloseReason = session.triedBackends.isEmpty ? .noBackend : .connectFailed
-        counters.noBackend.wrappingIncrement(ordering: .relaxed)
         session.listener.counters.add(.noBackend, 1)
         logger.warning("no backend reachable; closing the client", metadata: [
             "listener": "\(session.listener.name)", "client": "\(session.clientAddress)",
@@ -511,7 +510,6 @@ final class Worker: @unchecked Sendable {
             pool.connectFailures[index].wrappingIncrement(ordering: .relaxed)
             noteBackendFailure(pool, index)
         }
-        counters.connectFailures.wrappingIncrement(ordering: .relaxed)
         if let timer = session.connectTimer {
             _ = timers.cancel(timer)
             session.connectTimer = nil
@@ -612,7 +610,6 @@ final class Worker: @unchecked Sendable {
         let destinationSide: Side = sourceSide == .client ? .backend : .client
         var budget = settings.fairnessBudget
         var moved = 0
-        direction.destinationBlocked = false
         defer {
             if moved > 0 {
                 session.lastActivityMilliseconds = monotonicMilliseconds()
@@ -633,7 +630,6 @@ final class Worker: @unchecked Sendable {
                 }
                 switch result {
                 case .wouldBlock:
-                    direction.destinationBlocked = true
                     return
                 case .done(let n):
                     direction.pending -= n
@@ -804,8 +800,6 @@ final class Worker: @unchecked Sendable {
             }
         }
         session.listener.counters.release(.active)
-        counters.active.wrappingDecrement(ordering: .relaxed)
-        counters.closed.wrappingIncrement(ordering: .relaxed)
         releaseActive()
 
         if let accessLogger {

@@ -33,15 +33,7 @@ extension Worker {
         } catch {
             return false
         }
-        for fd in [client, backend] {
-            try? Socket.setOption(fd, SOL_SOCKET, SO_SNDBUFFORCE, settings.splicedSendBuffer, "SO_SNDBUFFORCE")
-            // The kernel's redirect backlog gives up on a socket that is not
-            // writable (less than half its send buffer free) without asking
-            // TCP to call it back when room appears: the transfer stalls for
-            // good. With a small not-sent low-water mark, TCP's own "no room"
-            // path trips first, and that one does ask for the call back.
-            try? Socket.setOption(fd, Int32(IPPROTO_TCP), 25 /* TCP_NOTSENT_LOWAT */, settings.splicedNotSentLowWater, "TCP_NOTSENT_LOWAT")
-        }
+        for fd in [client, backend] { KernelSplice.prepare(fd) }
         // Order matters. The client's pairing first (no effect yet: the client
         // is not in the SOCKHASH); then the backend's socket (its bytes, with
         // no pairing yet, stay with the backend socket for us to read); then
@@ -257,7 +249,7 @@ extension Worker {
                 progress.interval = min(progress.interval * 2, 50)
                 // Setting the send buffer calls the socket's write_space,
                 // which reschedules a redirect backlog that waits for room.
-                try? Socket.setOption(peerFD, SOL_SOCKET, SO_SNDBUFFORCE, settings.splicedSendBuffer, "SO_SNDBUFFORCE")
+                try? Socket.setOption(peerFD, SOL_SOCKET, SO_SNDBUFFORCE, KernelSplice.sendBuffer, "SO_SNDBUFFORCE")
             }
             pair.flushProgress[side] = progress
             if now &- progress.at < settings.spliceFlushTimeoutMilliseconds {

@@ -154,11 +154,6 @@ struct Status: ParsableCommand {
     }
 }
 
-func blockStopSignals() {
-    let signals: [Int32] = [SIGINT, SIGTERM, SIGHUP]
-    _ = signals.withUnsafeBufferPointer { sluice_block_signals($0.baseAddress, Int32($0.count), nil) }
-}
-
 func printOutRaw(_ text: String) {
     var line = text
     _ = line.withUTF8 { Glibc.write(STDOUT_FILENO, $0.baseAddress, $0.count) }
@@ -193,10 +188,6 @@ struct Demo: ParsableCommand {
             printError("error: --access: expected off, text or json; found \"\(access)\"")
             throw ExitCode(2)
         }
-        // Block the stop signals before the backends' threads start, so they
-        // inherit the mask: a signal must reach the server's signalfd, not
-        // kill the process through a thread that does not block it.
-        blockStopSignals()
         var backends: [DemoBackend] = []
         for name in ["backend-1", "backend-2"] {
             do {

@@ -5,48 +5,6 @@ import SluiceBPF
 import SluicePosix
 import Testing
 
-/// Two loopback TCP connections, (client ↔ proxyA) and (proxyB ↔ server):
-/// proxyA and proxyB play the proxy's two sockets.
-struct TwoConnections {
-    let client: Int32, proxyA: Int32, proxyB: Int32, server: Int32
-
-    static func make() throws -> TwoConnections {
-        func pair() throws -> (Int32, Int32) {
-            let listener = try Socket.listen(on: SocketAddress(ip: "127.0.0.1", port: 0)!, reusePort: false)
-            defer { closeDescriptor(listener) }
-            let outbound = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            let target = try Socket.localAddress(listener)
-            guard target.withSockaddr({ connect(outbound, $0, $1) }) == 0 else { throw SystemCallError(call: "connect", errno: errno) }
-            var accepted: Int32 = -1
-            for _ in 0..<1000 {
-                if case .done(let (fd, _)) = try Socket.accept(listener) { accepted = fd; break }
-                usleep(1000)
-            }
-            // Blocking, with a timeout, for the test's own reads.
-            _ = sluice_fcntl_setfl(accepted, 0)
-            var tv = timeval(tv_sec: 5, tv_usec: 0)
-            for fd in [outbound, accepted] { setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size)) }
-            return (outbound, accepted)
-        }
-        let (client, proxyA) = try pair()
-        let (proxyB, server) = try pair()
-        return TwoConnections(client: client, proxyA: proxyA, proxyB: proxyB, server: server)
-    }
-
-    func closeAll() { for fd in [client, proxyA, proxyB, server] { close(fd) } }
-}
-
-func splicePair(_ splice: KernelSplice, _ c: TwoConnections) throws -> (UInt64, UInt64) {
-    let a = try socketCookie(c.proxyA)
-    let b = try socketCookie(c.proxyB)
-    // Order: A's pairing, then B's socket, then A's socket, then B's pairing.
-    try splice.insertPeer(cookie: a, peer: b, worker: 0, fromClient: true)
-    try splice.insertSocket(c.proxyB, cookie: b)
-    try splice.insertSocket(c.proxyA, cookie: a)
-    try splice.insertPeer(cookie: b, peer: a, worker: 0, fromClient: false)
-    return (a, b)
-}
-
 func readExactly(_ fd: Int32, _ count: Int) -> [UInt8] {
     var out = [UInt8]()
     var buffer = [UInt8](repeating: 0, count: 65536)
@@ -65,9 +23,9 @@ struct SpliceKernelTests {
         guard try requireBPF() else { return }
         let splice = try KernelSplice(workerLoadFD: nil, pairs: 16)
         defer { splice.close() }
-        let c = try TwoConnections.make()
-        defer { c.closeAll() }
-        let (a, b) = try splicePair(splice, c)
+        let c = try LoopbackConnections(receiveTimeoutSeconds: 5)
+        defer { c.close() }
+        let (a, b) = try splice.pair(c.proxyA, c.proxyB, worker: 0)
         let up = [UInt8](repeating: 0x41, count: 100_000)
         #expect(send(c.client, up, up.count, 0) == up.count)
         #expect(readExactly(c.server, up.count) == up)
@@ -83,9 +41,9 @@ struct SpliceKernelTests {
         guard try requireBPF() else { return }
         let splice = try KernelSplice(workerLoadFD: nil, pairs: 16)
         defer { splice.close() }
-        let c = try TwoConnections.make()
-        defer { c.closeAll() }
-        _ = try splicePair(splice, c)
+        let c = try LoopbackConnections(receiveTimeoutSeconds: 5)
+        defer { c.close() }
+        _ = try splice.pair(c.proxyA, c.proxyB, worker: 0)
         let bytes: [UInt8] = [1, 2, 3]
         #expect(send(c.client, bytes, 3, 0) == 3)
         shutdown(c.client, Int32(SHUT_WR))
@@ -105,8 +63,8 @@ struct SpliceKernelTests {
         // KERNEL-NOTES says the kernel refuses CLOSE_WAIT sockets with
         // EOPNOTSUPP; on 6.18 the insert succeeds, so the proxy checks the
         // state itself and does not rely on the refusal.
-        let c = try TwoConnections.make()
-        defer { c.closeAll() }
+        let c = try LoopbackConnections(receiveTimeoutSeconds: 5)
+        defer { c.close() }
         #expect(try tcpProgress(c.proxyA).established)
         shutdown(c.client, Int32(SHUT_WR))
         try waitUntilTrue(2) { (try? tcpProgress(c.proxyA).established) == false }
@@ -117,10 +75,10 @@ struct SpliceKernelTests {
         guard try requireBPF() else { return }
         let splice = try KernelSplice(workerLoadFD: nil, pairs: 16)
         defer { splice.close() }
-        let c = try TwoConnections.make()
-        let (a, b) = try splicePair(splice, c)
+        let c = try LoopbackConnections(receiveTimeoutSeconds: 5)
+        let (a, b) = try splice.pair(c.proxyA, c.proxyB, worker: 0)
         #expect(splice.entryCounts.sockets == 2 && splice.entryCounts.peers == 2)
-        c.closeAll()
+        c.close()
         try waitUntilTrue(2) { splice.entryCounts.sockets == 0 }
         #expect(splice.entryCounts.peers == 2)
         splice.removePeer(cookie: a)
@@ -130,8 +88,8 @@ struct SpliceKernelTests {
 
     @Test("bytes sent into a socket are measured by bytes_acked + SIOCOUTQ")
     func tcpProgressCounts() throws {
-        let c = try TwoConnections.make()
-        defer { c.closeAll() }
+        let c = try LoopbackConnections(receiveTimeoutSeconds: 5)
+        defer { c.close() }
         let before = try tcpProgress(c.client)
         #expect(before.established)
         #expect(send(c.client, [UInt8](repeating: 1, count: 4000), 4000, 0) == 4000)
@@ -151,13 +109,13 @@ struct SpliceHalfClosedFacts {
         guard try requireBPF() else { return }
         let splice = try KernelSplice(workerLoadFD: nil, pairs: 16)
         defer { splice.close() }
-        let c = try TwoConnections.make()
-        defer { c.closeAll() }
+        let c = try LoopbackConnections(receiveTimeoutSeconds: 5)
+        defer { c.close() }
         let request = [UInt8](repeating: 0x61, count: 60_000)
         #expect(send(c.client, request, request.count, 0) == request.count)
         shutdown(c.client, Int32(SHUT_WR))
         try waitUntilTrue(2) { (try? tcpProgress(c.proxyA).established) == false }
-        _ = try splicePair(splice, c)
+        _ = try splice.pair(c.proxyA, c.proxyB, worker: 0)
         for fd in [c.proxyA, c.proxyB] { var one: Int32 = 1; setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &one, 4) }
         var probe: UInt8 = 0
         #expect(recv(c.server, &probe, 1, Int32(MSG_DONTWAIT)) == -1, "nothing reached the server through the kernel")

@@ -106,7 +106,12 @@ final class SluiceProcess: @unchecked Sendable {
         return process.terminationStatus
     }
 
+    /// A test that failed half-way still stops its daemon the polite way
+    /// first, so that it removes its pins; SIGKILL only if that hangs.
     deinit {
+        guard process.isRunning else { return }
+        kill(process.processIdentifier, SIGTERM)
+        for _ in 0..<100 where process.isRunning { usleep(50_000) }
         if process.isRunning {
             kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()

@@ -29,9 +29,6 @@ int sluice_pipe2(int fds[2], int flags);
 int sluice_pipe_set_size(int fd, int size);
 int sluice_set_thread_name(const char *name);
 int sluice_fcntl_setfl(int fd, int flags);
-int sluice_fcntl_getfl(int fd);
-int sluice_ioctl_int(int fd, unsigned long request, int *value);
-int sluice_errno(void);
 int sluice_dup_cloexec(int fd);
 /* 1 if path is on a bpffs, 0 if not, -1 (errno set) if it cannot be examined. */
 int sluice_is_bpffs(const char *path);
@@ -40,6 +37,10 @@ int sluice_is_bpffs(const char *path);
 int sluice_block_signals(const int *signals, int count, sigset_t *out);
 int sluice_signalfd(const int *signals, int count);
 void sluice_ignore_sigpipe(void);
+/* pthread_create with the stop signals (INT, TERM, HUP, USR1) blocked in the
+ * new thread: they are for the control thread's signalfd, and a thread that
+ * did not block them would take the signal's default action instead. */
+int sluice_thread_create(pthread_t *thread, void *(*body)(void *), void *argument);
 
 /* Constants that import badly (enum-typed or macro expressions). */
 static const uint32_t SLUICE_EPOLLIN = EPOLLIN;
@@ -54,6 +55,5 @@ static const unsigned int SLUICE_SPLICE_F_NONBLOCK = 2;
 static const int SLUICE_SOCK_NONBLOCK = SOCK_NONBLOCK;
 static const int SLUICE_SOCK_CLOEXEC = SOCK_CLOEXEC;
 static const int SLUICE_SOCK_STREAM = SOCK_STREAM;
-static const unsigned long SLUICE_SIOCOUTQ = 0x5411; /* TIOCOUTQ */
 
 #endif
