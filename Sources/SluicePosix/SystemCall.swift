@@ -92,4 +92,3 @@ public func openDescriptors() -> Set<Int32> {
 
 public func ignoreSIGPIPE() { sluice_ignore_sigpipe() }
 
-public func onlineCPUCount() -> Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }

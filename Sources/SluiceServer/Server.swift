@@ -37,7 +37,6 @@ public final class Server: AdminHandler {
     private var liveListeners: [RuntimeListener] = []
     private var liveSteering: KernelSteering?
     private var liveTable: WorkerLoadTable?
-    private var liveInfo: InstanceInfo?
     private var moves: UInt64 = 0
     private let logs: LogFactory
     private let accessSink: LogSink
@@ -165,7 +164,6 @@ public final class Server: AdminHandler {
             stallThresholdMilliseconds: config.stallThreshold.milliseconds,
             listeners: runtimeListeners.map { .init(name: $0.name, address: "\($0.address)", pool: $0.pool.name) },
             adminSocket: config.admin?.socket, metrics: config.admin?.metrics.map { "\($0)" })
-        liveInfo = info
         if lock != nil {
             do { try info.write() } catch { logger.warning("cannot write \(InstanceInfo.path(instance: config.instance)): \(error)") }
         }

@@ -213,7 +213,7 @@ struct Demo: ParsableCommand {
         let steering: SteeringMode = geteuid() == 0 ? .leastLoaded : .hash
         if steering == .hash { printError("note: not root, so steering is \"hash\" (least_loaded needs BPF)") }
         let config = SluiceConfig(
-            instance: "demo", workers: workers ?? onlineCPUCount(), steering: steering, splice: dataPath,
+            instance: "demo", workers: workers ?? ConfigDefaults.workers(onlineCPUs: ConfigLoader.onlineCPUCount), steering: steering, splice: dataPath,
             stallThreshold: .milliseconds(200), drainTimeout: .seconds(5),
             log: LogConfig(level: .info, access: accessFormat, file: "stderr"),
             admin: AdminConfig(
