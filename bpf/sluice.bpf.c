@@ -56,14 +56,18 @@ static __always_inline void count(__u32 stat)
         *value += 1;
 }
 
-/* The worker that gets the connection owns it in the counts: +1 here, -1
- * by the worker when the connection closes. */
+/* The worker that gets the connection owns it in the counts: a pending
+ * charge here, settled by the worker's accept or expired by the daemon.
+ * Order matters to the daemon, which reads pending before charged: a
+ * pending charge it sees is always already dated by `charged`. */
 static __always_inline void charge(__u32 worker)
 {
     struct sluice_worker *w = bpf_map_lookup_elem(&worker_load, &worker);
     if (w) {
         __sync_fetch_and_add(&w->active, 1);
         __sync_fetch_and_add(&w->accepted, 1);
+        __sync_fetch_and_add(&w->charged, 1);
+        __sync_fetch_and_add(&w->pending, 1);
     }
 }
 
@@ -86,17 +90,36 @@ static __always_inline int place_by_hash(struct sk_reuseport_md *ctx, __u32 n)
     return SK_PASS;
 }
 
+/* TCP flags at offset 13 of the header; the reuseport context's data
+ * starts at the transport header. */
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+
 SEC("sk_reuseport")
 int select_worker(struct sk_reuseport_md *ctx)
 {
-    /* Only a SYN starts a connection; stray and cookie ACKs must not move counters. */
+    /* A SYN starts a connection. A pure ACK that reaches the listener
+     * lookup is a syncookie handshake completing (the connection is created
+     * on the socket chosen now, not on the SYN's) or a stray that the
+     * kernel will answer with a reset: both are placed and charged, and the
+     * stray's charge expires. A handshake with a request socket completes
+     * in the established table and never comes here, so neither does a
+     * retransmitted SYN that matches one. */
     __u8 flags = 0;
-    /* Offset 13 of the TCP header holds the flags; the reuseport context's
-     * data starts at the transport header. */
-    if (ctx->ip_protocol != 6 /* TCP */ || bpf_skb_load_bytes(ctx, 13, &flags, 1) < 0 || (flags & 0x12) != 0x02) {
-        count(SLUICE_STEER_NOT_SYN);
+    if (ctx->ip_protocol != 6 /* TCP */ || bpf_skb_load_bytes(ctx, 13, &flags, 1) < 0) {
+        count(SLUICE_STEER_PASSED);
         return SK_PASS;
     }
+    int is_syn = (flags & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_SYN;
+    int is_ack = (flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN)) == TCP_ACK;
+    if (!is_syn && !is_ack) {
+        count(SLUICE_STEER_PASSED);
+        return SK_PASS;
+    }
+    if (is_ack)
+        count(SLUICE_STEER_ACK);
 
     __u64 now = bpf_ktime_get_ns();
     __u32 n = nr_workers;

@@ -72,6 +72,8 @@ int sluice_thread_create(pthread_t *thread, void *(*body)(void *), void *argumen
     sigaddset(&stop, SIGTERM);
     sigaddset(&stop, SIGHUP);
     sigaddset(&stop, SIGUSR1);
+    sigaddset(&stop, SIGUSR2);
+    sigaddset(&stop, SIGQUIT);
     pthread_sigmask(SIG_BLOCK, &stop, &previous);
     int rc = pthread_create(thread, NULL, body, argument);
     pthread_sigmask(SIG_SETMASK, &previous, NULL);

@@ -18,7 +18,10 @@ public struct SteeringStats: Sendable, Equatable {
     public var fallback: UInt64 = 0
     public var allStalled: UInt64 = 0
     public var stallSkips: UInt64 = 0
-    public var notSYN: UInt64 = 0
+    /// Neither a SYN nor a pure ACK: left to the kernel's hash, uncharged.
+    public var passed: UInt64 = 0
+    /// Pure ACKs placed (syncookie completions and strays), included in `selected`.
+    public var acks: UInt64 = 0
 
     public init() {}
 
@@ -34,7 +37,8 @@ public struct SteeringStats: Sendable, Equatable {
         fallback = sum(SLUICE_STEER_FALLBACK)
         allStalled = sum(SLUICE_STEER_ALL_STALLED)
         stallSkips = sum(SLUICE_STEER_STALL_SKIP)
-        notSYN = sum(SLUICE_STEER_NOT_SYN)
+        passed = sum(SLUICE_STEER_PASSED)
+        acks = sum(SLUICE_STEER_ACK)
     }
 }
 

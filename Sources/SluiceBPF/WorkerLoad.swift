@@ -13,6 +13,7 @@ public protocol CounterField: Sendable {
 /// The fields of `struct sluice_worker` (all u64).
 public enum WorkerField: Int, CounterField {
     case active = 0, accepted = 8, heartbeatNanoseconds = 16, busyNanoseconds = 24, flags = 32, bytesIn = 40, bytesOut = 48
+    case pending = 56, charged = 64, underflows = 72
 
     public var offset: Int { rawValue }
     public static var stride: Int { MemoryLayout<sluice_worker>.stride }
@@ -62,6 +63,71 @@ public struct CounterRecord<Field: CounterField>: @unchecked Sendable {
 }
 
 public typealias WorkerLoadRecord = CounterRecord<WorkerField>
+
+/// The load accounting of one worker. `active` = open connections + pending
+/// charges; the steering program adds a charge per connection it places
+/// (before any worker runs, so bursts spread), the worker settles one per
+/// accept, and the control thread expires the ones that no accept settled
+/// (a SYN whose handshake never completes) once they are older than the
+/// settle window.
+extension CounterRecord where Field == WorkerField {
+    /// An accepted connection: settles a pending charge when there is one,
+    /// else counts the connection itself (placed by the kernel's hash, or
+    /// after its charge expired).
+    public func chargeAccepted() {
+        add(.accepted, 1)
+        if takePending(upTo: 1) == 1 { return }
+        add(.active, 1)
+    }
+
+    /// One of this worker's connections is gone (closed, or handed to
+    /// another worker). A decrement below zero would be a bookkeeping bug:
+    /// it is refused and counted in `underflows`, never wrapped.
+    public func releaseActive(_ count: UInt64 = 1) {
+        let slot = atomic(.active)
+        var current = slot.load(ordering: .relaxed)
+        while true {
+            let taken = min(current, count)
+            let (exchanged, original) = slot.weakCompareExchange(expected: current, desired: current - taken, ordering: .relaxed)
+            if exchanged {
+                if taken < count { add(.underflows, count - taken) }
+                return
+            }
+            current = original
+        }
+    }
+
+    /// Expires every pending charge beyond the recent ones (taken within
+    /// the settle window): those are SYNs or stray ACKs that no accept
+    /// followed. `recent` maps the `charged` total to how many of those
+    /// charges are recent. Returns how many expired.
+    ///
+    /// `pending` is read before `charged` (the program adds them in the
+    /// other order): a pending charge seen here is always counted in the
+    /// `charged` read after it, so a fresh charge is never taken for an old one.
+    @discardableResult
+    public func expireCharges(recent: (_ charged: UInt64) -> UInt64) -> UInt64 {
+        let pending = atomic(.pending).load(ordering: .sequentiallyConsistent)
+        let fresh = recent(atomic(.charged).load(ordering: .sequentiallyConsistent))
+        guard pending > fresh else { return 0 }
+        let expired = takePending(upTo: pending - fresh)
+        if expired > 0 { releaseActive(expired) }
+        return expired
+    }
+
+    /// Removes up to `count` pending charges; returns how many it removed.
+    private func takePending(upTo count: UInt64) -> UInt64 {
+        let slot = atomic(.pending)
+        var current = slot.load(ordering: .relaxed)
+        while current > 0 {
+            let taken = min(current, count)
+            let (exchanged, original) = slot.weakCompareExchange(expected: current, desired: current - taken, ordering: .relaxed)
+            if exchanged { return taken }
+            current = original
+        }
+        return 0
+    }
+}
 public typealias ListenerLoadRecord = CounterRecord<ListenerField>
 
 /// A table of records: the mmap of a BPF array map (BPF_F_MMAPABLE) when BPF

@@ -37,7 +37,8 @@ public final class Server: AdminHandler {
     private var liveListeners: [RuntimeListener] = []
     private var liveSteering: KernelSteering?
     private var liveTable: WorkerLoadTable?
-    private var moves: UInt64 = 0
+    private var loadKeeper: LoadKeeper?
+    private var moves: UInt64 { loadKeeper?.moves ?? 0 }
     private let logs: LogFactory
     private let accessSink: LogSink
     private let options: ServerOptions
@@ -74,7 +75,7 @@ public final class Server: AdminHandler {
         // Signals are blocked before any thread starts, so every thread inherits the mask.
         let signals: SignalFD
         do {
-            signals = try SignalFD(signals: [SIGINT, SIGTERM, SIGHUP] + (options.stallOnSIGUSR1 != nil ? [SIGUSR1] : []))
+            signals = try SignalFD(signals: [SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2])
         } catch {
             throw ServerError("cannot set up signal handling: \(error)")
         }
@@ -137,7 +138,7 @@ public final class Server: AdminHandler {
 
         var settings = WorkerSettings(dataPath: dataPath, accessLog: config.log.access)
         settings.sharedAccept = steeringMode == .sharedAccept
-        settings.workerCountsAccepts = steeringMode != .leastLoaded
+        settings.stallThresholdNanoseconds = config.stallThreshold.milliseconds &* 1_000_000
         settings.maxWaitMilliseconds = Int32(max(1, min(1000, config.stallThreshold.milliseconds / 4)))
         for listener in runtimeListeners {
             logger.info("listening", metadata: [
@@ -244,48 +245,26 @@ public final class Server: AdminHandler {
         SystemdNotify.send("READY=1\nMAINPID=\(getpid())\nSTATUS=listening")
         options.onReady?(runtimeListeners.map { (name: $0.name, address: $0.address) })
 
-        var draining = false
-        let tick = config.rebalance.map { Int32(max(10, min(1000, $0.interval.milliseconds))) } ?? 1000
-        var nextTick = monotonicMilliseconds() + UInt64(tick)
+        let keeper = LoadKeeper(
+            workers: workers, table: table, rebalance: config.rebalance,
+            stallThresholdNanoseconds: settings.stallThresholdNanoseconds, logger: logs.logger("sluice.load"))
+        loadKeeper = keeper
+        var stopDeadline: UInt64?
+        var nextTick = monotonicMilliseconds() + LoadKeeper.tickMilliseconds
         while exited.load(ordering: .relaxed) < workers.count {
             let now = monotonicMilliseconds()
             if now >= nextTick {
-                nextTick = now + UInt64(tick)
-                if !draining, let rebalance = config.rebalance { rebalanceTick(rebalance) }
+                nextTick = now + LoadKeeper.tickMilliseconds
+                keeper.tick(draining: stopDeadline != nil)
+            }
+            if let stopDeadline, now >= stopDeadline {
+                abandonStuckWorkers(workers, steering: steering, lockPath: lock?.path)
             }
             epoll.wait(timeoutMilliseconds: Int32(nextTick > now ? nextTick - now : 0)) { token, events in
                 if let admin, admin.owns(token) { admin.handle(token: token, events: events); return }
                 guard token == 1 else { exitWake.drain(); return }
                 while let signal = signals.next() {
-                    switch signal {
-                    case SIGHUP:
-                        logger.notice("SIGHUP: configuration reload is not available yet; nothing changed")
-                    case SIGUSR1:
-                        if let stall = options.stallOnSIGUSR1, stall.worker < workers.count {
-                            workers[stall.worker].send(.stall(milliseconds: stall.milliseconds))
-                        }
-                    default:
-                        if draining {
-                            logger.warning("second stop signal: exiting now")
-                            // Workers still run, so nothing is unmapped; only the names go:
-                            // pins, info file, admin socket, lock.
-                            if let steering { removePinDirectory(steering.pinDirectory) }
-                            if let lock {
-                                unlink(InstanceInfo.path(instance: config.instance))
-                                unlink(lock.path)
-                            }
-                            if let socket = config.admin?.socket { unlink(socket) }
-                            _exit(1)
-                        }
-                        draining = true
-                        SystemdNotify.send("STOPPING=1\nSTATUS=draining")
-                        let deadline = monotonicMilliseconds() + config.drainTimeout.milliseconds
-                        logger.info("stop signal: draining", metadata: [
-                            "signal": "\(signal == SIGINT ? "SIGINT" : "SIGTERM")",
-                            "drain_timeout": "\(formatDuration(config.drainTimeout))",
-                        ])
-                        for worker in workers { worker.send(.drain(deadlineMilliseconds: deadline)) }
-                    }
+                    handle(signal: signal, workers: workers, stopDeadline: &stopDeadline, steering: steering, lockPath: lock?.path)
                 }
             }
         }
@@ -313,37 +292,74 @@ public final class Server: AdminHandler {
         return 0
     }
 
-    // MARK: - Rebalancing
+    // MARK: - Signals and stopping
 
-    /// Moves established connections from the fullest to the emptiest live
-    /// worker when their active counts drift further apart than the ratio.
-    /// One move order per tick; the counts settle before the next look.
-    private func rebalanceTick(_ rebalance: RebalanceConfig) {
-        guard let table = liveTable, liveWorkers.count > 1 else { return }
-        var loads: [(worker: Int, active: UInt64)] = []
-        for k in liveWorkers.indices {
-            let record = table.record(k)
-            if record.load(.flags) & UInt64(SLUICE_WORKER_DRAINING) != 0 { continue }
-            loads.append((k, record.load(.active)))
+    /// SIGINT/SIGTERM: drain (a second one exits at once). SIGQUIT is a stop
+    /// too. SIGHUP, SIGUSR1 and SIGUSR2 are held by the signalfd so they
+    /// cannot kill the daemon without cleanup; SIGUSR1 is the benchmark's
+    /// stall knob when it is set.
+    private func handle(signal: Int32, workers: [Worker], stopDeadline: inout UInt64?,
+                        steering: KernelSteering?, lockPath: String?) {
+        switch signal {
+        case SIGHUP:
+            logger.notice("SIGHUP: configuration reload is not available yet; nothing changed")
+        case SIGUSR1:
+            if let stall = options.stallOnSIGUSR1, stall.worker < workers.count {
+                workers[stall.worker].send(.stall(milliseconds: stall.milliseconds))
+            } else {
+                logger.notice("SIGUSR1 ignored")
+            }
+        case SIGUSR2:
+            logger.notice("SIGUSR2 ignored (binary upgrade is not available yet)")
+        default:
+            if stopDeadline != nil {
+                logger.warning("second stop signal: exiting now")
+                removeNames(steering: steering, lockPath: lockPath)
+                _exit(1)
+            }
+            SystemdNotify.send("STOPPING=1\nSTATUS=draining")
+            let deadline = monotonicMilliseconds().addingSaturated(config.drainTimeout.milliseconds)
+            // A worker stuck in a call never reads its drain order: the
+            // process still ends, two seconds after the drain deadline.
+            stopDeadline = deadline.addingSaturated(2000)
+            logger.info("stop signal: draining", metadata: [
+                "signal": "\(signalName(signal))",
+                "drain_timeout": "\(formatDuration(config.drainTimeout))",
+            ])
+            for worker in workers { worker.send(.drain(deadlineMilliseconds: deadline)) }
         }
-        guard loads.count > 1, let most = loads.max(by: { $0.active < $1.active }),
-              let least = loads.min(by: { $0.active < $1.active }) else { return }
-        // A difference of a couple of connections is noise (a burst being
-        // accepted), whatever ratio it makes: leave it.
-        let balanced = most.active - least.active <= 2
-            || (least.active > 0 && Double(most.active) / Double(least.active) <= rebalance.ratio)
-        guard !balanced else { return }
-        let total = loads.reduce(0) { $0 + $1.active }
-        let target = total / UInt64(loads.count)
-        // Bring the fullest down toward the average without pushing the emptiest above it.
-        let count = Int(min(most.active - min(target, most.active), max(target, least.active) - least.active))
-        let capped = max(1, min(count, rebalance.maxMovesPerTick))
-        liveWorkers[most.worker].send(.give(count: capped, to: liveWorkers[least.worker]))
-        moves += UInt64(capped)
-        logger.info("rebalancing", metadata: [
-            "from": "\(most.worker)", "to": "\(least.worker)", "count": "\(capped)",
-            "active": "\(loads.sorted { $0.worker < $1.worker }.map { $0.active })",
+    }
+
+    private func signalName(_ signal: Int32) -> String {
+        switch signal {
+        case SIGINT: "SIGINT"
+        case SIGTERM: "SIGTERM"
+        case SIGQUIT: "SIGQUIT"
+        default: "signal \(signal)"
+        }
+    }
+
+    /// Past the hard stop deadline with workers still running (stuck): their
+    /// connections end with the process. Names are removed first so that
+    /// nothing stale is left behind.
+    private func abandonStuckWorkers(_ workers: [Worker], steering: KernelSteering?, lockPath: String?) {
+        let stuck = workers.filter { !$0.hasExited }.map(\.id)
+        logger.error("workers did not stop within drain_timeout + 2s; exiting without them", metadata: [
+            "stuck": "\(stuck)",
         ])
+        removeNames(steering: steering, lockPath: lockPath)
+        _exit(1)
+    }
+
+    /// Pins, info file, admin socket and lock: what a later start would
+    /// otherwise find left behind. Workers may still run, so nothing is unmapped.
+    private func removeNames(steering: KernelSteering?, lockPath: String?) {
+        if let steering { removePinDirectory(steering.pinDirectory) }
+        if let lockPath {
+            unlink(InstanceInfo.path(instance: config.instance))
+            unlink(lockPath)
+        }
+        if let socket = config.admin?.socket { unlink(socket) }
     }
 
     // MARK: - Admin socket and metrics
@@ -405,8 +421,10 @@ public final class Server: AdminHandler {
         if let table = liveTable {
             let now = monotonicNanoseconds()
             let families: [(String, String, String, (WorkerLoadRecord) -> Double)] = [
-                ("sluice_worker_active_connections", "gauge", "Open connections per worker.", { Double($0.load(.active)) }),
-                ("sluice_worker_accepted_total", "counter", "Connections placed on the worker.", { Double($0.load(.accepted)) }),
+                ("sluice_worker_active_connections", "gauge", "Open connections plus pending charges per worker (what steering compares).", { Double($0.load(.active)) }),
+                ("sluice_worker_pending_charges", "gauge", "Handshakes steered to the worker and not yet accepted.", { Double($0.load(.pending)) }),
+                ("sluice_worker_load_underflows_total", "counter", "Decrements refused because the count would have gone below zero.", { Double($0.load(.underflows)) }),
+                ("sluice_worker_accepted_total", "counter", "Connections accepted by the worker.", { Double($0.load(.accepted)) }),
                 ("sluice_worker_bytes_in_total", "counter", "Bytes from clients.", { Double($0.load(.bytesIn)) }),
                 ("sluice_worker_bytes_out_total", "counter", "Bytes to clients.", { Double($0.load(.bytesOut)) }),
                 ("sluice_worker_busy_seconds_total", "counter", "Time spent handling events.", { Double($0.load(.busyNanoseconds)) / 1e9 }),
@@ -421,6 +439,12 @@ public final class Server: AdminHandler {
             for (name, type, help, value) in families {
                 out.family(name, type, help)
                 for k in liveWorkers.indices { out.sample(name, ["worker": "\(k)"], value(table.record(k))) }
+            }
+            if let loadKeeper {
+                out.family("sluice_worker_charges_expired_total", "counter", "Charges for handshakes that never completed, expired.")
+                for (k, count) in loadKeeper.expired.enumerated() {
+                    out.sample("sluice_worker_charges_expired_total", ["worker": "\(k)"], Double(count))
+                }
             }
         }
         let workerCounterFamilies: [(String, String, (WorkerCounters) -> UInt64)] = [
@@ -468,7 +492,7 @@ public final class Server: AdminHandler {
             let stats = steering.stats
             out.family("sluice_steering_total", "counter", "Steering decisions of select_worker by outcome.")
             for (outcome, value) in [("selected", stats.selected), ("fallback", stats.fallback), ("all_stalled", stats.allStalled),
-                                     ("stall_skip", stats.stallSkips), ("not_syn", stats.notSYN)] {
+                                     ("stall_skip", stats.stallSkips), ("passed", stats.passed), ("ack", stats.acks)] {
                 out.sample("sluice_steering_total", ["outcome": outcome], Double(value))
             }
         }

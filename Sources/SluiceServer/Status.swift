@@ -61,7 +61,12 @@ public struct StatusSnapshot: Codable, Sendable, Equatable {
     public struct Worker: Codable, Sendable, Equatable {
         public var id: Int
         public var state: String          // ok | stalled | draining
+        /// Open connections plus `pending` (what steering compares).
         public var active: UInt64
+        /// Charges for handshakes not yet accepted; they expire within a second.
+        public var pending: UInt64
+        /// Decrements refused because `active` would have gone below zero (a bug if not 0).
+        public var underflows: UInt64
         public var accepted: UInt64
         public var connectionsPerSecond: Double
         public var bytesIn: UInt64
@@ -70,7 +75,7 @@ public struct StatusSnapshot: Codable, Sendable, Equatable {
         public var busyPercent: Double
 
         enum CodingKeys: String, CodingKey {
-            case id, state, active, accepted
+            case id, state, active, pending, underflows, accepted
             case connectionsPerSecond = "connections_per_second", bytesIn = "bytes_in", bytesOut = "bytes_out"
             case heartbeatAgeMilliseconds = "heartbeat_age_ms", busyPercent = "busy_percent"
         }
@@ -112,12 +117,13 @@ public struct StatusSnapshot: Codable, Sendable, Equatable {
         public var fallback: UInt64
         public var allStalled: UInt64
         public var stallSkips: UInt64
-        public var notSYN: UInt64
+        public var passed: UInt64
+        public var acks: UInt64
         public var moves: UInt64?
 
         enum CodingKeys: String, CodingKey {
             case mode, selected, fallback, moves
-            case allStalled = "all_stalled", stallSkips = "stall_skips", notSYN = "not_syn"
+            case allStalled = "all_stalled", stallSkips = "stall_skips", passed, acks
         }
     }
 
@@ -215,7 +221,8 @@ public enum StatusReader {
             let state = now.flags & UInt64(SLUICE_WORKER_DRAINING) != 0 ? "draining" : (age > stall ? "stalled" : "ok")
             let busy = now.busy_ns &- before.busy_ns
             snapshot.workers.append(.init(
-                id: k, state: state, active: now.active, accepted: now.accepted,
+                id: k, state: state, active: now.active, pending: now.pending, underflows: now.underflows,
+                accepted: now.accepted,
                 connectionsPerSecond: elapsed > 0 ? Double(now.accepted &- before.accepted) / elapsed : 0,
                 bytesIn: now.bytes_in, bytesOut: now.bytes_out,
                 heartbeatAgeMilliseconds: age / 1_000_000,
@@ -259,7 +266,7 @@ public enum StatusReader {
 
     static func steering(_ stats: SteeringStats, mode: String) -> StatusSnapshot.Steering {
         .init(mode: mode, selected: stats.selected, fallback: stats.fallback, allStalled: stats.allStalled,
-              stallSkips: stats.stallSkips, notSYN: stats.notSYN, moves: nil)
+              stallSkips: stats.stallSkips, passed: stats.passed, acks: stats.acks, moves: nil)
     }
 
     /// The state letter of /proc/<pid>/stat, nil when there is no such process.

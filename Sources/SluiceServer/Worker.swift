@@ -15,7 +15,9 @@ enum WorkerCommand: Sendable {
     /// in a slow call would be (no heartbeat, no events handled).
     case stall(milliseconds: UInt64)
     /// Rebalancing: hand up to `count` established connections to `worker`.
-    case give(count: Int, to: Worker)
+    /// An order older than the stall threshold when it runs (this worker
+    /// was stalled) is stale and dropped.
+    case give(count: Int, to: Worker, issuedAtNanoseconds: UInt64)
     /// Rebalancing: take over connections another worker handed over.
     case adopt(MigratingSessions)
 }
@@ -46,9 +48,9 @@ struct WorkerSettings: Sendable {
     /// epoll with EPOLLEXCLUSIVE; otherwise each worker has its own socket,
     /// armed EPOLLONESHOT.
     var sharedAccept = false
-    /// In `least_loaded` the steering program counts each connection on SYN;
-    /// in the other modes the worker counts what it accepts.
-    var workerCountsAccepts = true
+    /// A worker whose heartbeat is older than this is stalled: it is given
+    /// no connections, and rebalancing orders that waited this long are stale.
+    var stallThresholdNanoseconds: UInt64 = 200_000_000
     /// Longest sleep in epoll_wait: the heartbeat must stay fresher than the
     /// stall threshold even when there is nothing to do.
     var maxWaitMilliseconds: Int32 = 1000
@@ -104,6 +106,9 @@ final class Worker: @unchecked Sendable {
     /// Listeners not re-armed until their back-off timer fires.
     private var pausedListeners: Set<Int> = []
     private let onExit: @Sendable () -> Void
+    /// Set by the worker thread as it leaves its loop.
+    private let exited = Atomic<Bool>(false)
+    var hasExited: Bool { exited.load(ordering: .acquiring) }
 
     private static let wakeupToken: UInt64 = 0
     private static let listenerKind: UInt64 = 1 << 56
@@ -197,6 +202,7 @@ final class Worker: @unchecked Sendable {
             record.add(.busyNanoseconds, monotonicNanoseconds() &- wokeAt)
         }
         closeListeners()
+        exited.store(true, ordering: .releasing)
         logger.debug("worker stopped", metadata: [
             "accepted": "\(counters.accepted.load(ordering: .relaxed))",
             "bytes_in": "\(record.load(.bytesIn))",
@@ -221,12 +227,10 @@ final class Worker: @unchecked Sendable {
         }
     }
 
+    /// Takes commands one at a time: what is still queued behind a command
+    /// that blocks (a stall) stays reclaimable by the control thread.
     private func processCommands() {
-        let pending = commands.withLock { queue -> [WorkerCommand] in
-            defer { queue.removeAll() }
-            return queue
-        }
-        for command in pending {
+        while let command = commands.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) {
             switch command {
             case .drain(let deadline):
                 guard !draining else { continue }
@@ -238,7 +242,12 @@ final class Worker: @unchecked Sendable {
             case .stall(let milliseconds):
                 logger.warning("stalling on request", metadata: ["ms": "\(milliseconds)"])
                 usleep(UInt32(min(milliseconds, 60_000)) * 1000)
-            case .give(let count, let receiver):
+            case .give(let count, let receiver, let issuedAt):
+                let now = monotonicNanoseconds()
+                if now &- issuedAt > settings.stallThresholdNanoseconds || !receiver.isLive(now: now) {
+                    logger.debug("dropping a stale rebalancing order", metadata: ["to": "\(receiver.id)"])
+                    continue
+                }
                 give(count, to: receiver)
             case .adopt(let migrating):
                 adopt(migrating)
@@ -247,6 +256,28 @@ final class Worker: @unchecked Sendable {
     }
 
     // MARK: - Moving connections between workers
+
+    /// Neither stalled nor draining, from its record (any thread may ask).
+    func isLive(now: UInt64) -> Bool {
+        let beat = record.load(.heartbeatNanoseconds)
+        let stalled = now > beat && now - beat > settings.stallThresholdNanoseconds
+        return !stalled && record.load(.flags) & UInt64(SLUICE_WORKER_DRAINING) == 0
+    }
+
+    /// Control thread: takes back the connections handed to this worker that
+    /// it has not adopted yet (it stalled before it could), so that they can
+    /// go to a live worker instead of freezing here.
+    func reclaimPendingAdoptions() -> [MigratingSessions] {
+        commands.withLock { queue in
+            var reclaimed: [MigratingSessions] = []
+            queue.removeAll { command in
+                guard case .adopt(let migrating) = command else { return false }
+                reclaimed.append(migrating)
+                return true
+            }
+            return reclaimed
+        }
+    }
 
     /// Hands up to `count` established, quiet-enough sessions to `receiver`.
     /// A session is disarmed and out of this epoll before it leaves (oneshot:
@@ -273,7 +304,12 @@ final class Worker: @unchecked Sendable {
             releaseActive()
             counters.movedOut.wrappingIncrement(ordering: .relaxed)
         }
-        if !moving.isEmpty { receiver.send(.adopt(MigratingSessions(sessions: moving, from: id))) }
+        guard !moving.isEmpty else { return }
+        receiver.send(.adopt(MigratingSessions(sessions: moving, from: id)))
+        logger.info("rebalanced: handed connections to a less loaded worker", metadata: [
+            "to": "\(receiver.id)", "count": "\(moving.count)",
+            "active": "\(record.load(.active))", "to_active": "\(receiver.record.load(.active))",
+        ])
     }
 
     /// Takes over sessions from another worker: new ids in this worker's
@@ -375,10 +411,7 @@ final class Worker: @unchecked Sendable {
             }
             guard case .done(let (clientFD, clientAddress)) = result else { break }
             listener.counters.add(.accepted, 1)
-            if settings.workerCountsAccepts {
-                record.add(.active, 1)
-                record.add(.accepted, 1)
-            }
+            record.chargeAccepted()
             let open = listener.counters.atomic(.active).loadThenWrappingIncrement(ordering: .relaxed)
             if open >= UInt64(listener.config.maxConnections) {
                 listener.counters.release(.active)
@@ -403,9 +436,7 @@ final class Worker: @unchecked Sendable {
     }
 
     /// One accepted connection is gone: take it off this worker's load.
-    /// Saturating, so a connection the kernel placed without counting it
-    /// (a fallback) cannot wrap the counter below zero.
-    private func releaseActive() { record.release(.active) }
+    private func releaseActive() { record.releaseActive() }
 
     private func isResourceExhaustion(_ error: SystemCallError) -> Bool {
         [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(error.errno)

@@ -47,6 +47,7 @@ final class SteeredGroup {
     }
 
     var active: [UInt64] { (0..<sockets.count).map { steering.table.record($0).load(.active) } }
+    var pending: [UInt64] { (0..<sockets.count).map { steering.table.record($0).load(.pending) } }
 
     /// Opens `count` connections as one burst (non-blocking connects first,
     /// then waits for every handshake); returns the client fds.
@@ -96,7 +97,8 @@ struct SteeringTests {
         #expect(active.max()! - active.min()! <= 1, "\(active)")
         let queued = try group.drainQueues()
         #expect(queued.map(UInt64.init) == active, "where connections were queued vs. the counters")
-        #expect(group.steering.table.record(0).load(.accepted) == active[0])
+        #expect(group.steering.table.record(0).load(.charged) == active[0])
+        #expect(group.pending == active, "every count is a pending charge until a worker accepts")
         #expect(group.steering.stats.selected == 200)
     }
 
@@ -175,15 +177,46 @@ struct SteeringTests {
         #expect(group.steering.stats.fallback - before == 20)
     }
 
-    @Test("stray ACKs run the program but move no counter")
-    func strayACKsAreNotConnections() throws {
+    @Test("stray ACKs are placed like a syncookie completion: charged as pending, and the charge expires")
+    func strayACKsChargeAndExpire() throws {
         guard try requireBPF() else { return }
         let group = try SteeredGroup(workers: 2)
         let before = group.steering.stats
-        for _ in 0..<5 { try sendBareACK(toPort: group.port) }
-        try waitUntilTrue(2) { group.steering.stats.notSYN - before.notSYN >= 5 }
+        for _ in 0..<6 { try sendBareACK(toPort: group.port) }
+        try waitUntilTrue(2) { group.steering.stats.acks - before.acks >= 6 }
+        #expect(group.active == [3, 3], "spread least-loaded like SYNs")
+        #expect(group.pending == group.active)
+        #expect(try group.drainQueues() == [0, 0], "no connection came of them")
+        // Nothing recent: every pending charge expires, and nothing more.
+        for k in 0..<2 { #expect(group.steering.table.record(k).expireCharges { _ in 0 } == 3) }
         #expect(group.active == [0, 0])
-        #expect(group.steering.stats.selected == before.selected)
+        #expect(group.pending == [0, 0])
+        #expect(group.steering.table.record(0).load(.underflows) == 0)
+    }
+
+    @Test("an accept settles its pending charge; charges within the window stay; a close never goes below zero")
+    func acceptSettlesAndExpiryKeepsRecent() throws {
+        guard try requireBPF() else { return }
+        let group = try SteeredGroup(workers: 1)
+        let clients = try group.burst(5)
+        defer { closeAll(clients) }
+        let record = group.steering.table.record(0)
+        #expect(record.load(.pending) == 5)
+        for _ in 0..<3 { record.chargeAccepted() }
+        #expect(record.load(.active) == 5, "accepting a charged connection does not count it twice")
+        #expect(record.load(.pending) == 2)
+        // Both remaining charges are recent: nothing expires.
+        #expect(record.expireCharges { _ in 2 } == 0)
+        #expect(record.expireCharges { _ in 1 } == 1)
+        #expect(record.load(.active) == 4)
+        // An accept with nothing pending (its charge expired) counts itself.
+        record.chargeAccepted()
+        record.chargeAccepted()
+        #expect(record.load(.active) == 5)
+        #expect(record.load(.pending) == 0)
+        for _ in 0..<7 { record.releaseActive() }
+        #expect(record.load(.active) == 0)
+        #expect(record.load(.underflows) == 2, "two decrements too many are counted, not wrapped")
     }
 
     @Test("pins: the shared maps appear under the instance directory, bpftool reads named fields, close removes all")

@@ -6,20 +6,20 @@ struct StatusTextTests {
     static let snapshot = StatusSnapshot(
         instance: "edge", daemon: "running", pid: 4242, uptimeSeconds: 11_530,
         workers: [
-            .init(id: 0, state: "ok", active: 310, accepted: 12_345, connectionsPerSecond: 14,
+            .init(id: 0, state: "ok", active: 310, pending: 0, underflows: 0, accepted: 12_345, connectionsPerSecond: 14,
                   bytesIn: 1_288_490_188, bytesOut: 3_650_722_201, heartbeatAgeMilliseconds: 3, busyPercent: 12.4),
-            .init(id: 1, state: "ok", active: 298, accepted: 12_001, connectionsPerSecond: 13.5,
+            .init(id: 1, state: "ok", active: 298, pending: 2, underflows: 0, accepted: 12_001, connectionsPerSecond: 13.5,
                   bytesIn: 1_100_000_000, bytesOut: 3_500_000_000, heartbeatAgeMilliseconds: 1, busyPercent: 11.6),
-            .init(id: 2, state: "stalled", active: 301, accepted: 11_800, connectionsPerSecond: 0,
+            .init(id: 2, state: "stalled", active: 301, pending: 0, underflows: 0, accepted: 11_800, connectionsPerSecond: 0,
                   bytesIn: 900_000, bytesOut: 52_000, heartbeatAgeMilliseconds: 2_300, busyPercent: 0),
-            .init(id: 3, state: "draining", active: 25, accepted: 9_999_999, connectionsPerSecond: 1_234.5,
+            .init(id: 3, state: "draining", active: 25, pending: 0, underflows: 0, accepted: 9_999_999, connectionsPerSecond: 1_234.5,
                   bytesIn: 512, bytesOut: 0, heartbeatAgeMilliseconds: 75_000, busyPercent: 100),
         ],
         listeners: [.init(name: "web", address: "0.0.0.0:8080", pool: "web", active: 934, accepted: 10_012_345,
                           rejected: 3, noBackend: 1)],
         backends: [.init(pool: "web", address: "127.0.0.1:9001", state: "up", active: 467, weight: 1, failures: 0, lastCheck: nil),
                    .init(pool: "web", address: "[::1]:9002", state: "drained", active: 467, weight: 2, failures: 12, lastCheck: nil)],
-        steering: .init(mode: "least_loaded", selected: 10_012_340, fallback: 5, allStalled: 0, stallSkips: 77, notSYN: 9, moves: 128),
+        steering: .init(mode: "least_loaded", selected: 10_012_340, fallback: 5, allStalled: 0, stallSkips: 77, passed: 9, acks: 0, moves: 128),
         splice: "sockmap", notes: ["every worker's heartbeat is older than the stall threshold"])
 
     static let expected = """

@@ -8,7 +8,7 @@
 
 /* Bumped whenever a map layout below changes; part of the pin path and
  * stored in the `abi` map so a stale pin from another version is refused. */
-#define SLUICE_ABI_VERSION 1
+#define SLUICE_ABI_VERSION 2
 
 #define SLUICE_MAX_WORKERS 64
 #define SLUICE_MAX_LISTENERS 64
@@ -18,13 +18,21 @@
 
 /* One entry per worker in the mmap-able `worker_load` array. */
 struct sluice_worker {
-    __u64 active;       /* open connections: +1 by select_worker on SYN, -1 by the worker on close */
+    __u64 active;       /* open connections + pending charges: what steering compares */
     __u64 accepted;     /* connections steered here, total */
     __u64 heartbeat_ns; /* CLOCK_MONOTONIC at the worker's last loop turn */
     __u64 busy_ns;      /* time spent handling events, total */
     __u64 flags;        /* SLUICE_WORKER_* */
     __u64 bytes_in;
     __u64 bytes_out;
+    /* Charges taken by select_worker (on a SYN, or on the ACK that completes
+     * a syncookie handshake) that no accept has settled yet. Part of
+     * `active`, so a burst spreads before any worker has run; the daemon
+     * expires charges older than its settle window (a SYN that never
+     * completes), so `active` returns to the open count. */
+    __u64 pending;
+    __u64 charged;      /* charges taken, total: how the daemon dates pending ones */
+    __u64 underflows;   /* decrements of `active` that would have gone below zero */
 };
 
 /* One entry per listener in the mmap-able `listener_load` array, written by
@@ -43,8 +51,9 @@ enum sluice_steer_stat {
     SLUICE_STEER_FALLBACK = 1,   /* bpf_sk_select_reuseport failed: kernel hash */
     SLUICE_STEER_ALL_STALLED = 2,/* no live worker: kernel hash */
     SLUICE_STEER_STALL_SKIP = 3, /* a stalled or draining worker was passed over */
-    SLUICE_STEER_NOT_SYN = 4,    /* stray ACK or cookie ACK: not counted as a connection */
-    SLUICE_STEER_NSTATS = 5,
+    SLUICE_STEER_PASSED = 4,     /* neither a SYN nor a pure ACK: kernel hash, uncharged */
+    SLUICE_STEER_ACK = 5,        /* a pure ACK placed (syncookie completion or stray): charged, expires unless accepted */
+    SLUICE_STEER_NSTATS = 6,
 };
 
 /* Value of the `splice_peers` map, keyed by a spliced socket's cookie. */
