@@ -46,6 +46,18 @@ struct {
     __type(value, __u64);
 } abi SEC(".maps");
 
+/* The worker each recent SYN was charged to, by the connection's hash: a
+ * syncookie handshake completes on the ACK, which then goes to the same
+ * worker and settles the SYN's charge there instead of taking a second one
+ * elsewhere. Entries of handshakes that completed normally (their ACK
+ * never comes here) are evicted by the LRU. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 65536);
+    __type(key, __u32);
+    __type(value, __u32);
+} syn_owners SEC(".maps");
+
 /* Rotates the starting point of the scan so ties do not always go to worker 0. */
 __u32 rotor = 0;
 
@@ -71,10 +83,45 @@ static __always_inline void charge(__u32 worker)
     }
 }
 
+/* Neither draining nor stalled. Signed: a heartbeat written after `now`
+ * was read is fresh, not 584 years old. */
+static __always_inline int is_live(struct sluice_worker *w, __u64 now)
+{
+    return !(w->flags & SLUICE_WORKER_DRAINING) && (__s64)(now - w->heartbeat_ns) <= (__s64)stall_threshold_ns;
+}
+
+/* A SYN's placement, remembered for its cookie ACK. */
+static __always_inline void remember(struct sk_reuseport_md *ctx, __u32 worker, int is_syn)
+{
+    if (is_syn) {
+        __u32 key = ctx->hash;
+        bpf_map_update_elem(&syn_owners, &key, &worker, BPF_ANY);
+    }
+}
+
+/* A cookie ACK goes where its SYN was charged, if that worker is still
+ * live and selectable. Returns 1 when placed. */
+static __always_inline int follow_syn(struct sk_reuseport_md *ctx, __u64 now)
+{
+    __u32 key = ctx->hash;
+    __u32 *owner = bpf_map_lookup_elem(&syn_owners, &key);
+    if (!owner)
+        return 0;
+    __u32 k = *owner;
+    bpf_map_delete_elem(&syn_owners, &key);
+    if (k >= SLUICE_MAX_WORKERS)
+        return 0;
+    struct sluice_worker *w = bpf_map_lookup_elem(&worker_load, &k);
+    if (!w || !is_live(w, now) || bpf_sk_select_reuseport(ctx, &worker_socks, &k, 0) != 0)
+        return 0;
+    count(SLUICE_STEER_ACK_FOLLOWED);
+    return 1;
+}
+
 /* Fallback placement by the connection's hash, over the slots that hold a
  * socket, so that even a fallback is counted against the worker that gets
  * it. With no socket at all, the kernel's own hash decides (uncounted). */
-static __always_inline int place_by_hash(struct sk_reuseport_md *ctx, __u32 n)
+static __always_inline int place_by_hash(struct sk_reuseport_md *ctx, __u32 n, int is_syn)
 {
     if (n == 0)
         return SK_PASS;
@@ -84,6 +131,7 @@ static __always_inline int place_by_hash(struct sk_reuseport_md *ctx, __u32 n)
         __u32 k = (ctx->hash + i) % n;
         if (bpf_sk_select_reuseport(ctx, &worker_socks, &k, 0) == 0) {
             charge(k);
+            remember(ctx, k, is_syn);
             return SK_PASS;
         }
     }
@@ -118,10 +166,13 @@ int select_worker(struct sk_reuseport_md *ctx)
         count(SLUICE_STEER_PASSED);
         return SK_PASS;
     }
-    if (is_ack)
-        count(SLUICE_STEER_ACK);
-
     __u64 now = bpf_ktime_get_ns();
+    if (is_ack) {
+        count(SLUICE_STEER_ACK);
+        if (follow_syn(ctx, now))
+            return SK_PASS;
+    }
+
     __u32 n = nr_workers;
     if (n > SLUICE_MAX_WORKERS)
         n = SLUICE_MAX_WORKERS;
@@ -136,8 +187,7 @@ int select_worker(struct sk_reuseport_md *ctx)
         struct sluice_worker *w = bpf_map_lookup_elem(&worker_load, &k);
         if (!w)
             continue;
-        /* Signed: a heartbeat written after `now` was read is fresh, not 584 years old. */
-        if ((w->flags & SLUICE_WORKER_DRAINING) || (__s64)(now - w->heartbeat_ns) > (__s64)stall_threshold_ns) {
+        if (!is_live(w, now)) {
             count(SLUICE_STEER_STALL_SKIP);
             continue;
         }
@@ -150,14 +200,15 @@ int select_worker(struct sk_reuseport_md *ctx)
     if (best == SLUICE_MAX_WORKERS) {
         /* Nobody is live: spread by the connection's hash, as the kernel would. */
         count(SLUICE_STEER_ALL_STALLED);
-        return place_by_hash(ctx, n);
+        return place_by_hash(ctx, n, is_syn);
     }
     if (bpf_sk_select_reuseport(ctx, &worker_socks, &best, 0) < 0) {
         /* The chosen worker's socket is gone (closed listener, empty slot). */
         count(SLUICE_STEER_FALLBACK);
-        return place_by_hash(ctx, n);
+        return place_by_hash(ctx, n, is_syn);
     }
     charge(best);
+    remember(ctx, best, is_syn);
     count(SLUICE_STEER_SELECTED);
     return SK_PASS;
 }

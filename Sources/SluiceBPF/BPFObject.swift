@@ -18,7 +18,7 @@ public struct BPFError: Error, Sendable, CustomStringConvertible {
 /// open so a mismatched build fails loudly instead of at attach time.
 public enum SluiceBPFLayout {
     public static let programs = ["select_worker"]
-    public static let maps = ["worker_load", "listener_load", "worker_socks", "steer_stats", "abi"]
+    public static let maps = ["worker_load", "listener_load", "worker_socks", "syn_owners", "steer_stats", "abi"]
     public static let abiVersion = UInt64(SLUICE_ABI_VERSION)
 }
 

@@ -20,8 +20,10 @@ public struct SteeringStats: Sendable, Equatable {
     public var stallSkips: UInt64 = 0
     /// Neither a SYN nor a pure ACK: left to the kernel's hash, uncharged.
     public var passed: UInt64 = 0
-    /// Pure ACKs placed (syncookie completions and strays), included in `selected`.
+    /// Pure ACKs that reached the listener (syncookie completions and strays).
     public var acks: UInt64 = 0
+    /// ... of which placed on the worker their SYN was charged to.
+    public var acksFollowed: UInt64 = 0
 
     public init() {}
 
@@ -39,6 +41,7 @@ public struct SteeringStats: Sendable, Equatable {
         stallSkips = sum(SLUICE_STEER_STALL_SKIP)
         passed = sum(SLUICE_STEER_PASSED)
         acks = sum(SLUICE_STEER_ACK)
+        acksFollowed = sum(SLUICE_STEER_ACK_FOLLOWED)
     }
 }
 

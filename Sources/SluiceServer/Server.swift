@@ -269,6 +269,7 @@ public final class Server: AdminHandler {
             }
         }
         for thread in threads { thread.join() }
+        loadKeeper = nil
         liveWorkers.removeAll()
         liveTable = nil
         liveSteering = nil
@@ -492,7 +493,7 @@ public final class Server: AdminHandler {
             let stats = steering.stats
             out.family("sluice_steering_total", "counter", "Steering decisions of select_worker by outcome.")
             for (outcome, value) in [("selected", stats.selected), ("fallback", stats.fallback), ("all_stalled", stats.allStalled),
-                                     ("stall_skip", stats.stallSkips), ("passed", stats.passed), ("ack", stats.acks)] {
+                                     ("stall_skip", stats.stallSkips), ("passed", stats.passed), ("ack", stats.acks), ("ack_followed", stats.acksFollowed)] {
                 out.sample("sluice_steering_total", ["outcome": outcome], Double(value))
             }
         }

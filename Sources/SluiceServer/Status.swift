@@ -119,11 +119,12 @@ public struct StatusSnapshot: Codable, Sendable, Equatable {
         public var stallSkips: UInt64
         public var passed: UInt64
         public var acks: UInt64
+        public var acksFollowed: UInt64
         public var moves: UInt64?
 
         enum CodingKeys: String, CodingKey {
             case mode, selected, fallback, moves
-            case allStalled = "all_stalled", stallSkips = "stall_skips", passed, acks
+            case allStalled = "all_stalled", stallSkips = "stall_skips", passed, acks, acksFollowed = "acks_followed"
         }
     }
 
@@ -266,7 +267,7 @@ public enum StatusReader {
 
     static func steering(_ stats: SteeringStats, mode: String) -> StatusSnapshot.Steering {
         .init(mode: mode, selected: stats.selected, fallback: stats.fallback, allStalled: stats.allStalled,
-              stallSkips: stats.stallSkips, passed: stats.passed, acks: stats.acks, moves: nil)
+              stallSkips: stats.stallSkips, passed: stats.passed, acks: stats.acks, acksFollowed: stats.acksFollowed, moves: nil)
     }
 
     /// The state letter of /proc/<pid>/stat, nil when there is no such process.

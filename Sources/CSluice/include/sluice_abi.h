@@ -52,8 +52,9 @@ enum sluice_steer_stat {
     SLUICE_STEER_ALL_STALLED = 2,/* no live worker: kernel hash */
     SLUICE_STEER_STALL_SKIP = 3, /* a stalled or draining worker was passed over */
     SLUICE_STEER_PASSED = 4,     /* neither a SYN nor a pure ACK: kernel hash, uncharged */
-    SLUICE_STEER_ACK = 5,        /* a pure ACK placed (syncookie completion or stray): charged, expires unless accepted */
-    SLUICE_STEER_NSTATS = 6,
+    SLUICE_STEER_ACK = 5,        /* a pure ACK reached the listener: a syncookie completion or a stray */
+    SLUICE_STEER_ACK_FOLLOWED = 6,/* ... placed on the worker its SYN was charged to (no new charge) */
+    SLUICE_STEER_NSTATS = 7,
 };
 
 /* Value of the `splice_peers` map, keyed by a spliced socket's cookie. */

@@ -1,0 +1,177 @@
+import Foundation
+import Glibc
+import SluicePosix
+import Testing
+
+/// A network namespace of the test's own, with loopback up, where replies to
+/// 127.0.0.2 leave through a veth whose peer is down: a SYN from there gets
+/// a request socket whose SYN-ACK is lost, so its handshake stays half-open
+/// as in a real flood. (A blackhole route would not do: the SYN-ACK's route
+/// is looked up first and the request is dropped at once.) Processes enter
+/// with `nsenter --net`, which leaves the mount namespace (and bpffs) alone.
+final class TestNamespace {
+    let name: String
+    var enter: [String] { ["/usr/bin/nsenter", "--net=/run/netns/\(name)"] }
+
+    init() throws {
+        name = "sluice-t\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Self.ip(["netns", "add", name])
+        for args in [["link", "set", "lo", "up"], ["link", "add", "lost0", "type", "veth", "peer", "name", "lost1"],
+                     ["link", "set", "lost0", "up"], ["route", "add", "127.0.0.2/32", "dev", "lost0", "table", "local"]] {
+            if args.first == "route" { try run(["sysctl", "-q", "-w", "net.ipv4.conf.lost0.route_localnet=1"]) }
+            try Self.ip(["-n", name] + args)
+        }
+    }
+
+    private static func ip(_ args: [String]) throws {
+        let (code, output) = try runCommand("/usr/sbin/ip", args)
+        guard code == 0 else { throw TimedOut(description: "ip \(args.joined(separator: " ")): \(output)") }
+    }
+
+    deinit { _ = try? runCommand("/usr/sbin/ip", ["netns", "del", name]) }
+
+    /// Runs a command inside and waits for it.
+    @discardableResult
+    func run(_ arguments: [String]) throws -> String {
+        let (code, output) = try runCommand(enter[0], Array(enter.dropFirst()) + arguments)
+        guard code == 0 else { throw TimedOut(description: "\(arguments.joined(separator: " ")) failed: \(output)") }
+        return output
+    }
+
+    func netload(_ arguments: [String]) throws -> String {
+        try run(["python3", netloadScript] + arguments)
+    }
+
+    /// Starts `netload.py` inside, waits for its first line.
+    func spawn(_ arguments: [String], readyLine: String) throws -> BackgroundProcess {
+        try BackgroundProcess(enter + ["python3", netloadScript] + arguments, readyLine: readyLine)
+    }
+}
+
+let netloadScript = packageRoot.appendingPathComponent("Tests/SluiceEndToEndTests/Scripts/netload.py").path
+
+/// A helper process that says when it is ready and is stopped with the test.
+final class BackgroundProcess {
+    let process = Process()
+    private let input = Pipe()
+    private let output = Pipe()
+
+    init(_ command: [String], readyLine: String) throws {
+        process.executableURL = URL(fileURLWithPath: command[0])
+        process.arguments = Array(command.dropFirst())
+        process.standardInput = input
+        process.standardOutput = output
+        try process.run()
+        var seen = ""
+        let handle = output.fileHandleForReading
+        while !seen.contains(readyLine) {
+            let data = handle.availableData
+            guard !data.isEmpty else { throw TimedOut(description: "\(command) exited before \"\(readyLine)\": \(seen)") }
+            seen += String(decoding: data, as: UTF8.self)
+        }
+    }
+
+    /// Closes its stdin (a `hold` closes its connections) and waits.
+    func finish() {
+        try? input.fileHandleForWriting.close()
+        process.waitUntilExit()
+    }
+
+    /// SIGKILL: children inherit the test process's blocked stop signals.
+    deinit {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() }
+    }
+}
+
+func workerLoads(_ instance: String) -> [[String: Int]] {
+    Array(((try? pinnedWorkerLoad(instance: instance)) ?? []).prefix(4))
+}
+
+@Suite("Load counts stay true under SYN floods, syncookies and stalls", .serialized)
+struct LoadTruthTests {
+    private func steeredInNamespace(_ ns: TestNamespace, port: UInt16, backend: UInt16, extra: String = "") throws -> SluiceProcess {
+        let yaml = steeredConfig(port: port, backends: ["127.0.0.1:\(backend)"], workers: 4, extra: "rebalance: off\n" + extra)
+        let sluice = try SluiceProcess(arguments: ["run", "--verify-clean-exit"], configYAML: yaml, launcher: ns.enter)
+        try sluice.waitForLog("ready", seconds: 20)
+        return sluice
+    }
+
+    @Test("20,000 SYNs that never complete: every worker's count is back to the truth within 1 s; a burst of 200 still spreads ≤ 1")
+    func synFlood() throws {
+        guard requireRoot() else { return }
+        let ns = try TestNamespace()
+        let backend = freePort(), port = freePort()
+        let echo = try ns.spawn(["echo", "\(backend)"], readyLine: "listening")
+        defer { withExtendedLifetime(echo) {} }
+        let sluice = try steeredInNamespace(ns, port: port, backend: backend)
+        let instance = "e2e\(port)"
+
+        try ns.netload(["flood", "\(port)", "20000"])
+        let floodEnded = Date()
+        let charged = workerLoads(instance).map { $0["charged"] ?? 0 }
+        #expect(charged.reduce(0, +) >= 20_000, "every SYN was charged: \(charged)")
+        #expect(charged.max()! - charged.min()! <= 1, "and spread: \(charged)")
+        try waitUntil(3, "counts back to 0 after the flood") {
+            workerLoads(instance).allSatisfy { $0["active"] == 0 && $0["pending"] == 0 }
+        }
+        let settled = Date().timeIntervalSince(floodEnded)
+        print("counts true again \(String(format: "%.3f", settled)) s after 20,000 SYNs")
+        #expect(settled <= 1.0, "took \(settled) s")
+        let status = try statusJSON(instance)
+        #expect(workerField(status, "active") == [0, 0, 0, 0])
+        #expect(workerField(status, "pending") == [0, 0, 0, 0])
+
+        let held = try ns.spawn(["hold", "\(port)", "200"], readyLine: "held")
+        try waitUntil(3, "pending charges of the burst settled") { workerLoads(instance).allSatisfy { $0["pending"] == 0 } }
+        let active = workerLoads(instance).map { $0["active"]! }
+        #expect(active.reduce(0, +) == 200)
+        #expect(active.max()! - active.min()! <= 1, "\(active)")
+        held.finish()
+        try waitUntil(5, "counts back to 0 after the burst") { workerLoads(instance).allSatisfy { $0["active"] == 0 } }
+        #expect(workerLoads(instance).allSatisfy { $0["underflows"] == 0 })
+        #expect(try sluice.stop() == 0)
+    }
+
+    @Test("a retransmitted SYN that matches a half-open handshake is charged once")
+    func retransmittedSYN() throws {
+        guard requireRoot() else { return }
+        let ns = try TestNamespace()
+        let backend = freePort(), port = freePort()
+        let sluice = try steeredInNamespace(ns, port: port, backend: backend)
+        let instance = "e2e\(port)"
+        for _ in 0..<3 { try ns.netload(["syn", "\(port)", "40001", "777"]) }
+        let charged = workerLoads(instance).map { $0["charged"] ?? 0 }
+        #expect(charged.reduce(0, +) == 1, "\(charged)")
+        try waitUntil(2, "its charge expired") { workerLoads(instance).allSatisfy { $0["active"] == 0 } }
+        #expect(try sluice.stop() == 0)
+    }
+
+    @Test("syncookies always on: connections completed by a cookie ACK are steered least-loaded and none lands on a draining worker")
+    func syncookies() throws {
+        guard requireRoot() else { return }
+        let ns = try TestNamespace()
+        try ns.run(["sysctl", "-q", "-w", "net.ipv4.tcp_syncookies=2"])
+        let backend = freePort(), port = freePort()
+        let instance = "e2e\(port)"
+        let socketPath = "/run/sluice/\(instance).sock"
+        let echo = try ns.spawn(["echo", "\(backend)"], readyLine: "listening")
+        defer { withExtendedLifetime(echo) {} }
+        let sluice = try steeredInNamespace(ns, port: port, backend: backend)
+        _ = try AdminClientForTests.send(socketPath, "{\"cmd\":\"drain_worker\",\"worker\":1}")
+        let followedBefore = (try statusJSON(instance)["steering"] as? [String: Any])?["acks_followed"] as? Int ?? -1
+
+        let held = try ns.spawn(["hold", "\(port)", "200"], readyLine: "held")
+        try waitUntil(3, "the SYNs' charges expired") { workerLoads(instance).allSatisfy { $0["pending"] == 0 } }
+        let loads = workerLoads(instance)
+        let active = loads.map { $0["active"]! }
+        #expect(active[1] == 0 && loads[1]["accepted"] == 0, "the draining worker got nothing: \(active)")
+        let others = [active[0], active[2], active[3]]
+        #expect(others.reduce(0, +) == 200)
+        #expect(others.max()! - others.min()! <= 1, "\(active)")
+        let steering = try statusJSON(instance)["steering"] as? [String: Any]
+        let followed = (steering?["acks_followed"] as? Int ?? -1) - followedBefore
+        #expect(followed >= 200, "every connection completed on its cookie ACK, on its SYN's worker: \(followed)")
+        held.finish()
+        #expect(try sluice.stop() == 0)
+    }
+}
