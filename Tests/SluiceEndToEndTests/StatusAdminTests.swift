@@ -205,7 +205,7 @@ struct StatusAdminTests {
         #expect(failures.value.isEmpty, "\(failures.value.prefix(5))")
         #expect(workerField(try statusJSON(instance), "active").reduce(0, +) == 400)
         for fd in fds { close(fd) }
-        #expect(sluice.log.contains("rebalancing"))
+        #expect(sluice.log.contains("rebalanced: handed connections"))
         print("rebalanced 400/0/0/0 in \(took) s")
         #expect(try sluice.stop() == 0)
     }
