@@ -474,6 +474,7 @@ public final class Server: AdminHandler {
         }
         out.family("sluice_rebalance_moves_total", "counter", "Connections moved between workers.")
         out.sample("sluice_rebalance_moves_total", [:], Double(moves))
+        out.appendResilience(logLinesDropped: logs.sink.droppedLines + (accessSink !== logs.sink ? accessSink.droppedLines : 0))
         return out.text
     }
 

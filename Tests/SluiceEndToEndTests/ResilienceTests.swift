@@ -1,0 +1,100 @@
+import Foundation
+import Glibc
+import SluicePosix
+import Testing
+
+// Issue 11: no client, log consumer or lack of local resources brings the daemon down.
+
+/// The value of one sample in Prometheus text, e.g. `name{where="connect"}`.
+func metricValue(_ text: String, _ sample: String) -> Double? {
+    for line in text.split(separator: "\n") where line.hasPrefix(sample + " ") {
+        return Double(line.dropFirst(sample.count + 1))
+    }
+    return nil
+}
+
+func fetchMetrics(port: UInt16) throws -> String {
+    let (code, text) = try runCommand("/usr/bin/curl", ["-sS", "--max-time", "5", "http://127.0.0.1:\(port)/metrics"])
+    #expect(code == 0, "\(text)")
+    return text
+}
+
+/// One short connection through the proxy: a few bytes echoed, then closed.
+func echoFewBytes(port: UInt16, _ tag: Int) -> String? {
+    do {
+        let fd = try connectTCP("127.0.0.1", port)
+        defer { close(fd) }
+        let message = Array("ping \(tag)\n".utf8)
+        guard sendAll(fd, message) else { return "send failed" }
+        shutdown(fd, Int32(SHUT_WR))
+        let (bytes, clean) = readToEnd(fd)
+        return bytes == message && clean ? nil : "got \(bytes.count) bytes, clean EOF \(clean)"
+    } catch {
+        return "\(error)"
+    }
+}
+
+/// Reads what `fd` holds until `done` or `seconds` pass.
+func readAvailable(_ fd: Int32, seconds: Double, until done: (String) -> Bool) -> String {
+    var text = ""
+    var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+    let deadline = Date().addingTimeInterval(seconds)
+    while !done(text) && Date() < deadline {
+        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        guard poll(&pfd, 1, 50) > 0 else { continue }
+        let n = read(fd, &buffer, buffer.count)
+        if n <= 0 { break }
+        text += String(decoding: buffer[0..<n], as: UTF8.self)
+    }
+    return text
+}
+
+@Suite("Resilience: logs, local resources", .serialized)
+struct ResilienceTests {
+    @Test("a log consumer that stops reading costs log lines, not connections; the loss is reported and counted")
+    func blockedLogOutput() throws {
+        let echo = try TestServer.echo()
+        let port = freePort(), metricsPort = freePort()
+        let yaml = proxyConfig(port: port, backends: [echo.address], extraTop: "admin: { metrics: \"127.0.0.1:\(metricsPort)\" }")
+        let output = Pipe()
+        let readEnd = output.fileHandleForReading.fileDescriptor
+        // A small queue, so that 2,000 access lines overflow queue and pipe (64 KiB) for sure.
+        let sluice = try SluiceProcess(arguments: ["run", "--log-queue-bytes", "16384"], configYAML: yaml,
+                                       output: output.fileHandleForWriting)
+        try output.fileHandleForWriting.close() // ours; sluice has its copy
+        let startup = readAvailable(readEnd, seconds: 20) { $0.contains(" ready ") }
+        try #require(startup.contains(" ready "), "\(startup)")
+
+        // From here on nobody reads sluice's output.
+        let started = Date()
+        let failures = Locked<[String]>([])
+        let threads = (0..<4).map { t in
+            startThread {
+                for i in 0..<500 {
+                    if let problem = echoFewBytes(port: port, t * 500 + i) { failures.withLock { $0.append(problem) } }
+                }
+            }
+        }
+        for thread in threads { thread.join() }
+        let churnSeconds = Date().timeIntervalSince(started)
+        print("2,000 connections with a blocked log output took \(String(format: "%.2f", churnSeconds)) s")
+        #expect(failures.value.isEmpty, "\(failures.value.prefix(5))")
+        #expect(churnSeconds < 60)
+
+        let metrics = try fetchMetrics(port: metricsPort)
+        let dropped = try #require(metricValue(metrics, "sluice_log_lines_dropped_total"), "\(metrics)")
+        print("log lines dropped: \(Int(dropped))")
+        #expect(dropped > 0)
+
+        // The reader is back: what was queued, then the notice.
+        let resumed = readAvailable(readEnd, seconds: 10) { $0.contains("log lines dropped") }
+        #expect(resumed.contains("log lines dropped"), "\(resumed.suffix(500))")
+        #expect(resumed.contains(" access "), "queued access lines come out")
+
+        // A normal stop still writes its last line.
+        sluice.signal(SIGTERM)
+        let tail = readAvailable(readEnd, seconds: 15) { $0.contains(" stopped ") }
+        #expect(tail.contains(" stopped "), "\(tail.suffix(500))")
+        #expect(try sluice.waitForExit(seconds: 15) == 0)
+    }
+}
