@@ -38,6 +38,7 @@ public final class Server: AdminHandler {
     private var liveSteering: KernelSteering?
     private var liveTable: WorkerLoadTable?
     private var moves: UInt64 = 0
+    private let localResourceErrors = LocalResourceErrors()
     private let logs: LogFactory
     private let accessSink: LogSink
     private let options: ServerOptions
@@ -139,6 +140,7 @@ public final class Server: AdminHandler {
         settings.sharedAccept = steeringMode == .sharedAccept
         settings.workerCountsAccepts = steeringMode != .leastLoaded
         settings.maxWaitMilliseconds = Int32(max(1, min(1000, config.stallThreshold.milliseconds / 4)))
+        settings.localResourceErrors = localResourceErrors
         for listener in runtimeListeners {
             logger.info("listening", metadata: [
                 "listener": "\(listener.name)", "address": "\(listener.address)", "pool": "\(listener.pool.name)",
@@ -228,7 +230,7 @@ public final class Server: AdminHandler {
         liveWorkers = workers
         let healthChecker: HealthChecker?
         do {
-            healthChecker = try HealthChecker(pools: livePools, logger: logs.logger("sluice.health"))
+            healthChecker = try HealthChecker(pools: livePools, localErrors: localResourceErrors, logger: logs.logger("sluice.health"))
             try healthChecker?.start()
         } catch {
             logger.error("cannot start health checks: \(error)")
@@ -474,7 +476,8 @@ public final class Server: AdminHandler {
         }
         out.family("sluice_rebalance_moves_total", "counter", "Connections moved between workers.")
         out.sample("sluice_rebalance_moves_total", [:], Double(moves))
-        out.appendResilience(logLinesDropped: logs.sink.droppedLines + (accessSink !== logs.sink ? accessSink.droppedLines : 0))
+        out.appendResilience(logLinesDropped: logs.sink.droppedLines + (accessSink !== logs.sink ? accessSink.droppedLines : 0),
+                             localResourceErrors: localResourceErrors)
         return out.text
     }
 

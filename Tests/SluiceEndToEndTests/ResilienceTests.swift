@@ -98,3 +98,74 @@ struct ResilienceTests {
         #expect(try sluice.waitForExit(seconds: 15) == 0)
     }
 }
+
+/// Descriptors `pid` may still open under its limit (the fewest seen over a
+/// few looks: a health probe holds one for a moment now and then).
+func freeDescriptors(pid: Int32, limit: Int) -> Int {
+    (0..<5).map { _ -> Int in
+        usleep(7000)
+        return limit - ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? 0)
+    }.min()!
+}
+
+extension ResilienceTests {
+    @Test("out of descriptors: connects and health checks fail locally, no backend is marked down or ejected, service resumes")
+    func localShortageIsNotABackendFailure() throws {
+        let backends = [try TestServer.echo(), try TestServer.echo()]
+        let port = freePort(), metricsPort = freePort()
+        let limit = 64
+        let yaml = proxyConfig(port: port, backends: backends.map(\.address), workers: 1, retries: 1,
+                               extraTop: "admin: { metrics: \"127.0.0.1:\(metricsPort)\" }")
+            + "\n    health_check: { kind: tcp, interval: 100ms, timeout: 100ms, rise: 1, fall: 2 }"
+            + "\n    passive: { failures: 2, ejection: 10s }"
+        let sluice = try SluiceProcess(arguments: ["run"], configYAML: yaml, launcher: ["/usr/bin/prlimit", "--nofile=\(limit)", "--"])
+        try sluice.waitForLog("ready", seconds: 20)
+        let pid = sluice.process.processIdentifier
+        var held: [Int32] = []
+        defer { for fd in held { close(fd) } }
+
+        // A proxied connection costs 2 descriptors. With an odd number free,
+        // the last client is accepted and its backend socket() gets EMFILE.
+        if freeDescriptors(pid: pid, limit: limit) % 2 == 0 { held.append(try connectTCP("127.0.0.1", metricsPort)) }
+        try waitUntil(5, "an odd number of free descriptors") { freeDescriptors(pid: pid, limit: limit) % 2 == 1 }
+        var proxied = 0
+        for i in 0..<limit {
+            let fd = try connectTCP("127.0.0.1", port, timeoutSeconds: 2)
+            var byte: UInt8 = UInt8(i & 0x7F)
+            if send(fd, &byte, 1, 0) == 1 && recv(fd, &byte, 1, 0) == 1 {
+                held.append(fd)
+                proxied += 1
+            } else {
+                close(fd)
+                break
+            }
+        }
+        for i in 0..<20 { _ = echoFewBytes(port: port, i) } // closed by sluice: no descriptor for their backend
+        // One more idle connection takes the last descriptor: health probes cannot open a socket.
+        try waitUntil(5, "one free descriptor") { freeDescriptors(pid: pid, limit: limit) == 1 }
+        held.append(try connectTCP("127.0.0.1", metricsPort))
+        try waitUntil(5, "no free descriptor") { freeDescriptors(pid: pid, limit: limit) == 0 }
+        usleep(1_000_000) // ten check intervals at EMFILE; fall is 2
+        print("held \(proxied) proxied connections under --nofile=\(limit)")
+
+        for fd in held { close(fd) }
+        held.removeAll()
+        try waitUntil(10, "service to come back") { echoRoundTrip(port: port, size: 100, seed: 3) == nil }
+        let metrics = try fetchMetrics(port: metricsPort)
+        let connectErrors = metricValue(metrics, "sluice_local_resource_errors_total{where=\"connect\"}") ?? 0
+        let checkErrors = metricValue(metrics, "sluice_local_resource_errors_total{where=\"health_check\"}") ?? 0
+        print("local resource errors: connect \(Int(connectErrors)), health_check \(Int(checkErrors))")
+        #expect(connectErrors > 0, "\(metrics)")
+        #expect(checkErrors > 0, "\(metrics)")
+        for backend in backends {
+            let labels = "{backend=\"\(backend.address)\",pool=\"backends\"}"
+            #expect(metricValue(metrics, "sluice_backend_up" + labels) == 1)
+            #expect(metricValue(metrics, "sluice_backend_health_transitions_total" + labels) == 0)
+            #expect(metricValue(metrics, "sluice_backend_ejections_total" + labels) == 0)
+            #expect(metricValue(metrics, "sluice_backend_connect_failures_total" + labels) == 0)
+        }
+        #expect(!sluice.log.contains("backend down") && !sluice.log.contains("backend ejected"), "\(sluice.log)")
+        #expect(sluice.log.contains("local resource shortage, not counted against the backend"))
+        #expect(try sluice.stop() == 0)
+    }
+}

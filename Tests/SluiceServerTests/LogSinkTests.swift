@@ -118,3 +118,19 @@ struct LogSinkTests {
         #expect(sink.droppedLines == 201)
     }
 }
+
+@Suite("Local resource errors")
+struct LocalResourceErrorTests {
+    @Test("every error is counted; at most one is logged a second per place, and it says how many were not")
+    func rateLimited() {
+        let errors = LocalResourceErrors()
+        #expect(errors.note(.connect, nowMilliseconds: 5000) == 0, "the first one is logged")
+        #expect(errors.note(.connect, nowMilliseconds: 5001) == nil)
+        #expect(errors.note(.connect, nowMilliseconds: 5999) == nil)
+        #expect(errors.note(.healthCheck, nowMilliseconds: 5999) == 0, "each place has its own second")
+        #expect(errors.note(.connect, nowMilliseconds: 6000) == 2, "two left out since the last line")
+        #expect(errors.note(.connect, nowMilliseconds: 6001) == nil)
+        #expect(errors.count(.connect) == 5)
+        #expect(errors.count(.healthCheck) == 1)
+    }
+}
