@@ -194,7 +194,7 @@ public final class Server: AdminHandler {
         if let user = config.user {
             do {
                 try dropPrivileges(to: user, dataPath: dataPath, pinDirectory: steering?.pinDirectory,
-                                   adminSocket: config.admin?.socket, holdsLock: lock != nil)
+                                   adminSocket: config.admin?.socket, lock: lock)
             } catch {
                 closeAllBound()
                 throw error
@@ -514,34 +514,11 @@ public final class Server: AdminHandler {
     /// (send buffers above the sysctl limit). What the daemon removes at stop
     /// (pins, its lock, info file and admin socket) is handed to the user first.
     private func dropPrivileges(to user: String, dataPath: DataPathKind, pinDirectory: String?,
-                                adminSocket: String?, holdsLock: Bool) throws(ServerError) {
+                                adminSocket: String?, lock: InstanceLock?) throws(ServerError) {
         guard let entry = getpwnam(user) else { throw ServerError("user: no such user \"\(user)\"") }
         let uid = entry.pointee.pw_uid, gid = entry.pointee.pw_gid
-        var owned: [String] = []
-        if let pinDirectory {
-            owned.append(pinDirectory)
-            if let dir = opendir(pinDirectory) {
-                while let item = readdir(dir) {
-                    let name = withUnsafeBytes(of: item.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-                    if name != "." && name != ".." { owned.append("\(pinDirectory)/\(name)") }
-                }
-                closedir(dir)
-            }
-            // Its parent: the group may add and remove its own entries (sticky).
-            let parent = String(pinDirectory[..<pinDirectory.lastIndex(of: "/")!])
-            chown(parent, 0, gid)
-            chmod(parent, 0o1770)
-        }
-        if holdsLock {
-            owned += ["\(InstanceLock.defaultDirectory)/\(config.instance).lock", InstanceInfo.path(instance: config.instance)]
-            chown(InstanceLock.defaultDirectory, 0, gid)
-            chmod(InstanceLock.defaultDirectory, 0o1770)
-        }
-        if let adminSocket {
-            owned.append(adminSocket)
-            chmod(adminSocket, 0o660) // the group may ask for status; nobody else may talk to it
-        }
-        for path in owned { chown(path, uid, gid) }
+        handOverRuntimeFiles(to: uid, group: gid, pinDirectory: pinDirectory, lock: lock,
+                             infoPath: InstanceInfo.path(instance: config.instance), adminSocket: adminSocket)
         var keep: UInt64 = 1 << UInt64(SLUICE_CAP_BPF)
         if dataPath == .sockmap { keep |= 1 << UInt64(SLUICE_CAP_NET_ADMIN) }
         guard sluice_drop_privileges(uid, gid, keep) == 0 else {
@@ -563,7 +540,7 @@ public final class Server: AdminHandler {
                 attachPrograms: mode == .leastLoaded)
             if pinning {
                 do {
-                    if try steering.pin() {
+                    if try steering.pin(daemonUser: config.user.flatMap { getpwnam($0)?.pointee.pw_uid }) {
                         logger.notice("replaced stale pins left by a run that did not stop cleanly", metadata: [
                             "pins": "\(steering.pinDirectory)",
                         ])
