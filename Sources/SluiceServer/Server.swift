@@ -38,11 +38,12 @@ public final class Server: AdminHandler {
     private var liveSteering: KernelSteering?
     private var liveTable: WorkerLoadTable?
     private var moves: UInt64 = 0
-    private let localResourceErrors = LocalResourceErrors()
     private let logs: LogFactory
     private let accessSink: LogSink
     private let options: ServerOptions
     private var logger: Logger
+    /// Shared by the workers and the health checker; read by /metrics.
+    private let localResourceErrors = LocalResourceErrors()
 
     public init(config: SluiceConfig, logs: LogFactory, accessSink: LogSink, options: ServerOptions = ServerOptions()) {
         self.config = config
