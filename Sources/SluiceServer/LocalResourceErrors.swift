@@ -46,3 +46,19 @@ public final class LocalResourceErrors: Sendable {
         ])
     }
 }
+
+/// The counters of `LocalResourceErrors` as `sluice status --json` shows them.
+public struct LocalResourceErrorCounts: Codable, Sendable, Equatable {
+    public var connect: UInt64
+    public var healthCheck: UInt64
+
+    enum CodingKeys: String, CodingKey {
+        case connect
+        case healthCheck = "health_check"
+    }
+
+    init(_ errors: LocalResourceErrors) {
+        connect = errors.count(.connect)
+        healthCheck = errors.count(.healthCheck)
+    }
+}

@@ -72,6 +72,7 @@ public final class LogSink: @unchecked Sendable {
         }) else { return }
         queue.requestStop(deadlineMilliseconds: monotonicMilliseconds() + timeoutMilliseconds)
         thread.join()
+        queue.discardRemaining() // queued after the writer gave up on the output
     }
 }
 
@@ -144,6 +145,15 @@ final class LogLineQueue: Sendable {
     func requestStop(deadlineMilliseconds: UInt64) {
         state.withLock { $0.stopDeadline = deadlineMilliseconds }
         wakeup.signal()
+    }
+
+    /// Counts whatever is still queued as lost.
+    func discardRemaining() {
+        let left = state.withLock { s -> Int in
+            defer { s.lines.removeAll(); s.bytes = 0 }
+            return s.lines.count
+        }
+        noteLost(left, reportLater: false)
     }
 
     /// Lines the writer took but could not write.

@@ -355,6 +355,8 @@ public final class Server: AdminHandler {
         guard var snapshot = try? StatusReader.read(instance: config.instance, sampleSeconds: 0, askAdmin: false) else { return nil }
         snapshot.backends = adminBackends().backends
         snapshot.steering.moves = moves
+        snapshot.logLinesDropped = logLinesDropped
+        snapshot.localResourceErrors = LocalResourceErrorCounts(localResourceErrors)
         return snapshot
     }
 
@@ -375,7 +377,8 @@ public final class Server: AdminHandler {
                     failures: pool.connectFailures[i].load(ordering: .relaxed), lastCheck: lastCheck))
             }
         }
-        return AdminBackendsReply(backends: backends, moves: moves)
+        return AdminBackendsReply(backends: backends, moves: moves, logLinesDropped: logLinesDropped,
+                                  localResourceErrors: LocalResourceErrorCounts(localResourceErrors))
     }
 
     func adminDrainBackend(pool name: String, backend: String, drained: Bool) -> String? {
@@ -400,6 +403,8 @@ public final class Server: AdminHandler {
         if drained { record.setBits(.flags, bit) } else { record.clearBits(.flags, bit) }
         return nil
     }
+
+    private var logLinesDropped: UInt64 { logs.sink.droppedLines + (accessSink !== logs.sink ? accessSink.droppedLines : 0) }
 
     func metricsText() -> String {
         var out = MetricsText()
@@ -477,8 +482,7 @@ public final class Server: AdminHandler {
         }
         out.family("sluice_rebalance_moves_total", "counter", "Connections moved between workers.")
         out.sample("sluice_rebalance_moves_total", [:], Double(moves))
-        out.appendResilience(logLinesDropped: logs.sink.droppedLines + (accessSink !== logs.sink ? accessSink.droppedLines : 0),
-                             localResourceErrors: localResourceErrors)
+        out.appendResilience(logLinesDropped: logLinesDropped, localResourceErrors: localResourceErrors)
         return out.text
     }
 

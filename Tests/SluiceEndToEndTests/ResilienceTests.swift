@@ -85,6 +85,8 @@ struct ResilienceTests {
         let dropped = try #require(metricValue(metrics, "sluice_log_lines_dropped_total"), "\(metrics)")
         print("log lines dropped: \(Int(dropped))")
         #expect(dropped > 0)
+        let status = try statusJSON("e2e\(port)")
+        #expect((status["log_lines_dropped"] as? Int ?? 0) >= Int(dropped), "status agrees: \(status)")
 
         // The reader is back: what was queued, then the notice.
         let resumed = readAvailable(readEnd, seconds: 10) { $0.contains("log lines dropped") }
@@ -142,6 +144,7 @@ extension ResilienceTests {
         }
         for i in 0..<20 { _ = echoFewBytes(port: port, i) } // closed by sluice: no descriptor for their backend
         // One more idle connection takes the last descriptor: health probes cannot open a socket.
+        // (Idle metrics clients are held well past the few seconds this takes.)
         try waitUntil(5, "one free descriptor") { freeDescriptors(pid: pid, limit: limit) == 1 }
         held.append(try connectTCP("127.0.0.1", metricsPort))
         try waitUntil(5, "no free descriptor") { freeDescriptors(pid: pid, limit: limit) == 0 }
@@ -157,6 +160,10 @@ extension ResilienceTests {
         print("local resource errors: connect \(Int(connectErrors)), health_check \(Int(checkErrors))")
         #expect(connectErrors > 0, "\(metrics)")
         #expect(checkErrors > 0, "\(metrics)")
+        let status = try statusJSON("e2e\(port)")
+        let local = status["local_resource_errors"] as? [String: Int]
+        #expect(local?["connect"] == Int(connectErrors) && local?["health_check"] == Int(checkErrors), "status agrees: \(status)")
+        #expect((status["backends"] as? [[String: Any]])?.allSatisfy { $0["state"] as? String == "up" && $0["failures"] as? Int == 0 } == true)
         for backend in backends {
             let labels = "{backend=\"\(backend.address)\",pool=\"backends\"}"
             #expect(metricValue(metrics, "sluice_backend_up" + labels) == 1)

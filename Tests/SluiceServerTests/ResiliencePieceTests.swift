@@ -134,3 +134,21 @@ struct LocalResourceErrorTests {
         #expect(errors.count(.healthCheck) == 1)
     }
 }
+
+@Suite("Status shows what was absorbed")
+struct ResilienceStatusTextTests {
+    @Test("one line with the drop and local-error counts, only when one is not zero")
+    func absorbedLine() {
+        var snapshot = StatusTextTests.snapshot
+        let errors = LocalResourceErrors()
+        snapshot.logLinesDropped = 0
+        snapshot.localResourceErrors = LocalResourceErrorCounts(errors)
+        #expect(StatusText.render(snapshot) == StatusTextTests.expected, "nothing added while all are zero")
+        _ = errors.note(.connect, nowMilliseconds: 1000)
+        _ = errors.note(.connect, nowMilliseconds: 1001)
+        snapshot.logLinesDropped = 1234
+        snapshot.localResourceErrors = LocalResourceErrorCounts(errors)
+        let text = StatusText.render(snapshot)
+        #expect(text.contains("\nlog lines dropped 1,234  local resource errors: connect 2  health check 0\n"), "\(text)")
+    }
+}
