@@ -190,8 +190,10 @@ public final class Server: AdminHandler {
 
         // Everything that needs root is done: BPF loaded, pinned, attached,
         // sockets bound, admin socket created. Become the configured user with
-        // only the capabilities the data path still uses, before any other
-        // thread exists (capabilities are per thread; threads inherit them).
+        // only the capabilities the data path still uses, before any worker
+        // exists (capabilities are per thread; threads inherit them). The log
+        // writer, started earlier, loses them all with the uid change: it has
+        // no keep-caps, which is per thread too.
         if let user = config.user {
             do {
                 try dropPrivileges(to: user, dataPath: dataPath, pinDirectory: steering?.pinDirectory,
