@@ -134,7 +134,7 @@ public final class KernelSteering {
         guard makeDirectory(parent) == 0 else {
             throw BPFError("cannot create \(parent): \(errnoDescription(errno)) (is bpffs mounted at /sys/fs/bpf?)")
         }
-        // 1770 root:group after a run with `user:` (see Server.dropPrivileges).
+        // 1770 root:group after a run with `user:` (see handOverRuntimeFiles).
         try checkPinDirectory(parent, allowStickyGroupWrite: true)
         guard isBPFFileSystem(parent) else {
             throw BPFError("\(parent) is not on a bpffs (mount -t bpf bpf /sys/fs/bpf)")
@@ -209,7 +209,7 @@ public final class InstanceLock {
         path = "\(directory)/\(instance).lock"
         _ = makeDirectory(directory)
         // O_NOFOLLOW: a symlink planted under the lock's name (the directory
-        // is the daemon group's to write in, see Server.dropPrivileges) must
+        // is the daemon group's to write in, see handOverRuntimeFiles) must
         // not make root lock, and later hand over, whatever it points at.
         let fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw BPFError("cannot open \(path): \(errnoDescription(errno))") }

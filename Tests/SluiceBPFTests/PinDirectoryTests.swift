@@ -162,6 +162,19 @@ struct PinDirectoryTests {
         }
     }
 
+    @Test("the instance lock refuses a symlink planted under its name, and leaves its target alone")
+    func lockDoesNotFollowSymlinks() throws {
+        let victim = try Victim()
+        defer { victim.remove() }
+        let directory = victim.directory + "/run"
+        mkdir(directory, 0o755)
+        #expect(symlink(victim.file, directory + "/inst.lock") == 0)
+        #expect(throws: BPFError.self) { _ = try InstanceLock(instance: "inst", directory: directory) }
+        #expect(victim.intact)
+        var info = stat()
+        #expect(stat(victim.file, &info) == 0 && info.st_uid == geteuid(), "not handed to anyone")
+    }
+
     @Test("checkPinDirectory: the sticky group-writable exception is only for the shared parents")
     func stickyGroupWritable() throws {
         guard geteuid() == 0 else { return }
