@@ -9,7 +9,7 @@ import Synchronization
 /// stops reading (a full stdout pipe) costs log lines, never a stalled worker.
 /// A line that finds the queue full is dropped and counted, and the writer
 /// says how many were lost as soon as the output takes bytes again.
-public final class LogSink: @unchecked Sendable {
+public final class LogSink: Sendable {
     public let fd: Int32
     private let ownsDescriptor: Bool
     private let queue: LogLineQueue
@@ -171,7 +171,7 @@ final class LogLineQueue: Sendable {
 
 /// The writer thread's side: drains the queue into the fd, whole lines per
 /// write(2) so that lines never interleave with another writer's.
-final class LogOutputWriter: @unchecked Sendable {
+final class LogOutputWriter: Sendable {
     private let fd: Int32
     private let queue: LogLineQueue
     /// A pipe or socket blocks a write(2) while full; after poll says it has
