@@ -127,16 +127,22 @@ public final class KernelSteering {
     }
 
     /// Pins the shared maps under the instance directory, atomically: into a
-    /// temporary directory first, renamed into place. A directory left by a
-    /// run that died is replaced; the caller must hold the instance lock so
-    /// that it cannot belong to a live daemon. Returns whether stale pins
-    /// were replaced.
+    /// staging directory first, renamed into place. A directory left by a run
+    /// that died is replaced; the caller must hold the instance lock so that
+    /// it cannot belong to a live daemon. Directories that are symlinks, that
+    /// others may write to, or that belong to someone other than root or
+    /// `daemonUser` (the `user:` a previous run handed its pins to) are
+    /// refused. The pins are root's, mode 0640: `daemonUser` and its group
+    /// read them, nobody but root opens them for writing.
+    /// Returns whether stale pins were replaced.
     @discardableResult
-    public func pin() throws(BPFError) -> Bool {
+    public func pin(daemonUser: uid_t? = nil) throws(BPFError) -> Bool {
         let parent = String(pinDirectory[..<pinDirectory.lastIndex(of: "/")!])
         guard makeDirectory(parent) == 0 else {
             throw BPFError("cannot create \(parent): \(errnoDescription(errno)) (is bpffs mounted at /sys/fs/bpf?)")
         }
+        // 1770 root:group after a run with `user:` (see handOverRuntimeFiles).
+        try checkPinDirectory(parent, allowStickyGroupWrite: true)
         guard isBPFFileSystem(parent) else {
             throw BPFError("\(parent) is not on a bpffs (mount -t bpf bpf /sys/fs/bpf)")
         }
@@ -145,33 +151,44 @@ public final class KernelSteering {
         guard makeDirectory(stagingParent) == 0 else {
             throw BPFError("cannot create \(stagingParent): \(errnoDescription(errno))")
         }
+        try checkPinDirectory(stagingParent)
         let staging = "\(stagingParent)/\(pinDirectory.split(separator: "/").last!)-\(getpid())"
-        removePinDirectory(staging)
+        if pathExists(staging) {
+            try checkPinDirectory(staging)
+            removePinDirectory(staging)
+        }
         guard mkdir(staging, 0o750) == 0 else {
             throw BPFError("cannot create \(staging): \(errnoDescription(errno))")
         }
+        do throws(BPFError) {
+            try pinMaps(into: staging)
+            let replaced = pathExists(pinDirectory)
+            if replaced {
+                try checkPinDirectory(pinDirectory, trustedOwners: daemonUser.map { [$0] } ?? [])
+                guard removePinDirectory(pinDirectory) else {
+                    throw BPFError("cannot remove the stale pins in \(pinDirectory): \(errnoDescription(errno))")
+                }
+            }
+            guard rename(staging, pinDirectory) == 0 else {
+                throw BPFError("cannot move pins into \(pinDirectory): \(errnoDescription(errno))")
+            }
+            pinned = true
+            return replaced
+        } catch {
+            removePinDirectory(staging)
+            throw error
+        }
+    }
+
+    private func pinMaps(into directory: String) throws(BPFError) {
         for name in PinLayout.pinnedMaps {
-            let fd = try objects[0].mapFD(name)
-            if bpf_obj_pin(fd, "\(staging)/\(name)") != 0 {
-                let code = errno
-                removePinDirectory(staging)
-                throw BPFError("pinning \(name) failed: \(errnoDescription(code))")
+            let path = "\(directory)/\(name)"
+            if bpf_obj_pin(try objects[0].mapFD(name), path) != 0 {
+                throw BPFError("pinning \(name) failed: \(errnoDescription(errno))")
             }
             // Steering state: readable by root's group (status), writable by root alone.
-            chmod("\(staging)/\(name)", 0o640)
+            fchmodat(AT_FDCWD, path, 0o640, 0)
         }
-        var replaced = false
-        if access(pinDirectory, F_OK) == 0 {
-            removePinDirectory(pinDirectory)
-            replaced = true
-        }
-        guard rename(staging, pinDirectory) == 0 else {
-            let code = errno
-            removePinDirectory(staging)
-            throw BPFError("cannot move pins into \(pinDirectory): \(errnoDescription(code))")
-        }
-        pinned = true
-        return replaced
     }
 
     /// Unpins, unmaps and closes every object: no program or map outlives this.
@@ -187,28 +204,6 @@ public final class KernelSteering {
     }
 }
 
-func makeDirectory(_ path: String) -> Int32 {
-    if access(path, F_OK) == 0 { return 0 }
-    let parent = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
-    if !parent.isEmpty && access(parent, F_OK) != 0 { _ = makeDirectory(parent) }
-    return mkdir(path, 0o755)
-}
-
-public func isBPFFileSystem(_ path: String) -> Bool { sluice_is_bpffs(path) == 1 }
-
-/// Removes a pin directory and the pins in it (not recursive beyond one level).
-public func removePinDirectory(_ path: String) {
-    guard let dir = opendir(path) else { return }
-    while let entry = readdir(dir) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-            String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-        }
-        if name != "." && name != ".." { unlink("\(path)/\(name)") }
-    }
-    closedir(dir)
-    rmdir(path)
-}
-
 /// An exclusive lock on an instance name (flock on /run/sluice/<instance>.lock),
 /// held for the daemon's lifetime: proof that pins under the same name that
 /// exist without the lock were left by a run that died.
@@ -220,7 +215,10 @@ public final class InstanceLock {
     public init(instance: String, directory: String = InstanceLock.defaultDirectory) throws(BPFError) {
         path = "\(directory)/\(instance).lock"
         _ = makeDirectory(directory)
-        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        // O_NOFOLLOW: a symlink planted under the lock's name (the directory
+        // is the daemon group's to write in, see handOverRuntimeFiles) must
+        // not make root lock, and later hand over, whatever it points at.
+        let fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw BPFError("cannot open \(path): \(errnoDescription(errno))") }
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
             Glibc.close(fd)
@@ -232,5 +230,11 @@ public final class InstanceLock {
     deinit {
         unlink(path)
         Glibc.close(fd)
+    }
+
+    /// Gives the lock file to the daemon's user, which removes it at stop.
+    /// Through the descriptor: the name may have been swapped since.
+    public func handOver(to uid: uid_t, group gid: gid_t) {
+        _ = fchown(fd, uid, gid)
     }
 }

@@ -40,15 +40,17 @@ final class HealthChecker: @unchecked Sendable {
     private var timers: TimerWheel<Timer>
     private var random = SystemRandomNumberGenerator()
     private let logger: Logger
+    private let localErrors: LocalResourceErrors
     private var thread: OSThread?
 
-    init?(pools: [RuntimePool], logger: Logger) throws(SystemCallError) {
+    init?(pools: [RuntimePool], localErrors: LocalResourceErrors, logger: Logger) throws(SystemCallError) {
         for pool in pools {
             guard let check = pool.config.healthCheck else { continue }
             for index in pool.addresses.indices { targets.append(Target(pool: pool, index: index, check: check)) }
         }
         guard !targets.isEmpty else { return nil }
         self.logger = logger
+        self.localErrors = localErrors
         epoll = try Epoll(maxEventsPerWait: 64)
         wakeup = try EventFD()
         timers = TimerWheel(tickMilliseconds: 5, slotCount: 1024, nowMilliseconds: monotonicMilliseconds())
@@ -99,7 +101,7 @@ final class HealthChecker: @unchecked Sendable {
         do {
             fd = try Socket.tcp(family: address.family)
         } catch {
-            finish(i, passed: false, why: "\(error)")
+            failed(i, errno: error.errno, why: "\(error)")
             return
         }
         let probe = Probe(target: i, fd: fd)
@@ -113,7 +115,7 @@ final class HealthChecker: @unchecked Sendable {
             }
             try epoll.add(fd, .writable, token: UInt64(i))
         } catch {
-            finish(i, passed: false, why: "\(error)")
+            failed(i, errno: error.errno, why: "\(error)")
         }
     }
 
@@ -122,7 +124,7 @@ final class HealthChecker: @unchecked Sendable {
         if !probe.connected {
             let error = Socket.pendingError(probe.fd)
             guard error == 0 else {
-                finish(i, passed: false, why: "connect: \(errnoDescription(error))")
+                failed(i, errno: error, why: "connect: \(errnoDescription(error))")
                 return
             }
             probe.connected = true
@@ -159,7 +161,7 @@ final class HealthChecker: @unchecked Sendable {
         let bytes = Array(request.utf8)
         let sent = bytes.withUnsafeBytes { Glibc.send(probe.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         guard sent == bytes.count else {
-            finish(i, passed: false, why: "sending the request failed")
+            failed(i, errno: sent < 0 ? errno : 0, why: "sending the request failed")
             return
         }
         do {
@@ -180,13 +182,31 @@ final class HealthChecker: @unchecked Sendable {
         }
     }
 
-    /// Records the outcome, moves the backend up or down on rise/fall, and
-    /// schedules the next check with ±10% jitter.
-    private func finish(_ i: Int, passed: Bool, why: String) {
+    /// A probe that failed with `code`: the backend's failure, or, when this
+    /// host ran short (descriptors, buffers, memory, local ports), no verdict
+    /// at all: counted as a local error, the backend's state left as it was.
+    private func failed(_ i: Int, errno code: Int32, why: String) {
+        guard FailureBlame(errno: code) == .local else {
+            finish(i, passed: false, why: why)
+            return
+        }
+        endProbe(i)
+        let target = targets[i]
+        localErrors.record(.healthCheck, errno: code, backend: target.pool.addresses[target.index], logger: logger)
+        scheduleNext(i, now: monotonicMilliseconds())
+    }
+
+    private func endProbe(_ i: Int) {
         if let probe = probes.removeValue(forKey: i) {
             if let timer = probe.timer { _ = timers.cancel(timer) }
             closeDescriptor(probe.fd)
         }
+    }
+
+    /// Records the outcome, moves the backend up or down on rise/fall, and
+    /// schedules the next check.
+    private func finish(_ i: Int, passed: Bool, why: String) {
+        endProbe(i)
         let target = targets[i]
         let pool = target.pool
         let now = monotonicMilliseconds()
@@ -202,7 +222,12 @@ final class HealthChecker: @unchecked Sendable {
             ]
             if up { logger.notice("backend up", metadata: metadata) } else { logger.warning("backend down", metadata: metadata) }
         }
-        let interval = target.check.interval.milliseconds
+        scheduleNext(i, now: now)
+    }
+
+    /// The next check of target `i`, one interval on with ±10% jitter.
+    private func scheduleNext(_ i: Int, now: UInt64) {
+        let interval = targets[i].check.interval.milliseconds
         let jitter = UInt64.random(in: 0...max(1, interval / 5), using: &random)
         _ = timers.schedule(at: now + interval - interval / 10 + jitter, .start(i))
     }

@@ -4,38 +4,6 @@ import Logging
 import SluiceCore
 import SluicePosix
 
-/// Where log lines go: one fd, each line written with a single write(2) so
-/// lines from several workers never interleave and nothing sits in a buffer
-/// when SIGTERM arrives.
-public final class LogSink: @unchecked Sendable {
-    public let fd: Int32
-    private let ownsDescriptor: Bool
-
-    public init(path: String) throws(SystemCallError) {
-        switch path {
-        case "stderr": fd = STDERR_FILENO; ownsDescriptor = false
-        case "stdout": fd = STDOUT_FILENO; ownsDescriptor = false
-        default:
-            fd = try systemCall("open \(path)") { open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640) }
-            ownsDescriptor = true
-        }
-    }
-
-    deinit { if ownsDescriptor { closeDescriptor(fd) } }
-
-    public func write(line: String) {
-        var text = line
-        text.append("\n")
-        text.withUTF8 { bytes in
-            var offset = 0
-            while offset < bytes.count {
-                let n = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
-                if n > 0 { offset += n } else if n == -1 && errno == EINTR { continue } else { return }
-            }
-        }
-    }
-}
-
 /// `2026-11-26T23:05:01.123Z info [worker=0] message key=value`
 public struct SluiceLogHandler: LogHandler {
     public var metadata: Logger.Metadata = [:]

@@ -43,6 +43,8 @@ public final class Server: AdminHandler {
     private let accessSink: LogSink
     private let options: ServerOptions
     private var logger: Logger
+    /// Shared by the workers and the health checker; read by /metrics.
+    private let localResourceErrors = LocalResourceErrors()
 
     public init(config: SluiceConfig, logs: LogFactory, accessSink: LogSink, options: ServerOptions = ServerOptions()) {
         self.config = config
@@ -140,6 +142,7 @@ public final class Server: AdminHandler {
         settings.sharedAccept = steeringMode == .sharedAccept
         settings.stallThresholdNanoseconds = config.stallThreshold.milliseconds &* 1_000_000
         settings.maxWaitMilliseconds = Int32(max(1, min(1000, config.stallThreshold.milliseconds / 4)))
+        settings.localResourceErrors = localResourceErrors
         for listener in runtimeListeners {
             logger.info("listening", metadata: [
                 "listener": "\(listener.name)", "address": "\(listener.address)", "pool": "\(listener.pool.name)",
@@ -188,12 +191,14 @@ public final class Server: AdminHandler {
 
         // Everything that needs root is done: BPF loaded, pinned, attached,
         // sockets bound, admin socket created. Become the configured user with
-        // only the capabilities the data path still uses, before any other
-        // thread exists (capabilities are per thread; threads inherit them).
+        // only the capabilities the data path still uses, before any worker
+        // exists (capabilities are per thread; threads inherit them). The log
+        // writer, started earlier, loses them all with the uid change: it has
+        // no keep-caps, which is per thread too.
         if let user = config.user {
             do {
                 try dropPrivileges(to: user, dataPath: dataPath, pinDirectory: steering?.pinDirectory,
-                                   adminSocket: config.admin?.socket, holdsLock: lock != nil)
+                                   adminSocket: config.admin?.socket, lock: lock)
             } catch {
                 closeAllBound()
                 throw error
@@ -229,7 +234,7 @@ public final class Server: AdminHandler {
         liveWorkers = workers
         let healthChecker: HealthChecker?
         do {
-            healthChecker = try HealthChecker(pools: livePools, logger: logs.logger("sluice.health"))
+            healthChecker = try HealthChecker(pools: livePools, localErrors: localResourceErrors, logger: logs.logger("sluice.health"))
             try healthChecker?.start()
         } catch {
             logger.error("cannot start health checks: \(error)")
@@ -369,6 +374,8 @@ public final class Server: AdminHandler {
         guard var snapshot = try? StatusReader.read(instance: config.instance, sampleSeconds: 0, askAdmin: false) else { return nil }
         snapshot.backends = adminBackends().backends
         snapshot.steering.moves = moves
+        snapshot.logLinesDropped = logLinesDropped
+        snapshot.localResourceErrors = LocalResourceErrorCounts(localResourceErrors)
         return snapshot
     }
 
@@ -389,7 +396,8 @@ public final class Server: AdminHandler {
                     failures: pool.connectFailures[i].load(ordering: .relaxed), lastCheck: lastCheck))
             }
         }
-        return AdminBackendsReply(backends: backends, moves: moves)
+        return AdminBackendsReply(backends: backends, moves: moves, logLinesDropped: logLinesDropped,
+                                  localResourceErrors: LocalResourceErrorCounts(localResourceErrors))
     }
 
     func adminDrainBackend(pool name: String, backend: String, drained: Bool) -> String? {
@@ -414,6 +422,8 @@ public final class Server: AdminHandler {
         if drained { record.setBits(.flags, bit) } else { record.clearBits(.flags, bit) }
         return nil
     }
+
+    private var logLinesDropped: UInt64 { logs.sink.droppedLines + (accessSink !== logs.sink ? accessSink.droppedLines : 0) }
 
     func metricsText() -> String {
         var out = MetricsText()
@@ -499,6 +509,7 @@ public final class Server: AdminHandler {
         }
         out.family("sluice_rebalance_moves_total", "counter", "Connections moved between workers.")
         out.sample("sluice_rebalance_moves_total", [:], Double(moves))
+        out.appendResilience(logLinesDropped: logLinesDropped, localResourceErrors: localResourceErrors)
         return out.text
     }
 
@@ -535,34 +546,11 @@ public final class Server: AdminHandler {
     /// (send buffers above the sysctl limit). What the daemon removes at stop
     /// (pins, its lock, info file and admin socket) is handed to the user first.
     private func dropPrivileges(to user: String, dataPath: DataPathKind, pinDirectory: String?,
-                                adminSocket: String?, holdsLock: Bool) throws(ServerError) {
+                                adminSocket: String?, lock: InstanceLock?) throws(ServerError) {
         guard let entry = getpwnam(user) else { throw ServerError("user: no such user \"\(user)\"") }
         let uid = entry.pointee.pw_uid, gid = entry.pointee.pw_gid
-        var owned: [String] = []
-        if let pinDirectory {
-            owned.append(pinDirectory)
-            if let dir = opendir(pinDirectory) {
-                while let item = readdir(dir) {
-                    let name = withUnsafeBytes(of: item.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-                    if name != "." && name != ".." { owned.append("\(pinDirectory)/\(name)") }
-                }
-                closedir(dir)
-            }
-            // Its parent: the group may add and remove its own entries (sticky).
-            let parent = String(pinDirectory[..<pinDirectory.lastIndex(of: "/")!])
-            chown(parent, 0, gid)
-            chmod(parent, 0o1770)
-        }
-        if holdsLock {
-            owned += ["\(InstanceLock.defaultDirectory)/\(config.instance).lock", InstanceInfo.path(instance: config.instance)]
-            chown(InstanceLock.defaultDirectory, 0, gid)
-            chmod(InstanceLock.defaultDirectory, 0o1770)
-        }
-        if let adminSocket {
-            owned.append(adminSocket)
-            chmod(adminSocket, 0o660) // the group may ask for status; nobody else may talk to it
-        }
-        for path in owned { chown(path, uid, gid) }
+        handOverRuntimeFiles(to: uid, group: gid, pinDirectory: pinDirectory, lock: lock,
+                             infoPath: InstanceInfo.path(instance: config.instance), adminSocket: adminSocket)
         var keep: UInt64 = 1 << UInt64(SLUICE_CAP_BPF)
         if dataPath == .sockmap { keep |= 1 << UInt64(SLUICE_CAP_NET_ADMIN) }
         guard sluice_drop_privileges(uid, gid, keep) == 0 else {
@@ -584,7 +572,7 @@ public final class Server: AdminHandler {
                 attachPrograms: mode == .leastLoaded)
             if pinning {
                 do {
-                    if try steering.pin() {
+                    if try steering.pin(daemonUser: config.user.flatMap { getpwnam($0)?.pointee.pw_uid }) {
                         logger.notice("replaced stale pins left by a run that did not stop cleanly", metadata: [
                             "pins": "\(steering.pinDirectory)",
                         ])

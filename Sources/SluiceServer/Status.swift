@@ -139,10 +139,15 @@ public struct StatusSnapshot: Codable, Sendable, Equatable {
     public var steering: Steering
     public var splice: String
     public var notes: [String]
+    /// What the daemon absorbed to keep serving; from the daemon itself, so
+    /// nil when it did not answer.
+    public var logLinesDropped: UInt64?
+    public var localResourceErrors: LocalResourceErrorCounts?
 
     enum CodingKeys: String, CodingKey {
         case instance, daemon, pid, workers, listeners, backends, steering, splice, notes
         case uptimeSeconds = "uptime_s"
+        case logLinesDropped = "log_lines_dropped", localResourceErrors = "local_resource_errors"
     }
 }
 
@@ -260,6 +265,8 @@ public enum StatusReader {
                let decoded = try? JSONDecoder().decode(AdminBackendsReply.self, from: data) {
                 snapshot.backends = decoded.backends
                 snapshot.steering.moves = decoded.moves
+                snapshot.logLinesDropped = decoded.logLinesDropped
+                snapshot.localResourceErrors = decoded.localResourceErrors
             }
         }
         return snapshot
@@ -282,4 +289,11 @@ public enum StatusReader {
 struct AdminBackendsReply: Codable {
     var backends: [StatusSnapshot.Backend]
     var moves: UInt64?
+    var logLinesDropped: UInt64?
+    var localResourceErrors: LocalResourceErrorCounts?
+
+    enum CodingKeys: String, CodingKey {
+        case backends, moves
+        case logLinesDropped = "log_lines_dropped", localResourceErrors = "local_resource_errors"
+    }
 }

@@ -68,6 +68,8 @@ struct WorkerSettings: Sendable {
     var poolLimit = 64
     /// Pause accepting on a listener after EMFILE/ENFILE.
     var acceptBackoffMilliseconds: UInt64 = 100
+    /// Shared by every worker (and the health checker) of one server.
+    var localResourceErrors = LocalResourceErrors()
     /// After an EOF, how long the kernel's redirect backlog may make no
     /// progress before the EOF is passed on anyway.
     var spliceFlushTimeoutMilliseconds: UInt64 = 5000
@@ -497,6 +499,7 @@ final class Worker: @unchecked Sendable {
                 fd = try Socket.tcp(family: address.family)
             } catch {
                 close(session, reason: .resourceExhausted)
+                noteLocalFailure(errno: error.errno, backend: address)
                 if isResourceExhaustion(error) {
                     pauseAccepting(session.listener.index, because: error)
                 } else {
@@ -521,6 +524,7 @@ final class Worker: @unchecked Sendable {
                     return
                 }
             } catch {
+                if closeOnLocalFailure(session, errno: error.errno) { return }
                 logger.warning("backend connect failed", metadata: ["backend": "\(address)", "error": "\(error)"])
                 abandonBackendAttempt(session)
             }
@@ -535,8 +539,8 @@ final class Worker: @unchecked Sendable {
     }
 
     /// Drops the current backend socket after a failed attempt.
-    private func abandonBackendAttempt(_ session: Session) {
-        if let index = session.backendIndex {
+    func abandonBackendAttempt(_ session: Session, blamingBackend: Bool = true) {
+        if blamingBackend, let index = session.backendIndex {
             let pool = session.listener.pool
             pool.connectFailures[index].wrappingIncrement(ordering: .relaxed)
             noteBackendFailure(pool, index)
@@ -587,7 +591,7 @@ final class Worker: @unchecked Sendable {
             let error = Socket.pendingError(session.backend)
             if error == 0 {
                 backendConnected(session)
-            } else {
+            } else if !closeOnLocalFailure(session, errno: error) {
                 logger.warning("backend connect failed", metadata: [
                     "backend": "\(session.backendDescription ?? "-")", "error": "\(errnoDescription(error))",
                 ])

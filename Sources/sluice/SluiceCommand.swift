@@ -42,14 +42,16 @@ func printOut(_ text: String) {
 }
 
 /// Runs a server to completion and turns its failure into a message and an exit code.
-func runServer(_ config: SluiceConfig, options: ServerOptions) throws {
+func runServer(_ config: SluiceConfig, options: ServerOptions, logQueueBytes: Int = LogSink.defaultCapacityBytes) throws {
     let sink: LogSink
     do {
-        sink = try LogSink(path: config.log.file)
+        sink = try LogSink(path: config.log.file, capacityBytes: logQueueBytes)
     } catch {
         printError("error: log.file: cannot open: \(error)")
         throw ExitCode(1)
     }
+    // The last lines ("stopped", or why the start failed) are written before exit.
+    defer { sink.stop() }
     let logs = LogFactory(sink: sink, level: config.log.level.swiftLogLevel)
     let server = Server(config: config, logs: logs, accessSink: sink, options: options)
     let status: Int32
@@ -74,6 +76,10 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("Benchmark knob: on SIGUSR1, block worker K for MS milliseconds (K:MS).", visibility: .hidden))
     var stallOnSigusr1: String?
 
+    @Option(help: ArgumentHelp("Test knob: bytes of log lines queued for a slow log output before lines are dropped.",
+                               visibility: .hidden))
+    var logQueueBytes: Int = LogSink.defaultCapacityBytes
+
     func run() throws {
         let loaded = try loadConfig(config)
         var options = ServerOptions(verifyCleanExit: verifyCleanExit)
@@ -85,7 +91,7 @@ struct Run: ParsableCommand {
             }
             options.stallOnSIGUSR1 = (worker, ms)
         }
-        try runServer(loaded.config, options: options)
+        try runServer(loaded.config, options: options, logQueueBytes: logQueueBytes)
     }
 }
 

@@ -104,13 +104,25 @@ struct DeployTests {
         #expect(readStatus == 0 && readOutput.contains("\"workers\""), "\(readOutput)")
         let (deniedStatus, deniedOutput) = try runCommand(outsider[0], Array(outsider.dropFirst()) + [sluiceBinary, "status", "--instance", "e2e\(port)"])
         #expect(deniedStatus != 0 && deniedOutput.contains("Permission denied"), "\(deniedOutput)")
-        // Writing steering state: the pins are 0640, owned by the daemon's user.
-        var info = stat()
-        #expect(stat("\(pins)/worker_load", &info) == 0 && info.st_mode & 0o777 == 0o640 && info.st_uid == 65534)
-        let (writeStatus, _) = try runCommand(member[0], Array(member.dropFirst()) + [
-            "/usr/sbin/bpftool", "map", "update", "pinned", "\(pins)/worker_load", "key", "0", "0", "0", "0",
-            "value", "0", "0", "0", "0", "0", "0", "0", "0"] + Array(repeating: "0", count: 48))
-        #expect(writeStatus != 0, "a group member cannot write steering state")
+        // Steering state stays root's: 0640, group nogroup. Not even the daemon's own
+        // user (another process of it) opens those maps for writing.
+        for name in ["worker_load", "listener_load", "steer_stats", "abi", "splice_socks", "splice_peers"] {
+            var info = stat()
+            #expect(lstat("\(pins)/\(name)", &info) == 0 && info.st_mode & 0o777 == 0o640 && info.st_uid == 0 && info.st_gid == 65534,
+                    "\(name): mode \(String(info.st_mode & 0o777, radix: 8)) uid \(info.st_uid) gid \(info.st_gid)")
+        }
+        let daemonUser = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+        for who in [member, daemonUser] {
+            let (writeStatus, writeOutput) = try runCommand(who[0], Array(who.dropFirst()) + [
+                "/usr/sbin/bpftool", "map", "update", "pinned", "\(pins)/worker_load", "key", "0", "0", "0", "0",
+                "value"] + Array(repeating: "0", count: 56))
+            #expect(writeStatus != 0 && writeOutput.contains("Permission denied"), "\(who[1]) cannot write steering state: \(writeOutput)")
+        }
+        let (ownStatus, ownOutput) = try runCommand(daemonUser[0], Array(daemonUser.dropFirst()) + [sluiceBinary, "status", "--instance", "e2e\(port)", "--json"])
+        #expect(ownStatus == 0 && ownOutput.contains("\"workers\""), "the daemon's user reads the pins: \(ownOutput)")
+        // Nor does it take the daemon's descriptors: changing uid made the daemon non-dumpable.
+        let (fdStatus, _) = try runCommand(daemonUser[0], Array(daemonUser.dropFirst()) + ["/bin/ls", "/proc/\(sluice.process.processIdentifier)/fd"])
+        #expect(fdStatus != 0, "the daemon's user cannot list (or pidfd_getfd) the daemon's descriptors")
         #expect(try sluice.stop() == 0)
         #expect(sluice.log.contains("clean exit"))
         #expect(access(pins, F_OK) != 0, "pins removed by the unprivileged daemon at stop")

@@ -50,7 +50,8 @@ final class SluiceProcess: @unchecked Sendable {
     let configURL: URL?
 
     /// `launcher` runs sluice through another program, e.g. `prlimit --nofile=40 --`.
-    init(arguments: [String], configYAML: String? = nil, launcher: [String] = []) throws {
+    /// `output` replaces the log file as stdout and stderr (then `log` stays empty).
+    init(arguments: [String], configYAML: String? = nil, launcher: [String] = [], output: FileHandle? = nil) throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-e2e-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         logURL = dir.appendingPathComponent("out.log")
@@ -72,7 +73,7 @@ final class SluiceProcess: @unchecked Sendable {
             process.arguments = args
         }
         process.environment = ProcessInfo.processInfo.environment
-        let handle = try FileHandle(forWritingTo: logURL)
+        let handle = try output ?? FileHandle(forWritingTo: logURL)
         process.standardOutput = handle
         process.standardError = handle
         process.standardInput = FileHandle.nullDevice

@@ -93,6 +93,7 @@ struct LogTests {
         let logger = LogFactory(sink: sink, level: .info).logger("test", worker: 2)
         logger.info("hello", metadata: ["b": "2", "a": "1"])
         logger.debug("not shown")
+        #expect(sink.flush())
         let text = try String(contentsOfFile: path, encoding: .utf8)
         #expect(text.hasSuffix(" info [worker=2] hello a=1 b=2\n"))
         #expect(!text.contains("not shown"))

@@ -1,0 +1,178 @@
+import Foundation
+import Glibc
+import SluicePosix
+import Testing
+
+// Issue 11: no client, log consumer or lack of local resources brings the daemon down.
+
+/// The value of one sample in Prometheus text, e.g. `name{where="connect"}`.
+func metricValue(_ text: String, _ sample: String) -> Double? {
+    for line in text.split(separator: "\n") where line.hasPrefix(sample + " ") {
+        return Double(line.dropFirst(sample.count + 1))
+    }
+    return nil
+}
+
+func fetchMetrics(port: UInt16) throws -> String {
+    let (code, text) = try runCommand("/usr/bin/curl", ["-sS", "--max-time", "5", "http://127.0.0.1:\(port)/metrics"])
+    #expect(code == 0, "\(text)")
+    return text
+}
+
+/// One short connection through the proxy: a few bytes echoed, then closed.
+func echoFewBytes(port: UInt16, _ tag: Int) -> String? {
+    do {
+        let fd = try connectTCP("127.0.0.1", port)
+        defer { close(fd) }
+        let message = Array("ping \(tag)\n".utf8)
+        guard sendAll(fd, message) else { return "send failed" }
+        shutdown(fd, Int32(SHUT_WR))
+        let (bytes, clean) = readToEnd(fd)
+        return bytes == message && clean ? nil : "got \(bytes.count) bytes, clean EOF \(clean)"
+    } catch {
+        return "\(error)"
+    }
+}
+
+/// Reads what `fd` holds until `done` or `seconds` pass.
+func readAvailable(_ fd: Int32, seconds: Double, until done: (String) -> Bool) -> String {
+    var text = ""
+    var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+    let deadline = Date().addingTimeInterval(seconds)
+    while !done(text) && Date() < deadline {
+        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        guard poll(&pfd, 1, 50) > 0 else { continue }
+        let n = read(fd, &buffer, buffer.count)
+        if n <= 0 { break }
+        text += String(decoding: buffer[0..<n], as: UTF8.self)
+    }
+    return text
+}
+
+@Suite("Resilience: logs, local resources", .serialized)
+struct ResilienceTests {
+    @Test("a log consumer that stops reading costs log lines, not connections; the loss is reported and counted")
+    func blockedLogOutput() throws {
+        let echo = try TestServer.echo()
+        let port = freePort(), metricsPort = freePort()
+        let yaml = proxyConfig(port: port, backends: [echo.address], extraTop: "admin: { metrics: \"127.0.0.1:\(metricsPort)\" }")
+        let output = Pipe()
+        let readEnd = output.fileHandleForReading.fileDescriptor
+        // A small queue, so that 2,000 access lines overflow queue and pipe (64 KiB) for sure.
+        let sluice = try SluiceProcess(arguments: ["run", "--log-queue-bytes", "16384"], configYAML: yaml,
+                                       output: output.fileHandleForWriting)
+        try output.fileHandleForWriting.close() // ours; sluice has its copy
+        let startup = readAvailable(readEnd, seconds: 20) { $0.contains(" ready ") }
+        try #require(startup.contains(" ready "), "\(startup)")
+
+        // From here on nobody reads sluice's output.
+        let started = Date()
+        let failures = Locked<[String]>([])
+        let threads = (0..<4).map { t in
+            startThread {
+                for i in 0..<500 {
+                    if let problem = echoFewBytes(port: port, t * 500 + i) { failures.withLock { $0.append(problem) } }
+                }
+            }
+        }
+        for thread in threads { thread.join() }
+        let churnSeconds = Date().timeIntervalSince(started)
+        print("2,000 connections with a blocked log output took \(String(format: "%.2f", churnSeconds)) s")
+        #expect(failures.value.isEmpty, "\(failures.value.prefix(5))")
+        #expect(churnSeconds < 60)
+
+        let metrics = try fetchMetrics(port: metricsPort)
+        let dropped = try #require(metricValue(metrics, "sluice_log_lines_dropped_total"), "\(metrics)")
+        print("log lines dropped: \(Int(dropped))")
+        #expect(dropped > 0)
+        let status = try statusJSON("e2e\(port)")
+        #expect((status["log_lines_dropped"] as? Int ?? 0) >= Int(dropped), "status agrees: \(status)")
+
+        // The reader is back: what was queued, then the notice.
+        let resumed = readAvailable(readEnd, seconds: 10) { $0.contains("log lines dropped") }
+        #expect(resumed.contains("log lines dropped"), "\(resumed.suffix(500))")
+        #expect(resumed.contains(" access "), "queued access lines come out")
+
+        // A normal stop still writes its last line.
+        sluice.signal(SIGTERM)
+        let tail = readAvailable(readEnd, seconds: 15) { $0.contains(" stopped ") }
+        #expect(tail.contains(" stopped "), "\(tail.suffix(500))")
+        #expect(try sluice.waitForExit(seconds: 15) == 0)
+    }
+}
+
+/// Descriptors `pid` may still open under its limit (the fewest seen over a
+/// few looks: a health probe holds one for a moment now and then).
+func freeDescriptors(pid: Int32, limit: Int) -> Int {
+    (0..<5).map { _ -> Int in
+        usleep(7000)
+        return limit - ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? 0)
+    }.min()!
+}
+
+extension ResilienceTests {
+    @Test("out of descriptors: connects and health checks fail locally, no backend is marked down or ejected, service resumes")
+    func localShortageIsNotABackendFailure() throws {
+        let backends = [try TestServer.echo(), try TestServer.echo()]
+        let port = freePort(), metricsPort = freePort()
+        let limit = 64
+        let yaml = proxyConfig(port: port, backends: backends.map(\.address), workers: 1, retries: 1,
+                               extraTop: "admin: { metrics: \"127.0.0.1:\(metricsPort)\" }")
+            + "\n    health_check: { kind: tcp, interval: 100ms, timeout: 100ms, rise: 1, fall: 2 }"
+            + "\n    passive: { failures: 2, ejection: 10s }"
+        let sluice = try SluiceProcess(arguments: ["run"], configYAML: yaml, launcher: ["/usr/bin/prlimit", "--nofile=\(limit)", "--"])
+        try sluice.waitForLog("ready", seconds: 20)
+        let pid = sluice.process.processIdentifier
+        var held: [Int32] = []
+        defer { for fd in held { close(fd) } }
+
+        // A proxied connection costs 2 descriptors. With an odd number free,
+        // the last client is accepted and its backend socket() gets EMFILE.
+        if freeDescriptors(pid: pid, limit: limit) % 2 == 0 { held.append(try connectTCP("127.0.0.1", metricsPort)) }
+        try waitUntil(5, "an odd number of free descriptors") { freeDescriptors(pid: pid, limit: limit) % 2 == 1 }
+        var proxied = 0
+        for i in 0..<limit {
+            let fd = try connectTCP("127.0.0.1", port, timeoutSeconds: 2)
+            var byte: UInt8 = UInt8(i & 0x7F)
+            if send(fd, &byte, 1, 0) == 1 && recv(fd, &byte, 1, 0) == 1 {
+                held.append(fd)
+                proxied += 1
+            } else {
+                close(fd)
+                break
+            }
+        }
+        for i in 0..<20 { _ = echoFewBytes(port: port, i) } // closed by sluice: no descriptor for their backend
+        // One more idle connection takes the last descriptor: health probes cannot open a socket.
+        // (Idle metrics clients are held well past the few seconds this takes.)
+        try waitUntil(5, "one free descriptor") { freeDescriptors(pid: pid, limit: limit) == 1 }
+        held.append(try connectTCP("127.0.0.1", metricsPort))
+        try waitUntil(5, "no free descriptor") { freeDescriptors(pid: pid, limit: limit) == 0 }
+        usleep(1_000_000) // ten check intervals at EMFILE; fall is 2
+        print("held \(proxied) proxied connections under --nofile=\(limit)")
+
+        for fd in held { close(fd) }
+        held.removeAll()
+        try waitUntil(10, "service to come back") { echoRoundTrip(port: port, size: 100, seed: 3) == nil }
+        let metrics = try fetchMetrics(port: metricsPort)
+        let connectErrors = metricValue(metrics, "sluice_local_resource_errors_total{where=\"connect\"}") ?? 0
+        let checkErrors = metricValue(metrics, "sluice_local_resource_errors_total{where=\"health_check\"}") ?? 0
+        print("local resource errors: connect \(Int(connectErrors)), health_check \(Int(checkErrors))")
+        #expect(connectErrors > 0, "\(metrics)")
+        #expect(checkErrors > 0, "\(metrics)")
+        let status = try statusJSON("e2e\(port)")
+        let local = status["local_resource_errors"] as? [String: Int]
+        #expect(local?["connect"] == Int(connectErrors) && local?["health_check"] == Int(checkErrors), "status agrees: \(status)")
+        #expect((status["backends"] as? [[String: Any]])?.allSatisfy { $0["state"] as? String == "up" && $0["failures"] as? Int == 0 } == true)
+        for backend in backends {
+            let labels = "{backend=\"\(backend.address)\",pool=\"backends\"}"
+            #expect(metricValue(metrics, "sluice_backend_up" + labels) == 1)
+            #expect(metricValue(metrics, "sluice_backend_health_transitions_total" + labels) == 0)
+            #expect(metricValue(metrics, "sluice_backend_ejections_total" + labels) == 0)
+            #expect(metricValue(metrics, "sluice_backend_connect_failures_total" + labels) == 0)
+        }
+        #expect(!sluice.log.contains("backend down") && !sluice.log.contains("backend ejected"), "\(sluice.log)")
+        #expect(sluice.log.contains("local resource shortage, not counted against the backend"))
+        #expect(try sluice.stop() == 0)
+    }
+}
