@@ -174,8 +174,8 @@ public final class Server: AdminHandler {
             do {
                 let metricsAddress = adminConfig.metrics.flatMap { SocketAddress(ip: $0.host, port: $0.port) }
                 admin = try AdminEndpoints(
-                    socketPath: adminConfig.socket, metrics: metricsAddress, epoll: epoll, tokenBase: 100,
-                    handler: self, logger: logs.logger("sluice.admin"))
+                    socketPath: adminConfig.socket, metrics: metricsAddress, limits: Self.adminLimits(adminConfig),
+                    epoll: epoll, tokenBase: 100, handler: self, logger: logs.logger("sluice.admin"))
                 readyMetadata["admin"] = "\(adminConfig.socket)"
                 if let metricsAddress { readyMetadata["metrics"] = "http://\(metricsAddress)/metrics" }
             } catch {
@@ -253,7 +253,9 @@ public final class Server: AdminHandler {
                 nextTick = now + UInt64(tick)
                 if !draining, let rebalance = config.rebalance { rebalanceTick(rebalance) }
             }
-            epoll.wait(timeoutMilliseconds: Int32(nextTick > now ? nextTick - now : 0)) { token, events in
+            admin?.tick(now: now)
+            let wakeUp = min(nextTick, admin?.nextDeadline(now: now) ?? .max)
+            epoll.wait(timeoutMilliseconds: Int32(wakeUp > now ? wakeUp - now : 0)) { token, events in
                 if let admin, admin.owns(token) { admin.handle(token: token, events: events); return }
                 guard token == 1 else { exitWake.drain(); return }
                 while let signal = signals.next() {
@@ -475,6 +477,17 @@ public final class Server: AdminHandler {
         out.family("sluice_rebalance_moves_total", "counter", "Connections moved between workers.")
         out.sample("sluice_rebalance_moves_total", [:], Double(moves))
         return out.text
+    }
+
+    /// Separate slots per endpoint, so that metrics clients (reachable from
+    /// the network) cannot lock an operator out of the admin socket.
+    static func adminLimits(_ config: AdminConfig) -> [AdminEndpoints.Endpoint: AdminEndpoints.Limits] {
+        // Clamped to a day: Duration.milliseconds overflows for absurd values.
+        func milliseconds(_ fallback: Duration) -> UInt64 { min(config.idleTimeout ?? fallback, .seconds(86_400)).milliseconds }
+        return [
+            .admin: .init(maxConnections: 64, idleTimeoutMilliseconds: milliseconds(ConfigDefaults.adminIdleTimeout)),
+            .metrics: .init(maxConnections: 32, idleTimeoutMilliseconds: milliseconds(ConfigDefaults.metricsIdleTimeout)),
+        ]
     }
 
     // MARK: - Privileges
