@@ -32,6 +32,8 @@ final class AdminEndpoints {
         var peerFinishedSending = false
         /// Close once the output is written (metrics answers, oversized requests).
         var closeWhenFlushed = false
+        /// The input may hold a whole request not answered yet.
+        var inputPending = false
         var lastProgressMilliseconds: UInt64
         var interest: EpollEvents = .readable
 
@@ -45,8 +47,11 @@ final class AdminEndpoints {
         var hasUnsentOutput: Bool { outputSent < output.count }
         /// Requests are read only while every answer so far has been taken:
         /// a client that does not read cannot make us queue without bound.
-        var wantsInput: Bool { !hasUnsentOutput && !peerFinishedSending && !closeWhenFlushed }
-        var isFinished: Bool { !hasUnsentOutput && (closeWhenFlushed || (peerFinishedSending && input.isEmpty)) }
+        var wantsInput: Bool { !hasUnsentOutput && !inputPending && !peerFinishedSending && !closeWhenFlushed }
+        var canAnswer: Bool { !hasUnsentOutput && inputPending && !closeWhenFlushed }
+        var isFinished: Bool {
+            !hasUnsentOutput && (closeWhenFlushed || (peerFinishedSending && !inputPending && input.isEmpty))
+        }
     }
 
     private enum Disposition { case keep, close }
@@ -54,7 +59,11 @@ final class AdminEndpoints {
     /// One read per readiness event: level-triggered epoll comes back for the rest.
     static let readChunkBytes = 16 * 1024
     /// Answers are generated while less than this is queued for a client.
-    static let maxQueuedOutputBytes = 256 * 1024
+    static let maxQueuedOutputBytes = 64 * 1024
+    /// Requests answered per readiness event: one client's backlog (status
+    /// answers cost a few BPF map reads each) cannot hold the control thread;
+    /// the rest waits for the next loop turn.
+    static let maxAnswersPerEvent = 32
     /// Accepts per readiness event, so a flood of connects cannot hold the loop.
     static let acceptBatch = 32
     /// Out of descriptors or memory: the listener rests this long (as the workers' do).
@@ -165,12 +174,10 @@ final class AdminEndpoints {
         if !events.isDisjoint(with: [.readable, .hangup]), connection.wantsInput {
             if read(connection, now: now) == .close { return .close }
         }
-        // Answer what is buffered, as long as the client takes the answers.
-        while answerBuffered(connection) {
+        if connection.canAnswer {
+            answerBuffered(connection)
             if flush(connection, now: now) == .close { return .close }
-            if connection.hasUnsentOutput { break }
         }
-        if flush(connection, now: now) == .close { return .close }
         // Hang-up: the peer is gone both ways, so queued answers cannot reach it.
         if connection.isFinished || events.contains(.hangup) { return .close }
         return .keep
@@ -182,9 +189,11 @@ final class AdminEndpoints {
         switch outcome {
         case .bytes(let n)?:
             connection.input.append(contentsOf: chunk[0..<n])
+            connection.inputPending = true
             connection.lastProgressMilliseconds = now
         case .endOfFile?:
             connection.peerFinishedSending = true
+            connection.inputPending = true // a last line without its newline counts
         case .wouldBlock?:
             break
         case nil:
@@ -193,44 +202,49 @@ final class AdminEndpoints {
         return .keep
     }
 
-    /// Parses buffered requests into queued answers while the queue has room.
-    /// Returns whether it consumed any input.
-    private func answerBuffered(_ connection: Connection) -> Bool {
-        guard !connection.closeWhenFlushed else { return false }
+    /// Parses buffered requests into queued answers while the queue has room,
+    /// a batch at a time; `inputPending` stays set while whole requests remain.
+    private func answerBuffered(_ connection: Connection) {
         switch connection.endpoint {
         case .admin: return answerAdminLines(connection)
         case .metrics: return answerMetricsRequest(connection)
         }
     }
 
-    private func answerAdminLines(_ connection: Connection) -> Bool {
+    private func answerAdminLines(_ connection: Connection) {
         var consumedTotal = 0
         defer { connection.input.removeFirst(consumedTotal) }
-        while connection.output.count - connection.outputSent < Self.maxQueuedOutputBytes {
+        var answered = 0
+        while connection.output.count < Self.maxQueuedOutputBytes && answered < Self.maxAnswersPerEvent {
             let pending = connection.input[consumedTotal...]
             switch AdminRequestParser.parse(pending, endOfInput: connection.peerFinishedSending) {
             case .needMore:
-                return consumedTotal > 0
+                connection.inputPending = false
+                if connection.peerFinishedSending { consumedTotal += pending.count }
+                return
             case .invalid(let reason):
                 // The rest of an oversized line cannot be told from a new request.
                 connection.output += AdminAnswers.errorLine(reason)
                 connection.closeWhenFlushed = true
                 consumedTotal += pending.count
-                return true
+                return
             case .done(let line, let consumed):
                 consumedTotal += consumed
-                if let answer = answers.answer(line) { connection.output += answer }
+                if let answer = answers.answer(line) {
+                    connection.output += answer
+                    answered += 1
+                }
             }
         }
-        return consumedTotal > 0
     }
 
-    private func answerMetricsRequest(_ connection: Connection) -> Bool {
+    private func answerMetricsRequest(_ connection: Connection) {
         let response: [UInt8]
         switch MetricsRequestParser.parse(connection.input) {
         case .needMore:
+            connection.inputPending = false
             if connection.peerFinishedSending { connection.input.removeAll() } // it will never complete
-            return false
+            return
         case .invalid(let reason):
             response = AdminAnswers.badRequest(reason)
         case .done(let request, _):
@@ -240,7 +254,6 @@ final class AdminEndpoints {
         connection.input.removeAll()
         connection.output += response
         connection.closeWhenFlushed = true
-        return true
     }
 
     private func flush(_ connection: Connection, now: UInt64) -> Disposition {
@@ -266,7 +279,9 @@ final class AdminEndpoints {
     private func updateInterest(_ connection: Connection) {
         var wanted: EpollEvents = []
         if connection.wantsInput { wanted.insert(.readable) }
-        if connection.hasUnsentOutput { wanted.insert(.writable) }
+        // Whole requests still buffered: a writable socket brings the loop back
+        // next turn to answer the next batch.
+        if connection.hasUnsentOutput || connection.canAnswer { wanted.insert(.writable) }
         guard wanted != connection.interest else { return }
         do {
             try epoll.modify(connection.fd, wanted, token: connection.token)
