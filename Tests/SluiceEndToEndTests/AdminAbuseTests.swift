@@ -95,13 +95,15 @@ private struct AbuseSetup {
     let sluice: SluiceProcess
     let metricsPort: UInt16
     let socketPath: String
+    let instance: String
     let echo: TestServer
 
     init(idleTimeout: String? = nil) throws {
         echo = try TestServer.echo()
         let port = freePort()
         metricsPort = freePort()
-        socketPath = "/run/sluice/e2e\(port).sock"
+        instance = "e2e\(port)"
+        socketPath = "/run/sluice/\(instance).sock"
         let idle = idleTimeout.map { ", idle_timeout: \($0)" } ?? ""
         // 300 backends (never dialled here) make /metrics ~150 KB: more than
         // a socket with a closed window takes, so answers stay pending.
@@ -168,6 +170,9 @@ struct AdminAbuseTests {
         usleep(200_000)
         let status = try AdminClientForTests.send(setup.socketPath, "{\"cmd\":\"status\"}")
         #expect(status.contains("\"workers\""), "admin with 100 idle clients: \(status)")
+        // The Kubernetes liveness probe passes while every metrics slot is held.
+        let (alive, aliveOutput) = try runCommand(sluiceBinary, ["status", "--instance", setup.instance, "--check"])
+        #expect(alive == 0, "\(aliveOutput)")
         // Metrics keeps its own, smaller, slot count: the extra clients are refused at once.
         let refused = idleMetrics.filter(closedByPeer).count
         #expect(refused >= 50, "\(refused) of 100 idle metrics clients refused")
@@ -178,6 +183,8 @@ struct AdminAbuseTests {
         try waitUntil(5, "every idle client closed") { (idleAdmin + idleMetrics).allSatisfy(closedByPeer) }
         try setup.expectBothAnswer("after the idle timeout")
         #expect(try setup.sluice.stop() == 0)
+        let (dead, deadOutput) = try runCommand(sluiceBinary, ["status", "--instance", setup.instance, "--check"])
+        #expect(dead == 1, "\(deadOutput)")
     }
 
     @Test("half-closed clients with answers pending are answered in full, then closed; no spinning")
