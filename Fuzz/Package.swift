@@ -8,6 +8,8 @@ let package = Package(
     name: "SluiceFuzz",
     platforms: [.macOS(.v15)],
     dependencies: [
+        // Named: a path dependency's identity is its directory's name, which is
+        // the checkout's (main, a worktree, CI's clone), not "Sluice".
         .package(name: "Sluice", path: ".."),
     ],
     targets: [
