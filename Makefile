@@ -9,8 +9,11 @@ APT_PACKAGES := pkg-config libbpf-dev libelf-dev bpftool iproute2 curl wrk util-
 PYTHON_PACKAGES := prometheus-client kubernetes-validate
 BENCH_PACKAGES := haproxy nginx-light libnginx-mod-stream iperf3 wrk python3
 SLUICE := .build/debug/sluice
+# libFuzzer targets under Fuzz/ (Fuzz/run <name> <seconds> runs one).
+FUZZERS ?= admin
+FUZZ_SECONDS ?= 60
 
-.PHONY: setup build demo test bench-setup clean
+.PHONY: setup build demo test fuzz bench-setup clean
 
 setup:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -36,9 +39,12 @@ test: setup
 	$(SWIFT) build
 	$(SWIFT) test
 
+fuzz: setup
+	@for f in $(FUZZERS); do echo "fuzzing $$f for $(FUZZ_SECONDS) s"; Fuzz/run $$f $(FUZZ_SECONDS) || exit 1; done
+
 bench-setup: setup
 	@missing=$$(for p in $(BENCH_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
 clean:
-	rm -rf .build
+	rm -rf .build .build-fuzz

@@ -178,8 +178,8 @@ public final class Server: AdminHandler {
             do {
                 let metricsAddress = adminConfig.metrics.flatMap { SocketAddress(ip: $0.host, port: $0.port) }
                 admin = try AdminEndpoints(
-                    socketPath: adminConfig.socket, metrics: metricsAddress, epoll: epoll, tokenBase: 100,
-                    handler: self, logger: logs.logger("sluice.admin"))
+                    socketPath: adminConfig.socket, metrics: metricsAddress, limits: Self.adminLimits(adminConfig),
+                    epoll: epoll, tokenBase: 100, handler: self, logger: logs.logger("sluice.admin"))
                 readyMetadata["admin"] = "\(adminConfig.socket)"
                 if let metricsAddress { readyMetadata["metrics"] = "http://\(metricsAddress)/metrics" }
             } catch {
@@ -265,7 +265,9 @@ public final class Server: AdminHandler {
             if let stopDeadline, now >= stopDeadline {
                 abandonStuckWorkers(workers, steering: steering, lockPath: lock?.path)
             }
-            epoll.wait(timeoutMilliseconds: Int32(nextTick > now ? nextTick - now : 0)) { token, events in
+            admin?.tick(now: now)
+            let wakeUp = min(nextTick, admin?.nextDeadline(now: now) ?? .max)
+            epoll.wait(timeoutMilliseconds: Int32(wakeUp > now ? wakeUp - now : 0)) { token, events in
                 if let admin, admin.owns(token) { admin.handle(token: token, events: events); return }
                 guard token == 1 else { exitWake.drain(); return }
                 while let signal = signals.next() {
@@ -511,6 +513,17 @@ public final class Server: AdminHandler {
         out.sample("sluice_rebalance_moves_total", [:], Double(moves))
         out.appendResilience(logLinesDropped: logLinesDropped, localResourceErrors: localResourceErrors)
         return out.text
+    }
+
+    /// Separate slots per endpoint, so that metrics clients (reachable from
+    /// the network) cannot lock an operator out of the admin socket.
+    static func adminLimits(_ config: AdminConfig) -> [AdminEndpoints.Endpoint: AdminEndpoints.Limits] {
+        // Clamped to a day: Duration.milliseconds overflows for absurd values.
+        func milliseconds(_ fallback: Duration) -> UInt64 { min(config.idleTimeout ?? fallback, .seconds(86_400)).milliseconds }
+        return [
+            .admin: .init(maxConnections: 64, idleTimeoutMilliseconds: milliseconds(ConfigDefaults.adminIdleTimeout)),
+            .metrics: .init(maxConnections: 32, idleTimeoutMilliseconds: milliseconds(ConfigDefaults.metricsIdleTimeout)),
+        ]
     }
 
     // MARK: - Privileges

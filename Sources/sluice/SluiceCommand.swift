@@ -127,6 +127,9 @@ struct Status: ParsableCommand {
     @Flag(help: "Redraw every INTERVAL seconds (default 1) until Ctrl-C.")
     var watch = false
 
+    @Flag(help: "Exit 1 unless the daemon runs, its workers beat and its admin socket answers (for liveness probes).")
+    var check = false
+
     @Argument(help: "Seconds between redraws with --watch.")
     var interval: Double?
 
@@ -138,6 +141,7 @@ struct Status: ParsableCommand {
     }
 
     func run() throws {
+        if check { return try checkAlive() }
         repeat {
             let snapshot: StatusSnapshot
             do {
@@ -157,6 +161,36 @@ struct Status: ParsableCommand {
             }
             if watch { usleep(UInt32((interval ?? 1) * 1e6)) }
         } while watch
+    }
+}
+
+extension Status {
+    /// Liveness without the network: pinned counters say the workers beat,
+    /// the admin socket (root only) says the control thread answers.
+    func checkAlive() throws {
+        let snapshot: StatusSnapshot
+        do {
+            snapshot = try StatusReader.read(instance: instance)
+        } catch {
+            printError(error.description)
+            throw ExitCode(1)
+        }
+        guard snapshot.daemon == "running" else {
+            printError("sluice \(instance): \(snapshot.daemon)")
+            throw ExitCode(1)
+        }
+        guard let socket = InstanceInfo.read(instance: instance)?.adminSocket else {
+            printError("sluice \(instance): no admin socket to ask")
+            throw ExitCode(1)
+        }
+        do {
+            let reply = try AdminClient.request(socket: socket, ["cmd": "status"], timeoutMilliseconds: 2000)
+            guard reply.contains("\"workers\"") else { throw ValidationError(reply) }
+        } catch {
+            printError("sluice \(instance): the admin socket does not answer: \(error)")
+            throw ExitCode(1)
+        }
+        printOut("sluice \(instance): running, workers beating, admin socket answering")
     }
 }
 

@@ -54,7 +54,7 @@ struct ConfigDecoder {
     ]
     static let rebalanceKeys = ["interval", "ratio"]
     static let logKeys = ["level", "access", "file"]
-    static let adminKeys = ["socket", "metrics"]
+    static let adminKeys = ["socket", "metrics", "idle_timeout"]
     static let listenerKeys = ["name", "bind", "pool", "max_connections", "connect_timeout", "idle_timeout"]
     static let poolKeys = ["name", "algorithm", "retries", "backends", "health_check", "passive", "min_healthy"]
     static let healthKeys = ["kind", "interval", "timeout", "rise", "fall", "path", "expect_status"]
@@ -251,6 +251,9 @@ struct ConfigDecoder {
                 } else {
                     admin.metrics = address(metrics.value, path.key("metrics"), allowPortZero: false, orOff: true)
                 }
+            }
+            if let idle = map["idle_timeout"], let value = duration(idle.value, path.key("idle_timeout")) {
+                admin.idleTimeout = value
             }
         }
         if !features.adminEndpoints {

@@ -69,10 +69,15 @@ public struct AdminConfig: Sendable, Equatable {
     public var socket: String
     /// Address of the HTTP metrics endpoint; nil when disabled (`metrics: off`).
     public var metrics: SocketAddressSpec?
+    /// How long a client of either endpoint may stay without progress (no
+    /// byte read or written) before it is closed; nil: 30 s for the admin
+    /// socket, 10 s for metrics (`ConfigDefaults`).
+    public var idleTimeout: Duration?
 
-    public init(socket: String, metrics: SocketAddressSpec?) {
+    public init(socket: String, metrics: SocketAddressSpec?, idleTimeout: Duration? = nil) {
         self.socket = socket
         self.metrics = metrics
+        self.idleTimeout = idleTimeout
     }
 }
 
@@ -247,6 +252,12 @@ public enum ConfigDefaults {
     public static let weightRange: ClosedRange<Int> = 1...1000
 
     public static let metrics = SocketAddressSpec(host: "127.0.0.1", port: 9901, family: .inet)
+    /// A person at `sluice status` or a script sends its request at once;
+    /// 30 s leaves room for typing into `nc -U` by hand.
+    public static let adminIdleTimeout: Duration = .seconds(30)
+    /// A scraper sends its request at once and reads the answer within its
+    /// own timeout (Prometheus: 10 s by default); silent clients only hold slots.
+    public static let metricsIdleTimeout: Duration = .seconds(10)
 
     /// The admin socket path used when `admin.socket` is absent.
     public static func adminSocket(instance: String) -> String {
