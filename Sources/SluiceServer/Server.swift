@@ -279,7 +279,7 @@ public final class Server: AdminHandler {
                         }
                         draining = true
                         SystemdNotify.send("STOPPING=1\nSTATUS=draining")
-                        let deadline = monotonicMilliseconds() + config.drainTimeout.milliseconds
+                        let deadline = monotonicMilliseconds().saturatingAdd(config.drainTimeout.milliseconds)
                         logger.info("stop signal: draining", metadata: [
                             "signal": "\(signal == SIGINT ? "SIGINT" : "SIGTERM")",
                             "drain_timeout": "\(formatDuration(config.drainTimeout))",
@@ -555,7 +555,7 @@ public final class Server: AdminHandler {
         do {
             let steering = try KernelSteering(
                 instance: config.instance, workers: config.workers, listeners: config.listeners.count,
-                stallThresholdNanoseconds: config.stallThreshold.milliseconds * 1_000_000,
+                stallThresholdNanoseconds: config.stallThreshold.nanoseconds,
                 attachPrograms: mode == .leastLoaded)
             if pinning {
                 do {
