@@ -70,6 +70,9 @@ public final class Server: AdminHandler {
     private func serve() throws(ServerError) -> Int32 {
         let steeringMode = config.steering
         try preflight()
+        if let limit = openFilesLimit(), let warning = DescriptorBudget(config: config).warning(openFilesLimit: limit) {
+            logger.warning("\(warning)")
+        }
 
         // Signals are blocked before any thread starts, so every thread inherits the mask.
         let signals: SignalFD

@@ -41,6 +41,16 @@ struct ConfigDecoder {
     let onlineCPUs: Int
     private(set) var errors: [ConfigError] = []
     private(set) var notices: [String] = []
+    /// Every decoded backend address and listener bind, with where they were
+    /// written, for the checks that look across pools and listeners.
+    var backendSites: [BackendSite] = []
+    var listenerBinds: [(index: Int, bind: SocketAddressSpec)] = []
+
+    struct BackendSite {
+        var address: SocketAddressSpec
+        var node: Node
+        var path: ConfigFieldPath
+    }
 
     init(file: String, features: FeatureAvailability, onlineCPUs: Int) {
         self.file = file
@@ -95,9 +105,13 @@ struct ConfigDecoder {
             specified: SpliceMode.specifiedDefault, effective: features.defaultSplice,
             isAvailable: features.isAvailable
         )
-        let stallThreshold = doc["stall_threshold"].flatMap { duration($0.value, top.key("stall_threshold")) }
+        let stallThreshold = doc["stall_threshold"].flatMap {
+            duration($0.value, top.key("stall_threshold"), in: ConfigBounds.stallThreshold)
+        }
             ?? ConfigDefaults.stallThreshold
-        let drainTimeout = doc["drain_timeout"].flatMap { duration($0.value, top.key("drain_timeout")) }
+        let drainTimeout = doc["drain_timeout"].flatMap {
+            duration($0.value, top.key("drain_timeout"), in: ConfigBounds.drainTimeout)
+        }
             ?? ConfigDefaults.drainTimeout
         let log = doc["log"].map { decodeLog($0.value, top.key("log")) } ?? LogConfig()
         let admin = decodeAdmin(doc["admin"], top.key("admin"), instance: instance)
@@ -129,6 +143,7 @@ struct ConfigDecoder {
             missing(top, key: "listeners", in: doc)
         }
 
+        refuseBackendsThatAreListeners()
         guard errors.isEmpty else { return nil }
 
         let used = Set(listeners.map(\.pool))
@@ -209,13 +224,14 @@ struct ConfigDecoder {
         guard let map = mapping(entry.value, path, keys: Self.rebalanceKeys,
                                 expected: "off, or a mapping like { interval: 100ms, ratio: 1.1 }")
         else { return rebalance }
-        if let interval = map["interval"], let value = duration(interval.value, path.key("interval")) {
+        if let interval = map["interval"], let value = duration(interval.value, path.key("interval"), in: ConfigBounds.rebalanceInterval) {
             rebalance.interval = value
         }
         if let ratio = map["ratio"] {
-            let expected = "a number above 1.0, such as 1.1"
+            let expected = "a number above 1.0 and at most 100, such as 1.1"
             if let text = scalarText(ratio.value, path.key("ratio"), expected: expected) {
-                if let value = Double(text), value > 1.0, value.isFinite {
+                if let value = Double(text), value > ConfigBounds.rebalanceRatioAbove, value.isFinite,
+                   value <= ConfigBounds.rebalanceRatioMax {
                     rebalance.ratio = value
                 } else {
                     fail(path.key("ratio"), at: ratio.value, "expected \(expected); found \(configQuoted(text))")
@@ -327,7 +343,7 @@ struct ConfigDecoder {
                 pool.passive = decodePassive(entry.value, itemPath.key("passive"))
             }
             if let entry = map["min_healthy"],
-               let value = integer(entry.value, itemPath.key("min_healthy"), in: 0...1000) {
+               let value = integer(entry.value, itemPath.key("min_healthy"), in: ConfigBounds.minHealthy) {
                 pool.minHealthy = value
             }
             pools.append(pool)
@@ -341,11 +357,15 @@ struct ConfigDecoder {
                                 expected: "a mapping like { kind: http, interval: 2s, timeout: 1s, rise: 2, fall: 3, path: /health }")
         else { return check }
         if let entry = map["kind"], let kind = choice(entry.value, path.key("kind"), HealthCheckKind.self) { check.kind = kind }
-        if let entry = map["interval"], let value = duration(entry.value, path.key("interval")) { check.interval = value }
-        if let entry = map["timeout"], let value = duration(entry.value, path.key("timeout")) { check.timeout = value }
-        if let entry = map["rise"], let value = integer(entry.value, path.key("rise"), in: 1...100) { check.rise = value }
-        if let entry = map["fall"], let value = integer(entry.value, path.key("fall"), in: 1...100) { check.fall = value }
-        if let entry = map["expect_status"], let value = integer(entry.value, path.key("expect_status"), in: 100...599) {
+        if let entry = map["interval"], let value = duration(entry.value, path.key("interval"), in: ConfigBounds.healthInterval) {
+            check.interval = value
+        }
+        if let entry = map["timeout"], let value = duration(entry.value, path.key("timeout"), in: ConfigBounds.healthTimeout) {
+            check.timeout = value
+        }
+        if let entry = map["rise"], let value = integer(entry.value, path.key("rise"), in: ConfigBounds.rise) { check.rise = value }
+        if let entry = map["fall"], let value = integer(entry.value, path.key("fall"), in: ConfigBounds.fall) { check.fall = value }
+        if let entry = map["expect_status"], let value = integer(entry.value, path.key("expect_status"), in: ConfigBounds.expectStatus) {
             check.expectStatus = value
         }
         if let entry = map["path"] {
@@ -371,8 +391,10 @@ struct ConfigDecoder {
         var passive = PassiveConfig()
         guard let map = mapping(node, path, keys: Self.passiveKeys, expected: "a mapping like { failures: 3, ejection: 10s }")
         else { return passive }
-        if let entry = map["failures"], let value = integer(entry.value, path.key("failures"), in: 1...1000) { passive.failures = value }
-        if let entry = map["ejection"], let value = duration(entry.value, path.key("ejection")) { passive.ejection = value }
+        if let entry = map["failures"], let value = integer(entry.value, path.key("failures"), in: ConfigBounds.passiveFailures) { passive.failures = value }
+        if let entry = map["ejection"], let value = duration(entry.value, path.key("ejection"), in: ConfigBounds.ejection) {
+            passive.ejection = value
+        }
         return passive
     }
 
@@ -392,6 +414,7 @@ struct ConfigDecoder {
             if let entry = map["address"] {
                 if let address = address(entry.value, itemPath.key("address"), allowPortZero: false) {
                     backend.address = address
+                    backendSites.append(BackendSite(address: address, node: entry.value, path: itemPath.key("address")))
                     if let first = firstByAddress[address] {
                         fail(itemPath.key("address"), at: entry.value,
                              "duplicate backend address \(address) (already used by \(path.index(first)))")
@@ -451,6 +474,7 @@ struct ConfigDecoder {
             if let entry = map["bind"] {
                 if let bind = address(entry.value, itemPath.key("bind"), allowPortZero: true) {
                     listener.bind = bind
+                    listenerBinds.append((index, bind))
                     // Port 0 asks the kernel for a fresh port each time: no clash.
                     if bind.port != 0 {
                         if let first = firstByBind[bind] {
@@ -487,10 +511,10 @@ struct ConfigDecoder {
                let value = integer(entry.value, itemPath.key("max_connections"), in: ConfigDefaults.maxConnectionsRange) {
                 listener.maxConnections = value
             }
-            if let entry = map["connect_timeout"], let value = duration(entry.value, itemPath.key("connect_timeout")) {
+            if let entry = map["connect_timeout"], let value = duration(entry.value, itemPath.key("connect_timeout"), in: ConfigBounds.connectTimeout) {
                 listener.connectTimeout = value
             }
-            if let entry = map["idle_timeout"], let value = duration(entry.value, itemPath.key("idle_timeout")) {
+            if let entry = map["idle_timeout"], let value = duration(entry.value, itemPath.key("idle_timeout"), in: ConfigBounds.idleTimeout) {
                 listener.idleTimeout = value
             }
             listeners.append(listener)

@@ -140,18 +140,25 @@ extension ConfigDecoder {
 
     static let durationExample = "a duration like 300ms, 2s, 5m"
 
-    /// A duration greater than zero.
-    mutating func duration(_ node: Node, _ path: ConfigFieldPath) -> Duration? {
+    /// A duration within `range` (whose lower bound is above zero).
+    mutating func duration(_ node: Node, _ path: ConfigFieldPath, in range: ClosedRange<Duration>) -> Duration? {
         guard let text = scalarText(node, path, expected: Self.durationExample) else { return nil }
         if let value = parseDuration(text) {
             guard value > .zero else {
                 fail(path, at: node, "expected a duration greater than zero; found \(configQuoted(text))")
                 return nil
             }
+            guard range.contains(value) else {
+                fail(path, at: node, "expected a duration in \(ConfigBounds.describe(range)); found \(configQuoted(text))")
+                return nil
+            }
             return value
         }
         let message: String
-        if text.hasPrefix("-") {
+        if Self.isWellFormedDuration(text) {
+            // Only too large (beyond Duration) or too fine (below an attosecond) gets here.
+            message = "expected a duration in \(ConfigBounds.describe(range)); found \(configQuoted(text))"
+        } else if text.hasPrefix("-") {
             message = "expected a positive duration like 300ms, 2s, 5m; found \(configQuoted(text))"
         } else if !text.isEmpty, text.allSatisfy({ $0.isASCII && ($0.isNumber || $0 == ".") }) {
             message = "expected \(Self.durationExample); found \(text) without a unit (e.g. \"\(text)s\")"
@@ -160,6 +167,16 @@ extension ConfigDecoder {
         }
         fail(path, at: node, message)
         return nil
+    }
+
+    /// Digits, an optional fraction and a known unit: what `parseDuration`
+    /// reads, whatever the magnitude.
+    static func isWellFormedDuration(_ text: String) -> Bool {
+        guard let unitStart = text.firstIndex(where: { !($0.isASCII && ($0.isNumber || $0 == ".")) }) else { return false }
+        let number = text[..<unitStart]
+        let parts = number.split(separator: ".", omittingEmptySubsequences: false)
+        guard (1...2).contains(parts.count), parts.allSatisfy({ !$0.isEmpty }) else { return false }
+        return ["ns", "us", "ms", "s", "m", "h"].contains(String(text[unitStart...]))
     }
 
     mutating func address(_ node: Node, _ path: ConfigFieldPath, allowPortZero: Bool,
