@@ -436,6 +436,19 @@ struct ConfigDecoder {
 
     // MARK: - listeners
 
+    /// A listener's `pool` must name one of `poolNames`.
+    mutating func checkPoolReference(_ pool: String, _ node: Node, _ path: ConfigFieldPath, poolNames: [String]) {
+        guard !poolNames.contains(pool) else { return }
+        var message = "no pool named \(configQuoted(pool))"
+        if poolNames.isEmpty {
+            message += " (no pools are defined)"
+        } else {
+            message += " (expected one of \(poolNames.joined(separator: ", ")))"
+            message += configDidYouMean(pool, poolNames)
+        }
+        fail(path, at: node, message)
+    }
+
     mutating func decodeListeners(_ node: Node, _ path: ConfigFieldPath, poolNames: [String]?) -> [ListenerConfig] {
         guard let items = sequence(node, path, expected: "a list of listeners") else { return [] }
         if items.isEmpty {
@@ -492,16 +505,7 @@ struct ConfigDecoder {
             if let entry = map["pool"] {
                 if let pool = scalarText(entry.value, itemPath.key("pool"), expected: "the name of a pool") {
                     listener.pool = pool
-                    if let poolNames, !poolNames.contains(pool) {
-                        var message = "no pool named \(configQuoted(pool))"
-                        if poolNames.isEmpty {
-                            message += " (no pools are defined)"
-                        } else {
-                            message += " (expected one of \(poolNames.joined(separator: ", ")))"
-                            message += configDidYouMean(pool, poolNames)
-                        }
-                        fail(itemPath.key("pool"), at: entry.value, message)
-                    }
+                    if let poolNames { checkPoolReference(pool, entry.value, itemPath.key("pool"), poolNames: poolNames) }
                 }
             } else {
                 missing(itemPath, key: "pool", in: map)
