@@ -92,7 +92,6 @@ public func openDescriptors() -> Set<Int32> {
 
 public func ignoreSIGPIPE() { sluice_ignore_sigpipe() }
 
-
 /// The soft open-files limit (RLIMIT_NOFILE), clamped to Int; nil if unknown.
 public func openFilesLimit() -> Int? {
     var limit = rlimit()
