@@ -9,11 +9,11 @@ APT_PACKAGES := pkg-config libbpf-dev libelf-dev bpftool iproute2 curl wrk util-
 PYTHON_PACKAGES := prometheus-client kubernetes-validate
 BENCH_PACKAGES := haproxy nginx-light libnginx-mod-stream iperf3 wrk python3
 SLUICE := .build/debug/sluice
-# libFuzzer targets under Fuzz/ (Fuzz/run <name> <seconds> runs one).
-FUZZERS ?= admin
+# Fuzzers under Fuzz/Sources/Fuzz<Name>, each run for FUZZ_SECONDS by `make fuzz`.
+FUZZERS ?= config admin
 FUZZ_SECONDS ?= 60
 
-.PHONY: setup build demo test fuzz bench-setup clean
+.PHONY: setup build demo test bench-setup fuzz clean
 
 setup:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -39,8 +39,14 @@ test: setup
 	$(SWIFT) build
 	$(SWIFT) test
 
-fuzz: setup
-	@for f in $(FUZZERS); do echo "fuzzing $$f for $(FUZZ_SECONDS) s"; Fuzz/run $$f $(FUZZ_SECONDS) || exit 1; done
+# Runs each fuzzer in FUZZERS for FUZZ_SECONDS (those not written yet are skipped);
+# stops at the first that finds a crash (saved under .build-fuzz/artifacts/).
+fuzz:
+	@for f in $(FUZZERS); do \
+		if [ ! -d "Fuzz/Sources/Fuzz$${f^}" ]; then echo "fuzz: no Fuzz/Sources/Fuzz$${f^}, skipping $$f"; continue; fi; \
+		echo "fuzz: $$f for $(FUZZ_SECONDS)s"; \
+		Fuzz/run "$$f" "$(FUZZ_SECONDS)" || exit 1; \
+	done
 
 bench-setup: setup
 	@missing=$$(for p in $(BENCH_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \

@@ -6,7 +6,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "sluice", targets: ["sluice"]),
-        // For the fuzzers (Fuzz/Package.swift), which depend on this package by path.
+        // For the fuzzers in Fuzz/, a package of their own.
         .library(name: "SluiceCore", targets: ["SluiceCore"]),
     ],
     dependencies: [

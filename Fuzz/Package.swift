@@ -1,21 +1,21 @@
 // swift-tools-version: 6.1
-// libFuzzer targets, one executable per fuzzer. Kept out of the main package:
-// they are built with -sanitize=fuzzer, which must not reach the daemon.
-// Build and run one: Fuzz/run <name> <seconds>  (or: make fuzz)
+// libFuzzer targets, one executable per fuzzer: Sources/Fuzz<Name>/main.swift.
+// A package of its own so that the main package's `swift build` and `swift
+// test` never see -sanitize=fuzzer. Build and run one with `Fuzz/run <name> <seconds>`.
+import Foundation
 import PackageDescription
+
+// Every directory under Sources/ is a fuzzer: adding one needs no edit here.
+let sources = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Sources")
+let fuzzers = ((try? FileManager.default.contentsOfDirectory(atPath: sources.path)) ?? [])
+    .filter { $0.hasPrefix("Fuzz") }
+    .sorted()
 
 let package = Package(
     name: "SluiceFuzz",
     platforms: [.macOS(.v15)],
-    dependencies: [
-        // Named: a path dependency's identity is its directory's name, which is
-        // the checkout's (main, a worktree, CI's clone), not "Sluice".
-        .package(name: "Sluice", path: ".."),
-    ],
-    targets: [
-        .executableTarget(
-            name: "FuzzAdmin",
-            dependencies: [.product(name: "SluiceCore", package: "Sluice")]
-        ),
-    ]
+    dependencies: [.package(name: "Sluice", path: "..")],
+    targets: fuzzers.map { name in
+        .executableTarget(name: name, dependencies: [.product(name: "SluiceCore", package: "Sluice")])
+    }
 )

@@ -92,3 +92,10 @@ public func openDescriptors() -> Set<Int32> {
 
 public func ignoreSIGPIPE() { sluice_ignore_sigpipe() }
 
+/// The soft open-files limit (RLIMIT_NOFILE), clamped to Int; nil if unknown.
+public func openFilesLimit() -> Int? {
+    var limit = rlimit()
+    guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return nil }
+    // RLIM_INFINITY is all ones; clamping makes it Int.max like any huge limit.
+    return Int(clamping: limit.rlim_cur)
+}

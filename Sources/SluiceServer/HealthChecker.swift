@@ -73,7 +73,7 @@ final class HealthChecker: @unchecked Sendable {
         for i in targets.indices {
             // First checks spread over one interval.
             let interval = targets[i].check.interval.milliseconds
-            _ = timers.schedule(at: now + UInt64.random(in: 0...max(1, interval), using: &random), .start(i))
+            _ = timers.schedule(at: now.saturatingAdd(UInt64.random(in: 0...max(1, interval), using: &random)), .start(i))
         }
         while !stopping.load(ordering: .relaxed) {
             let now = monotonicMilliseconds()
@@ -106,7 +106,7 @@ final class HealthChecker: @unchecked Sendable {
         }
         let probe = Probe(target: i, fd: fd)
         probes[i] = probe
-        probe.timer = timers.schedule(at: monotonicMilliseconds() + target.check.timeout.milliseconds, .timeout(i))
+        probe.timer = timers.schedule(at: deadline(after: target.check.timeout, from: monotonicMilliseconds()), .timeout(i))
         do {
             if case .connected = try Socket.connect(fd, to: address) {
                 probe.connected = true
@@ -229,6 +229,6 @@ final class HealthChecker: @unchecked Sendable {
     private func scheduleNext(_ i: Int, now: UInt64) {
         let interval = targets[i].check.interval.milliseconds
         let jitter = UInt64.random(in: 0...max(1, interval / 5), using: &random)
-        _ = timers.schedule(at: now + interval - interval / 10 + jitter, .start(i))
+        _ = timers.schedule(at: now.saturatingAdd(interval - interval / 10).saturatingAdd(jitter), .start(i))
     }
 }

@@ -73,6 +73,9 @@ public final class Server: AdminHandler {
     private func serve() throws(ServerError) -> Int32 {
         let steeringMode = config.steering
         try preflight()
+        if let limit = openFilesLimit(), let warning = DescriptorBudget(config: config).warning(openFilesLimit: limit) {
+            logger.warning("\(warning)")
+        }
 
         // Signals are blocked before any thread starts, so every thread inherits the mask.
         let signals: SignalFD
@@ -326,10 +329,10 @@ public final class Server: AdminHandler {
                 _exit(1)
             }
             SystemdNotify.send("STOPPING=1\nSTATUS=draining")
-            let deadline = monotonicMilliseconds().addingSaturated(config.drainTimeout.milliseconds)
+            let deadline = monotonicMilliseconds().saturatingAdd(config.drainTimeout.milliseconds)
             // A worker stuck in a call never reads its drain order: the
             // process still ends, two seconds after the drain deadline.
-            stopDeadline = deadline.addingSaturated(2000)
+            stopDeadline = deadline.saturatingAdd(2000)
             logger.info("stop signal: draining", metadata: [
                 "signal": "\(signalName(signal))",
                 "drain_timeout": "\(formatDuration(config.drainTimeout))",
@@ -581,7 +584,7 @@ public final class Server: AdminHandler {
         do {
             let steering = try KernelSteering(
                 instance: config.instance, workers: config.workers, listeners: config.listeners.count,
-                stallThresholdNanoseconds: config.stallThreshold.milliseconds * 1_000_000,
+                stallThresholdNanoseconds: config.stallThreshold.nanoseconds,
                 attachPrograms: mode == .leastLoaded)
             if pinning {
                 do {

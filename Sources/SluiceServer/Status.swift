@@ -3,6 +3,7 @@ import CSluice
 import Foundation
 import Glibc
 import SluiceBPF
+import SluiceCore
 import SluicePosix
 
 /// What a running daemon writes next to its lock, for `sluice status`: the
@@ -214,7 +215,7 @@ public enum StatusReader {
         if sampleSeconds > 0 { usleep(UInt32(sampleSeconds * 1e6)) }
         let second = sample()
         let elapsed = Double(second.at - first.at) / 1e9
-        let stall = (info?.stallThresholdMilliseconds ?? 200) * 1_000_000
+        let stall = (info?.stallThresholdMilliseconds ?? 200).saturatingMultiply(1_000_000)
 
         var snapshot = StatusSnapshot(
             instance: instance, daemon: "running", pid: info?.pid, uptimeSeconds: nil, workers: [], listeners: [],

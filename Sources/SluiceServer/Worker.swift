@@ -324,7 +324,7 @@ final class Worker: @unchecked Sendable {
             record.add(.active, 1)
             counters.movedIn.wrappingIncrement(ordering: .relaxed)
             session.idleTimer = timers.schedule(
-                at: session.lastActivityMilliseconds + session.listener.config.idleTimeout.milliseconds,
+                at: deadline(after: session.listener.config.idleTimeout, from: session.lastActivityMilliseconds),
                 .idle(session: session.id))
             if session.spliced != nil {
                 rearmSpliced(session)
@@ -356,7 +356,7 @@ final class Worker: @unchecked Sendable {
             if now &- session.lastActivityMilliseconds >= idle {
                 close(session, reason: .idleTimeout)
             } else {
-                session.idleTimer = timers.schedule(at: session.lastActivityMilliseconds + idle, .idle(session: id))
+                session.idleTimer = timers.schedule(at: session.lastActivityMilliseconds.saturatingAdd(idle), .idle(session: id))
             }
         case .rearmListener(let index):
             pausedListeners.remove(index)
@@ -518,7 +518,7 @@ final class Worker: @unchecked Sendable {
                     session.backendAdded = true
                     session.backendArmed = [.writable]
                     session.connectTimer = timers.schedule(
-                        at: monotonicMilliseconds() + session.listener.config.connectTimeout.milliseconds,
+                        at: deadline(after: session.listener.config.connectTimeout, from: monotonicMilliseconds()),
                         .connect(session: session.id, attempt: session.triedBackends.count)
                     )
                     return
@@ -569,7 +569,7 @@ final class Worker: @unchecked Sendable {
         let now = monotonicMilliseconds()
         session.lastActivityMilliseconds = now
         session.idleTimer = timers.schedule(
-            at: now + session.listener.config.idleTimeout.milliseconds, .idle(session: session.id)
+            at: deadline(after: session.listener.config.idleTimeout, from: now), .idle(session: session.id)
         )
         if session.path == .sockmap {
             if enterSockmap(session) { return }

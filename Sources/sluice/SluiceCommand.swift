@@ -104,6 +104,10 @@ struct Check: ParsableCommand {
     func run() throws {
         let loaded = try loadConfig(config)
         let c = loaded.config
+        // A warning, not an error: the limit where it runs may differ from here.
+        if let limit = openFilesLimit(), let warning = DescriptorBudget(config: c).warning(openFilesLimit: limit) {
+            printError("warning: \(warning)")
+        }
         printOut("\(config): OK: \(c.listeners.count) listener(s), \(c.pools.count) pool(s), "
             + "\(c.workers) worker(s), steering \(c.steering.rawValue), data path \(c.splice.rawValue)")
     }

@@ -41,6 +41,16 @@ struct ConfigDecoder {
     let onlineCPUs: Int
     private(set) var errors: [ConfigError] = []
     private(set) var notices: [String] = []
+    /// Every decoded backend address and listener bind, with where they were
+    /// written, for the checks that look across pools and listeners.
+    var backendSites: [BackendSite] = []
+    var listenerBinds: [(index: Int, bind: SocketAddressSpec)] = []
+
+    struct BackendSite {
+        var address: SocketAddressSpec
+        var node: Node
+        var path: ConfigFieldPath
+    }
 
     init(file: String, features: FeatureAvailability, onlineCPUs: Int) {
         self.file = file
@@ -95,9 +105,13 @@ struct ConfigDecoder {
             specified: SpliceMode.specifiedDefault, effective: features.defaultSplice,
             isAvailable: features.isAvailable
         )
-        let stallThreshold = doc["stall_threshold"].flatMap { duration($0.value, top.key("stall_threshold")) }
+        let stallThreshold = doc["stall_threshold"].flatMap {
+            duration($0.value, top.key("stall_threshold"), in: ConfigBounds.stallThreshold)
+        }
             ?? ConfigDefaults.stallThreshold
-        let drainTimeout = doc["drain_timeout"].flatMap { duration($0.value, top.key("drain_timeout")) }
+        let drainTimeout = doc["drain_timeout"].flatMap {
+            duration($0.value, top.key("drain_timeout"), in: ConfigBounds.drainTimeout)
+        }
             ?? ConfigDefaults.drainTimeout
         let log = doc["log"].map { decodeLog($0.value, top.key("log")) } ?? LogConfig()
         let admin = decodeAdmin(doc["admin"], top.key("admin"), instance: instance)
@@ -129,6 +143,7 @@ struct ConfigDecoder {
             missing(top, key: "listeners", in: doc)
         }
 
+        refuseBackendsThatAreListeners()
         guard errors.isEmpty else { return nil }
 
         let used = Set(listeners.map(\.pool))
@@ -209,13 +224,14 @@ struct ConfigDecoder {
         guard let map = mapping(entry.value, path, keys: Self.rebalanceKeys,
                                 expected: "off, or a mapping like { interval: 100ms, ratio: 1.1 }")
         else { return rebalance }
-        if let interval = map["interval"], let value = duration(interval.value, path.key("interval")) {
+        if let interval = map["interval"], let value = duration(interval.value, path.key("interval"), in: ConfigBounds.rebalanceInterval) {
             rebalance.interval = value
         }
         if let ratio = map["ratio"] {
-            let expected = "a number above 1.0, such as 1.1"
+            let expected = "a number above 1.0 and at most 100, such as 1.1"
             if let text = scalarText(ratio.value, path.key("ratio"), expected: expected) {
-                if let value = Double(text), value > 1.0, value.isFinite {
+                if let value = Double(text), value > ConfigBounds.rebalanceRatioAbove, value.isFinite,
+                   value <= ConfigBounds.rebalanceRatioMax {
                     rebalance.ratio = value
                 } else {
                     fail(path.key("ratio"), at: ratio.value, "expected \(expected); found \(configQuoted(text))")
@@ -252,7 +268,7 @@ struct ConfigDecoder {
                     admin.metrics = address(metrics.value, path.key("metrics"), allowPortZero: false, orOff: true)
                 }
             }
-            if let idle = map["idle_timeout"], let value = duration(idle.value, path.key("idle_timeout")) {
+            if let idle = map["idle_timeout"], let value = duration(idle.value, path.key("idle_timeout"), in: ConfigBounds.adminIdleTimeout) {
                 admin.idleTimeout = value
             }
         }
@@ -330,7 +346,7 @@ struct ConfigDecoder {
                 pool.passive = decodePassive(entry.value, itemPath.key("passive"))
             }
             if let entry = map["min_healthy"],
-               let value = integer(entry.value, itemPath.key("min_healthy"), in: 0...1000) {
+               let value = integer(entry.value, itemPath.key("min_healthy"), in: ConfigBounds.minHealthy) {
                 pool.minHealthy = value
             }
             pools.append(pool)
@@ -344,11 +360,15 @@ struct ConfigDecoder {
                                 expected: "a mapping like { kind: http, interval: 2s, timeout: 1s, rise: 2, fall: 3, path: /health }")
         else { return check }
         if let entry = map["kind"], let kind = choice(entry.value, path.key("kind"), HealthCheckKind.self) { check.kind = kind }
-        if let entry = map["interval"], let value = duration(entry.value, path.key("interval")) { check.interval = value }
-        if let entry = map["timeout"], let value = duration(entry.value, path.key("timeout")) { check.timeout = value }
-        if let entry = map["rise"], let value = integer(entry.value, path.key("rise"), in: 1...100) { check.rise = value }
-        if let entry = map["fall"], let value = integer(entry.value, path.key("fall"), in: 1...100) { check.fall = value }
-        if let entry = map["expect_status"], let value = integer(entry.value, path.key("expect_status"), in: 100...599) {
+        if let entry = map["interval"], let value = duration(entry.value, path.key("interval"), in: ConfigBounds.healthInterval) {
+            check.interval = value
+        }
+        if let entry = map["timeout"], let value = duration(entry.value, path.key("timeout"), in: ConfigBounds.healthTimeout) {
+            check.timeout = value
+        }
+        if let entry = map["rise"], let value = integer(entry.value, path.key("rise"), in: ConfigBounds.rise) { check.rise = value }
+        if let entry = map["fall"], let value = integer(entry.value, path.key("fall"), in: ConfigBounds.fall) { check.fall = value }
+        if let entry = map["expect_status"], let value = integer(entry.value, path.key("expect_status"), in: ConfigBounds.expectStatus) {
             check.expectStatus = value
         }
         if let entry = map["path"] {
@@ -374,8 +394,10 @@ struct ConfigDecoder {
         var passive = PassiveConfig()
         guard let map = mapping(node, path, keys: Self.passiveKeys, expected: "a mapping like { failures: 3, ejection: 10s }")
         else { return passive }
-        if let entry = map["failures"], let value = integer(entry.value, path.key("failures"), in: 1...1000) { passive.failures = value }
-        if let entry = map["ejection"], let value = duration(entry.value, path.key("ejection")) { passive.ejection = value }
+        if let entry = map["failures"], let value = integer(entry.value, path.key("failures"), in: ConfigBounds.passiveFailures) { passive.failures = value }
+        if let entry = map["ejection"], let value = duration(entry.value, path.key("ejection"), in: ConfigBounds.ejection) {
+            passive.ejection = value
+        }
         return passive
     }
 
@@ -395,6 +417,7 @@ struct ConfigDecoder {
             if let entry = map["address"] {
                 if let address = address(entry.value, itemPath.key("address"), allowPortZero: false) {
                     backend.address = address
+                    backendSites.append(BackendSite(address: address, node: entry.value, path: itemPath.key("address")))
                     if let first = firstByAddress[address] {
                         fail(itemPath.key("address"), at: entry.value,
                              "duplicate backend address \(address) (already used by \(path.index(first)))")
@@ -415,6 +438,19 @@ struct ConfigDecoder {
     }
 
     // MARK: - listeners
+
+    /// A listener's `pool` must name one of `poolNames`.
+    mutating func checkPoolReference(_ pool: String, _ node: Node, _ path: ConfigFieldPath, poolNames: [String]) {
+        guard !poolNames.contains(pool) else { return }
+        var message = "no pool named \(configQuoted(pool))"
+        if poolNames.isEmpty {
+            message += " (no pools are defined)"
+        } else {
+            message += " (expected one of \(poolNames.joined(separator: ", ")))"
+            message += configDidYouMean(pool, poolNames)
+        }
+        fail(path, at: node, message)
+    }
 
     mutating func decodeListeners(_ node: Node, _ path: ConfigFieldPath, poolNames: [String]?) -> [ListenerConfig] {
         guard let items = sequence(node, path, expected: "a list of listeners") else { return [] }
@@ -454,6 +490,7 @@ struct ConfigDecoder {
             if let entry = map["bind"] {
                 if let bind = address(entry.value, itemPath.key("bind"), allowPortZero: true) {
                     listener.bind = bind
+                    listenerBinds.append((index, bind))
                     // Port 0 asks the kernel for a fresh port each time: no clash.
                     if bind.port != 0 {
                         if let first = firstByBind[bind] {
@@ -471,16 +508,7 @@ struct ConfigDecoder {
             if let entry = map["pool"] {
                 if let pool = scalarText(entry.value, itemPath.key("pool"), expected: "the name of a pool") {
                     listener.pool = pool
-                    if let poolNames, !poolNames.contains(pool) {
-                        var message = "no pool named \(configQuoted(pool))"
-                        if poolNames.isEmpty {
-                            message += " (no pools are defined)"
-                        } else {
-                            message += " (expected one of \(poolNames.joined(separator: ", ")))"
-                            message += configDidYouMean(pool, poolNames)
-                        }
-                        fail(itemPath.key("pool"), at: entry.value, message)
-                    }
+                    if let poolNames { checkPoolReference(pool, entry.value, itemPath.key("pool"), poolNames: poolNames) }
                 }
             } else {
                 missing(itemPath, key: "pool", in: map)
@@ -490,251 +518,14 @@ struct ConfigDecoder {
                let value = integer(entry.value, itemPath.key("max_connections"), in: ConfigDefaults.maxConnectionsRange) {
                 listener.maxConnections = value
             }
-            if let entry = map["connect_timeout"], let value = duration(entry.value, itemPath.key("connect_timeout")) {
+            if let entry = map["connect_timeout"], let value = duration(entry.value, itemPath.key("connect_timeout"), in: ConfigBounds.connectTimeout) {
                 listener.connectTimeout = value
             }
-            if let entry = map["idle_timeout"], let value = duration(entry.value, itemPath.key("idle_timeout")) {
+            if let entry = map["idle_timeout"], let value = duration(entry.value, itemPath.key("idle_timeout"), in: ConfigBounds.idleTimeout) {
                 listener.idleTimeout = value
             }
             listeners.append(listener)
         }
         return listeners
     }
-
-    // MARK: - Node shapes
-
-    static func isNull(_ scalar: Node.Scalar) -> Bool {
-        scalar.style == .plain && ["", "~", "null", "Null", "NULL"].contains(scalar.string)
-    }
-
-    /// "a mapping", "a list", `"text"` or "null", for "found ..." messages.
-    static func describe(_ node: Node) -> String {
-        switch node {
-        case .scalar(let scalar): isNull(scalar) ? "null" : configQuoted(scalar.string)
-        case .mapping: "a mapping"
-        case .sequence: "a list"
-        case .alias: "an alias"
-        }
-    }
-
-    static func isAbsolutePath(_ text: String) -> Bool {
-        text.hasPrefix("/") && !text.utf8.contains(0)
-    }
-
-    /// A mapping's recognised entries; reports unknown keys and a wrong node type.
-    mutating func mapping(_ node: Node, _ path: ConfigFieldPath, keys: [String],
-                          expected: String = "a mapping") -> ConfigMapping? {
-        guard case .mapping(let map) = node else {
-            fail(path, at: node, "expected \(expected); found \(Self.describe(node))")
-            return nil
-        }
-        var result = ConfigMapping(node: node, path: path)
-        var reportedUnknown = Set<String>()
-        for (key, value) in flattenMerges(map, path) {
-            guard case .scalar(let scalar) = key, !Self.isNull(scalar) else {
-                fail(path, at: key, "expected a key name; found \(Self.describe(key))")
-                continue
-            }
-            let name = scalar.string
-            if result.entries[name] != nil || reportedUnknown.contains(name) { continue }
-            guard keys.contains(name) else {
-                reportedUnknown.insert(name)
-                fail(path.key(name), at: key,
-                     "unknown key \(configQuoted(name)) (expected one of \(keys.joined(separator: ", ")))"
-                        + configDidYouMean(name, keys))
-                continue
-            }
-            result.entries[name] = ConfigMapping.Entry(key: key, value: value)
-        }
-        return result
-    }
-
-    /// The pairs of `map` with YAML merge keys (`<<: *anchor`) expanded;
-    /// explicit keys come first so they win over merged ones.
-    mutating func flattenMerges(_ map: Node.Mapping, _ path: ConfigFieldPath) -> [(key: Node, value: Node)] {
-        var explicit: [(key: Node, value: Node)] = []
-        var merged: [(key: Node, value: Node)] = []
-        for (key, value) in map {
-            guard case .scalar(let scalar) = key, scalar.style == .plain, scalar.string == "<<" else {
-                explicit.append((key, value))
-                continue
-            }
-            let sources: [Node]
-            if case .sequence(let list) = value { sources = Array(list) } else { sources = [value] }
-            for source in sources {
-                if case .mapping(let inner) = source {
-                    merged += flattenMerges(inner, path)
-                } else {
-                    fail(path.key("<<"), at: source,
-                         "expected a mapping or a list of mappings to merge; found \(Self.describe(source))")
-                }
-            }
-        }
-        return explicit + merged
-    }
-
-    mutating func sequence(_ node: Node, _ path: ConfigFieldPath, expected: String) -> [Node]? {
-        guard case .sequence(let list) = node else {
-            fail(path, at: node, "expected \(expected); found \(Self.describe(node))")
-            return nil
-        }
-        return Array(list)
-    }
-
-    /// The text of a non-null scalar.
-    mutating func scalarText(_ node: Node, _ path: ConfigFieldPath, expected: String) -> String? {
-        guard case .scalar(let scalar) = node, !Self.isNull(scalar) else {
-            fail(path, at: node, "expected \(expected); found \(Self.describe(node))")
-            return nil
-        }
-        return scalar.string
-    }
-
-    // MARK: - Values
-
-    mutating func choice<E: RawRepresentable & CaseIterable>(
-        _ node: Node, _ path: ConfigFieldPath, _ type: E.Type
-    ) -> E? where E.RawValue == String {
-        let names = E.allCases.map(\.rawValue)
-        let expected = "one of " + names.joined(separator: ", ")
-        guard let text = scalarText(node, path, expected: expected) else { return nil }
-        guard let value = E(rawValue: text) else {
-            fail(path, at: node, "expected \(expected); found \(configQuoted(text))" + configDidYouMean(text, names))
-            return nil
-        }
-        return value
-    }
-
-    mutating func integer(_ node: Node, _ path: ConfigFieldPath, in range: ClosedRange<Int>) -> Int? {
-        let expected = "an integer in \(range.lowerBound)...\(range.upperBound)"
-        guard let text = scalarText(node, path, expected: expected) else { return nil }
-        guard let value = Self.parseInteger(text) else {
-            fail(path, at: node, "expected \(expected); found \(configQuoted(text))")
-            return nil
-        }
-        guard range.contains(value) else {
-            fail(path, at: node, "expected \(expected); found \(text)")
-            return nil
-        }
-        return value
-    }
-
-    /// Decimal integer with an optional sign and `_` digit separators.
-    static func parseInteger(_ text: String) -> Int? {
-        var body = Substring(text)
-        var negative = false
-        if let first = body.first, first == "-" || first == "+" {
-            negative = first == "-"
-            body = body.dropFirst()
-        }
-        guard let first = body.first, first.isASCII, first.isNumber,
-              body.allSatisfy({ $0 == "_" || ($0.isASCII && $0.isNumber) })
-        else { return nil }
-        guard let magnitude = Int(body.filter { $0 != "_" }) else { return nil }
-        return negative ? -magnitude : magnitude
-    }
-
-    static let durationExample = "a duration like 300ms, 2s, 5m"
-
-    /// A duration greater than zero.
-    mutating func duration(_ node: Node, _ path: ConfigFieldPath) -> Duration? {
-        guard let text = scalarText(node, path, expected: Self.durationExample) else { return nil }
-        if let value = parseDuration(text) {
-            guard value > .zero else {
-                fail(path, at: node, "expected a duration greater than zero; found \(configQuoted(text))")
-                return nil
-            }
-            return value
-        }
-        let message: String
-        if text.hasPrefix("-") {
-            message = "expected a positive duration like 300ms, 2s, 5m; found \(configQuoted(text))"
-        } else if !text.isEmpty, text.allSatisfy({ $0.isASCII && ($0.isNumber || $0 == ".") }) {
-            message = "expected \(Self.durationExample); found \(text) without a unit (e.g. \"\(text)s\")"
-        } else {
-            message = "expected \(Self.durationExample) (units: ns, us, ms, s, m, h); found \(configQuoted(text))"
-        }
-        fail(path, at: node, message)
-        return nil
-    }
-
-    mutating func address(_ node: Node, _ path: ConfigFieldPath, allowPortZero: Bool,
-                          orOff: Bool = false) -> SocketAddressSpec? {
-        let expected = AddressParseError.example + (orOff ? " (or off)" : "")
-        if case .sequence = node {
-            fail(path, at: node,
-                 "expected \(expected); found a list (IPv6 addresses need quotes: \"[::1]:8080\")")
-            return nil
-        }
-        guard let text = scalarText(node, path, expected: expected) else { return nil }
-        switch SocketAddressSpec.parse(text, allowPortZero: allowPortZero) {
-        case .success(let address):
-            return address
-        case .failure(let error):
-            fail(path, at: node, error.description)
-            return nil
-        }
-    }
-
-    mutating func instanceName(_ node: Node, _ path: ConfigFieldPath) -> String? {
-        let rule = "1 to 64 characters from A-Z, a-z, 0-9, \"_\" and \"-\""
-        guard let text = scalarText(node, path, expected: "an instance name of \(rule)") else { return nil }
-        let valid = (1...64).contains(text.count)
-            && text.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-") }
-        guard valid else {
-            fail(path, at: node, "expected an instance name of \(rule); found \(configQuoted(text))")
-            return nil
-        }
-        return text
-    }
-
-    /// Listener and pool names: [A-Za-z0-9_.-]+.
-    mutating func validateName(_ text: String, _ node: Node, _ path: ConfigFieldPath) -> Bool {
-        let valid = !text.isEmpty
-            && text.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "." || $0 == "-") }
-        if !valid {
-            fail(path, at: node,
-                 "expected a name made of A-Z, a-z, 0-9, \"_\", \".\" and \"-\"; found \(configQuoted(text))")
-        }
-        return valid
-    }
-}
-
-// MARK: - Did you mean
-
-/// `; did you mean "x"?` when one candidate is a close spelling of `text`, else "".
-func configDidYouMean(_ text: String, _ candidates: [String]) -> String {
-    let typed = Array(text.lowercased())
-    var best: (candidate: String, distance: Int)? = nil
-    for candidate in candidates {
-        let distance = configEditDistance(typed, Array(candidate.lowercased()))
-        let limit = candidate.count >= 5 ? 2 : (candidate.count >= 3 ? 1 : 0)
-        if distance <= limit, distance < (best?.distance ?? Int.max) {
-            best = (candidate, distance)
-        }
-    }
-    guard let best, best.candidate != text else { return "" }
-    return "; did you mean \"\(best.candidate)\"?"
-}
-
-/// Optimal-string-alignment distance (Levenshtein plus adjacent transpositions).
-func configEditDistance(_ a: [Character], _ b: [Character]) -> Int {
-    if a.isEmpty { return b.count }
-    if b.isEmpty { return a.count }
-    var previous2 = [Int](repeating: 0, count: b.count + 1)
-    var previous = Array(0...b.count)
-    var current = [Int](repeating: 0, count: b.count + 1)
-    for i in 1...a.count {
-        current[0] = i
-        for j in 1...b.count {
-            let cost = a[i - 1] == b[j - 1] ? 0 : 1
-            var value = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
-            if i > 1, j > 1, a[i - 1] == b[j - 2], a[i - 2] == b[j - 1] {
-                value = min(value, previous2[j - 2] + 1)
-            }
-            current[j] = value
-        }
-        (previous2, previous, current) = (previous, current, previous2)
-    }
-    return previous[b.count]
 }

@@ -61,10 +61,18 @@ public enum ConfigLoader {
             let reason = String(cString: strerror(failure.code))
             throw ConfigErrors([ConfigError(file: path, path: "", message: "cannot read the configuration file: \(reason)")])
         }
+        return try parse(bytes: bytes, file: path)
+    }
+
+    /// Decodes the bytes of a configuration file: everything `load` (and so
+    /// `sluice check`) does after reading it, and what the fuzzer drives.
+    public static func parse(
+        bytes: [UInt8], file: String, onlineCPUs: Int = ConfigLoader.onlineCPUCount
+    ) throws(ConfigErrors) -> LoadedConfig {
         guard let text = String(validating: bytes, as: UTF8.self) else {
-            throw ConfigErrors([ConfigError(file: path, path: "", message: "the configuration file is not valid UTF-8")])
+            throw ConfigErrors([ConfigError(file: file, path: "", message: "the configuration file is not valid UTF-8")])
         }
-        return try parse(yaml: text, file: path)
+        return try parse(yaml: text, file: file, onlineCPUs: onlineCPUs)
     }
 
     // MARK: - Helpers

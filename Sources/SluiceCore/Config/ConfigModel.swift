@@ -231,25 +231,25 @@ public struct SluiceConfig: Sendable, Equatable {
     }
 }
 
-/// Default values and limits of the configuration format.
+/// Default values of the configuration format (limits: `ConfigBounds`).
 public enum ConfigDefaults {
     public static let instance = "default"
-    public static let workersRange: ClosedRange<Int> = 1...64
+    public static let workersRange = ConfigBounds.workers
     /// One record each in the pinned listener_load table.
-    public static let maxListeners = 64
+    public static let maxListeners = ConfigBounds.listeners.upperBound
     public static let stallThreshold: Duration = .milliseconds(200)
     public static let drainTimeout: Duration = .seconds(30)
 
     public static let maxConnections = 100_000
-    public static let maxConnectionsRange: ClosedRange<Int> = 1...10_000_000
+    public static let maxConnectionsRange = ConfigBounds.maxConnections
     public static let connectTimeout: Duration = .seconds(2)
     public static let idleTimeout: Duration = .seconds(300)
 
     public static let algorithm: BalancingAlgorithm = .leastConn
     public static let retries = 2
-    public static let retriesRange: ClosedRange<Int> = 0...16
+    public static let retriesRange = ConfigBounds.retries
     public static let weight = 1
-    public static let weightRange: ClosedRange<Int> = 1...1000
+    public static let weightRange = ConfigBounds.weight
 
     public static let metrics = SocketAddressSpec(host: "127.0.0.1", port: 9901, family: .inet)
     /// A person at `sluice status` or a script sends its request at once;

@@ -184,3 +184,42 @@ public enum AddressParseError: Error, Sendable, Equatable, CustomStringConvertib
 func configQuoted(_ text: String) -> String {
     String(reflecting: text)
 }
+
+// MARK: - A backend that is the proxy itself
+
+extension SocketAddressSpec {
+    /// Whether connecting to this address reaches a socket listening on
+    /// `listener` on this host, so that a pool holding it would proxy to the
+    /// proxy itself until descriptors run out. Decided without looking at
+    /// the host's interfaces (the file may be checked on another machine):
+    /// the same address; for a wildcard listener, a loopback or wildcard
+    /// address on its port; an IPv4-mapped IPv6 address as its IPv4 address;
+    /// and a wildcard backend as loopback (where Linux sends such a connect).
+    /// IPv6 listeners are bound IPV6_V6ONLY, so families never cross.
+    public func reachesListener(boundTo listener: SocketAddressSpec) -> Bool {
+        guard listener.port != 0, port == listener.port else { return false }
+        let target = unmappedIPv4
+        guard target.family == listener.family else { return false }
+        if target == listener { return true }
+        if listener.isUnspecified { return target.isLoopback || target.isUnspecified }
+        if target.isUnspecified { return listener.canonicalHost == (listener.family == .inet ? "127.0.0.1" : "::1") }
+        return false
+    }
+
+    /// 127.0.0.0/8 or ::1.
+    public var isLoopback: Bool {
+        switch family {
+        case .inet: canonicalHost.hasPrefix("127.")
+        case .inet6: canonicalHost == "::1"
+        }
+    }
+
+    /// `[::ffff:a.b.c.d]:p` as `a.b.c.d:p`; any other address unchanged.
+    var unmappedIPv4: SocketAddressSpec {
+        let prefix = "::ffff:"
+        guard family == .inet6, canonicalHost.hasPrefix(prefix) else { return self }
+        let embedded = String(canonicalHost.dropFirst(prefix.count))
+        guard let ip = Self.canonicalIP(embedded, family: .inet) else { return self }
+        return SocketAddressSpec(host: ip, port: port, family: .inet)
+    }
+}

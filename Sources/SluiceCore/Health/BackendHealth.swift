@@ -51,10 +51,10 @@ public struct PassiveEjectionState: Sendable, Equatable {
         failuresInARow += 1
         guard failuresInARow >= threshold, !isEjected(now: now), mayEject else { return nil }
         let factor = UInt64(1) << UInt64(min(ejections, 16))
-        let length = min(ejectionMilliseconds &* factor, Self.maxEjectionMilliseconds)
+        let length = min(ejectionMilliseconds.saturatingMultiply(factor), Self.maxEjectionMilliseconds)
         ejections += 1
         failuresInARow = 0
-        ejectedUntilMilliseconds = now + length
+        ejectedUntilMilliseconds = now.saturatingAdd(length)
         return ejectedUntilMilliseconds
     }
 

@@ -296,7 +296,7 @@ struct ConfigAdminRebalanceTests {
     @Test func rebalanceErrors() {
         let errors = configErrors("rebalance: { interval: soon, ratio: 0.9, every: 1 }\n" + minimalConfigYAML, features: .all)
         #expect(errors.map(\.path) == ["rebalance.interval", "rebalance.ratio", "rebalance.every"])
-        #expect(errors[1].message == "expected a number above 1.0, such as 1.1; found \"0.9\"")
+        #expect(errors[1].message == "expected a number above 1.0 and at most 100, such as 1.1; found \"0.9\"")
     }
 
     @Test func tooManyListeners() {
