@@ -69,7 +69,8 @@ static __always_inline void count(__u32 stat)
 }
 
 /* The worker that gets the connection owns it in the counts: a pending
- * charge here, settled by the worker's accept or expired by the daemon.
+ * charge here, settled by the worker's accept (which counts `accepted`) or
+ * expired by the daemon.
  * Order matters to the daemon, which reads pending before charged: a
  * pending charge it sees is always already dated by `charged`. */
 static __always_inline void charge(__u32 worker)
@@ -77,7 +78,6 @@ static __always_inline void charge(__u32 worker)
     struct sluice_worker *w = bpf_map_lookup_elem(&worker_load, &worker);
     if (w) {
         __sync_fetch_and_add(&w->active, 1);
-        __sync_fetch_and_add(&w->accepted, 1);
         __sync_fetch_and_add(&w->charged, 1);
         __sync_fetch_and_add(&w->pending, 1);
     }

@@ -363,7 +363,8 @@ public final class Server: AdminHandler {
     }
 
     /// Pins, info file, admin socket and lock: what a later start would
-    /// otherwise find left behind. Workers may still run, so nothing is unmapped.
+    /// otherwise find left behind. Workers may still run, so nothing is
+    /// unmapped. The log lines queued so far get a moment to reach the output.
     private func removeNames(steering: KernelSteering?, lockPath: String?) {
         if let steering { removePinDirectory(steering.pinDirectory) }
         if let lockPath {
@@ -371,6 +372,8 @@ public final class Server: AdminHandler {
             unlink(lockPath)
         }
         if let socket = config.admin?.socket { unlink(socket) }
+        logs.sink.flush(timeoutMilliseconds: 500)
+        accessSink.flush(timeoutMilliseconds: 500)
     }
 
     // MARK: - Admin socket and metrics

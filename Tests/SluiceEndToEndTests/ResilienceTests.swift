@@ -20,6 +20,12 @@ func fetchMetrics(port: UInt16) throws -> String {
 }
 
 /// One short connection through the proxy: a few bytes echoed, then closed.
+/// One byte out and back on a proxied connection.
+func echoOneByte(_ fd: Int32) -> Bool {
+    var byte: UInt8 = 42
+    return send(fd, &byte, 1, 0) == 1 && recv(fd, &byte, 1, 0) == 1 && byte == 42
+}
+
 func echoFewBytes(port: UInt16, _ tag: Int) -> String? {
     do {
         let fd = try connectTCP("127.0.0.1", port)
@@ -126,33 +132,54 @@ extension ResilienceTests {
         var held: [Int32] = []
         defer { for fd in held { close(fd) } }
 
-        // A proxied connection costs 2 descriptors. With an odd number free,
-        // the last client is accepted and its backend socket() gets EMFILE.
-        if freeDescriptors(pid: pid, limit: limit) % 2 == 0 { held.append(try connectTCP("127.0.0.1", metricsPort)) }
-        try waitUntil(5, "an odd number of free descriptors") { freeDescriptors(pid: pid, limit: limit) % 2 == 1 }
+        // Fill the daemon's descriptor table: proxied connections (two
+        // descriptors each) while two are free, idle metrics clients for the
+        // last one. With one free, a client is accepted and its backend
+        // socket() gets EMFILE: a shortage on the connect path. With none,
+        // health probes cannot open a socket. Health probes hold a descriptor
+        // now and then, so the count is looked at again on every step.
         var proxied = 0
-        for i in 0..<limit {
-            let fd = try connectTCP("127.0.0.1", port, timeoutSeconds: 2)
-            var byte: UInt8 = UInt8(i & 0x7F)
-            if send(fd, &byte, 1, 0) == 1 && recv(fd, &byte, 1, 0) == 1 {
-                held.append(fd)
-                proxied += 1
-            } else {
-                close(fd)
-                break
+        var metricsClients: [Int32] = []
+        defer { for fd in metricsClients { close(fd) } }
+        var lastFree = -1
+        var filled = false
+        let seen = { (place: String) in sluice.log.contains("where=\(place)") }
+        do {
+            try waitUntil(30, "local shortages on the connect and health check paths") {
+                if seen("connect") && seen("health_check") { return true }
+                lastFree = freeDescriptors(pid: pid, limit: limit)
+                switch lastFree {
+                case 2... where !filled:
+                    if let fd = try? connectTCP("127.0.0.1", port, timeoutSeconds: 2), echoOneByte(fd) {
+                        held.append(fd)
+                        proxied += 1
+                    }
+                case 2...:
+                    if let fd = try? connectTCP("127.0.0.1", metricsPort) { metricsClients.append(fd) }
+                case 1 where !seen("connect"):
+                    for i in 0..<3 { _ = echoFewBytes(port: port, i) } // closed by sluice: no descriptor for their backend
+                    if !seen("connect"), let fd = try? connectTCP("127.0.0.1", metricsPort) { metricsClients.append(fd) }
+                case 1:
+                    if let fd = try? connectTCP("127.0.0.1", metricsPort) { metricsClients.append(fd) }
+                default:
+                    usleep(200_000) // two check intervals with no descriptor
+                    guard !seen("connect") else { break }
+                    // Full on an even count: give two back, take one.
+                    if let fd = metricsClients.popLast() ?? held.popLast() { close(fd) }
+                }
+                if lastFree < 2 { filled = true }
+                return false
             }
+        } catch {
+            Issue.record("free descriptors at the end: \(lastFree), proxied \(proxied), metrics clients \(metricsClients.count)")
+            throw error
         }
-        for i in 0..<20 { _ = echoFewBytes(port: port, i) } // closed by sluice: no descriptor for their backend
-        // One more idle connection takes the last descriptor: health probes cannot open a socket.
-        // (Idle metrics clients are held well past the few seconds this takes.)
-        try waitUntil(5, "one free descriptor") { freeDescriptors(pid: pid, limit: limit) == 1 }
-        held.append(try connectTCP("127.0.0.1", metricsPort))
-        try waitUntil(5, "no free descriptor") { freeDescriptors(pid: pid, limit: limit) == 0 }
         usleep(1_000_000) // ten check intervals at EMFILE; fall is 2
         print("held \(proxied) proxied connections under --nofile=\(limit)")
 
-        for fd in held { close(fd) }
+        for fd in held + metricsClients { close(fd) }
         held.removeAll()
+        metricsClients.removeAll()
         try waitUntil(10, "service to come back") { echoRoundTrip(port: port, size: 100, seed: 3) == nil }
         let metrics = try fetchMetrics(port: metricsPort)
         let connectErrors = metricValue(metrics, "sluice_local_resource_errors_total{where=\"connect\"}") ?? 0

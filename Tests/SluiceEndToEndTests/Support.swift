@@ -51,7 +51,10 @@ final class SluiceProcess: @unchecked Sendable {
 
     /// `launcher` runs sluice through another program, e.g. `prlimit --nofile=40 --`.
     /// `output` replaces the log file as stdout and stderr (then `log` stays empty).
-    init(arguments: [String], configYAML: String? = nil, launcher: [String] = [], output: FileHandle? = nil) throws {
+    /// `environment` adds variables for this process only: `setenv` in a test
+    /// would race with other tests' process spawns, which copy `environ`.
+    init(arguments: [String], configYAML: String? = nil, launcher: [String] = [], output: FileHandle? = nil,
+         environment: [String: String] = [:]) throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-e2e-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         logURL = dir.appendingPathComponent("out.log")
@@ -72,7 +75,7 @@ final class SluiceProcess: @unchecked Sendable {
             process.executableURL = URL(fileURLWithPath: sluiceBinary)
             process.arguments = args
         }
-        process.environment = ProcessInfo.processInfo.environment
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         let handle = try output ?? FileHandle(forWritingTo: logURL)
         process.standardOutput = handle
         process.standardError = handle

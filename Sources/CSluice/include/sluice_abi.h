@@ -19,7 +19,7 @@
 /* One entry per worker in the mmap-able `worker_load` array. */
 struct sluice_worker {
     __u64 active;       /* open connections + pending charges: what steering compares */
-    __u64 accepted;     /* connections steered here, total */
+    __u64 accepted;     /* connections the worker accepted, total */
     __u64 heartbeat_ns; /* CLOCK_MONOTONIC at the worker's last loop turn */
     __u64 busy_ns;      /* time spent handling events, total */
     __u64 flags;        /* SLUICE_WORKER_* */
