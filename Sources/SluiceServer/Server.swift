@@ -30,21 +30,21 @@ public struct ServerError: Error, CustomStringConvertible {
 /// The control thread: binds every listener once per worker, starts the
 /// workers, owns the signals, drains on SIGINT/SIGTERM, and joins.
 public final class Server: AdminHandler {
-    private let config: SluiceConfig
+    let config: SluiceConfig
     // Set while serving; read by the admin socket and metrics (control thread only).
-    private var liveWorkers: [Worker] = []
-    private var livePools: [RuntimePool] = []
-    private var liveListeners: [RuntimeListener] = []
-    private var liveSteering: KernelSteering?
-    private var liveTable: WorkerLoadTable?
-    private var loadKeeper: LoadKeeper?
-    private var moves: UInt64 { loadKeeper?.moves ?? 0 }
-    private let logs: LogFactory
-    private let accessSink: LogSink
+    var liveWorkers: [Worker] = []
+    var livePools: [RuntimePool] = []
+    var liveListeners: [RuntimeListener] = []
+    var liveSteering: KernelSteering?
+    var liveTable: WorkerLoadTable?
+    var loadKeeper: LoadKeeper?
+    var moves: UInt64 { loadKeeper?.moves ?? 0 }
+    let logs: LogFactory
+    let accessSink: LogSink
     private let options: ServerOptions
     private var logger: Logger
     /// Shared by the workers and the health checker; read by /metrics.
-    private let localResourceErrors = LocalResourceErrors()
+    let localResourceErrors = LocalResourceErrors()
 
     public init(config: SluiceConfig, logs: LogFactory, accessSink: LogSink, options: ServerOptions = ServerOptions()) {
         self.config = config
@@ -374,162 +374,6 @@ public final class Server: AdminHandler {
         if let socket = config.admin?.socket { unlink(socket) }
         logs.sink.flush(timeoutMilliseconds: 500)
         accessSink.flush(timeoutMilliseconds: 500)
-    }
-
-    // MARK: - Admin socket and metrics
-
-    func adminStatus() -> StatusSnapshot? {
-        guard var snapshot = try? StatusReader.read(instance: config.instance, sampleSeconds: 0, askAdmin: false) else { return nil }
-        snapshot.backends = adminBackends().backends
-        snapshot.steering.moves = moves
-        snapshot.logLinesDropped = logLinesDropped
-        snapshot.localResourceErrors = LocalResourceErrorCounts(localResourceErrors)
-        return snapshot
-    }
-
-    func adminBackends() -> AdminBackendsReply {
-        let now = monotonicMilliseconds()
-        var backends: [StatusSnapshot.Backend] = []
-        for pool in livePools {
-            for (i, backend) in pool.config.backends.enumerated() {
-                let checkedAt = pool.lastCheckAt[i].load(ordering: .relaxed)
-                var lastCheck: String?
-                if checkedAt > 0 {
-                    let age = (now > checkedAt ? now - checkedAt : 0) / 1000
-                    lastCheck = "\(age)s " + (pool.lastCheckPassed[i].load(ordering: .relaxed) ? "ok" : "fail")
-                }
-                backends.append(.init(
-                    pool: pool.name, address: "\(backend.address)", state: pool.state(i, now: now),
-                    active: pool.active[i].load(ordering: .relaxed), weight: backend.weight,
-                    failures: pool.connectFailures[i].load(ordering: .relaxed), lastCheck: lastCheck))
-            }
-        }
-        return AdminBackendsReply(backends: backends, moves: moves, logLinesDropped: logLinesDropped,
-                                  localResourceErrors: LocalResourceErrorCounts(localResourceErrors))
-    }
-
-    func adminDrainBackend(pool name: String, backend: String, drained: Bool) -> String? {
-        guard let pool = livePools.first(where: { $0.name == name }) else { return "no pool \"\(name)\"" }
-        guard case .success(let wanted) = SocketAddressSpec.parse(backend),
-              let index = pool.config.backends.firstIndex(where: { $0.address == wanted }) else {
-            return "pool \"\(name)\" has no backend \"\(backend)\""
-        }
-        pool.drained[index].store(drained, ordering: .relaxed)
-        return nil
-    }
-
-    func adminDrainWorker(_ worker: Int, drained: Bool) -> String? {
-        guard let table = liveTable, worker >= 0, worker < liveWorkers.count else {
-            return "no worker \(worker) (workers are 0...\(liveWorkers.count - 1))"
-        }
-        guard config.steering == .leastLoaded else {
-            return "draining a worker needs steering least_loaded (the kernel's hash does not skip it)"
-        }
-        let record = table.record(worker)
-        let bit = UInt64(SLUICE_WORKER_DRAINING)
-        if drained { record.setBits(.flags, bit) } else { record.clearBits(.flags, bit) }
-        return nil
-    }
-
-    private var logLinesDropped: UInt64 { logs.sink.droppedLines + (accessSink !== logs.sink ? accessSink.droppedLines : 0) }
-
-    func metricsText() -> String {
-        var out = MetricsText()
-        out.family("sluice_build_info", "gauge", "Build of this sluice.")
-        out.sample("sluice_build_info", ["version": sluiceVersion, "abi": "\(SluiceBPFLayout.abiVersion)"], 1)
-        if let table = liveTable {
-            let now = monotonicNanoseconds()
-            let families: [(String, String, String, (WorkerLoadRecord) -> Double)] = [
-                ("sluice_worker_active_connections", "gauge", "Open connections plus pending charges per worker (what steering compares).", { Double($0.load(.active)) }),
-                ("sluice_worker_pending_charges", "gauge", "Handshakes steered to the worker and not yet accepted.", { Double($0.load(.pending)) }),
-                ("sluice_worker_load_underflows_total", "counter", "Decrements refused because the count would have gone below zero.", { Double($0.load(.underflows)) }),
-                ("sluice_worker_accepted_total", "counter", "Connections accepted by the worker.", { Double($0.load(.accepted)) }),
-                ("sluice_worker_bytes_in_total", "counter", "Bytes from clients.", { Double($0.load(.bytesIn)) }),
-                ("sluice_worker_bytes_out_total", "counter", "Bytes to clients.", { Double($0.load(.bytesOut)) }),
-                ("sluice_worker_busy_seconds_total", "counter", "Time spent handling events.", { Double($0.load(.busyNanoseconds)) / 1e9 }),
-                ("sluice_worker_heartbeat_age_seconds", "gauge", "Time since the worker's last loop turn.", {
-                    let beat = $0.load(.heartbeatNanoseconds)
-                    return now > beat ? Double(now - beat) / 1e9 : 0
-                }),
-                ("sluice_worker_draining", "gauge", "1 while the worker takes no new connections.", {
-                    $0.load(.flags) & UInt64(SLUICE_WORKER_DRAINING) != 0 ? 1 : 0
-                }),
-            ]
-            for (name, type, help, value) in families {
-                out.family(name, type, help)
-                for k in liveWorkers.indices { out.sample(name, ["worker": "\(k)"], value(table.record(k))) }
-            }
-            if let loadKeeper {
-                out.family("sluice_worker_charges_expired_total", "counter", "Charges for handshakes that never completed, expired.")
-                for (k, count) in loadKeeper.expired.enumerated() {
-                    out.sample("sluice_worker_charges_expired_total", ["worker": "\(k)"], Double(count))
-                }
-            }
-        }
-        let workerCounterFamilies: [(String, String, (WorkerCounters) -> UInt64)] = [
-            ("sluice_worker_accept_backoffs_total", "Listener pauses for lack of descriptors or memory.", { $0.acceptBackoffs.load(ordering: .relaxed) }),
-            ("sluice_worker_moved_in_total", "Connections adopted from other workers.", { $0.movedIn.load(ordering: .relaxed) }),
-            ("sluice_worker_moved_out_total", "Connections handed to other workers.", { $0.movedOut.load(ordering: .relaxed) }),
-        ]
-        for (name, help, value) in workerCounterFamilies {
-            out.family(name, "counter", help)
-            for worker in liveWorkers { out.sample(name, ["worker": "\(worker.id)"], Double(value(worker.counters))) }
-        }
-        let listenerFamilies: [(String, String, String, ListenerField)] = [
-            ("sluice_listener_active_connections", "gauge", "Open connections per listener.", .active),
-            ("sluice_listener_accepted_total", "counter", "Connections accepted.", .accepted),
-            ("sluice_listener_rejected_total", "counter", "Connections refused at max_connections.", .rejected),
-            ("sluice_listener_no_backend_total", "counter", "Connections closed because no backend was reachable.", .noBackend),
-        ]
-        for (name, type, help, field) in listenerFamilies {
-            out.family(name, type, help)
-            for listener in liveListeners {
-                out.sample(name, ["listener": listener.name, "pool": listener.pool.name], Double(listener.counters.load(field)))
-            }
-        }
-        let backendFamilies: [(String, String, String, (RuntimePool, Int) -> Double)] = [
-            ("sluice_backend_active_connections", "gauge", "Open connections per backend.", { Double($0.active[$1].load(ordering: .relaxed)) }),
-            ("sluice_backend_connect_failures_total", "counter", "Failed connection attempts.", { Double($0.connectFailures[$1].load(ordering: .relaxed)) }),
-            ("sluice_backend_drained", "gauge", "1 while drained by the admin socket.", { $0.drained[$1].load(ordering: .relaxed) ? 1 : 0 }),
-            ("sluice_backend_up", "gauge", "1 while the backend takes new connections (up, not ejected, not drained).", {
-                $0.isEligible($1, now: monotonicMilliseconds()) ? 1 : 0
-            }),
-            ("sluice_backend_health_transitions_total", "counter", "Up/down changes decided by active checks.", {
-                Double($0.healthTransitions[$1].load(ordering: .relaxed))
-            }),
-            ("sluice_backend_ejections_total", "counter", "Passive ejections.", { Double($0.ejections[$1].load(ordering: .relaxed)) }),
-        ]
-        for (name, type, help, value) in backendFamilies {
-            out.family(name, type, help)
-            for pool in livePools {
-                for (i, backend) in pool.config.backends.enumerated() {
-                    out.sample(name, ["pool": pool.name, "backend": "\(backend.address)"], value(pool, i))
-                }
-            }
-        }
-        if let steering = liveSteering {
-            let stats = steering.stats
-            out.family("sluice_steering_total", "counter", "Steering decisions of select_worker by outcome.")
-            for (outcome, value) in [("selected", stats.selected), ("fallback", stats.fallback), ("all_stalled", stats.allStalled),
-                                     ("stall_skip", stats.stallSkips), ("passed", stats.passed), ("ack", stats.acks), ("ack_followed", stats.acksFollowed)] {
-                out.sample("sluice_steering_total", ["outcome": outcome], Double(value))
-            }
-        }
-        out.family("sluice_rebalance_moves_total", "counter", "Connections moved between workers.")
-        out.sample("sluice_rebalance_moves_total", [:], Double(moves))
-        out.appendResilience(logLinesDropped: logLinesDropped, localResourceErrors: localResourceErrors)
-        return out.text
-    }
-
-    /// Separate slots per endpoint, so that metrics clients (reachable from
-    /// the network) cannot lock an operator out of the admin socket.
-    static func adminLimits(_ config: AdminConfig) -> [AdminEndpoints.Endpoint: AdminEndpoints.Limits] {
-        // Clamped to a day: Duration.milliseconds overflows for absurd values.
-        func milliseconds(_ fallback: Duration) -> UInt64 { min(config.idleTimeout ?? fallback, .seconds(86_400)).milliseconds }
-        return [
-            .admin: .init(maxConnections: 64, idleTimeoutMilliseconds: milliseconds(ConfigDefaults.adminIdleTimeout)),
-            .metrics: .init(maxConnections: 32, idleTimeoutMilliseconds: milliseconds(ConfigDefaults.metricsIdleTimeout)),
-        ]
     }
 
     // MARK: - Privileges

@@ -85,28 +85,28 @@ final class Worker: @unchecked Sendable {
     let record: WorkerLoadRecord
     let epoll: Epoll
     let wakeup: EventFD
-    private let commands = Mutex<[WorkerCommand]>([])
+    let commands = Mutex<[WorkerCommand]>([])
     let settings: WorkerSettings
     /// The SOCKHASH data path, when `splice` resolved to sockmap.
     let kernelSplice: KernelSplice?
     var logger: Logger
     private let accessLogger: LogSink?
 
-    private var listenerFDs: [Int32?]
-    private let listeners: [RuntimeListener]
-    private var balancers: [String: Balancer]
+    var listenerFDs: [Int32?]
+    let listeners: [RuntimeListener]
+    var balancers: [String: Balancer]
     var sessions: [UInt64: Session] = [:]
-    private var nextSessionID: UInt64 = 1
+    var nextSessionID: UInt64 = 1
     var timers: TimerWheel<WorkerTimer>
-    private var draining = false
+    var draining = false
     /// Set when the wake-up eventfd fired: only then is the command queue
     /// (and its lock) looked at, not on every loop turn.
     private var commandsWaiting = false
     private var pipePool: [Pipe] = []
     private var bufferPool: [UnsafeMutableRawBufferPointer] = []
-    private var lastAcceptErrorLog: UInt64 = 0
+    var lastAcceptErrorLog: UInt64 = 0
     /// Listeners not re-armed until their back-off timer fires.
-    private var pausedListeners: Set<Int> = []
+    var pausedListeners: Set<Int> = []
     private let onExit: @Sendable () -> Void
     /// Set by the worker thread as it leaves its loop.
     private let exited = Atomic<Bool>(false)
@@ -114,7 +114,7 @@ final class Worker: @unchecked Sendable {
 
     private static let wakeupToken: UInt64 = 0
     private static let listenerKind: UInt64 = 1 << 56
-    private static let sessionKind: UInt64 = 2 << 56
+    static let sessionKind: UInt64 = 2 << 56
     private static let kindMask: UInt64 = 0xFF << 56
 
     init(
@@ -257,88 +257,6 @@ final class Worker: @unchecked Sendable {
         }
     }
 
-    // MARK: - Moving connections between workers
-
-    /// Neither stalled nor draining, from its record (any thread may ask).
-    func isLive(now: UInt64) -> Bool {
-        let beat = record.load(.heartbeatNanoseconds)
-        let stalled = now > beat && now - beat > settings.stallThresholdNanoseconds
-        return !stalled && record.load(.flags) & UInt64(SLUICE_WORKER_DRAINING) == 0
-    }
-
-    /// Control thread: takes back the connections handed to this worker that
-    /// it has not adopted yet (it stalled before it could), so that they can
-    /// go to a live worker instead of freezing here.
-    func reclaimPendingAdoptions() -> [MigratingSessions] {
-        commands.withLock { queue in
-            var reclaimed: [MigratingSessions] = []
-            queue.removeAll { command in
-                guard case .adopt(let migrating) = command else { return false }
-                reclaimed.append(migrating)
-                return true
-            }
-            return reclaimed
-        }
-    }
-
-    /// Hands up to `count` established, quiet-enough sessions to `receiver`.
-    /// A session is disarmed and out of this epoll before it leaves (oneshot:
-    /// no event for it can be in flight here), and its timers go with it.
-    private func give(_ count: Int, to receiver: Worker) {
-        guard !draining, receiver !== self else { return }
-        var moving: [Session] = []
-        for session in sessions.values where moving.count < count {
-            // Only sessions in steady state: connected, no EOF being passed on.
-            guard session.phase == .proxying, !session.upstream.sourceEOF, !session.downstream.sourceEOF,
-                  session.spliced?.flushProgress.isEmpty ?? true else { continue }
-            moving.append(session)
-        }
-        for session in moving {
-            epoll.remove(session.client)
-            epoll.remove(session.backend)
-            session.clientAdded = false
-            session.backendAdded = false
-            session.clientArmed = nil
-            session.backendArmed = nil
-            if let timer = session.idleTimer { _ = timers.cancel(timer) }
-            session.idleTimer = nil
-            sessions.removeValue(forKey: session.id)
-            releaseActive()
-            counters.movedOut.wrappingIncrement(ordering: .relaxed)
-        }
-        guard !moving.isEmpty else { return }
-        receiver.send(.adopt(MigratingSessions(sessions: moving, from: id)))
-        logger.info("rebalanced: handed connections to a less loaded worker", metadata: [
-            "to": "\(receiver.id)", "count": "\(moving.count)",
-            "active": "\(record.load(.active))", "to_active": "\(receiver.record.load(.active))",
-        ])
-    }
-
-    /// Takes over sessions from another worker: new ids in this worker's
-    /// token space, both sockets into this epoll, the idle deadline kept.
-    private func adopt(_ migrating: MigratingSessions) {
-        for session in migrating.sessions {
-            session.id = nextSessionID
-            nextSessionID += 1
-            sessions[session.id] = session
-            record.add(.active, 1)
-            counters.movedIn.wrappingIncrement(ordering: .relaxed)
-            session.idleTimer = timers.schedule(
-                at: deadline(after: session.listener.config.idleTimeout, from: session.lastActivityMilliseconds),
-                .idle(session: session.id))
-            if session.spliced != nil {
-                rearmSpliced(session)
-            } else {
-                // Level-triggered readiness fires again for whatever was pending.
-                pumpAndRearm(session, upstream: true, downstream: true)
-                if sessions[session.id] != nil && session.clientArmed == nil && session.backendArmed == nil {
-                    rearm(session)
-                }
-            }
-        }
-        logger.debug("adopted connections", metadata: ["count": "\(migrating.sessions.count)", "from": "\(migrating.from)"])
-    }
-
     private func fire(_ timer: WorkerTimer) {
         switch timer {
         case .connect(let id, let attempt):
@@ -375,7 +293,7 @@ final class Worker: @unchecked Sendable {
 
     /// Oneshot listeners are re-armed with MOD; an EPOLLEXCLUSIVE one cannot
     /// be modified, so pausing removes it and arming adds it back.
-    private func armListener(_ index: Int, firstTime: Bool = false) throws(SystemCallError) {
+    func armListener(_ index: Int, firstTime: Bool = false) throws(SystemCallError) {
         guard let fd = listenerFDs[index] else { return }
         let token = Self.listenerKind | UInt64(index)
         if firstTime || settings.sharedAccept {
@@ -393,194 +311,6 @@ final class Worker: @unchecked Sendable {
                 listenerFDs[index] = nil
             }
         }
-    }
-
-    // MARK: - Accepting
-
-    private func acceptConnections(listenerIndex: Int) {
-        guard let fd = listenerFDs[listenerIndex] else { return }
-        let listener = listeners[listenerIndex]
-        while true {
-            let result: IOResult<(Int32, SocketAddress)>
-            do {
-                result = try Socket.accept(fd)
-            } catch {
-                if isResourceExhaustion(error) {
-                    pauseAccepting(listenerIndex, because: error)
-                    return
-                }
-                continue // ECONNABORTED and friends concern one connection only.
-            }
-            guard case .done(let (clientFD, clientAddress)) = result else { break }
-            listener.counters.add(.accepted, 1)
-            record.chargeAccepted()
-            let open = listener.counters.atomic(.active).loadThenWrappingIncrement(ordering: .relaxed)
-            if open >= UInt64(listener.config.maxConnections) {
-                listener.counters.release(.active)
-                listener.counters.add(.rejected, 1)
-                Socket.closeWithReset(clientFD)
-                releaseActive()
-                continue
-            }
-            counters.accepted.wrappingIncrement(ordering: .relaxed)
-            Socket.setNoDelay(clientFD)
-            let session = Session(
-                id: nextSessionID, listener: listener, client: clientFD,
-                clientAddress: clientAddress, now: monotonicMilliseconds()
-            )
-            nextSessionID += 1
-            session.path = settings.dataPath
-            sessions[session.id] = session
-            connectNextBackend(session)
-            if pausedListeners.contains(listenerIndex) { return }
-        }
-        if !settings.sharedAccept { try? armListener(listenerIndex) }
-    }
-
-    /// One accepted connection is gone: take it off this worker's load.
-    private func releaseActive() { record.releaseActive() }
-
-    private func isResourceExhaustion(_ error: SystemCallError) -> Bool {
-        [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(error.errno)
-    }
-
-    /// Out of fds or memory: stop accepting on this listener for a moment
-    /// instead of spinning on a socket that stays readable, or accepting
-    /// connections only to drop them. Logged at most once a second.
-    private func pauseAccepting(_ listenerIndex: Int, because error: SystemCallError) {
-        counters.acceptBackoffs.wrappingIncrement(ordering: .relaxed)
-        guard pausedListeners.insert(listenerIndex).inserted else { return }
-        if settings.sharedAccept, let fd = listenerFDs[listenerIndex] { epoll.remove(fd) }
-        let now = monotonicMilliseconds()
-        if now &- lastAcceptErrorLog > 1000 {
-            lastAcceptErrorLog = now
-            logger.error("out of resources, pausing this listener", metadata: [
-                "listener": "\(listeners[listenerIndex].name)", "error": "\(error)",
-                "pause_ms": "\(settings.acceptBackoffMilliseconds)",
-            ])
-        }
-        _ = timers.schedule(at: now + settings.acceptBackoffMilliseconds, .rearmListener(listenerIndex))
-    }
-
-    /// Passive health: a failure may eject the backend for a while.
-    private func noteBackendFailure(_ pool: RuntimePool, _ index: Int) {
-        let now = monotonicMilliseconds()
-        if let until = pool.noteFailure(index, now: now) {
-            logger.warning("backend ejected after consecutive failures", metadata: [
-                "pool": "\(pool.name)", "backend": "\(pool.addresses[index])", "for_ms": "\(until - now)",
-            ])
-        }
-    }
-
-    // MARK: - Connecting
-
-    func token(_ session: Session, _ side: Side) -> UInt64 {
-        Self.sessionKind | (session.id << 1) | side.rawValue
-    }
-
-    /// Tries the next backend the pool's algorithm picks, up to 1 + retries
-    /// attempts; closes the client when none is left.
-    private func connectNextBackend(_ session: Session) {
-        let pool = session.listener.pool
-        let maxAttempts = 1 + pool.config.retries
-        while session.triedBackends.count < maxAttempts {
-            let tried = session.triedBackends
-            let now = monotonicMilliseconds()
-            guard let index = balancers[pool.name]!.pick(
-                clientKey: session.clientKey,
-                active: { pool.active[$0].load(ordering: .relaxed) },
-                eligible: { !tried.contains($0) && pool.isEligible($0, now: now) }
-            ) else { break }
-            session.triedBackends.append(index)
-            session.backendIndex = index
-            let address = pool.addresses[index]
-            let fd: Int32
-            do {
-                fd = try Socket.tcp(family: address.family)
-            } catch {
-                close(session, reason: .resourceExhausted)
-                noteLocalFailure(errno: error.errno, backend: address)
-                if isResourceExhaustion(error) {
-                    pauseAccepting(session.listener.index, because: error)
-                } else {
-                    logger.error("cannot create a backend socket", metadata: ["error": "\(error)"])
-                }
-                return
-            }
-            session.backend = fd
-            do {
-                switch try Socket.connect(fd, to: address) {
-                case .connected:
-                    backendConnected(session)
-                    return
-                case .inProgress:
-                    try epoll.add(fd, [.writable, .oneShot], token: token(session, .backend))
-                    session.backendAdded = true
-                    session.backendArmed = [.writable]
-                    session.connectTimer = timers.schedule(
-                        at: deadline(after: session.listener.config.connectTimeout, from: monotonicMilliseconds()),
-                        .connect(session: session.id, attempt: session.triedBackends.count)
-                    )
-                    return
-                }
-            } catch {
-                if closeOnLocalFailure(session, errno: error.errno) { return }
-                logger.warning("backend connect failed", metadata: ["backend": "\(address)", "error": "\(error)"])
-                abandonBackendAttempt(session)
-            }
-        }
-        let reason: CloseReason = session.triedBackends.isEmpty ? .noBackend : .connectFailed
-        session.listener.counters.add(.noBackend, 1)
-        logger.warning("no backend reachable; closing the client", metadata: [
-            "listener": "\(session.listener.name)", "client": "\(session.clientAddress)",
-            "tried": "\(session.triedBackends.map { pool.addresses[$0].description })",
-        ])
-        close(session, reason: reason)
-    }
-
-    /// Drops the current backend socket after a failed attempt.
-    func abandonBackendAttempt(_ session: Session, blamingBackend: Bool = true) {
-        if blamingBackend, let index = session.backendIndex {
-            let pool = session.listener.pool
-            pool.connectFailures[index].wrappingIncrement(ordering: .relaxed)
-            noteBackendFailure(pool, index)
-        }
-        if let timer = session.connectTimer {
-            _ = timers.cancel(timer)
-            session.connectTimer = nil
-        }
-        if session.backend >= 0 {
-            closeDescriptor(session.backend) // also leaves the epoll set
-            session.backend = -1
-        }
-        session.backendArmed = nil
-        session.backendAdded = false
-        session.backendIndex = nil
-    }
-
-    private func backendConnected(_ session: Session) {
-        if let timer = session.connectTimer {
-            _ = timers.cancel(timer)
-            session.connectTimer = nil
-        }
-        session.phase = .proxying
-        Socket.setNoDelay(session.backend)
-        session.listener.pool.active[session.backendIndex!].wrappingIncrement(ordering: .relaxed)
-        let now = monotonicMilliseconds()
-        session.lastActivityMilliseconds = now
-        session.idleTimer = timers.schedule(
-            at: deadline(after: session.listener.config.idleTimeout, from: now), .idle(session: session.id)
-        )
-        if session.path == .sockmap {
-            if enterSockmap(session) { return }
-            // Not spliced in the kernel: carry on in userspace with read/write.
-            // (splice(2) here lost a backend's first bytes in about 2% of
-            // half-closed connections on this kernel: splice returned 0 with
-            // bytes still queued, FIONREAD > 0; read(2) never did.)
-            session.path = .copy
-        }
-        // Bytes the client sent while we connected are already waiting.
-        pumpAndRearm(session, upstream: true, downstream: false)
     }
 
     // MARK: - Moving bytes
@@ -613,7 +343,7 @@ final class Worker: @unchecked Sendable {
         pumpAndRearm(session, upstream: up, downstream: down)
     }
 
-    private func pumpAndRearm(_ session: Session, upstream: Bool, downstream: Bool) {
+    func pumpAndRearm(_ session: Session, upstream: Bool, downstream: Bool) {
         do {
             if upstream {
                 try pump(&session.upstream, from: session.client, to: session.backend,

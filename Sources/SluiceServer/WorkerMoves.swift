@@ -1,0 +1,94 @@
+import Atomics
+import CSluice
+import Glibc
+import Logging
+import SluiceBPF
+import SluiceCore
+import SluicePosix
+import Synchronization
+
+// Rebalancing: established connections handed between workers, and what
+// the control thread may ask of a worker from its own thread.
+extension Worker {
+    // MARK: - Moving connections between workers
+
+    /// Neither stalled nor draining, from its record (any thread may ask).
+    func isLive(now: UInt64) -> Bool {
+        let beat = record.load(.heartbeatNanoseconds)
+        let stalled = now > beat && now - beat > settings.stallThresholdNanoseconds
+        return !stalled && record.load(.flags) & UInt64(SLUICE_WORKER_DRAINING) == 0
+    }
+
+    /// Control thread: takes back the connections handed to this worker that
+    /// it has not adopted yet (it stalled before it could), so that they can
+    /// go to a live worker instead of freezing here.
+    func reclaimPendingAdoptions() -> [MigratingSessions] {
+        commands.withLock { queue in
+            var reclaimed: [MigratingSessions] = []
+            queue.removeAll { command in
+                guard case .adopt(let migrating) = command else { return false }
+                reclaimed.append(migrating)
+                return true
+            }
+            return reclaimed
+        }
+    }
+
+    /// Hands up to `count` established, quiet-enough sessions to `receiver`.
+    /// A session is disarmed and out of this epoll before it leaves (oneshot:
+    /// no event for it can be in flight here), and its timers go with it.
+    func give(_ count: Int, to receiver: Worker) {
+        guard !draining, receiver !== self else { return }
+        var moving: [Session] = []
+        for session in sessions.values where moving.count < count {
+            // Only sessions in steady state: connected, no EOF being passed on.
+            guard session.phase == .proxying, !session.upstream.sourceEOF, !session.downstream.sourceEOF,
+                  session.spliced?.flushProgress.isEmpty ?? true else { continue }
+            moving.append(session)
+        }
+        for session in moving {
+            epoll.remove(session.client)
+            epoll.remove(session.backend)
+            session.clientAdded = false
+            session.backendAdded = false
+            session.clientArmed = nil
+            session.backendArmed = nil
+            if let timer = session.idleTimer { _ = timers.cancel(timer) }
+            session.idleTimer = nil
+            sessions.removeValue(forKey: session.id)
+            releaseActive()
+            counters.movedOut.wrappingIncrement(ordering: .relaxed)
+        }
+        guard !moving.isEmpty else { return }
+        receiver.send(.adopt(MigratingSessions(sessions: moving, from: id)))
+        logger.info("rebalanced: handed connections to a less loaded worker", metadata: [
+            "to": "\(receiver.id)", "count": "\(moving.count)",
+            "active": "\(record.load(.active))", "to_active": "\(receiver.record.load(.active))",
+        ])
+    }
+
+    /// Takes over sessions from another worker: new ids in this worker's
+    /// token space, both sockets into this epoll, the idle deadline kept.
+    func adopt(_ migrating: MigratingSessions) {
+        for session in migrating.sessions {
+            session.id = nextSessionID
+            nextSessionID += 1
+            sessions[session.id] = session
+            record.add(.active, 1)
+            counters.movedIn.wrappingIncrement(ordering: .relaxed)
+            session.idleTimer = timers.schedule(
+                at: deadline(after: session.listener.config.idleTimeout, from: session.lastActivityMilliseconds),
+                .idle(session: session.id))
+            if session.spliced != nil {
+                rearmSpliced(session)
+            } else {
+                // Level-triggered readiness fires again for whatever was pending.
+                pumpAndRearm(session, upstream: true, downstream: true)
+                if sessions[session.id] != nil && session.clientArmed == nil && session.backendArmed == nil {
+                    rearm(session)
+                }
+            }
+        }
+        logger.debug("adopted connections", metadata: ["count": "\(migrating.sessions.count)", "from": "\(migrating.from)"])
+    }
+}
