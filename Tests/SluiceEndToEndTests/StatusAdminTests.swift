@@ -214,17 +214,8 @@ struct StatusAdminTests {
 enum AdminClientForTests {
     /// One raw line to the admin socket; the first line of the answer.
     static func send(_ path: String, _ line: String) throws -> String {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = try connectUnix(path)
         defer { close(fd) }
-        var tv = timeval(tv_sec: 5, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: path.utf8.prefix($0.count - 1)) }
-        let rc = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard rc == 0 else { throw SystemCallError(call: "connect \(path)", errno: errno) }
         _ = sendAll(fd, Array((line + "\n").utf8))
         var reply: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 65536)
