@@ -70,9 +70,8 @@ static __always_inline void count(__u32 stat)
 
 /* The worker that gets the connection owns it in the counts: a pending
  * charge here, settled by the worker's accept (which counts `accepted`) or
- * expired by the daemon.
- * Order matters to the daemon, which reads pending before charged: a
- * pending charge it sees is always already dated by `charged`. */
+ * expired by the daemon. `active` goes first: a pending charge the daemon
+ * can see (and expire) is always already in `active`. */
 static __always_inline void charge(__u32 worker)
 {
     struct sluice_worker *w = bpf_map_lookup_elem(&worker_load, &worker);

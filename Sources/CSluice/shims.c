@@ -65,15 +65,18 @@ int sluice_is_bpffs(const char *path) {
 
 int sluice_dup_cloexec(int fd) { return fcntl(fd, F_DUPFD_CLOEXEC, 0); }
 
+static const int daemon_signals[] = { SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2 };
+
+const int *sluice_daemon_signals(int *count) {
+    *count = (int)(sizeof daemon_signals / sizeof daemon_signals[0]);
+    return daemon_signals;
+}
+
 int sluice_thread_create(pthread_t *thread, void *(*body)(void *), void *argument) {
     sigset_t stop, previous;
     sigemptyset(&stop);
-    sigaddset(&stop, SIGINT);
-    sigaddset(&stop, SIGTERM);
-    sigaddset(&stop, SIGHUP);
-    sigaddset(&stop, SIGUSR1);
-    sigaddset(&stop, SIGUSR2);
-    sigaddset(&stop, SIGQUIT);
+    for (size_t i = 0; i < sizeof daemon_signals / sizeof daemon_signals[0]; i++)
+        sigaddset(&stop, daemon_signals[i]);
     pthread_sigmask(SIG_BLOCK, &stop, &previous);
     int rc = pthread_create(thread, NULL, body, argument);
     pthread_sigmask(SIG_SETMASK, &previous, NULL);

@@ -61,7 +61,7 @@ public func removePinDirectory(_ path: String) -> Bool {
     let cut = path.lastIndex(of: "/") ?? path.startIndex
     let parentPath = cut == path.startIndex ? (path.hasPrefix("/") ? "/" : ".") : String(path[..<cut])
     let name = String(path[path.index(after: cut)...])
-    let parent = open(parentPath, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    let parent = open(parentPath, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
     guard parent >= 0 else { return false }
     defer { closeDescriptor(parent) }
     return removeTree(in: parent, name: name, depth: 0)

@@ -97,20 +97,14 @@ extension CounterRecord where Field == WorkerField {
         }
     }
 
-    /// Expires every pending charge beyond the recent ones (taken within
-    /// the settle window): those are SYNs or stray ACKs that no accept
-    /// followed. `recent` maps the `charged` total to how many of those
-    /// charges are recent. Returns how many expired.
-    ///
-    /// `pending` is read before `charged` (the program adds them in the
-    /// other order): a pending charge seen here is always counted in the
-    /// `charged` read after it, so a fresh charge is never taken for an old one.
+    /// Expires pending charges that no accept followed (SYNs that never
+    /// completed, stray ACKs): `expirable` maps the pending count read now
+    /// to how many of them have waited long enough. Returns how many expired.
     @discardableResult
-    public func expireCharges(recent: (_ charged: UInt64) -> UInt64) -> UInt64 {
-        let pending = atomic(.pending).load(ordering: .sequentiallyConsistent)
-        let fresh = recent(atomic(.charged).load(ordering: .sequentiallyConsistent))
-        guard pending > fresh else { return 0 }
-        let expired = takePending(upTo: pending - fresh)
+    public func expireCharges(_ expirable: (_ pending: UInt64) -> UInt64) -> UInt64 {
+        let count = expirable(load(.pending))
+        guard count > 0 else { return 0 }
+        let expired = takePending(upTo: count)
         if expired > 0 { releaseActive(expired) }
         return expired
     }

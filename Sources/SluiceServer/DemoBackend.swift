@@ -54,7 +54,9 @@ public final class DemoBackend: @unchecked Sendable {
             switch outcome {
             case .bytes(let n)?:
                 pendingHeads[fd, default: []].append(contentsOf: chunk[0..<n])
-                answerCompleteHeads(fd)
+                // Closed while answering (a client that does not read): its
+                // descriptor is gone, and may already be someone else's.
+                guard answerCompleteHeads(fd) else { return }
             case .wouldBlock?:
                 return
             default:
@@ -65,25 +67,27 @@ public final class DemoBackend: @unchecked Sendable {
     }
 
     /// One response per complete request head ("\r\n\r\n"); pipelining works.
-    private func answerCompleteHeads(_ fd: Int32) {
-        guard var buffered = pendingHeads[fd] else { return }
+    /// Returns false when it closed the connection.
+    private func answerCompleteHeads(_ fd: Int32) -> Bool {
+        guard var buffered = pendingHeads[fd] else { return true }
         var answers = 0
         while let end = headEnd(buffered) {
             buffered.removeFirst(end)
             answers += 1
         }
-        if buffered.count > 64 * 1024 { finish(fd); return } // not HTTP: drop it
+        if buffered.count > 64 * 1024 { finish(fd); return false } // not HTTP: drop it
         pendingHeads[fd] = buffered
-        guard answers > 0 else { return }
+        guard answers > 0 else { return true }
         var out: [UInt8] = []
         for _ in 0..<answers { out += response }
         var offset = 0
         while offset < out.count {
             // Responses are small; a full socket buffer means a client that does not read.
             let n = out[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            if n <= 0 { finish(fd); return }
+            if n <= 0 { finish(fd); return false }
             offset += n
         }
+        return true
     }
 
     private func headEnd(_ bytes: [UInt8]) -> Int? {

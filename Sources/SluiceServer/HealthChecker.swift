@@ -199,7 +199,9 @@ final class HealthChecker: @unchecked Sendable {
     private func endProbe(_ i: Int) {
         if let probe = probes.removeValue(forKey: i) {
             if let timer = probe.timer { _ = timers.cancel(timer) }
-            closeDescriptor(probe.fd)
+            // A reset, not a FIN: a probe every interval would otherwise leave
+            // a TIME_WAIT socket per probe holding a local port for a minute.
+            Socket.closeWithReset(probe.fd)
         }
     }
 

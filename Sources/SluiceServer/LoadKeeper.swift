@@ -9,19 +9,28 @@ import SluicePosix
 /// connections handed to a worker that stalled before adopting them, and
 /// rebalances established connections between live workers.
 final class LoadKeeper {
-    /// A handshake completes within this long of its SYN, or its charge
-    /// expires (a flood's SYN, a lost SYN-ACK, a stray ACK). Longer than any
-    /// plausible round trip; short enough that counts are true within a second.
-    static let settleWindowMilliseconds: UInt64 = 500
-    /// How often the control thread looks: bounds how late an expiry comes.
-    static let tickMilliseconds: UInt64 = 100
+    /// The longest the control thread sleeps between looks: bounds how late
+    /// an expiry or a reclaim comes.
+    static let maxTickMilliseconds: UInt64 = 100
+    /// A handshake completes well within this long of its SYN on any real
+    /// network; a charge still pending after it is a SYN that never
+    /// completed (a flood, a lost SYN-ACK) or a stray ACK.
+    static let minSettleWindowMilliseconds: UInt64 = 500
 
+    let tickMilliseconds: UInt64
+    /// How long a charge may stay pending before it expires: at least the
+    /// stall threshold and a tick, so that a worker busy for less than the
+    /// threshold (still steered to) keeps the charges of the connections
+    /// waiting in its accept queue.
+    let settleWindowMilliseconds: UInt64
     private let workers: [Worker]
     private let table: WorkerLoadTable
     private let rebalance: RebalanceConfig?
-    private let stallThresholdNanoseconds: UInt64
     private var windows: [ChargeWindow]
     private var nextRebalance: UInt64 = 0
+    /// Reclaimed connections no worker would take yet (every candidate had
+    /// stopped); offered again on the next tick.
+    private var unplaced: [MigratingSessions] = []
     private var logger: Logger
     /// Charges expired so far, per worker (for metrics).
     private(set) var expired: [UInt64]
@@ -31,10 +40,12 @@ final class LoadKeeper {
         self.workers = workers
         self.table = table
         self.rebalance = rebalance
-        self.stallThresholdNanoseconds = stallThresholdNanoseconds
         self.logger = logger
-        windows = workers.map { _ in ChargeWindow(windowMilliseconds: Self.settleWindowMilliseconds) }
+        tickMilliseconds = min(Self.maxTickMilliseconds, max(10, rebalance?.interval.milliseconds ?? Self.maxTickMilliseconds))
+        settleWindowMilliseconds = max(Self.minSettleWindowMilliseconds,
+                                       (stallThresholdNanoseconds / 1_000_000).saturatingAdd(tickMilliseconds))
         expired = workers.map { _ in 0 }
+        windows = workers.map { [settleWindowMilliseconds] _ in ChargeWindow(windowMilliseconds: settleWindowMilliseconds) }
     }
 
     /// Connections actually moved: counted by the workers that adopted them.
@@ -45,7 +56,7 @@ final class LoadKeeper {
         expireCharges(now: now)
         reclaimFromStalledWorkers()
         if !draining, let rebalance, now >= nextRebalance {
-            nextRebalance = now &+ rebalance.interval.milliseconds
+            nextRebalance = now.saturatingAdd(rebalance.interval.milliseconds)
             rebalanceOnce(rebalance)
         }
     }
@@ -54,26 +65,34 @@ final class LoadKeeper {
         for k in workers.indices {
             let record = table.record(k)
             let window = windows[k]
-            expired[k] &+= record.expireCharges { window.recent(charged: $0, now: now) }
-            windows[k].record(charged: record.load(.charged), at: now)
+            expired[k] &+= record.expireCharges { window.expirable(pending: $0, now: now) }
+            windows[k].record(pending: record.load(.pending), at: now)
         }
     }
 
-    /// Connections queued to a stalled worker go to the live worker with the
-    /// fewest, or back to the worker that gave them.
+    /// Connections queued to a stalled worker go back to the worker that gave
+    /// them, or to the least loaded one that is not stalled.
     private func reclaimFromStalledWorkers() {
         let now = monotonicNanoseconds()
-        let live = workers.filter { $0.isLive(now: now) }
-        for worker in workers where !worker.isLive(now: now) {
-            for batch in worker.reclaimPendingAdoptions() {
-                let giver = workers[batch.from]
-                let target = giver.isLive(now: now) ? giver
-                    : live.min { $0.record.load(.active) < $1.record.load(.active) } ?? giver
+        var batches = unplaced
+        unplaced = []
+        for worker in workers where worker.isStalled(now: now) && !worker.hasExited {
+            let reclaimed = worker.reclaimPendingAdoptions()
+            if !reclaimed.isEmpty {
                 logger.warning("worker stalled before adopting connections; handing them to another", metadata: [
-                    "stalled": "\(worker.id)", "to": "\(target.id)", "count": "\(batch.sessions.count)",
+                    "stalled": "\(worker.id)", "count": "\(reclaimed.reduce(0) { $0 + $1.sessions.count })",
                 ])
-                target.send(.adopt(MigratingSessions(sessions: batch.sessions, from: worker.id)))
             }
+            batches += reclaimed
+        }
+        guard !batches.isEmpty else { return }
+        let running = workers.filter { !$0.isStalled(now: now) && !$0.hasExited }
+            .sorted { $0.record.load(.active) < $1.record.load(.active) }
+        for batch in batches {
+            let giver = workers[batch.from]
+            let candidates = running.contains { $0 === giver } ? [giver] + running : running
+            // `from` stays the giver's: taken back by the giver is not a move.
+            if !candidates.contains(where: { $0.send(.adopt(batch)) }) { unplaced.append(batch) }
         }
     }
 

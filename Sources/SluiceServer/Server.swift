@@ -80,7 +80,9 @@ public final class Server: AdminHandler {
         // Signals are blocked before any thread starts, so every thread inherits the mask.
         let signals: SignalFD
         do {
-            signals = try SignalFD(signals: [SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2])
+            var count: Int32 = 0
+            let list = sluice_daemon_signals(&count)!
+            signals = try SignalFD(signals: Array(UnsafeBufferPointer(start: list, count: Int(count))))
         } catch {
             throw ServerError("cannot set up signal handling: \(error)")
         }
@@ -258,11 +260,11 @@ public final class Server: AdminHandler {
             stallThresholdNanoseconds: settings.stallThresholdNanoseconds, logger: logs.logger("sluice.load"))
         loadKeeper = keeper
         var stopDeadline: UInt64?
-        var nextTick = monotonicMilliseconds() + LoadKeeper.tickMilliseconds
+        var nextTick = monotonicMilliseconds() + keeper.tickMilliseconds
         while exited.load(ordering: .relaxed) < workers.count {
             let now = monotonicMilliseconds()
             if now >= nextTick {
-                nextTick = now + LoadKeeper.tickMilliseconds
+                nextTick = now + keeper.tickMilliseconds
                 keeper.tick(draining: stopDeadline != nil)
             }
             if let stopDeadline, now >= stopDeadline {
@@ -372,8 +374,8 @@ public final class Server: AdminHandler {
             unlink(lockPath)
         }
         if let socket = config.admin?.socket { unlink(socket) }
-        logs.sink.flush(timeoutMilliseconds: 500)
-        accessSink.flush(timeoutMilliseconds: 500)
+        logs.sink.flush(timeoutMilliseconds: 150)
+        accessSink.flush(timeoutMilliseconds: 150)
     }
 
     // MARK: - Privileges

@@ -30,6 +30,12 @@ struct MigratingSessions: @unchecked Sendable {
     let from: Int
 }
 
+/// A worker's commands, closed when it leaves its loop.
+struct CommandQueue {
+    var items: [WorkerCommand] = []
+    var closed = false
+}
+
 /// What a timer on the worker's wheel stands for.
 enum WorkerTimer {
     case connect(session: UInt64, attempt: Int)
@@ -85,7 +91,7 @@ final class Worker: @unchecked Sendable {
     let record: WorkerLoadRecord
     let epoll: Epoll
     let wakeup: EventFD
-    let commands = Mutex<[WorkerCommand]>([])
+    let commands = Mutex(CommandQueue())
     let settings: WorkerSettings
     /// The SOCKHASH data path, when `splice` resolved to sockmap.
     let kernelSplice: KernelSplice?
@@ -161,9 +167,17 @@ final class Worker: @unchecked Sendable {
 
     // MARK: - Control thread side
 
-    func send(_ command: WorkerCommand) {
-        commands.withLock { $0.append(command) }
+    /// Queues a command; false once the worker has left its loop (nothing
+    /// would ever run it: a caller handing connections over keeps them).
+    @discardableResult
+    func send(_ command: WorkerCommand) -> Bool {
+        guard commands.withLock({ queue in
+            guard !queue.closed else { return false }
+            queue.items.append(command)
+            return true
+        }) else { return false }
         wakeup.signal()
+        return true
     }
 
     // MARK: - Event loop
@@ -203,6 +217,7 @@ final class Worker: @unchecked Sendable {
             }
             record.add(.busyNanoseconds, monotonicNanoseconds() &- wokeAt)
         }
+        closeLeftoverAdoptions()
         closeListeners()
         exited.store(true, ordering: .releasing)
         logger.debug("worker stopped", metadata: [
@@ -232,7 +247,7 @@ final class Worker: @unchecked Sendable {
     /// Takes commands one at a time: what is still queued behind a command
     /// that blocks (a stall) stays reclaimable by the control thread.
     private func processCommands() {
-        while let command = commands.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) {
+        while let command = commands.withLock({ $0.items.isEmpty ? nil : $0.items.removeFirst() }) {
             switch command {
             case .drain(let deadline):
                 guard !draining else { continue }

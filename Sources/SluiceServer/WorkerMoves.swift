@@ -12,11 +12,15 @@ import Synchronization
 extension Worker {
     // MARK: - Moving connections between workers
 
-    /// Neither stalled nor draining, from its record (any thread may ask).
-    func isLive(now: UInt64) -> Bool {
+    /// Its heartbeat is older than the stall threshold (any thread may ask).
+    func isStalled(now: UInt64) -> Bool {
         let beat = record.load(.heartbeatNanoseconds)
-        let stalled = now > beat && now - beat > settings.stallThresholdNanoseconds
-        return !stalled && record.load(.flags) & UInt64(SLUICE_WORKER_DRAINING) == 0
+        return now > beat && now - beat > settings.stallThresholdNanoseconds
+    }
+
+    /// Neither stalled nor draining: may give and take connections.
+    func isLive(now: UInt64) -> Bool {
+        !isStalled(now: now) && record.load(.flags) & UInt64(SLUICE_WORKER_DRAINING) == 0
     }
 
     /// Control thread: takes back the connections handed to this worker that
@@ -25,12 +29,26 @@ extension Worker {
     func reclaimPendingAdoptions() -> [MigratingSessions] {
         commands.withLock { queue in
             var reclaimed: [MigratingSessions] = []
-            queue.removeAll { command in
+            queue.items.removeAll { command in
                 guard case .adopt(let migrating) = command else { return false }
                 reclaimed.append(migrating)
                 return true
             }
             return reclaimed
+        }
+    }
+
+    /// On leaving the loop: no command will run after this, and connections
+    /// handed over too late are closed here rather than left open unowned.
+    func closeLeftoverAdoptions() {
+        let leftovers = commands.withLock { queue -> [WorkerCommand] in
+            queue.closed = true
+            defer { queue.items.removeAll() }
+            return queue.items
+        }
+        for case .adopt(let migrating) in leftovers {
+            adopt(migrating)
+            for session in migrating.sessions { close(session, reason: .drainTimeout) }
         }
     }
 
@@ -60,7 +78,12 @@ extension Worker {
             counters.movedOut.wrappingIncrement(ordering: .relaxed)
         }
         guard !moving.isEmpty else { return }
-        receiver.send(.adopt(MigratingSessions(sessions: moving, from: id)))
+        guard receiver.send(.adopt(MigratingSessions(sessions: moving, from: id))) else {
+            // The receiver has stopped: keep them.
+            counters.movedOut.wrappingDecrement(by: UInt64(moving.count), ordering: .relaxed)
+            adopt(MigratingSessions(sessions: moving, from: id))
+            return
+        }
         logger.info("rebalanced: handed connections to a less loaded worker", metadata: [
             "to": "\(receiver.id)", "count": "\(moving.count)",
             "active": "\(record.load(.active))", "to_active": "\(receiver.record.load(.active))",
@@ -75,7 +98,8 @@ extension Worker {
             nextSessionID += 1
             sessions[session.id] = session
             record.add(.active, 1)
-            counters.movedIn.wrappingIncrement(ordering: .relaxed)
+            // Taken back after a failed hand-over is not a move.
+            if migrating.from != id { counters.movedIn.wrappingIncrement(ordering: .relaxed) }
             session.idleTimer = timers.schedule(
                 at: deadline(after: session.listener.config.idleTimeout, from: session.lastActivityMilliseconds),
                 .idle(session: session.id))

@@ -187,8 +187,8 @@ struct SteeringTests {
         #expect(group.active == [3, 3], "spread least-loaded like SYNs")
         #expect(group.pending == group.active)
         #expect(try group.drainQueues() == [0, 0], "no connection came of them")
-        // Nothing recent: every pending charge expires, and nothing more.
-        for k in 0..<2 { #expect(group.steering.table.record(k).expireCharges { _ in 0 } == 3) }
+        // All of them old: every pending charge expires, and nothing more.
+        for k in 0..<2 { #expect(group.steering.table.record(k).expireCharges { $0 + 10 } == 3) }
         #expect(group.active == [0, 0])
         #expect(group.pending == [0, 0])
         #expect(group.steering.table.record(0).load(.underflows) == 0)
@@ -205,8 +205,8 @@ struct SteeringTests {
         for _ in 0..<3 { record.chargeAccepted() }
         #expect(record.load(.active) == 5, "accepting a charged connection does not count it twice")
         #expect(record.load(.pending) == 2)
-        // Both remaining charges are recent: nothing expires.
-        #expect(record.expireCharges { _ in 2 } == 0)
+        // None old enough: nothing expires; then one.
+        #expect(record.expireCharges { _ in 0 } == 0)
         #expect(record.expireCharges { _ in 1 } == 1)
         #expect(record.load(.active) == 4)
         // An accept with nothing pending (its charge expired) counts itself.

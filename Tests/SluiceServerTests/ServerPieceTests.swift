@@ -122,4 +122,30 @@ struct DemoBackendTests {
         }
         #expect(received.components(separatedBy: "HTTP/1.1 200 OK").count - 1 == 3)
     }
+
+    @Test("a client that pipelines without reading, then resets, leaves the backend serving")
+    func resetWhileAnswering() throws {
+        let backend = try DemoBackend(name: "b2", bindTo: SocketAddress(ip: "127.0.0.1", port: 0)!)
+        try backend.start()
+        for _ in 0..<20 {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var small: Int32 = 1024
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, 4)
+            #expect(backend.address.withSockaddr { connect(fd, $0, $1) } == 0)
+            let requests = String(repeating: "GET / HTTP/1.1\r\nHost: x\r\n\r\n", count: 2000)
+            _ = requests.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+            var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+            setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+            close(fd)
+        }
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var tv = timeval(tv_sec: 2, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        #expect(backend.address.withSockaddr { connect(fd, $0, $1) } == 0)
+        _ = "GET / HTTP/1.1\r\nHost: x\r\n\r\n".withCString { send(fd, $0, strlen($0), 0) }
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let n = recv(fd, &buffer, buffer.count, 0)
+        #expect(n > 0 && String(decoding: buffer[0..<max(0, n)], as: UTF8.self).contains("hello from b2"))
+    }
 }

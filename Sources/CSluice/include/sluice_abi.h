@@ -19,7 +19,7 @@
 /* One entry per worker in the mmap-able `worker_load` array. */
 struct sluice_worker {
     __u64 active;       /* open connections + pending charges: what steering compares */
-    __u64 accepted;     /* connections the worker accepted, total */
+    __u64 accepted;     /* sockets the worker accepted, total (with those max_connections closed at once) */
     __u64 heartbeat_ns; /* CLOCK_MONOTONIC at the worker's last loop turn */
     __u64 busy_ns;      /* time spent handling events, total */
     __u64 flags;        /* SLUICE_WORKER_* */
@@ -31,7 +31,7 @@ struct sluice_worker {
      * expires charges older than its settle window (a SYN that never
      * completes), so `active` returns to the open count. */
     __u64 pending;
-    __u64 charged;      /* charges taken, total: how the daemon dates pending ones */
+    __u64 charged;      /* charges taken, total */
     __u64 underflows;   /* decrements of `active` that would have gone below zero */
 };
 

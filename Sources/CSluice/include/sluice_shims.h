@@ -37,9 +37,12 @@ int sluice_is_bpffs(const char *path);
 int sluice_block_signals(const int *signals, int count, sigset_t *out);
 int sluice_signalfd(const int *signals, int count);
 void sluice_ignore_sigpipe(void);
-/* pthread_create with the stop signals (INT, TERM, HUP, USR1) blocked in the
- * new thread: they are for the control thread's signalfd, and a thread that
- * did not block them would take the signal's default action instead. */
+/* The signals the daemon takes through its signalfd (INT, TERM, QUIT, HUP,
+ * USR1, USR2): one list for the signalfd and for every thread's mask. */
+const int *sluice_daemon_signals(int *count);
+/* pthread_create with the daemon's signals blocked in the new thread: they
+ * are for the control thread's signalfd, and a thread that did not block
+ * them would take the signal's default action (often: die) instead. */
 int sluice_thread_create(pthread_t *thread, void *(*body)(void *), void *argument);
 
 /* Constants that import badly (enum-typed or macro expressions). */

@@ -13,8 +13,11 @@ public enum ConfigBounds {
 
     // MARK: Durations
 
-    /// How stale a worker's heartbeat may get before steering skips it.
-    public static let stallThreshold: ClosedRange<Duration> = .milliseconds(1) ... .seconds(60)
+    /// How stale a worker's heartbeat may get before steering skips it. Below
+    /// 100 ms an ordinary slow loop turn (a burst of accepts, a page fault)
+    /// would count as a stall, and the control thread (ticking every 100 ms)
+    /// could not act on stalls before they ended.
+    public static let stallThreshold: ClosedRange<Duration> = .milliseconds(100) ... .seconds(60)
     public static let drainTimeout: ClosedRange<Duration> = .milliseconds(1) ... day
     public static let connectTimeout: ClosedRange<Duration> = .milliseconds(1) ... day
     public static let idleTimeout: ClosedRange<Duration> = .milliseconds(1) ... day
@@ -28,7 +31,8 @@ public enum ConfigBounds {
     /// Longer would be cut to the ejection cap anyway.
     public static let ejection: ClosedRange<Duration> =
         .milliseconds(1) ... .milliseconds(Int64(PassiveEjectionState.maxEjectionMilliseconds))
-    /// The control loop ticks at least every 10 ms and at most every second.
+    /// The control thread ticks at this interval (at most every 100 ms, at
+    /// least every 10 ms).
     public static let rebalanceInterval: ClosedRange<Duration> = .milliseconds(10) ... .seconds(1)
 
     // MARK: Counts

@@ -1,52 +1,54 @@
 import Testing
 @testable import SluiceCore
 
-@Suite("Dating the steering program's charges")
+@Suite("Which pending charges expire")
 struct ChargeWindowTests {
-    @Test("until the samples cover a window, every charge is recent")
+    @Test("until the samples cover a window, nothing expires")
     func youngHistoryExpiresNothing() {
         var window = ChargeWindow(windowMilliseconds: 500)
-        window.record(charged: 0, at: 1_000)
-        window.record(charged: 300, at: 1_100)
-        #expect(window.recent(charged: 400, now: 1_200) == 400)
+        window.record(pending: 300, at: 1_000)
+        window.record(pending: 300, at: 1_100)
+        #expect(window.expirable(pending: 300, now: 1_200) == 0)
     }
 
-    @Test("charges taken since the newest sample a window old are recent; older ones are not")
-    func recentIsSinceTheBaseline() {
-        var window = ChargeWindow(windowMilliseconds: 500)
-        for (t, total) in [(0, 0), (100, 10), (200, 20), (300, 20_000), (400, 20_000), (500, 20_000)] {
-            window.record(charged: UInt64(total), at: UInt64(t))
-        }
-        // At 800 the baseline is the sample at 300: the flood before it is old.
-        #expect(window.recent(charged: 20_005, now: 800) == 5)
-        // At 650 the baseline is the sample at 100.
-        #expect(window.recent(charged: 20_005, now: 650) == 19_995)
-    }
-
-    @Test("a flood that stops is all old one window later, whatever the sampling")
+    @Test("a flood that stops expires one window after its last sample, all of it")
     func floodExpiresWithinAWindow() {
         var window = ChargeWindow(windowMilliseconds: 500)
-        var total: UInt64 = 0
-        var t: UInt64 = 10_000
-        while t < 12_000 { total += 1_000; window.record(charged: total, at: t); t += 100 }
-        window.record(charged: total, at: t)
-        #expect(window.recent(charged: total, now: t + 500) == 0)
-        #expect(window.recent(charged: total, now: t + 300) > 0, "the last burst is still recent")
+        window.record(pending: 0, at: 10_000)
+        var t: UInt64 = 10_100
+        var pending: UInt64 = 0
+        while t < 12_000 { pending += 1_000; window.record(pending: pending, at: t); t += 100 }
+        // The flood stopped at 11,900 with 19,000 pending; nothing settles them.
+        for now in stride(from: t, to: t + 400, by: 100) {
+            #expect(window.expirable(pending: pending, now: now) < pending, "the last charges are still young at \(now)")
+            window.record(pending: pending, at: now)
+        }
+        #expect(window.expirable(pending: pending, now: 12_400) == pending)
+    }
+
+    @Test("charges that settle within the window never expire, however many")
+    func settledTrafficExpiresNothing() {
+        var window = ChargeWindow(windowMilliseconds: 500)
+        // Steady traffic: at each look a few handshakes are in flight, some looks none.
+        let looks: [UInt64] = [3, 0, 5, 2, 0, 4, 1, 0, 6, 2]
+        for (i, pending) in looks.enumerated() { window.record(pending: pending, at: UInt64(i) * 100) }
+        #expect(window.expirable(pending: 3, now: 1_000) == 0)
+    }
+
+    @Test("a flood's leftovers expire under steady traffic: the floor of pending over the window")
+    func leftoversExpireUnderTraffic() {
+        var window = ChargeWindow(windowMilliseconds: 500)
+        // 50 phantoms from a flood, plus 0 to 20 handshakes in flight at each look.
+        let inFlight: [UInt64] = [20, 7, 13, 0, 19, 4, 11]
+        for (i, n) in inFlight.enumerated() { window.record(pending: 50 + n, at: UInt64(i) * 100) }
+        #expect(window.expirable(pending: 50 + 9, now: 700) == 50)
     }
 
     @Test("the history stays bounded")
     func historyIsBounded() {
         var window = ChargeWindow(windowMilliseconds: 500)
-        for t in stride(from: UInt64(0), to: 100_000, by: 100) { window.record(charged: t, at: t) }
+        for t in stride(from: UInt64(0), to: 100_000, by: 100) { window.record(pending: t, at: t) }
         #expect(window.sampleCount <= 7)
-    }
-
-    @Test("a total that went backwards (a recreated map) is taken as all recent, never as a huge count")
-    func totalThatWentBackwards() {
-        var window = ChargeWindow(windowMilliseconds: 100)
-        window.record(charged: 1_000, at: 0)
-        window.record(charged: 1_000, at: 200)
-        #expect(window.recent(charged: 3, now: 250) == 3)
     }
 }
 

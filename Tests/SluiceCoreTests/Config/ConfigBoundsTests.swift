@@ -28,7 +28,7 @@ private func poolLines(_ line: @escaping @Sendable (String) -> String) -> @Senda
 
 private let boundedKeys: [BoundedKey] = [
     BoundedKey(path: "stall_threshold", place: topLevel("stall_threshold"),
-               accepted: ["1ms", "60s", "1m"], rejected: ["999us", "60001ms", "18446744073709s"], range: "1ms...1m"),
+               accepted: ["100ms", "60s", "1m"], rejected: ["99ms", "60001ms", "18446744073709s"], range: "100ms...1m"),
     BoundedKey(path: "drain_timeout", place: topLevel("drain_timeout"),
                accepted: ["1ms", "24h", "86400s"], rejected: ["0.999ms", "86401s", "5124095576030431h"], range: "1ms...24h"),
     BoundedKey(path: "listeners[0].connect_timeout", place: listenerKey("connect_timeout"),

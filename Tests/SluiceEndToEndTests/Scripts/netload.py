@@ -9,6 +9,7 @@ itself, run inside the test's own network namespace (nsenter --net=...).
   echo PORT               echo server on 127.0.0.1:PORT until killed
   hold PORT COUNT         COUNT connections, each proven by one echoed byte;
                           prints "held", closes them at stdin EOF
+  try PORT                one connection, one byte: prints "echoed" or "closed"
 """
 import random
 import selectors
@@ -88,8 +89,21 @@ def echo(port: int) -> None:
             conn.sendall(data)
 
 
+def connect(port: int, timeout: float) -> socket.socket:
+    """A client from a source port below 40000: a test may narrow the
+    namespace's ephemeral range to starve the proxy's own connects."""
+    for _ in range(100):
+        try:
+            return socket.create_connection((DESTINATION, port), timeout=timeout,
+                                            source_address=(DESTINATION, random.randrange(20000, 40000)))
+        except OSError as error:
+            if error.errno != 98:  # EADDRINUSE: try another port
+                raise
+    raise OSError("no free source port")
+
+
 def hold(port: int, count: int) -> None:
-    conns = [socket.create_connection((DESTINATION, port), timeout=10) for _ in range(count)]
+    conns = [connect(port, timeout=10) for _ in range(count)]
     for c in conns:
         c.sendall(b"x")
         if c.recv(1) != b"x":
@@ -100,6 +114,15 @@ def hold(port: int, count: int) -> None:
         c.close()
 
 
+def attempt(port: int) -> None:
+    try:
+        with connect(port, timeout=2) as c:
+            c.sendall(b"x")
+            print("echoed" if c.recv(1) == b"x" else "closed", flush=True)
+    except OSError:
+        print("closed", flush=True)
+
+
 if __name__ == "__main__":
     command, args = sys.argv[1], [int(a) for a in sys.argv[2:]]
-    {"flood": flood, "syn": syn, "echo": echo, "hold": hold}[command](*args)
+    {"flood": flood, "syn": syn, "echo": echo, "hold": hold, "try": attempt}[command](*args)
