@@ -230,7 +230,7 @@ struct SteeringTests {
         let dir = PinLayout.directory(instance: instance)
         for name in PinLayout.pinnedMaps {
             var info = stat()
-            #expect(stat("\(dir)/\(name)", &info) == 0, "\(name) pinned")
+            #expect(stat("\(dir)/\(name.rawValue)", &info) == 0, "\(name) pinned")
             #expect(info.st_mode & 0o777 == 0o640 && info.st_uid == 0, "\(name): writable by root alone")
         }
         steering.table.record(1).store(.active, 7)
@@ -243,7 +243,7 @@ struct SteeringTests {
         #expect(second["active"] as? Int == 7)
         #expect(second["bytes_out"] as? Int == 12345)
         let programIDs = steering.programIDs
-        let mapID = try #require(steering.mapID("worker_load"))
+        let mapID = try #require(steering.mapID(.workerLoad))
         #expect(programIDs.count == 2)
         steering.close()
         #expect(access(dir, F_OK) != 0, "pin directory removed")
@@ -261,7 +261,7 @@ struct SteeringTests {
         let crashed = try KernelSteering(instance: instance, workers: 1, listeners: 1,
                                          stallThresholdNanoseconds: 1, attachPrograms: false)
         try crashed.pin()
-        let staleID = try #require(crashed.mapID("worker_load"))
+        let staleID = try #require(crashed.mapID(.workerLoad))
         let lock = try InstanceLock(instance: instance, directory: NSTemporaryDirectory())
         let fresh = try KernelSteering(instance: instance, workers: 1, listeners: 1,
                                        stallThresholdNanoseconds: 1, attachPrograms: false)
@@ -270,7 +270,7 @@ struct SteeringTests {
         var info = bpf_map_info()
         var len = UInt32(MemoryLayout<bpf_map_info>.size)
         #expect(bpf_obj_get_info_by_fd(pinnedFD, &info, &len) == 0)
-        #expect(info.id == fresh.mapID("worker_load"))
+        #expect(info.id == fresh.mapID(.workerLoad))
         #expect(info.id != staleID)
         closeDescriptor(pinnedFD)
         fresh.close()

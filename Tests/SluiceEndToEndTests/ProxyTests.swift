@@ -32,7 +32,7 @@ struct ProxyTests {
         let echo1 = try TestServer.echo()
         let echo2 = try TestServer.echo()
         let port = freePort()
-        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [echo1.address, echo2.address], splice: path))
+        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [echo1.address, echo2.address], dataPath: path))
         let failures = Locked<[String]>([])
         var threads: [OSThread] = []
         for i in 0..<64 {
@@ -74,7 +74,7 @@ struct ProxyTests {
             _ = sendAll(fd, Array("got \(request.count) bytes".utf8))
         }
         let port = freePort()
-        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [backend.address], splice: path))
+        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [backend.address], dataPath: path))
         let fd = try connectTCP("127.0.0.1", port)
         #expect(sendAll(fd, payload(size: 300_000, seed: 1)))
         shutdown(fd, Int32(SHUT_WR))
@@ -96,7 +96,7 @@ struct ProxyTests {
             received.withLock { $0 = rest.count }
         }
         let port = freePort()
-        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [backend.address], splice: path))
+        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [backend.address], dataPath: path))
         let fd = try connectTCP("127.0.0.1", port)
         let (banner, clean) = readToEnd(fd)
         #expect(clean && String(decoding: banner, as: UTF8.self) == "banner\n")

@@ -281,7 +281,7 @@ final class TestServer: @unchecked Sendable {
 }
 
 func proxyConfig(
-    port: UInt16, backends: [String], splice: String = "splice", workers: Int = 2,
+    port: UInt16, backends: [String], dataPath: String = "splice", workers: Int = 2,
     algorithm: String = "round_robin", retries: Int = 2, extraListener: String = "",
     extraTop: String = "", bindHost: String = "127.0.0.1", access: String = "text"
 ) -> String {
@@ -290,7 +290,7 @@ func proxyConfig(
         instance: e2e\(port)
         workers: \(workers)
         steering: hash
-        splice: \(splice)
+        data_path: \(dataPath)
         drain_timeout: 5s
         # Generous: a debug build on a loaded 2-core machine can miss a 200ms heartbeat,
         # and steering would then (rightly) skip that worker. Stall tests set their own.

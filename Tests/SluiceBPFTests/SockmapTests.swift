@@ -16,34 +16,34 @@ func readExactly(_ fd: Int32, _ count: Int) -> [UInt8] {
     return out
 }
 
-@Suite("SOCKHASH splicing in the kernel", .serialized)
-struct SpliceKernelTests {
+@Suite("SOCKHASH redirects in the kernel", .serialized)
+struct SockmapKernelTests {
     @Test("paired sockets redirect bytes both ways, and the program counts them per socket")
     func redirectsBothWays() throws {
         guard try requireBPF() else { return }
-        let splice = try KernelSplice(workerLoadFD: nil, pairs: 16)
-        defer { splice.close() }
+        let sockmap = try SockmapPairs(workerLoadFD: nil, pairs: 16)
+        defer { sockmap.close() }
         let c = try LoopbackConnections(receiveTimeoutSeconds: 5)
         defer { c.close() }
-        let (a, b) = try splice.pair(c.proxyA, c.proxyB, worker: 0)
+        let (a, b) = try sockmap.pair(c.proxyA, c.proxyB, worker: 0)
         let up = [UInt8](repeating: 0x41, count: 100_000)
         #expect(send(c.client, up, up.count, 0) == up.count)
         #expect(readExactly(c.server, up.count) == up)
         let down = [UInt8](repeating: 0x42, count: 50_000)
         #expect(send(c.server, down, down.count, 0) == down.count)
         #expect(readExactly(c.client, down.count) == down)
-        #expect(splice.redirectedBytes(cookie: a) == 100_000)
-        #expect(splice.redirectedBytes(cookie: b) == 50_000)
+        #expect(sockmap.redirectedBytes(cookie: a) == 100_000)
+        #expect(sockmap.redirectedBytes(cookie: b) == 50_000)
     }
 
     @Test("a FIN is not forwarded: the proxy sees EOF (read 0) and must shut the peer down itself")
     func finIsNotForwarded() throws {
         guard try requireBPF() else { return }
-        let splice = try KernelSplice(workerLoadFD: nil, pairs: 16)
-        defer { splice.close() }
+        let sockmap = try SockmapPairs(workerLoadFD: nil, pairs: 16)
+        defer { sockmap.close() }
         let c = try LoopbackConnections(receiveTimeoutSeconds: 5)
         defer { c.close() }
-        _ = try splice.pair(c.proxyA, c.proxyB, worker: 0)
+        _ = try sockmap.pair(c.proxyA, c.proxyB, worker: 0)
         let bytes: [UInt8] = [1, 2, 3]
         #expect(send(c.client, bytes, 3, 0) == 3)
         shutdown(c.client, Int32(SHUT_WR))
@@ -73,17 +73,17 @@ struct SpliceKernelTests {
     @Test("closing a socket removes it from the SOCKHASH; pairing entries are removed by hand")
     func closeRemovesSocket() throws {
         guard try requireBPF() else { return }
-        let splice = try KernelSplice(workerLoadFD: nil, pairs: 16)
-        defer { splice.close() }
+        let sockmap = try SockmapPairs(workerLoadFD: nil, pairs: 16)
+        defer { sockmap.close() }
         let c = try LoopbackConnections(receiveTimeoutSeconds: 5)
-        let (a, b) = try splice.pair(c.proxyA, c.proxyB, worker: 0)
-        #expect(splice.entryCounts.sockets == 2 && splice.entryCounts.peers == 2)
+        let (a, b) = try sockmap.pair(c.proxyA, c.proxyB, worker: 0)
+        #expect(sockmap.entryCounts.sockets == 2 && sockmap.entryCounts.peers == 2)
         c.close()
-        try waitUntilTrue(2) { splice.entryCounts.sockets == 0 }
-        #expect(splice.entryCounts.peers == 2)
-        splice.removePeer(cookie: a)
-        splice.removePeer(cookie: b)
-        #expect(splice.entryCounts.peers == 0)
+        try waitUntilTrue(2) { sockmap.entryCounts.sockets == 0 }
+        #expect(sockmap.entryCounts.peers == 2)
+        sockmap.removePeer(cookie: a)
+        sockmap.removePeer(cookie: b)
+        #expect(sockmap.entryCounts.peers == 0)
     }
 
     @Test("bytes sent into a socket are measured by bytes_acked + SIOCOUTQ")
@@ -97,8 +97,8 @@ struct SpliceKernelTests {
     }
 }
 
-@Suite("SOCKHASH splicing: sockets that got their FIN before insertion", .serialized)
-struct SpliceHalfClosedFacts {
+@Suite("SOCKHASH redirects: sockets that got their FIN before insertion", .serialized)
+struct SockmapHalfClosedFacts {
     // Why the worker re-checks the client's state right after inserting it,
     // and moves the backend-to-client direction to userspace if it changed:
     // on this kernel (6.18) such a socket is accepted into the SOCKHASH, but
@@ -107,15 +107,15 @@ struct SpliceHalfClosedFacts {
     @Test("its queued bytes stay for userspace to read, and bytes redirected into it are lost")
     func finBeforeInsertion() throws {
         guard try requireBPF() else { return }
-        let splice = try KernelSplice(workerLoadFD: nil, pairs: 16)
-        defer { splice.close() }
+        let sockmap = try SockmapPairs(workerLoadFD: nil, pairs: 16)
+        defer { sockmap.close() }
         let c = try LoopbackConnections(receiveTimeoutSeconds: 5)
         defer { c.close() }
         let request = [UInt8](repeating: 0x61, count: 60_000)
         #expect(send(c.client, request, request.count, 0) == request.count)
         shutdown(c.client, Int32(SHUT_WR))
         try waitUntilTrue(2) { (try? tcpProgress(c.proxyA).established) == false }
-        _ = try splice.pair(c.proxyA, c.proxyB, worker: 0)
+        _ = try sockmap.pair(c.proxyA, c.proxyB, worker: 0)
         for fd in [c.proxyA, c.proxyB] { var one: Int32 = 1; setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &one, 4) }
         var probe: UInt8 = 0
         #expect(recv(c.server, &probe, 1, Int32(MSG_DONTWAIT)) == -1, "nothing reached the server through the kernel")
@@ -123,7 +123,7 @@ struct SpliceHalfClosedFacts {
         #expect(recv(c.proxyA, &buffer, buffer.count, Int32(MSG_DONTWAIT)) == 60_000, "userspace reads the queued bytes")
         let reply = [UInt8](repeating: 0x62, count: 50_000)
         #expect(send(c.server, reply, reply.count, 0) == reply.count)
-        try waitUntilTrue(2) { splice.redirectedBytes(cookie: (try? socketCookie(c.proxyB)) ?? 0) == 50_000 }
+        try waitUntilTrue(2) { sockmap.redirectedBytes(cookie: (try? socketCookie(c.proxyB)) ?? 0) == 50_000 }
         usleep(100_000)
         #expect(recv(c.client, &buffer, buffer.count, Int32(MSG_DONTWAIT)) == -1, "the redirected reply never left")
     }
