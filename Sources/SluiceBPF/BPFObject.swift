@@ -178,26 +178,6 @@ public final class BPFObject {
 /// Installs the libbpf print hook once (see shim.h).
 private let quietLibbpf: Void = sluice_libbpf_quiet_unless_debugging()
 
-/// Whether a map with this kernel id still exists.
-public func bpfMapExists(id: UInt32) -> Bool {
-    let fd = bpf_map_get_fd_by_id(id)
-    if fd >= 0 {
-        closeDescriptor(fd)
-        return true
-    }
-    return Glibc.errno != ENOENT
-}
-
-/// Whether a program with this kernel id still exists.
-public func bpfProgramExists(id: UInt32) -> Bool {
-    let fd = bpf_prog_get_fd_by_id(id)
-    if fd >= 0 {
-        closeDescriptor(fd)
-        return true
-    }
-    return Glibc.errno != ENOENT
-}
-
 func decodeBase64(_ text: String) -> [UInt8] {
     var table = [UInt8](repeating: 0xFF, count: 256)
     for (i, c) in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8.enumerated() {

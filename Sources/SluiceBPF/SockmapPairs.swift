@@ -8,8 +8,8 @@ import SluicePosix
 /// to call from every worker thread (each call is one bpf syscall).
 public final class SockmapPairs: @unchecked Sendable {
     private let object: BPFObject
-    private let socks: Int32
-    private let peers: Int32
+    let socks: Int32
+    let peers: Int32
     public let capacity: Int
 
     /// - workerLoadFD: the steering object's `worker_load`, so redirected bytes
@@ -43,8 +43,6 @@ public final class SockmapPairs: @unchecked Sendable {
 
     public func close() { object.close() }
 
-    public var programID: UInt32? { try? object.programID(.redirectPeer) }
-
     /// Pins the sockmap maps into an existing instance directory (mode 0640).
     /// They go when the directory is removed at stop.
     public func pin(into directory: String) throws(BPFError) {
@@ -57,7 +55,6 @@ public final class SockmapPairs: @unchecked Sendable {
             chmod(path, 0o640)
         }
     }
-    public func mapID(_ name: BPFMap) -> UInt32? { try? object.mapID(name) }
 
     /// Adds a socket to the SOCKHASH under its cookie.
     public func insertSocket(_ fd: Int32, cookie: UInt64) throws(SystemCallError) {
@@ -90,22 +87,6 @@ public final class SockmapPairs: @unchecked Sendable {
     public func removePeer(cookie: UInt64) {
         var key = cookie
         _ = bpf_map_delete_elem(peers, &key)
-    }
-
-    /// Entries in each map (walks the keys; for tests and status).
-    public var entryCounts: (sockets: Int, peers: Int) { (countKeys(socks), countKeys(peers)) }
-
-    private func countKeys(_ fd: Int32) -> Int {
-        var key: UInt64 = 0
-        var next: UInt64 = 0
-        var count = 0
-        var rc = bpf_map_get_next_key(fd, nil, &next)
-        while rc == 0 {
-            count += 1
-            key = next
-            rc = bpf_map_get_next_key(fd, &key, &next)
-        }
-        return count
     }
 }
 

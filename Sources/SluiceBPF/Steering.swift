@@ -45,7 +45,7 @@ public final class KernelSteering {
     public let table: WorkerLoadTable
     public let listenerTable: ListenerLoadTable
     public let pinDirectory: String
-    private var objects: [BPFObject] = []
+    var objects: [BPFObject] = []
     private let attachPrograms: Bool
     private var pinned = false
 
@@ -86,8 +86,6 @@ public final class KernelSteering {
     public var programIDs: [UInt32] {
         attachPrograms ? objects.compactMap { try? $0.programID(.selectWorker) } : []
     }
-
-    public func mapID(_ name: BPFMap) -> UInt32? { try? objects.first?.mapID(name) }
 
     /// worker_load's fd, for other objects that add to the same records.
     public var workerLoadFD: Int32? { try? objects.first?.mapFD(.workerLoad) }

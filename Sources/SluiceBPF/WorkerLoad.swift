@@ -172,7 +172,6 @@ public typealias ListenerLoadRecord = CounterRecord<ListenerField>
 /// syscall on either side; else plain shared memory with the same layout.
 public final class CounterTable<Field: CounterField>: @unchecked Sendable {
     public let count: Int
-    public let isKernelMap: Bool
     private let base: UnsafeMutableRawPointer
     private let mappedSize: Int
     private var isMapped = true
@@ -190,7 +189,6 @@ public final class CounterTable<Field: CounterField>: @unchecked Sendable {
         let pointer = mmap(nil, mappedSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
         guard let pointer, pointer != MAP_FAILED else { throw SystemCallError(call: "mmap", errno: errno) }
         base = pointer
-        isKernelMap = true
     }
 
     /// Process memory with the same layout, for when BPF is unavailable.
@@ -200,7 +198,6 @@ public final class CounterTable<Field: CounterField>: @unchecked Sendable {
         let pointer = mmap(nil, mappedSize, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0)
         precondition(pointer != MAP_FAILED, "anonymous mmap failed")
         base = pointer!
-        isKernelMap = false
     }
 
     deinit { unmap() }

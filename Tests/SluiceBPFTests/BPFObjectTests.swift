@@ -1,20 +1,8 @@
 import CLibbpf
 import Glibc
-import SluiceBPF
+@testable import SluiceBPF
 import SluicePosix
 import Testing
-
-/// Root/BPF tests skip with a reason on an unprivileged machine, but fail
-/// when SLUICE_REQUIRE_BPF=1 (CI), where skipping would hide a regression.
-func requireBPF() throws -> Bool {
-    if geteuid() == 0 { return true }
-    if getenv("SLUICE_REQUIRE_BPF").map({ String(cString: $0) }) == "1" {
-        Issue.record("SLUICE_REQUIRE_BPF=1 but not running as root: BPF tests cannot run")
-        return false
-    }
-    print("skipping BPF test: needs root (CAP_BPF)")
-    return false
-}
 
 @Suite("Embedded BPF object")
 struct BPFObjectTests {

@@ -1,20 +1,9 @@
 import CSluice
 import Foundation
 import Glibc
-import SluiceBPF
+@testable import SluiceBPF
 import SluicePosix
 import Testing
-
-func readExactly(_ fd: Int32, _ count: Int) -> [UInt8] {
-    var out = [UInt8]()
-    var buffer = [UInt8](repeating: 0, count: 65536)
-    while out.count < count {
-        let n = recv(fd, &buffer, min(buffer.count, count - out.count), 0)
-        if n <= 0 { break }
-        out += buffer[0..<n]
-    }
-    return out
-}
 
 @Suite("SOCKHASH redirects in the kernel", .serialized)
 struct SockmapKernelTests {

@@ -53,13 +53,6 @@ func streamingBackend(chunks: Int) throws -> TestServer {
     }
 }
 
-func pinnedMapIsEmpty(_ path: String) throws -> Bool {
-    let (status, output) = try runCommand("/usr/sbin/bpftool", ["map", "dump", "pinned", path])
-    // Maps with BTF print as a JSON list ("[]" when empty), the SOCKHASH as lines.
-    let text = output.trimmingCharacters(in: .whitespacesAndNewlines)
-    return status == 0 && (text.contains("Found 0 elements") || text == "[]")
-}
-
 @Suite("Data paths through the sluice binary", .serialized)
 struct DataPathEndToEndTests {
     @Test("100 MiB each way, byte-exact", arguments: ["sockmap", "splice", "copy"])

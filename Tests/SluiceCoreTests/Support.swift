@@ -1,7 +1,7 @@
 import Testing
 @testable import SluiceCore
 
-/// A small valid configuration; tests splice their variations into it.
+/// A small valid configuration; tests insert their variations into it.
 let minimalConfigYAML = """
     listeners:
       - { name: web, bind: "0.0.0.0:8080", pool: web }
