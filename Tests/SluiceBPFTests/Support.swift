@@ -121,3 +121,41 @@ extension SockmapPairs {
         return count
     }
 }
+
+/// Runs `body` on this thread in a network namespace of its own (loopback
+/// up, nothing else), then puts the thread back in its namespace. Swift
+/// Testing runs cases concurrently, one thread each, and a synchronous body
+/// never changes thread, so the sockets, reuseport groups, raw packets and
+/// SOCKHASH pairs of one case cannot meet another case's. Without root the
+/// body runs where it is (the BPF tests then skip anyway).
+func inOwnNetworkNamespace(_ body: () throws -> Void) throws {
+    guard geteuid() == 0 else { return try body() }
+    let newNet: Int32 = 0x4000_0000 // CLONE_NEWNET
+    let original = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)
+    guard original >= 0 else { throw SystemCallError(call: "open /proc/thread-self/ns/net", errno: errno) }
+    defer { closeDescriptor(original) }
+    guard Namespaces.unshare(newNet) == 0 else { throw SystemCallError(call: "unshare(CLONE_NEWNET)", errno: errno) }
+    defer { precondition(Namespaces.setns(original, newNet) == 0, "cannot return to the test's network namespace") }
+    try bringLoopbackUp()
+    try body()
+}
+
+/// unshare(2) and setns(2): glibc has them only under _GNU_SOURCE, which the
+/// Glibc module does not import.
+private enum Namespaces {
+    typealias Unshare = @convention(c) (Int32) -> Int32
+    typealias SetNS = @convention(c) (Int32, Int32) -> Int32
+    static let unshare = unsafeBitCast(dlsym(nil, "unshare")!, to: Unshare.self)
+    static let setns = unsafeBitCast(dlsym(nil, "setns")!, to: SetNS.self)
+}
+
+private func bringLoopbackUp() throws {
+    let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard fd >= 0 else { throw SystemCallError(call: "socket", errno: errno) }
+    defer { closeDescriptor(fd) }
+    var request = ifreq()
+    withUnsafeMutableBytes(of: &request.ifr_ifrn.ifrn_name) { $0.copyBytes(from: "lo".utf8) }
+    guard ioctl(fd, UInt(SIOCGIFFLAGS), &request) == 0 else { throw SystemCallError(call: "SIOCGIFFLAGS lo", errno: errno) }
+    request.ifr_ifru.ifru_flags |= Int16(IFF_UP | IFF_RUNNING)
+    guard ioctl(fd, UInt(SIOCSIFFLAGS), &request) == 0 else { throw SystemCallError(call: "SIOCSIFFLAGS lo", errno: errno) }
+}
