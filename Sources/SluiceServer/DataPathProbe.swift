@@ -3,7 +3,7 @@ import Glibc
 import SluiceBPF
 import SluicePosix
 
-/// `splice: auto` decides by measurement: the same request/response
+/// `data_path: auto` decides by measurement: the same request/response
 /// exchange (a small request, a 1 MiB response, on one persistent
 /// connection pair over loopback) through the SOCKHASH and through splice(2).
 /// Throughput alone does not decide it: the sockmap path keeps the proxy's

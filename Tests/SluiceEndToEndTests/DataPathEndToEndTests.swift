@@ -141,11 +141,11 @@ struct DataPathEndToEndTests {
         #expect(sluice.log.contains("clean exit"))
     }
 
-    @Test("a connection that cannot be spliced (client already half-closed) goes through userspace without losing a byte")
+    @Test("a connection that cannot be paired in the sockmap (client already half-closed) goes through userspace without losing a byte")
     func fallbackWithoutLoss() throws {
         guard requireRoot() else { return }
         // The first backend never answers, so the client's bytes and FIN are
-        // all in before the proxy reaches the second one: it cannot splice.
+        // all in before the proxy reaches the second one: it cannot be paired.
         let blackhole = try BlackholeBackend()
         let sink = try digestingBackend()
         let port = freePort()
@@ -183,8 +183,8 @@ struct DataPathEndToEndTests {
         #expect(try sluice.stop() == 0)
     }
 
-    @Test("no busy loop: the proxy's CPU stays near zero while 64 spliced pairs stream")
-    func idleWhileSpliced() throws {
+    @Test("no busy loop: the proxy's CPU stays near zero while 64 sockmap pairs stream")
+    func idleWhilePairedInSockmap() throws {
         guard requireRoot() else { return }
         let sink = try TestServer { fd in _ = digestToEnd(fd) }
         let port = freePort()
@@ -198,7 +198,7 @@ struct DataPathEndToEndTests {
                 while !stop.value { if !sendAll(fd, chunk) { break } }
             })
         }
-        usleep(300_000) // all spliced and streaming
+        usleep(300_000) // all paired and streaming
         let pid = sluice.process.processIdentifier
         let before = cpuTicks(pid: pid)
         let streamed = try pinnedWorkerLoad(instance: "e2e\(port)").map { $0["bytes_in"] ?? 0 }.reduce(0, +)

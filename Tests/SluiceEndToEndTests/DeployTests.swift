@@ -82,7 +82,7 @@ struct DeployTests {
         #expect(access(config, F_OK) != 0)
     }
 
-    @Test("with user: set, the daemon runs as that user with CAP_BPF and CAP_NET_ADMIN only, and still splices")
+    @Test("with user: set, the daemon runs as that user with CAP_BPF and CAP_NET_ADMIN only, and still pairs connections in the sockmap")
     func leastPrivilege() throws {
         guard requireRoot() else { return }
         let echo = try TestServer.echo()

@@ -29,7 +29,7 @@ struct ProxyTests {
         #expect(sluice.log.contains("clean exit"))
         let accessLines = sluice.log.split(separator: "\n").filter { $0.contains(" access ") }
         #expect(accessLines.count == 64)
-        // A client whose FIN arrives before its connection is spliced goes through userspace.
+        // A client whose FIN arrives before its connection is paired in the sockmap goes through userspace.
         let onPath = accessLines.filter { $0.contains("path=\(path)") }.count
         #expect(path == "sockmap" ? onPath >= 32 : onPath == 64, "\(onPath) of 64 on \(path)")
     }
