@@ -63,7 +63,7 @@ class Sluice:
 instance: {self.instance}
 workers: {workers}
 steering: {mode}
-splice: splice
+data_path: splice
 stall_threshold: {stall_threshold}
 drain_timeout: 2s
 log: {{ level: warning, access: off, file: stderr }}

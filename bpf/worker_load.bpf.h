@@ -1,5 +1,5 @@
 /* The per-worker records, declared once for every object that uses them
- * (select_worker reads them; splice_verdict adds spliced bytes). The splice
+ * (select_worker reads them; redirect_peer adds redirected bytes). The sockmap
  * object reuses the steering object's map fd, so both see the same memory. */
 #ifndef SLUICE_WORKER_LOAD_BPF_H
 #define SLUICE_WORKER_LOAD_BPF_H

@@ -14,24 +14,10 @@ public struct BPFError: Error, Sendable, CustomStringConvertible {
     }
 }
 
-/// The BPF programs and maps Sluice expects in its object; checked after
-/// open so a mismatched build fails loudly instead of at attach time.
-public enum SluiceBPFLayout {
-    public static let programs = ["select_worker"]
-    public static let maps = ["worker_load", "listener_load", "worker_socks", "syn_owners", "steer_stats", "abi"]
-    public static let abiVersion = UInt64(SLUICE_ABI_VERSION)
-}
-
-/// The programs and maps of the splice object (bpf/splice.bpf.c).
-public enum SpliceBPFLayout {
-    public static let programs = ["splice_verdict"]
-    public static let maps = ["splice_socks", "splice_peers", "worker_load"]
-}
-
 /// The object compiled from bpf/sluice.bpf.c at build time.
 public var embeddedSluiceObject: [UInt8] { decodeBase64(bpfObject_sluice) }
-/// The object compiled from bpf/splice.bpf.c at build time.
-public var embeddedSpliceObject: [UInt8] { decodeBase64(bpfObject_splice) }
+/// The object compiled from bpf/sockmap.bpf.c at build time.
+public var embeddedSockmapObject: [UInt8] { decodeBase64(bpfObject_sockmap) }
 
 /// One opened (and, after `load()`, loaded) libbpf object. Owns every kernel
 /// object it creates: `close()` releases all of them.
@@ -43,7 +29,7 @@ public final class BPFObject {
     /// Opens the object (no kernel objects yet) and checks its layout.
     public init(
         bytes: [UInt8], name: String = "sluice",
-        expectedPrograms: [String] = SluiceBPFLayout.programs, expectedMaps: [String] = SluiceBPFLayout.maps
+        expectedPrograms: [BPFProgram] = SluiceBPFLayout.programs, expectedMaps: [BPFMap] = SluiceBPFLayout.maps
     ) throws(BPFError) {
         quietLibbpf
         image = .allocate(byteCount: bytes.count, alignment: 8)
@@ -89,11 +75,11 @@ public final class BPFObject {
         return names
     }
 
-    private func checkLayout(programs expectedPrograms: [String], maps expectedMaps: [String]) throws(BPFError) {
+    private func checkLayout(programs expectedPrograms: [BPFProgram], maps expectedMaps: [BPFMap]) throws(BPFError) {
         let programs = Set(programNames)
         let maps = Set(mapNames)
-        let missing = expectedPrograms.filter { !programs.contains($0) }.map { "program \($0)" }
-            + expectedMaps.filter { !maps.contains($0) }.map { "map \($0)" }
+        let missing = expectedPrograms.filter { !programs.contains($0.rawValue) }.map { "program \($0.rawValue)" }
+            + expectedMaps.filter { !maps.contains($0.rawValue) }.map { "map \($0.rawValue)" }
         if !missing.isEmpty {
             throw BPFError("the BPF object lacks \(missing.joined(separator: ", ")): it was built from other sources")
         }
@@ -109,18 +95,18 @@ public final class BPFObject {
 
     /// Makes map `name` use an existing map (another object's) instead of
     /// creating its own; only between open and load.
-    public func reuseMap(_ name: String, fd: Int32) throws(BPFError) {
+    public func reuseMap(_ name: BPFMap, fd: Int32) throws(BPFError) {
         precondition(!isLoaded, "maps are created at load")
-        guard let map = bpf_object__find_map_by_name(object, name) else { throw BPFError("no BPF map \(name)") }
+        guard let map = bpf_object__find_map_by_name(object, name.rawValue) else { throw BPFError("no BPF map \(name.rawValue)") }
         let rc = bpf_map__reuse_fd(map, fd)
-        if rc != 0 { throw BPFError("reusing map \(name) failed: \(errnoDescription(-rc))") }
+        if rc != 0 { throw BPFError("reusing map \(name.rawValue) failed: \(errnoDescription(-rc))") }
     }
 
     /// Sizes a map; only between open and load.
-    public func setMaxEntries(_ name: String, _ entries: UInt32) throws(BPFError) {
-        guard let map = bpf_object__find_map_by_name(object, name) else { throw BPFError("no BPF map \(name)") }
+    public func setMaxEntries(_ name: BPFMap, _ entries: UInt32) throws(BPFError) {
+        guard let map = bpf_object__find_map_by_name(object, name.rawValue) else { throw BPFError("no BPF map \(name.rawValue)") }
         let rc = bpf_map__set_max_entries(map, entries)
-        if rc != 0 { throw BPFError("sizing map \(name) failed: \(errnoDescription(-rc))") }
+        if rc != 0 { throw BPFError("sizing map \(name.rawValue) failed: \(errnoDescription(-rc))") }
     }
 
     /// Verifies and loads every program and creates every map.
@@ -130,35 +116,35 @@ public final class BPFObject {
             throw BPFError("loading the BPF object failed: \(errnoDescription(-rc)) (\(capabilityHint))")
         }
         isLoaded = true
-        guard bpf_object__find_map_by_name(object, "abi") != nil else { return }
+        guard bpf_object__find_map_by_name(object, BPFMap.abi.rawValue) != nil else { return }
         var key: UInt32 = 0
         var version = SluiceBPFLayout.abiVersion
-        let abiFD = try mapFD("abi")
+        let abiFD = try mapFD(.abi)
         if bpf_map_update_elem(abiFD, &key, &version, 0) != 0 {
             throw BPFError("writing the ABI version failed: \(errnoDescription(Glibc.errno))")
         }
     }
 
-    public func programFD(_ name: String) throws(BPFError) -> Int32 {
-        guard let prog = bpf_object__find_program_by_name(object, name) else {
-            throw BPFError("no BPF program \(name)")
+    public func programFD(_ name: BPFProgram) throws(BPFError) -> Int32 {
+        guard let prog = bpf_object__find_program_by_name(object, name.rawValue) else {
+            throw BPFError("no BPF program \(name.rawValue)")
         }
         let fd = bpf_program__fd(prog)
-        guard fd >= 0 else { throw BPFError("BPF program \(name) is not loaded") }
+        guard fd >= 0 else { throw BPFError("BPF program \(name.rawValue) is not loaded") }
         return fd
     }
 
-    public func mapFD(_ name: String) throws(BPFError) -> Int32 {
-        guard let map = bpf_object__find_map_by_name(object, name) else {
-            throw BPFError("no BPF map \(name)")
+    public func mapFD(_ name: BPFMap) throws(BPFError) -> Int32 {
+        guard let map = bpf_object__find_map_by_name(object, name.rawValue) else {
+            throw BPFError("no BPF map \(name.rawValue)")
         }
         let fd = bpf_map__fd(map)
-        guard fd >= 0 else { throw BPFError("BPF map \(name) is not created") }
+        guard fd >= 0 else { throw BPFError("BPF map \(name.rawValue) is not created") }
         return fd
     }
 
     /// The kernel's id of a map (what bpftool shows).
-    public func mapID(_ name: String) throws(BPFError) -> UInt32 {
+    public func mapID(_ name: BPFMap) throws(BPFError) -> UInt32 {
         var info = bpf_map_info()
         var length = UInt32(MemoryLayout<bpf_map_info>.size)
         let fd = try mapFD(name)
@@ -169,7 +155,7 @@ public final class BPFObject {
     }
 
     /// The kernel's id of a loaded program (stable across fds; what bpftool shows).
-    public func programID(_ name: String) throws(BPFError) -> UInt32 {
+    public func programID(_ name: BPFProgram) throws(BPFError) -> UInt32 {
         var info = bpf_prog_info()
         var length = UInt32(MemoryLayout<bpf_prog_info>.size)
         let fd = try programFD(name)
@@ -191,26 +177,6 @@ public final class BPFObject {
 
 /// Installs the libbpf print hook once (see shim.h).
 private let quietLibbpf: Void = sluice_libbpf_quiet_unless_debugging()
-
-/// Whether a map with this kernel id still exists.
-public func bpfMapExists(id: UInt32) -> Bool {
-    let fd = bpf_map_get_fd_by_id(id)
-    if fd >= 0 {
-        closeDescriptor(fd)
-        return true
-    }
-    return Glibc.errno != ENOENT
-}
-
-/// Whether a program with this kernel id still exists.
-public func bpfProgramExists(id: UInt32) -> Bool {
-    let fd = bpf_prog_get_fd_by_id(id)
-    if fd >= 0 {
-        closeDescriptor(fd)
-        return true
-    }
-    return Glibc.errno != ENOENT
-}
 
 func decodeBase64(_ text: String) -> [UInt8] {
     var table = [UInt8](repeating: 0xFF, count: 256)

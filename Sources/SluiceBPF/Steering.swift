@@ -3,15 +3,6 @@ import CSluice
 import Glibc
 import SluicePosix
 
-/// Where an instance's maps are pinned: `/sys/fs/bpf/sluice/<instance>/`.
-public enum PinLayout {
-    public static let root = "/sys/fs/bpf/sluice"
-    /// The maps pinned for `sluice status` and bpftool.
-    public static let pinnedMaps = ["worker_load", "listener_load", "steer_stats", "abi"]
-
-    public static func directory(instance: String, root: String = root) -> String { "\(root)/\(instance)" }
-}
-
 /// Steering counters (sums over CPUs of `steer_stats`).
 public struct SteeringStats: Sendable, Equatable {
     public var selected: UInt64 = 0
@@ -54,7 +45,7 @@ public final class KernelSteering {
     public let table: WorkerLoadTable
     public let listenerTable: ListenerLoadTable
     public let pinDirectory: String
-    private var objects: [BPFObject] = []
+    var objects: [BPFObject] = []
     private let attachPrograms: Bool
     private var pinned = false
 
@@ -78,8 +69,8 @@ public final class KernelSteering {
                 try object.load()
             }
             do {
-                table = try WorkerLoadTable(mapFD: try objects[0].mapFD("worker_load"), count: workers)
-                listenerTable = try ListenerLoadTable(mapFD: try objects[0].mapFD("listener_load"), count: max(1, listeners))
+                table = try WorkerLoadTable(mapFD: try objects[0].mapFD(.workerLoad), count: workers)
+                listenerTable = try ListenerLoadTable(mapFD: try objects[0].mapFD(.listenerLoad), count: max(1, listeners))
             } catch {
                 throw BPFError("cannot map the counter tables: \(error)")
             }
@@ -93,20 +84,18 @@ public final class KernelSteering {
     deinit { close() }
 
     public var programIDs: [UInt32] {
-        attachPrograms ? objects.compactMap { try? $0.programID("select_worker") } : []
+        attachPrograms ? objects.compactMap { try? $0.programID(.selectWorker) } : []
     }
 
-    public func mapID(_ name: String) -> UInt32? { try? objects.first?.mapID(name) }
-
     /// worker_load's fd, for other objects that add to the same records.
-    public var workerLoadFD: Int32? { try? objects.first?.mapFD("worker_load") }
+    public var workerLoadFD: Int32? { try? objects.first?.mapFD(.workerLoad) }
 
     /// Puts listener `index`'s per-worker sockets in its `worker_socks` array
     /// (slot k = worker k) and attaches its program to the reuseport group.
     public func attach(listener index: Int, workerSockets: [Int32]) throws(BPFError) {
         guard attachPrograms else { return }
         let object = objects[index]
-        let socks = try object.mapFD("worker_socks")
+        let socks = try object.mapFD(.workerSocks)
         for (worker, fd) in workerSockets.enumerated() {
             var key = UInt32(worker)
             var value = UInt64(fd)
@@ -114,7 +103,7 @@ public final class KernelSteering {
                 throw BPFError("adding worker \(worker)'s socket to worker_socks failed: \(errnoDescription(errno))")
             }
         }
-        var prog = try object.programFD("select_worker")
+        var prog = try object.programFD(.selectWorker)
         // Attaching through any member socket attaches to the whole group.
         if setsockopt(workerSockets[0], SOL_SOCKET, 52 /* SO_ATTACH_REUSEPORT_EBPF */, &prog, 4) != 0 {
             throw BPFError("attaching select_worker to the reuseport group failed: \(errnoDescription(errno))")
@@ -122,7 +111,7 @@ public final class KernelSteering {
     }
 
     public var stats: SteeringStats {
-        guard let fd = try? objects.first?.mapFD("steer_stats") else { return SteeringStats() }
+        guard let fd = try? objects.first?.mapFD(.steerStats) else { return SteeringStats() }
         return SteeringStats(readingMap: fd)
     }
 
@@ -182,9 +171,9 @@ public final class KernelSteering {
 
     private func pinMaps(into directory: String) throws(BPFError) {
         for name in PinLayout.pinnedMaps {
-            let path = "\(directory)/\(name)"
+            let path = "\(directory)/\(name.rawValue)"
             if bpf_obj_pin(try objects[0].mapFD(name), path) != 0 {
-                throw BPFError("pinning \(name) failed: \(errnoDescription(errno))")
+                throw BPFError("pinning \(name.rawValue) failed: \(errnoDescription(errno))")
             }
             // Steering state: readable by root's group (status), writable by root alone.
             fchmodat(AT_FDCWD, path, 0o640, 0)

@@ -10,21 +10,64 @@ public protocol CounterField: Sendable {
     static var capacity: Int { get }
 }
 
-/// The fields of `struct sluice_worker` (all u64).
-public enum WorkerField: Int, CounterField {
-    case active = 0, accepted = 8, heartbeatNanoseconds = 16, busyNanoseconds = 24, flags = 32, bytesIn = 40, bytesOut = 48
-    case pending = 56, charged = 64, underflows = 72
+/// The fields of `struct sluice_worker` (all u64), at the offsets the C
+/// compiler gave them in sluice_abi.h.
+public enum WorkerField: CounterField, CaseIterable {
+    case active, accepted, heartbeatNanoseconds, busyNanoseconds, flags, bytesIn, bytesOut
+    case pending, charged, underflows
 
-    public var offset: Int { rawValue }
+    public var offset: Int {
+        switch self {
+        case .active: Self.offsets.active
+        case .accepted: Self.offsets.accepted
+        case .heartbeatNanoseconds: Self.offsets.heartbeat
+        case .busyNanoseconds: Self.offsets.busy
+        case .flags: Self.offsets.flags
+        case .bytesIn: Self.offsets.bytesIn
+        case .bytesOut: Self.offsets.bytesOut
+        case .pending: Self.offsets.pending
+        case .charged: Self.offsets.charged
+        case .underflows: Self.offsets.underflows
+        }
+    }
+
+    private static let offsets = (
+        active: MemoryLayout<sluice_worker>.offset(of: \.active)!,
+        accepted: MemoryLayout<sluice_worker>.offset(of: \.accepted)!,
+        heartbeat: MemoryLayout<sluice_worker>.offset(of: \.heartbeat_ns)!,
+        busy: MemoryLayout<sluice_worker>.offset(of: \.busy_ns)!,
+        flags: MemoryLayout<sluice_worker>.offset(of: \.flags)!,
+        bytesIn: MemoryLayout<sluice_worker>.offset(of: \.bytes_in)!,
+        bytesOut: MemoryLayout<sluice_worker>.offset(of: \.bytes_out)!,
+        pending: MemoryLayout<sluice_worker>.offset(of: \.pending)!,
+        charged: MemoryLayout<sluice_worker>.offset(of: \.charged)!,
+        underflows: MemoryLayout<sluice_worker>.offset(of: \.underflows)!
+    )
+
     public static var stride: Int { MemoryLayout<sluice_worker>.stride }
     public static var capacity: Int { Int(SLUICE_MAX_WORKERS) }
 }
 
 /// The fields of `struct sluice_listener` (all u64).
-public enum ListenerField: Int, CounterField {
-    case active = 0, accepted = 8, rejected = 16, noBackend = 24
+public enum ListenerField: CounterField, CaseIterable {
+    case active, accepted, rejected, noBackend
 
-    public var offset: Int { rawValue }
+    public var offset: Int {
+        switch self {
+        case .active: Self.offsets.active
+        case .accepted: Self.offsets.accepted
+        case .rejected: Self.offsets.rejected
+        case .noBackend: Self.offsets.noBackend
+        }
+    }
+
+    private static let offsets = (
+        active: MemoryLayout<sluice_listener>.offset(of: \.active)!,
+        accepted: MemoryLayout<sluice_listener>.offset(of: \.accepted)!,
+        rejected: MemoryLayout<sluice_listener>.offset(of: \.rejected)!,
+        noBackend: MemoryLayout<sluice_listener>.offset(of: \.no_backend)!
+    )
+
     public static var stride: Int { MemoryLayout<sluice_listener>.stride }
     public static var capacity: Int { Int(SLUICE_MAX_LISTENERS) }
 }
@@ -129,7 +172,6 @@ public typealias ListenerLoadRecord = CounterRecord<ListenerField>
 /// syscall on either side; else plain shared memory with the same layout.
 public final class CounterTable<Field: CounterField>: @unchecked Sendable {
     public let count: Int
-    public let isKernelMap: Bool
     private let base: UnsafeMutableRawPointer
     private let mappedSize: Int
     private var isMapped = true
@@ -147,7 +189,6 @@ public final class CounterTable<Field: CounterField>: @unchecked Sendable {
         let pointer = mmap(nil, mappedSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
         guard let pointer, pointer != MAP_FAILED else { throw SystemCallError(call: "mmap", errno: errno) }
         base = pointer
-        isKernelMap = true
     }
 
     /// Process memory with the same layout, for when BPF is unavailable.
@@ -157,7 +198,6 @@ public final class CounterTable<Field: CounterField>: @unchecked Sendable {
         let pointer = mmap(nil, mappedSize, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0)
         precondition(pointer != MAP_FAILED, "anonymous mmap failed")
         base = pointer!
-        isKernelMap = false
     }
 
     deinit { unmap() }

@@ -3,7 +3,7 @@ import Glibc
 import SluiceBPF
 import SluicePosix
 
-/// `splice: auto` decides by measurement: the same request/response
+/// `data_path: auto` decides by measurement: the same request/response
 /// exchange (a small request, a 1 MiB response, on one persistent
 /// connection pair over loopback) through the SOCKHASH and through splice(2).
 /// Throughput alone does not decide it: the sockmap path keeps the proxy's
@@ -61,25 +61,25 @@ enum DataPathProbe {
     }
 
     /// Best of `trials` for each path: scheduling noise only ever slows a trial down.
-    static func measure(splice: KernelSplice, trials: Int = 2) -> DataPathMeasurement {
+    static func measure(sockmap: SockmapPairs, trials: Int = 2) -> DataPathMeasurement {
         var best = DataPathMeasurement(sockmapMiBps: 0, spliceMiBps: 0)
         for _ in 0..<trials {
-            let trial = measureOnce(splice: splice)
+            let trial = measureOnce(sockmap: sockmap)
             best.sockmapMiBps = max(best.sockmapMiBps, trial.sockmapMiBps)
             best.spliceMiBps = max(best.spliceMiBps, trial.spliceMiBps)
         }
         return best
     }
 
-    static func measureOnce(splice: KernelSplice) -> DataPathMeasurement {
+    static func measureOnce(sockmap: SockmapPairs) -> DataPathMeasurement {
         var result = DataPathMeasurement(sockmapMiBps: 0, spliceMiBps: 0)
         // Through the kernel.
         if let pairs = try? LoopbackConnections() {
-            for fd in [pairs.proxyA, pairs.proxyB] { KernelSplice.prepare(fd) }
-            if let (a, b) = try? splice.pair(pairs.proxyA, pairs.proxyB, worker: 0) {
+            for fd in [pairs.proxyA, pairs.proxyB] { SockmapPairs.prepare(fd) }
+            if let (a, b) = try? sockmap.pair(pairs.proxyA, pairs.proxyB, worker: 0) {
                 result.sockmapMiBps = exchange(pairs)
-                splice.removePeer(cookie: a)
-                splice.removePeer(cookie: b)
+                sockmap.removePeer(cookie: a)
+                sockmap.removePeer(cookie: b)
             }
             pairs.close()
         }

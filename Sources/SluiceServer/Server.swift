@@ -102,11 +102,11 @@ public final class Server: AdminHandler {
         let table = steering?.table ?? WorkerLoadTable(anonymousCount: config.workers)
         let listenerTable = steering?.listenerTable ?? ListenerLoadTable(anonymousCount: max(1, config.listeners.count))
         defer { steering?.close() }
-        let (dataPath, kernelSplice, dataPathReason) = try setUpDataPath(workerLoadFD: steering?.workerLoadFD)
-        defer { kernelSplice?.close() }
-        if let kernelSplice, let steering, lock != nil {
-            do { try kernelSplice.pin(into: steering.pinDirectory) } catch {
-                logger.warning("splice maps not pinned: \(error)")
+        let (dataPath, sockmapPairs, dataPathReason) = try setUpDataPath(workerLoadFD: steering?.workerLoadFD)
+        defer { sockmapPairs?.close() }
+        if let sockmapPairs, let steering, lock != nil {
+            do { try sockmapPairs.pin(into: steering.pinDirectory) } catch {
+                logger.warning("sockmap maps not pinned: \(error)")
             }
         }
 
@@ -168,7 +168,7 @@ public final class Server: AdminHandler {
         liveTable = table
         let info = InstanceInfo(
             instance: config.instance, pid: getpid(), started: Date().timeIntervalSince1970,
-            steering: steeringMode.rawValue, splice: config.splice.rawValue, dataPath: dataPath.rawValue,
+            steering: steeringMode.rawValue, dataPathConfigured: config.dataPath.rawValue, dataPath: dataPath.rawValue,
             dataPathReason: dataPathReason, workers: config.workers,
             stallThresholdMilliseconds: config.stallThreshold.milliseconds,
             listeners: runtimeListeners.map { .init(name: $0.name, address: "\($0.address)", pool: $0.pool.name) },
@@ -220,7 +220,7 @@ public final class Server: AdminHandler {
             do {
                 let worker = try Worker(
                     id: k, listeners: runtimeListeners, listenerFDs: socketsByWorker[k], settings: settings,
-                    record: record, kernelSplice: kernelSplice, logger: logs.logger("sluice.worker", worker: k),
+                    record: record, sockmapPairs: sockmapPairs, logger: logs.logger("sluice.worker", worker: k),
                     accessLog: accessSink, seed: seed,
                     onExit: { exited.wrappingIncrement(ordering: .relaxed); exitWake.signal() }
                 )
@@ -389,14 +389,14 @@ public final class Server: AdminHandler {
     /// Refuses to start, naming what is missing, when the configuration needs
     /// privileges or bpffs that this process does not have.
     private func preflight() throws(ServerError) {
-        let needsBPF = config.steering == .leastLoaded || config.splice == .sockmap
+        let needsBPF = config.steering == .leastLoaded || config.dataPath == .sockmap
         if needsBPF && !Self.hasCapability(SLUICE_CAP_BPF) && !Self.hasCapability(SLUICE_CAP_SYS_ADMIN) {
             throw ServerError("missing privilege: CAP_BPF (needed by "
-                + (config.steering == .leastLoaded ? "steering least_loaded" : "splice sockmap")
+                + (config.steering == .leastLoaded ? "steering least_loaded" : "data_path sockmap")
                 + "); run as root or grant CAP_BPF (see deploy/systemd/sluice.service)")
         }
-        if config.splice == .sockmap && !Self.hasCapability(SLUICE_CAP_NET_ADMIN) && !Self.hasCapability(SLUICE_CAP_SYS_ADMIN) {
-            throw ServerError("missing privilege: CAP_NET_ADMIN (needed by splice sockmap); grant it, or use splice: auto")
+        if config.dataPath == .sockmap && !Self.hasCapability(SLUICE_CAP_NET_ADMIN) && !Self.hasCapability(SLUICE_CAP_SYS_ADMIN) {
+            throw ServerError("missing privilege: CAP_NET_ADMIN (needed by data_path sockmap); grant it, or use data_path: auto")
         }
         if needsBPF && !isBPFFileSystem("/sys/fs/bpf") {
             throw ServerError("bpffs is not mounted at /sys/fs/bpf: mount -t bpf bpf /sys/fs/bpf")
@@ -458,25 +458,25 @@ public final class Server: AdminHandler {
         }
     }
 
-    /// Resolves `splice:`. `sockmap` must load, attach and pass a loopback
+    /// Resolves `data_path:`. `sockmap` must load, attach and pass a loopback
     /// self-test or the start fails; `auto` uses it when it does, and
     /// splice(2) otherwise, saying why.
-    private func setUpDataPath(workerLoadFD: Int32?) throws(ServerError) -> (DataPathKind, KernelSplice?, String) {
-        switch config.splice {
+    private func setUpDataPath(workerLoadFD: Int32?) throws(ServerError) -> (DataPathKind, SockmapPairs?, String) {
+        switch config.dataPath {
         case .splice: return (.splice, nil, "configured")
         case .copy: return (.copy, nil, "configured")
         case .sockmap, .auto:
             let pairs = min(1 << 20, config.listeners.reduce(0) { $0 + $1.maxConnections })
             do {
-                let splice = try KernelSplice(workerLoadFD: workerLoadFD, pairs: pairs)
-                if let problem = splice.selfTest() {
-                    splice.close()
+                let sockmap = try SockmapPairs(workerLoadFD: workerLoadFD, pairs: pairs)
+                if let problem = sockmap.selfTest() {
+                    sockmap.close()
                     throw BPFError("the loopback self-test failed: \(problem)")
                 }
-                if config.splice == .auto {
-                    let measured = DataPathProbe.measure(splice: splice)
+                if config.dataPath == .auto {
+                    let measured = DataPathProbe.measure(sockmap: sockmap)
                     if !measured.prefersSockmap {
-                        splice.close()
+                        sockmap.close()
                         logger.notice("data path: splice(2), measured faster here for 1 MiB request/response exchanges", metadata: [
                             "measured": "\(measured)",
                         ])
@@ -485,14 +485,14 @@ public final class Server: AdminHandler {
                     logger.info("data path: sockmap (loaded, passed its loopback self-test, and measured)", metadata: [
                         "measured": "\(measured)",
                     ])
-                    return (.sockmap, splice, "auto: measured \(measured)")
+                    return (.sockmap, sockmap, "auto: measured \(measured)")
                 }
                 logger.info("data path: sockmap (the verdict program loaded and passed its loopback self-test)")
-                return (.sockmap, splice, "configured")
+                return (.sockmap, sockmap, "configured")
             } catch {
-                if config.splice == .sockmap {
-                    throw ServerError("splice sockmap is unavailable: \(error); it needs root (CAP_BPF and CAP_NET_ADMIN). "
-                        + "Use splice: auto to fall back, or splice: splice")
+                if config.dataPath == .sockmap {
+                    throw ServerError("data_path sockmap is unavailable: \(error); it needs root (CAP_BPF and CAP_NET_ADMIN). "
+                        + "Use data_path: auto to fall back, or data_path: splice")
                 }
                 logger.warning("data path: splice(2), because the sockmap path is unavailable: \(error)")
                 return (.splice, nil, "auto: sockmap unavailable: \(error)")

@@ -93,7 +93,7 @@ final class Session {
     /// spliced fall back to splice).
     var path: DataPathKind = .splice
     /// Set while the kernel splices this session.
-    var spliced: SplicedPair?
+    var sockmapPair: SockmapPair?
 
     var upstream = Direction()   // client → backend
     var downstream = Direction() // backend → client
@@ -115,7 +115,7 @@ final class Session {
 }
 
 /// Kernel-side state of a session spliced through the SOCKHASH.
-final class SplicedPair {
+final class SockmapPair {
     let clientCookie: UInt64
     let backendCookie: UInt64
     /// Bytes that had entered each socket's send path before splicing began:

@@ -1,5 +1,3 @@
-import CLibbpf
-import CSluice
 import Foundation
 import Glibc
 import SluiceBPF
@@ -19,8 +17,8 @@ public struct InstanceInfo: Codable, Sendable, Equatable {
     public var pid: Int32
     public var started: Double  // Unix time
     public var steering: String
-    public var splice: String    // as configured
-    public var dataPath: String  // as resolved
+    public var dataPathConfigured: String  // as configured
+    public var dataPath: String            // as resolved
     public var dataPathReason: String
     public var workers: Int
     public var stallThresholdMilliseconds: UInt64
@@ -29,8 +27,8 @@ public struct InstanceInfo: Codable, Sendable, Equatable {
     public var metrics: String?
 
     enum CodingKeys: String, CodingKey {
-        case instance, pid, started, steering, splice, workers, listeners, metrics
-        case dataPath = "data_path", dataPathReason = "data_path_reason"
+        case instance, pid, started, steering, workers, listeners, metrics
+        case dataPathConfigured = "data_path_configured", dataPath = "data_path", dataPathReason = "data_path_reason"
         case stallThresholdMilliseconds = "stall_threshold_ms", adminSocket = "admin_socket"
     }
 
@@ -138,7 +136,8 @@ public struct StatusSnapshot: Codable, Sendable, Equatable {
     public var listeners: [Listener]
     public var backends: [Backend]?
     public var steering: Steering
-    public var splice: String
+    /// The data path in use: sockmap | splice | copy (`unknown` without the info file).
+    public var dataPath: String
     public var notes: [String]
     /// What the daemon absorbed to keep serving; from the daemon itself, so
     /// nil when it did not answer.
@@ -146,8 +145,8 @@ public struct StatusSnapshot: Codable, Sendable, Equatable {
     public var localResourceErrors: LocalResourceErrorCounts?
 
     enum CodingKeys: String, CodingKey {
-        case instance, daemon, pid, workers, listeners, backends, steering, splice, notes
-        case uptimeSeconds = "uptime_s"
+        case instance, daemon, pid, workers, listeners, backends, steering, notes
+        case dataPath = "data_path", uptimeSeconds = "uptime_s"
         case logLinesDropped = "log_lines_dropped", localResourceErrors = "local_resource_errors"
     }
 }
@@ -165,51 +164,21 @@ public enum StatusReader {
         instance: String, sampleSeconds: Double = 0.25, pinRoot: String = PinLayout.root,
         runDirectory: String = InstanceLock.defaultDirectory, askAdmin: Bool = true
     ) throws(StatusError) -> StatusSnapshot {
-        let dir = PinLayout.directory(instance: instance, root: pinRoot)
         let info = InstanceInfo.read(instance: instance, runDirectory: runDirectory)
-        guard access(dir, F_OK) == 0 else {
-            if errno == EACCES {
-                throw StatusError(description: "cannot read \(dir): Permission denied (readable by root and the daemon's group)", exitCode: 2)
+        let pins: PinnedInstance
+        do {
+            pins = try PinnedInstance.open(instance: instance, readOnly: true, pinRoot: pinRoot)
+        } catch {
+            if case .notRunning = error {
+                throw StatusError(description: "no sluice instance \"\(instance)\" is running (\(error))", exitCode: 1)
             }
-            throw StatusError(description: "no sluice instance \"\(instance)\" is running (nothing pinned under \(dir))", exitCode: 1)
+            throw StatusError(description: "\(error)", exitCode: 2)
         }
-        func open(_ name: String) throws(StatusError) -> Int32 {
-            // Read-only: enough for status, and all a member of the daemon's group may have.
-            var options = bpf_obj_get_opts()
-            options.sz = MemoryLayout<bpf_obj_get_opts>.stride
-            options.file_flags = UInt32(BPF_F_RDONLY)
-            let fd = bpf_obj_get_opts("\(dir)/\(name)", &options)
-            guard fd >= 0 else {
-                throw StatusError(description: "cannot open \(dir)/\(name): \(errnoDescription(errno))"
-                    + (errno == EACCES || errno == EPERM ? " (readable by root and the daemon's group)" : ""), exitCode: 2)
-            }
-            return fd
-        }
-        let abiFD = try open("abi")
-        defer { closeDescriptor(abiFD) }
-        var key: UInt32 = 0
-        var version: UInt64 = 0
-        guard bpf_map_lookup_elem(abiFD, &key, &version) == 0, version == SluiceBPFLayout.abiVersion else {
-            throw StatusError(description: "the pins under \(dir) have ABI version \(version), this sluice reads \(SluiceBPFLayout.abiVersion)", exitCode: 2)
-        }
-        let workerCount = info?.workers ?? Int(SLUICE_MAX_WORKERS)
+        defer { pins.close() }
+        let workerCount = info?.workers ?? PinnedInstance.maxWorkers
         let listenerCount = info?.listeners.count ?? 0
-        let workerFD = try open("worker_load")
-        defer { closeDescriptor(workerFD) }
-        let listenerFD = try open("listener_load")
-        defer { closeDescriptor(listenerFD) }
-        let statsFD = try open("steer_stats")
-        defer { closeDescriptor(statsFD) }
-        // Plain lookups, not mmap: they work on a read-only fd, which is all
-        // a member of the daemon's group gets.
-        func lookup<T>(_ fd: Int32, _ index: Int, _ empty: T) -> T {
-            var key = UInt32(index)
-            var value = empty
-            _ = bpf_map_lookup_elem(fd, &key, &value)
-            return value
-        }
-        func sample() -> (at: UInt64, workers: [sluice_worker]) {
-            (monotonicNanoseconds(), (0..<workerCount).map { lookup(workerFD, $0, sluice_worker()) })
+        func sample() -> (at: UInt64, workers: [WorkerLoadSample]) {
+            (monotonicNanoseconds(), pins.workers(count: workerCount))
         }
         let first = sample()
         if sampleSeconds > 0 { usleep(UInt32(sampleSeconds * 1e6)) }
@@ -219,27 +188,26 @@ public enum StatusReader {
 
         var snapshot = StatusSnapshot(
             instance: instance, daemon: "running", pid: info?.pid, uptimeSeconds: nil, workers: [], listeners: [],
-            backends: nil, steering: steering(SteeringStats(readingMap: statsFD), mode: info?.steering ?? "unknown"),
-            splice: info?.dataPath ?? "unknown", notes: [])
+            backends: nil, steering: steering(pins.steering, mode: info?.steering ?? "unknown"),
+            dataPath: info?.dataPath ?? "unknown", notes: [])
         if let info { snapshot.uptimeSeconds = Date().timeIntervalSince1970 - info.started }
-        for k in 0..<workerCount {
+        for k in second.workers.indices {
             let now = second.workers[k], before = first.workers[k]
-            let age = second.at > now.heartbeat_ns ? second.at - now.heartbeat_ns : 0
-            let state = now.flags & UInt64(SLUICE_WORKER_DRAINING) != 0 ? "draining" : (age > stall ? "stalled" : "ok")
-            let busy = now.busy_ns &- before.busy_ns
+            let age = second.at > now.heartbeatNanoseconds ? second.at - now.heartbeatNanoseconds : 0
+            let state = now.isDraining ? "draining" : (age > stall ? "stalled" : "ok")
+            let busy = now.busyNanoseconds &- before.busyNanoseconds
             snapshot.workers.append(.init(
                 id: k, state: state, active: now.active, pending: now.pending, underflows: now.underflows,
                 accepted: now.accepted,
                 connectionsPerSecond: elapsed > 0 ? Double(now.accepted &- before.accepted) / elapsed : 0,
-                bytesIn: now.bytes_in, bytesOut: now.bytes_out,
+                bytesIn: now.bytesIn, bytesOut: now.bytesOut,
                 heartbeatAgeMilliseconds: age / 1_000_000,
                 busyPercent: elapsed > 0 ? min(100, Double(busy) / 1e9 / elapsed * 100) : 0))
         }
-        for (index, listener) in (info?.listeners ?? []).enumerated() {
-            let record = lookup(listenerFD, index, sluice_listener())
+        for (listener, record) in zip(info?.listeners ?? [], pins.listeners(count: listenerCount)) {
             snapshot.listeners.append(.init(
                 name: listener.name, address: listener.address, pool: listener.pool,
-                active: record.active, accepted: record.accepted, rejected: record.rejected, noBackend: record.no_backend))
+                active: record.active, accepted: record.accepted, rejected: record.rejected, noBackend: record.noBackend))
         }
 
         // Is the daemon there at all, and responsive?

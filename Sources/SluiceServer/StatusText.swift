@@ -8,7 +8,7 @@ public enum StatusText {
         lines.append(head)
         let totalActive = s.workers.reduce(0) { $0 + $1.active }
         let rate = s.workers.reduce(0) { $0 + $1.connectionsPerSecond }
-        lines.append("steering \(s.steering.mode)  data path \(s.splice)  open \(group(totalActive))  new/s \(decimal(rate))")
+        lines.append("steering \(s.steering.mode)  data path \(s.dataPath)  open \(group(totalActive))  new/s \(decimal(rate))")
         lines.append("")
         lines.append(table(workerColumns, ["W", "state", "active", "share", "accepted", "conn/s", "in", "out", "beat", "busy"]))
         for w in s.workers {

@@ -44,7 +44,7 @@ enum WorkerTimer {
     case drainDeadline
     /// A spliced session waits for the kernel to hand every redirected byte
     /// from `side` to its peer before passing the EOF on.
-    case spliceFlush(session: UInt64, side: Side)
+    case sockmapFlush(session: UInt64, side: Side)
 }
 
 /// Shared, immutable settings for every worker of one server.
@@ -78,7 +78,7 @@ struct WorkerSettings: Sendable {
     var localResourceErrors = LocalResourceErrors()
     /// After an EOF, how long the kernel's redirect backlog may make no
     /// progress before the EOF is passed on anyway.
-    var spliceFlushTimeoutMilliseconds: UInt64 = 5000
+    var sockmapFlushTimeoutMilliseconds: UInt64 = 5000
 }
 
 /// A worker thread: its own epoll instance, its own listening socket per
@@ -94,7 +94,7 @@ final class Worker: @unchecked Sendable {
     let commands = Mutex(CommandQueue())
     let settings: WorkerSettings
     /// The SOCKHASH data path, when `splice` resolved to sockmap.
-    let kernelSplice: KernelSplice?
+    let sockmapPairs: SockmapPairs?
     var logger: Logger
     private let accessLogger: LogSink?
 
@@ -125,12 +125,12 @@ final class Worker: @unchecked Sendable {
 
     init(
         id: Int, listeners: [RuntimeListener], listenerFDs: [Int32], settings: WorkerSettings,
-        record: WorkerLoadRecord, kernelSplice: KernelSplice?, logger: Logger, accessLog: LogSink?, seed: UInt64,
+        record: WorkerLoadRecord, sockmapPairs: SockmapPairs?, logger: Logger, accessLog: LogSink?, seed: UInt64,
         onExit: @escaping @Sendable () -> Void
     ) throws(SystemCallError) {
         self.id = id
         self.record = record
-        self.kernelSplice = kernelSplice
+        self.sockmapPairs = sockmapPairs
         self.listeners = listeners
         self.listenerFDs = listenerFDs
         self.settings = settings
@@ -285,7 +285,7 @@ final class Worker: @unchecked Sendable {
             session.idleTimer = nil
             let idle = session.listener.config.idleTimeout.milliseconds
             let now = monotonicMilliseconds()
-            noteSplicedActivity(session, now: now)
+            noteSockmapActivity(session, now: now)
             if now &- session.lastActivityMilliseconds >= idle {
                 close(session, reason: .idleTimeout)
             } else {
@@ -294,8 +294,8 @@ final class Worker: @unchecked Sendable {
         case .rearmListener(let index):
             pausedListeners.remove(index)
             try? armListener(index)
-        case .spliceFlush(let id, let side):
-            if let session = sessions[id] { passSplicedEOF(session, from: side) }
+        case .sockmapFlush(let id, let side):
+            if let session = sessions[id] { passSockmapEOF(session, from: side) }
         case .drainDeadline:
             if !sessions.isEmpty {
                 logger.warning("drain deadline reached; closing open connections", metadata: ["open": "\(sessions.count)"])
@@ -345,8 +345,8 @@ final class Worker: @unchecked Sendable {
             }
             return
         }
-        if session.spliced != nil {
-            handleSpliced(session, side: side, events: events)
+        if session.sockmapPair != nil {
+            handleSockmapEvent(session, side: side, events: events)
             return
         }
         let trouble = !events.isDisjoint(with: [.error, .hangup])

@@ -61,7 +61,7 @@ extension Worker {
         for session in sessions.values where moving.count < count {
             // Only sessions in steady state: connected, no EOF being passed on.
             guard session.phase == .proxying, !session.upstream.sourceEOF, !session.downstream.sourceEOF,
-                  session.spliced?.flushProgress.isEmpty ?? true else { continue }
+                  session.sockmapPair?.flushProgress.isEmpty ?? true else { continue }
             moving.append(session)
         }
         for session in moving {
@@ -103,8 +103,8 @@ extension Worker {
             session.idleTimer = timers.schedule(
                 at: deadline(after: session.listener.config.idleTimeout, from: session.lastActivityMilliseconds),
                 .idle(session: session.id))
-            if session.spliced != nil {
-                rearmSpliced(session)
+            if session.sockmapPair != nil {
+                rearmSockmap(session)
             } else {
                 // Level-triggered readiness fires again for whatever was pending.
                 pumpAndRearm(session, upstream: true, downstream: true)

@@ -13,7 +13,7 @@ extension Worker {
     /// Returns false (nothing changed, no byte redirected) when the session
     /// must stay on the userspace path.
     func enterSockmap(_ session: Session) -> Bool {
-        guard let splice = kernelSplice else { return false }
+        guard let sockmap = sockmapPairs else { return false }
         let client = session.client
         let backend = session.backend
         let clientCookie: UInt64, backendCookie: UInt64
@@ -33,22 +33,22 @@ extension Worker {
         } catch {
             return false
         }
-        for fd in [client, backend] { KernelSplice.prepare(fd) }
+        for fd in [client, backend] { SockmapPairs.prepare(fd) }
         // Order matters. The client's pairing first (no effect yet: the client
         // is not in the SOCKHASH); then the backend's socket (its bytes, with
         // no pairing yet, stay with the backend socket for us to read); then
         // the client's socket, whose bytes, including any already queued,
         // now go straight to the backend; last the backend's pairing.
         do {
-            try splice.insertPeer(cookie: clientCookie, peer: backendCookie, worker: id, fromClient: true)
+            try sockmap.insertPeer(cookie: clientCookie, peer: backendCookie, worker: id, fromClient: true)
         } catch {
             logger.warning("cannot splice in the kernel; copying in userspace", metadata: ["error": "\(error)"])
             return false
         }
         do {
-            try splice.insertSocket(backend, cookie: backendCookie)
+            try sockmap.insertSocket(backend, cookie: backendCookie)
         } catch {
-            splice.removePeer(cookie: clientCookie)
+            sockmap.removePeer(cookie: clientCookie)
             logger.warning("cannot splice in the kernel; copying in userspace", metadata: ["error": "\(error)"])
             return false
         }
@@ -57,22 +57,22 @@ extension Worker {
         // its bytes simply pass to userspace, so the copy path can carry on.
         if (try? tcpProgress(backend).established) != true {
             logger.debug("backend half-closed while splicing began; copying in userspace")
-            splice.removePeer(cookie: clientCookie)
+            sockmap.removePeer(cookie: clientCookie)
             session.path = .copy
             return false
         }
         do {
-            try splice.insertSocket(client, cookie: clientCookie)
+            try sockmap.insertSocket(client, cookie: clientCookie)
         } catch {
-            splice.removePeer(cookie: clientCookie)
+            sockmap.removePeer(cookie: clientCookie)
             logger.warning("cannot splice in the kernel; copying in userspace", metadata: ["error": "\(error)"])
             session.path = .copy
             return false
         }
-        let pair = SplicedPair(
+        let pair = SockmapPair(
             clientCookie: clientCookie, backendCookie: backendCookie,
             clientSentBase: clientProgress.written, backendSentBase: backendProgress.written)
-        session.spliced = pair
+        session.sockmapPair = pair
         // A FIN that reached the client between the first check and its
         // insertion leaves a socket the kernel cannot send redirected bytes
         // into: carry the backend's bytes in userspace (its bytes to the
@@ -87,7 +87,7 @@ extension Worker {
         var backendInKernel = clientStillOpen && !hasPendingBytes(backend)
         if backendInKernel {
             do {
-                try splice.insertPeer(cookie: backendCookie, peer: clientCookie, worker: id, fromClient: false)
+                try sockmap.insertPeer(cookie: backendCookie, peer: clientCookie, worker: id, fromClient: false)
             } catch {
                 logger.error("cannot pair the backend socket", metadata: ["error": "\(error)"])
                 close(session, reason: .resourceExhausted)
@@ -95,8 +95,8 @@ extension Worker {
             }
             if hasPendingBytes(backend) {
                 // Bytes slipped in between the check and the pairing.
-                splice.removePeer(cookie: backendCookie)
-                if (splice.redirectedBytes(cookie: backendCookie) ?? 0) > 0 {
+                sockmap.removePeer(cookie: backendCookie)
+                if (sockmap.redirectedBytes(cookie: backendCookie) ?? 0) > 0 {
                     // Some already went ahead of them: the order cannot be kept.
                     logger.error("backend bytes raced the splice pairing; resetting the connection rather than reordering it")
                     close(session, reason: .internalError, resetPeer: true)
@@ -114,9 +114,9 @@ extension Worker {
         // which hands the queue to the verdict program, in order.
         for fd in [client, backend] { try? Socket.setOption(fd, SOL_SOCKET, SO_RCVLOWAT, 1, "SO_RCVLOWAT") }
         // A backend direction left in userspace: forward what waits.
-        if !backendInKernel { readSplicedSide(session, side: .backend) }
-        if !clientStillOpen, sessions[session.id] != nil { readSplicedSide(session, side: .client) }
-        if sessions[session.id] != nil { rearmSpliced(session) }
+        if !backendInKernel { readSockmapSide(session, side: .backend) }
+        if !clientStillOpen, sessions[session.id] != nil { readSockmapSide(session, side: .client) }
+        if sessions[session.id] != nil { rearmSockmap(session) }
         return true
     }
 
@@ -128,9 +128,9 @@ extension Worker {
     }
 
     /// An event on a spliced socket: EOF, reset, or room to write leftovers.
-    func handleSpliced(_ session: Session, side: Side, events: EpollEvents) {
+    func handleSockmapEvent(_ session: Session, side: Side, events: EpollEvents) {
         if !events.isDisjoint(with: [.readHangup, .readable, .error, .hangup]) {
-            readSplicedSide(session, side: side)
+            readSockmapSide(session, side: side)
             guard sessions[session.id] != nil else { return }
         }
         if events.contains(.writable) || !events.isDisjoint(with: [.error, .hangup]) {
@@ -138,12 +138,12 @@ extension Worker {
             flushLeftovers(session, to: side)
             guard sessions[session.id] != nil else { return }
         }
-        rearmSpliced(session)
+        rearmSockmap(session)
     }
 
     /// Reads what the kernel left on a spliced socket: bytes that arrived
     /// before its pairing (forwarded by hand), EOF, or a reset.
-    private func readSplicedSide(_ session: Session, side: Side) {
+    private func readSockmapSide(_ session: Session, side: Side) {
         let fd = side == .client ? session.client : session.backend
         var direction = side == .client ? session.upstream : session.downstream
         defer {
@@ -179,7 +179,7 @@ extension Worker {
         }
         if direction.sourceEOF && !direction.shutdownSent && direction.pending == 0 {
             if side == .client { session.upstream = direction } else { session.downstream = direction }
-            passSplicedEOF(session, from: side)
+            passSockmapEOF(session, from: side)
             direction = side == .client ? session.upstream : session.downstream
         }
     }
@@ -213,10 +213,10 @@ extension Worker {
             direction.pending -= n
             direction.bytes += UInt64(n)
             if destination == .client {
-                session.spliced?.userspaceToClient += UInt64(n)
+                session.sockmapPair?.userspaceToClient += UInt64(n)
                 record.add(.bytesOut, UInt64(n))
             } else {
-                session.spliced?.userspaceToBackend += UInt64(n)
+                session.sockmapPair?.userspaceToBackend += UInt64(n)
                 record.add(.bytesIn, UInt64(n))
             }
         }
@@ -227,14 +227,14 @@ extension Worker {
     /// redirected from `side` (its send path grew by that much since the
     /// pairing), shut the peer's write side. Shutting it earlier would cut off
     /// bytes still in the kernel's redirect backlog. Polled on the timer
-    /// wheel, bounded by `spliceFlushTimeoutMilliseconds`.
-    func passSplicedEOF(_ session: Session, from side: Side) {
-        guard let pair = session.spliced, let splice = kernelSplice else { return }
+    /// wheel, bounded by `sockmapFlushTimeoutMilliseconds`.
+    func passSockmapEOF(_ session: Session, from side: Side) {
+        guard let pair = session.sockmapPair, let sockmap = sockmapPairs else { return }
         let direction = side == .client ? session.upstream : session.downstream
         guard direction.sourceEOF, !direction.shutdownSent else { return }
         let peerFD = side == .client ? session.backend : session.client
         let cookie = side == .client ? pair.clientCookie : pair.backendCookie
-        let expected = (splice.redirectedBytes(cookie: cookie) ?? 0)
+        let expected = (sockmap.redirectedBytes(cookie: cookie) ?? 0)
             + (side == .client ? pair.userspaceToBackend : pair.userspaceToClient)
         let base = side == .client ? pair.backendSentBase : pair.clientSentBase
         let now = monotonicMilliseconds()
@@ -249,11 +249,11 @@ extension Worker {
                 progress.interval = min(progress.interval * 2, 50)
                 // Setting the send buffer calls the socket's write_space,
                 // which reschedules a redirect backlog that waits for room.
-                try? Socket.setOption(peerFD, SOL_SOCKET, SO_SNDBUFFORCE, KernelSplice.sendBuffer, "SO_SNDBUFFORCE")
+                try? Socket.setOption(peerFD, SOL_SOCKET, SO_SNDBUFFORCE, SockmapPairs.sendBuffer, "SO_SNDBUFFORCE")
             }
             pair.flushProgress[side] = progress
-            if now &- progress.at < settings.spliceFlushTimeoutMilliseconds {
-                _ = timers.schedule(at: now + progress.interval, .spliceFlush(session: session.id, side: side))
+            if now &- progress.at < settings.sockmapFlushTimeoutMilliseconds {
+                _ = timers.schedule(at: now + progress.interval, .sockmapFlush(session: session.id, side: side))
                 return
             }
             logger.warning("spliced bytes stopped reaching the peer; passing EOF anyway", metadata: [
@@ -265,18 +265,18 @@ extension Worker {
         if session.upstream.shutdownSent && session.downstream.shutdownSent {
             close(session, reason: session.firstEOF == .backend ? .backendClosed : .clientClosed)
         } else {
-            rearmSpliced(session)
+            rearmSockmap(session)
         }
     }
 
     /// Spliced sockets wait for EOF (EPOLLRDHUP) only: the verdict program
     /// raises spurious EPOLLIN. A side that already gave its EOF waits for
     /// errors only; writable only while leftovers wait.
-    func rearmSpliced(_ session: Session) {
+    func rearmSockmap(_ session: Session) {
         var clientInterest: EpollEvents = session.upstream.sourceEOF ? [] : [.readHangup]
         if session.downstream.pending > 0 { clientInterest.insert(.writable) }
         var backendInterest: EpollEvents = session.downstream.sourceEOF ? [] : [.readHangup]
-        if session.spliced?.backendToClientInKernel == false && !session.downstream.sourceEOF
+        if session.sockmapPair?.backendToClientInKernel == false && !session.downstream.sourceEOF
             && session.downstream.pending == 0 {
             backendInterest.insert(.readable)
         }
@@ -287,10 +287,10 @@ extension Worker {
 
     /// Idle detection for spliced sessions: userspace sees no bytes, so the
     /// kernel's per-socket counters tell whether anything moved.
-    func noteSplicedActivity(_ session: Session, now: UInt64) {
-        guard let pair = session.spliced, let splice = kernelSplice else { return }
-        let total = (splice.redirectedBytes(cookie: pair.clientCookie) ?? 0)
-            &+ (splice.redirectedBytes(cookie: pair.backendCookie) ?? 0)
+    func noteSockmapActivity(_ session: Session, now: UInt64) {
+        guard let pair = session.sockmapPair, let sockmap = sockmapPairs else { return }
+        let total = (sockmap.redirectedBytes(cookie: pair.clientCookie) ?? 0)
+            &+ (sockmap.redirectedBytes(cookie: pair.backendCookie) ?? 0)
         if total != pair.lastRedirected {
             pair.lastRedirected = total
             session.lastActivityMilliseconds = now
@@ -301,11 +301,11 @@ extension Worker {
     /// close (closing removes the SOCKHASH entries; the pairings are ours),
     /// and settles its byte counts for the access log.
     func finishSplicing(_ session: Session) {
-        guard let pair = session.spliced, let splice = kernelSplice else { return }
-        session.upstream.bytes += splice.redirectedBytes(cookie: pair.clientCookie) ?? 0
-        session.downstream.bytes += splice.redirectedBytes(cookie: pair.backendCookie) ?? 0
-        splice.removePeer(cookie: pair.clientCookie)
-        splice.removePeer(cookie: pair.backendCookie)
-        session.spliced = nil
+        guard let pair = session.sockmapPair, let sockmap = sockmapPairs else { return }
+        session.upstream.bytes += sockmap.redirectedBytes(cookie: pair.clientCookie) ?? 0
+        session.downstream.bytes += sockmap.redirectedBytes(cookie: pair.backendCookie) ?? 0
+        sockmap.removePeer(cookie: pair.clientCookie)
+        sockmap.removePeer(cookie: pair.backendCookie)
+        session.sockmapPair = nil
     }
 }

@@ -109,7 +109,7 @@ struct Check: ParsableCommand {
             printError("warning: \(warning)")
         }
         printOut("\(config): OK: \(c.listeners.count) listener(s), \(c.pools.count) pool(s), "
-            + "\(c.workers) worker(s), steering \(c.steering.rawValue), data path \(c.splice.rawValue)")
+            + "\(c.workers) worker(s), steering \(c.steering.rawValue), data path \(c.dataPath.rawValue)")
     }
 }
 
@@ -214,8 +214,8 @@ struct Demo: ParsableCommand {
     @Option(help: "Worker threads (default: online CPUs).")
     var workers: Int?
 
-    @Option(help: "Data path: splice or copy.")
-    var path: String = "splice"
+    @Option(help: "Data path: splice (splice(2) through a pipe) or copy (read/write).")
+    var dataPath: String = "splice"
 
     @Option(help: "Access log: off, text or json.")
     var access: String = "text"
@@ -224,8 +224,8 @@ struct Demo: ParsableCommand {
     var metricsPort: UInt16 = 9901
 
     func run() throws {
-        guard let dataPath = SpliceMode(rawValue: path), dataPath == .splice || dataPath == .copy else {
-            printError("error: --path: expected splice or copy; found \"\(path)\"")
+        guard let mode = DataPathMode(rawValue: dataPath), mode == .splice || mode == .copy else {
+            printError("error: --data-path: expected splice or copy; found \"\(dataPath)\"")
             throw ExitCode(2)
         }
         guard let accessFormat = AccessLogFormat(rawValue: access) else {
@@ -257,7 +257,7 @@ struct Demo: ParsableCommand {
         let steering: SteeringMode = geteuid() == 0 ? .leastLoaded : .hash
         if steering == .hash { printError("note: not root, so steering is \"hash\" (least_loaded needs BPF)") }
         let config = SluiceConfig(
-            instance: "demo", workers: workers ?? ConfigDefaults.workers(onlineCPUs: ConfigLoader.onlineCPUCount), steering: steering, splice: dataPath,
+            instance: "demo", workers: workers ?? ConfigDefaults.workers(onlineCPUs: ConfigLoader.onlineCPUCount), steering: steering, dataPath: mode,
             stallThreshold: .milliseconds(200), drainTimeout: .seconds(5),
             log: LogConfig(level: .info, access: accessFormat, file: "stderr"),
             admin: AdminConfig(

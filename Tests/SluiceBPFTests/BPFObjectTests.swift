@@ -1,20 +1,8 @@
 import CLibbpf
 import Glibc
-import SluiceBPF
+@testable import SluiceBPF
 import SluicePosix
 import Testing
-
-/// Root/BPF tests skip with a reason on an unprivileged machine, but fail
-/// when SLUICE_REQUIRE_BPF=1 (CI), where skipping would hide a regression.
-func requireBPF() throws -> Bool {
-    if geteuid() == 0 { return true }
-    if getenv("SLUICE_REQUIRE_BPF").map({ String(cString: $0) }) == "1" {
-        Issue.record("SLUICE_REQUIRE_BPF=1 but not running as root: BPF tests cannot run")
-        return false
-    }
-    print("skipping BPF test: needs root (CAP_BPF)")
-    return false
-}
 
 @Suite("Embedded BPF object")
 struct BPFObjectTests {
@@ -22,8 +10,8 @@ struct BPFObjectTests {
     func layout() throws {
         let object = try BPFObject(bytes: embeddedSluiceObject)
         defer { object.close() }
-        #expect(Set(object.programNames) == Set(SluiceBPFLayout.programs))
-        #expect(Set(SluiceBPFLayout.maps).isSubset(of: Set(object.mapNames)))
+        #expect(Set(object.programNames) == Set(SluiceBPFLayout.programs.map(\.rawValue)))
+        #expect(Set(SluiceBPFLayout.maps.map(\.rawValue)).isSubset(of: Set(object.mapNames)))
     }
 
     @Test("an object without the expected programs is refused at open")
@@ -36,7 +24,7 @@ struct BPFObjectTests {
         guard try requireBPF() else { return }
         let object = try BPFObject(bytes: embeddedSluiceObject)
         try object.load()
-        let programID = try object.programID("select_worker")
+        let programID = try object.programID(.selectWorker)
         let mapIDs = try SluiceBPFLayout.maps.map { try object.mapID($0) }
         #expect(bpfProgramExists(id: programID))
         for id in mapIDs { #expect(bpfMapExists(id: id)) }
@@ -55,7 +43,7 @@ struct BPFObjectTests {
         try object.load()
         var key: UInt32 = 0
         var value: UInt64 = 0
-        #expect(bpf_map_lookup_elem(try object.mapFD("abi"), &key, &value) == 0)
+        #expect(bpf_map_lookup_elem(try object.mapFD(.abi), &key, &value) == 0)
         #expect(value == SluiceBPFLayout.abiVersion)
     }
 }

@@ -1,6 +1,6 @@
 import Foundation
 import Glibc
-import SluiceBPF
+@testable import SluiceBPF
 import SluicePosix
 import Testing
 

@@ -2,7 +2,7 @@ import CLibbpf
 import CSluice
 import Foundation
 import Glibc
-import SluiceBPF
+@testable import SluiceBPF
 import SluicePosix
 import Testing
 
@@ -82,141 +82,176 @@ final class SteeredGroup {
     }
 }
 
-func closeAll(_ fds: [Int32]) { for fd in fds { closeDescriptor(fd) } }
-
 @Suite("select_worker steering in the kernel")
 struct SteeringTests {
     @Test("200 connections in one burst land evenly: per-worker counts equal ±1, and the queues agree")
     func burstIsEven() throws {
         guard try requireBPF() else { return }
-        let group = try SteeredGroup(workers: 4)
-        let clients = try group.burst(200)
-        defer { closeAll(clients) }
-        let active = group.active
-        #expect(active.reduce(0, +) == 200)
-        #expect(active.max()! - active.min()! <= 1, "\(active)")
-        let queued = try group.drainQueues()
-        #expect(queued.map(UInt64.init) == active, "where connections were queued vs. the counters")
-        #expect(group.steering.table.record(0).load(.charged) == active[0])
-        #expect(group.pending == active, "every count is a pending charge until a worker accepts")
-        #expect(group.steering.stats.selected == 200)
+        try inOwnNetworkNamespace {
+            let group = try SteeredGroup(workers: 4)
+            let clients = try group.burst(200)
+            defer { closeAll(clients) }
+            let active = group.active
+            #expect(active.reduce(0, +) == 200)
+            #expect(active.max()! - active.min()! <= 1, "\(active)")
+            let queued = try group.drainQueues()
+            #expect(queued.map(UInt64.init) == active, "where connections were queued vs. the counters")
+            #expect(group.steering.table.record(0).load(.charged) == active[0])
+            #expect(group.pending == active, "every count is a pending charge until a worker accepts")
+            #expect(group.steering.stats.selected == 200)
+        }
     }
 
     @Test("a worker preloaded with 1,000 connections gets none of the next 50")
     func preloadedWorkerIsAvoided() throws {
         guard try requireBPF() else { return }
-        let group = try SteeredGroup(workers: 4)
-        group.steering.table.record(2).store(.active, 1000)
-        let clients = try group.burst(50)
-        defer { closeAll(clients) }
-        let queued = try group.drainQueues()
-        #expect(queued[2] == 0, "\(queued)")
-        #expect(queued.reduce(0, +) == 50)
+        try inOwnNetworkNamespace {
+            let group = try SteeredGroup(workers: 4)
+            group.steering.table.record(2).store(.active, 1000)
+            let clients = try group.burst(50)
+            defer { closeAll(clients) }
+            let queued = try group.drainQueues()
+            #expect(queued[2] == 0, "\(queued)")
+            #expect(queued.reduce(0, +) == 50)
+        }
     }
 
     @Test("a worker whose heartbeat froze gets nothing after stall_threshold, and work again once it beats")
     func stalledWorkerIsSkipped() throws {
         guard try requireBPF() else { return }
-        let group = try SteeredGroup(workers: 3, stallThreshold: 200_000_000)
-        group.steering.table.record(1).store(.heartbeatNanoseconds, monotonicNanoseconds() - 1_000_000_000)
-        let before = group.steering.stats.stallSkips
-        let clients = try group.burst(30)
-        let queued = try group.drainQueues()
-        #expect(queued[1] == 0, "\(queued)")
-        #expect(group.steering.stats.stallSkips - before >= 30)
-        group.refreshHeartbeats()
-        let more = try group.burst(30)
-        defer { closeAll(clients + more) }
-        #expect(try group.drainQueues()[1] > 0)
+        try inOwnNetworkNamespace {
+            let group = try SteeredGroup(workers: 3, stallThreshold: 200_000_000)
+            group.steering.table.record(1).store(.heartbeatNanoseconds, monotonicNanoseconds() - 1_000_000_000)
+            let before = group.steering.stats.stallSkips
+            let clients = try group.burst(30)
+            let queued = try group.drainQueues()
+            #expect(queued[1] == 0, "\(queued)")
+            #expect(group.steering.stats.stallSkips - before >= 30)
+            group.refreshHeartbeats()
+            let more = try group.burst(30)
+            defer { closeAll(clients + more) }
+            #expect(try group.drainQueues()[1] > 0)
+        }
     }
 
     @Test("a heartbeat written just after the program read the clock counts as fresh")
     func futureHeartbeatIsFresh() throws {
         guard try requireBPF() else { return }
-        let group = try SteeredGroup(workers: 2, stallThreshold: 200_000_000)
-        group.steering.table.record(0).store(.heartbeatNanoseconds, monotonicNanoseconds() + 50_000_000)
-        group.steering.table.record(1).store(.active, 100)
-        let clients = try group.burst(10)
-        defer { closeAll(clients) }
-        #expect(try group.drainQueues() == [10, 0])
+        try inOwnNetworkNamespace {
+            let group = try SteeredGroup(workers: 2, stallThreshold: 200_000_000)
+            group.steering.table.record(0).store(.heartbeatNanoseconds, monotonicNanoseconds() + 50_000_000)
+            group.steering.table.record(1).store(.active, 100)
+            let clients = try group.burst(10)
+            defer { closeAll(clients) }
+            #expect(try group.drainQueues() == [10, 0])
+        }
     }
 
     @Test("draining workers get nothing; when every worker is stalled the kernel hash serves everyone")
     func drainingAndAllStalled() throws {
         guard try requireBPF() else { return }
-        let group = try SteeredGroup(workers: 2, stallThreshold: 200_000_000)
-        group.steering.table.record(0).store(.flags, UInt64(SLUICE_WORKER_DRAINING))
-        let first = try group.burst(10)
-        #expect(try group.drainQueues() == [0, 10])
-        let old = monotonicNanoseconds() - 1_000_000_000
-        for k in 0..<2 { group.steering.table.record(k).store(.heartbeatNanoseconds, old) }
-        let before = group.steering.stats.allStalled
-        let second = try group.burst(20)
-        defer { closeAll(first + second) }
-        #expect(try group.drainQueues().reduce(0, +) == 20, "nobody refused")
-        #expect(group.steering.stats.allStalled - before == 20)
+        try inOwnNetworkNamespace {
+            let group = try SteeredGroup(workers: 2, stallThreshold: 200_000_000)
+            group.steering.table.record(0).store(.flags, UInt64(SLUICE_WORKER_DRAINING))
+            let first = try group.burst(10)
+            #expect(try group.drainQueues() == [0, 10])
+            let old = monotonicNanoseconds() - 1_000_000_000
+            for k in 0..<2 { group.steering.table.record(k).store(.heartbeatNanoseconds, old) }
+            let before = group.steering.stats.allStalled
+            let second = try group.burst(20)
+            defer { closeAll(first + second) }
+            #expect(try group.drainQueues().reduce(0, +) == 20, "nobody refused")
+            #expect(group.steering.stats.allStalled - before == 20)
+        }
     }
 
     @Test("an emptied slot falls back to the kernel hash without refusing anyone, and counts it")
     func emptiedSlotFallsBack() throws {
         guard try requireBPF() else { return }
-        let group = try SteeredGroup(workers: 3)
-        // Worker 2 looks least loaded, but its socket is gone: closing a
-        // listener removes its slot from the sockarray by itself.
-        group.steering.table.record(0).store(.active, 100)
-        group.steering.table.record(1).store(.active, 100)
-        group.closeWorkerSocket(2)
-        let before = group.steering.stats.fallback
-        let clients = try group.burst(20)
-        defer { closeAll(clients) }
-        var served = 0
-        for listener in group.sockets.prefix(2) {
-            while case .done(let (fd, _)) = try Socket.accept(listener) { closeDescriptor(fd); served += 1 }
+        try inOwnNetworkNamespace {
+            let group = try SteeredGroup(workers: 3)
+            // Worker 2 looks least loaded, but its socket is gone: closing a
+            // listener removes its slot from the sockarray by itself.
+            group.steering.table.record(0).store(.active, 100)
+            group.steering.table.record(1).store(.active, 100)
+            group.closeWorkerSocket(2)
+            let before = group.steering.stats.fallback
+            let clients = try group.burst(20)
+            defer { closeAll(clients) }
+            var served = 0
+            for listener in group.sockets.prefix(2) {
+                while case .done(let (fd, _)) = try Socket.accept(listener) { closeDescriptor(fd); served += 1 }
+            }
+            #expect(served == 20)
+            #expect(group.steering.stats.fallback - before == 20)
         }
-        #expect(served == 20)
-        #expect(group.steering.stats.fallback - before == 20)
     }
 
     @Test("stray ACKs are placed like a syncookie completion: charged as pending, and the charge expires")
     func strayACKsChargeAndExpire() throws {
         guard try requireBPF() else { return }
-        let group = try SteeredGroup(workers: 2)
-        let before = group.steering.stats
-        for _ in 0..<6 { try sendBareACK(toPort: group.port) }
-        try waitUntilTrue(2) { group.steering.stats.acks - before.acks >= 6 }
-        #expect(group.active == [3, 3], "spread least-loaded like SYNs")
-        #expect(group.pending == group.active)
-        #expect(try group.drainQueues() == [0, 0], "no connection came of them")
-        // All of them old: every pending charge expires, and nothing more.
-        for k in 0..<2 { #expect(group.steering.table.record(k).expireCharges { $0 + 10 } == 3) }
-        #expect(group.active == [0, 0])
-        #expect(group.pending == [0, 0])
-        #expect(group.steering.table.record(0).load(.underflows) == 0)
+        try inOwnNetworkNamespace {
+            let group = try SteeredGroup(workers: 2)
+            let before = group.steering.stats
+            for _ in 0..<6 { try sendBareACK(toPort: group.port) }
+            try waitUntilTrue(2) { group.steering.stats.acks - before.acks >= 6 }
+            #expect(group.active == [3, 3], "spread least-loaded like SYNs")
+            #expect(group.pending == group.active)
+            #expect(try group.drainQueues() == [0, 0], "no connection came of them")
+            // All of them old: every pending charge expires, and nothing more.
+            for k in 0..<2 { #expect(group.steering.table.record(k).expireCharges { $0 + 10 } == 3) }
+            #expect(group.active == [0, 0])
+            #expect(group.pending == [0, 0])
+            #expect(group.steering.table.record(0).load(.underflows) == 0)
+        }
     }
 
     @Test("an accept settles its pending charge; charges within the window stay; a close never goes below zero")
     func acceptSettlesAndExpiryKeepsRecent() throws {
         guard try requireBPF() else { return }
-        let group = try SteeredGroup(workers: 1)
-        let clients = try group.burst(5)
-        defer { closeAll(clients) }
-        let record = group.steering.table.record(0)
-        #expect(record.load(.pending) == 5)
-        for _ in 0..<3 { record.chargeAccepted() }
-        #expect(record.load(.active) == 5, "accepting a charged connection does not count it twice")
-        #expect(record.load(.pending) == 2)
-        // None old enough: nothing expires; then one.
-        #expect(record.expireCharges { _ in 0 } == 0)
-        #expect(record.expireCharges { _ in 1 } == 1)
-        #expect(record.load(.active) == 4)
-        // An accept with nothing pending (its charge expired) counts itself.
-        record.chargeAccepted()
-        record.chargeAccepted()
-        #expect(record.load(.active) == 5)
-        #expect(record.load(.pending) == 0)
-        for _ in 0..<7 { record.releaseActive() }
-        #expect(record.load(.active) == 0)
-        #expect(record.load(.underflows) == 2, "two decrements too many are counted, not wrapped")
+        try inOwnNetworkNamespace {
+            let group = try SteeredGroup(workers: 1)
+            let clients = try group.burst(5)
+            defer { closeAll(clients) }
+            let record = group.steering.table.record(0)
+            #expect(record.load(.pending) == 5)
+            for _ in 0..<3 { record.chargeAccepted() }
+            #expect(record.load(.active) == 5, "accepting a charged connection does not count it twice")
+            #expect(record.load(.pending) == 2)
+            // None old enough: nothing expires; then one.
+            #expect(record.expireCharges { _ in 0 } == 0)
+            #expect(record.expireCharges { _ in 1 } == 1)
+            #expect(record.load(.active) == 4)
+            // An accept with nothing pending (its charge expired) counts itself.
+            record.chargeAccepted()
+            record.chargeAccepted()
+            #expect(record.load(.active) == 5)
+            #expect(record.load(.pending) == 0)
+            for _ in 0..<7 { record.releaseActive() }
+            #expect(record.load(.active) == 0)
+            #expect(record.load(.underflows) == 2, "two decrements too many are counted, not wrapped")
+        }
+    }
+
+    @Test("each case's network namespace is its own: its listener is not on the host's loopback, and the thread comes back")
+    func casesRunInTheirOwnNetworkNamespace() throws {
+        guard try requireBPF() else { return }
+        func namespace() -> String { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/thread-self/ns/net")) ?? "?" }
+        let host = namespace()
+        var group: SteeredGroup?
+        try inOwnNetworkNamespace {
+            #expect(namespace() != host)
+            group = try SteeredGroup(workers: 1)
+            closeAll(try group!.burst(1))
+        }
+        #expect(namespace() == host)
+        // Back on the host's loopback, the case's listener (still open) is not there.
+        let port = try #require(group?.port)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        defer { closeDescriptor(fd) }
+        let connected = SocketAddress(ip: "127.0.0.1", port: port)!.withSockaddr { Glibc.connect(fd, $0, $1) }
+        #expect(connected != 0 && errno == ECONNREFUSED)
+        group = nil
     }
 
     @Test("pins: the shared maps appear under the instance directory, bpftool reads named fields, close removes all")
@@ -230,7 +265,7 @@ struct SteeringTests {
         let dir = PinLayout.directory(instance: instance)
         for name in PinLayout.pinnedMaps {
             var info = stat()
-            #expect(stat("\(dir)/\(name)", &info) == 0, "\(name) pinned")
+            #expect(stat("\(dir)/\(name.rawValue)", &info) == 0, "\(name) pinned")
             #expect(info.st_mode & 0o777 == 0o640 && info.st_uid == 0, "\(name): writable by root alone")
         }
         steering.table.record(1).store(.active, 7)
@@ -243,7 +278,7 @@ struct SteeringTests {
         #expect(second["active"] as? Int == 7)
         #expect(second["bytes_out"] as? Int == 12345)
         let programIDs = steering.programIDs
-        let mapID = try #require(steering.mapID("worker_load"))
+        let mapID = try #require(steering.mapID(.workerLoad))
         #expect(programIDs.count == 2)
         steering.close()
         #expect(access(dir, F_OK) != 0, "pin directory removed")
@@ -261,7 +296,7 @@ struct SteeringTests {
         let crashed = try KernelSteering(instance: instance, workers: 1, listeners: 1,
                                          stallThresholdNanoseconds: 1, attachPrograms: false)
         try crashed.pin()
-        let staleID = try #require(crashed.mapID("worker_load"))
+        let staleID = try #require(crashed.mapID(.workerLoad))
         let lock = try InstanceLock(instance: instance, directory: NSTemporaryDirectory())
         let fresh = try KernelSteering(instance: instance, workers: 1, listeners: 1,
                                        stallThresholdNanoseconds: 1, attachPrograms: false)
@@ -270,7 +305,7 @@ struct SteeringTests {
         var info = bpf_map_info()
         var len = UInt32(MemoryLayout<bpf_map_info>.size)
         #expect(bpf_obj_get_info_by_fd(pinnedFD, &info, &len) == 0)
-        #expect(info.id == fresh.mapID("worker_load"))
+        #expect(info.id == fresh.mapID(.workerLoad))
         #expect(info.id != staleID)
         closeDescriptor(pinnedFD)
         fresh.close()
@@ -288,48 +323,3 @@ struct SteeringTests {
     }
 }
 
-func waitUntilTrue(_ seconds: Double, _ condition: () -> Bool) throws {
-    let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
-    while !condition() {
-        if monotonicNanoseconds() > deadline { throw BPFError("condition not met within \(seconds)s") }
-        usleep(5000)
-    }
-}
-
-func bpftoolJSON(_ arguments: [String]) throws -> Any {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/usr/sbin/bpftool")
-    process.arguments = ["-j"] + arguments
-    let pipe = Pipe()
-    process.standardOutput = pipe
-    try process.run()
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return try JSONSerialization.jsonObject(with: data)
-}
-
-/// Sends one bare TCP ACK (no SYN) from a raw socket to 127.0.0.1:port.
-func sendBareACK(toPort port: UInt16) throws {
-    let fd = socket(AF_INET, Int32(SOCK_RAW.rawValue), Int32(IPPROTO_TCP))
-    guard fd >= 0 else { throw SystemCallError(call: "socket(SOCK_RAW)", errno: errno) }
-    defer { close(fd) }
-    var header = [UInt8](repeating: 0, count: 20)
-    let sourcePort = UInt16.random(in: 20000...60000)
-    header[0] = UInt8(sourcePort >> 8); header[1] = UInt8(sourcePort & 0xFF)
-    header[2] = UInt8(port >> 8); header[3] = UInt8(port & 0xFF)
-    for i in 4..<12 { header[i] = UInt8.random(in: 0...255) } // seq, ack
-    header[12] = 5 << 4     // data offset: 5 words
-    header[13] = 0x10       // ACK only
-    header[14] = 0xFF; header[15] = 0xFF // window
-    // Checksum over the pseudo-header (127.0.0.1 → 127.0.0.1, TCP, length 20) and the header.
-    var sum: UInt32 = 0x7F00 + 0x0001 + 0x7F00 + 0x0001 + 6 + 20
-    for i in stride(from: 0, to: 20, by: 2) { sum += UInt32(header[i]) << 8 | UInt32(header[i + 1]) }
-    while sum > 0xFFFF { sum = (sum & 0xFFFF) + (sum >> 16) }
-    let checksum = ~UInt16(sum)
-    header[16] = UInt8(checksum >> 8); header[17] = UInt8(checksum & 0xFF)
-    let destination = SocketAddress(ip: "127.0.0.1", port: 0)!
-    let sent = destination.withSockaddr { addr, len in
-        header.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, 0, addr, len) }
-    }
-    guard sent == 20 else { throw SystemCallError(call: "sendto(raw ACK)", errno: errno) }
-}

@@ -30,25 +30,6 @@ func controlThreadTicks(of sluice: SluiceProcess, over seconds: Double) -> Int {
     return threadCPUTicks(pid: pid, tid: pid) - before
 }
 
-func connectUnix(_ path: String, receiveBuffer: Int32? = nil) throws -> Int32 {
-    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-    if var size = receiveBuffer { setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, 4) }
-    var tv = timeval(tv_sec: 5, tv_usec: 0)
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-    var address = sockaddr_un()
-    address.sun_family = sa_family_t(AF_UNIX)
-    withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: path.utf8.prefix($0.count - 1)) }
-    let rc = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-    }
-    guard rc == 0 else {
-        let code = errno
-        close(fd)
-        throw SystemCallError(call: "connect \(path)", errno: code)
-    }
-    return fd
-}
-
 /// A TCP client whose receive window is as small as the kernel allows.
 func connectWithTinyWindow(_ port: UInt16) throws -> Int32 {
     let address = SocketAddress(ip: "127.0.0.1", port: port)!

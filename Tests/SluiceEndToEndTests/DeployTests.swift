@@ -82,12 +82,12 @@ struct DeployTests {
         #expect(access(config, F_OK) != 0)
     }
 
-    @Test("with user: set, the daemon runs as that user with CAP_BPF and CAP_NET_ADMIN only, and still splices")
+    @Test("with user: set, the daemon runs as that user with CAP_BPF and CAP_NET_ADMIN only, and still pairs connections in the sockmap")
     func leastPrivilege() throws {
         guard requireRoot() else { return }
         let echo = try TestServer.echo()
         let port = freePort()
-        let yaml = proxyConfig(port: port, backends: [echo.address], splice: "sockmap", extraTop: "user: nobody\nadmin: { metrics: off }")
+        let yaml = proxyConfig(port: port, backends: [echo.address], dataPath: "sockmap", extraTop: "user: nobody\nadmin: { metrics: off }")
             .replacingOccurrences(of: "steering: hash", with: "steering: least_loaded")
         let sluice = try SluiceProcess.run(config: yaml)
         let caps = try #require(capabilities(sluice.process.processIdentifier))
@@ -106,7 +106,7 @@ struct DeployTests {
         #expect(deniedStatus != 0 && deniedOutput.contains("Permission denied"), "\(deniedOutput)")
         // Steering state stays root's: 0640, group nogroup. Not even the daemon's own
         // user (another process of it) opens those maps for writing.
-        for name in ["worker_load", "listener_load", "steer_stats", "abi", "splice_socks", "splice_peers"] {
+        for name in ["worker_load", "listener_load", "steer_stats", "abi", "sockmap_socks", "sockmap_peers"] {
             var info = stat()
             #expect(lstat("\(pins)/\(name)", &info) == 0 && info.st_mode & 0o777 == 0o640 && info.st_uid == 0 && info.st_gid == 65534,
                     "\(name): mode \(String(info.st_mode & 0o777, radix: 8)) uid \(info.st_uid) gid \(info.st_gid)")

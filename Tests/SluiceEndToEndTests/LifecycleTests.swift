@@ -3,31 +3,6 @@ import Glibc
 import SluicePosix
 import Testing
 
-/// Runs a command, returns (status, combined output).
-func runCommand(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws -> (Int32, String) {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: executable)
-    process.arguments = arguments
-    if !environment.isEmpty {
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-    }
-    let pipe = Pipe()
-    process.standardOutput = pipe
-    process.standardError = pipe
-    try process.run()
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
-}
-
-/// CPU time (user + system, in clock ticks) a process has used so far.
-func cpuTicks(pid: Int32) -> Int {
-    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-          let close = stat.lastIndex(of: ")") else { return -1 }
-    let fields = stat[stat.index(after: close)...].split(separator: " ")
-    return (Int(fields[11]) ?? 0) + (Int(fields[12]) ?? 0) // utime, stime
-}
-
 @Suite("Process lifecycle of the sluice binary", .serialized)
 struct LifecycleTests {
     @Test("SIGTERM under load: accepting stops at once, in-flight transfers finish intact, exit 0, no fd left")

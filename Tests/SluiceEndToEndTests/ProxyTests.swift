@@ -3,28 +3,6 @@ import Glibc
 import SluicePosix
 import Testing
 
-/// One client's checksummed round trip through the proxy to an echo backend.
-/// Returns nil when the bytes came back intact, else what went wrong.
-func echoRoundTrip(port: UInt16, host: String = "127.0.0.1", size: Int, seed: UInt64) -> String? {
-    let fd: Int32
-    do { fd = try connectTCP(host, port, timeoutSeconds: 30) } catch { return "\(error)" }
-    defer { close(fd) }
-    let data = payload(size: size, seed: seed)
-    var sent = StreamDigest()
-    data.withUnsafeBytes { sent.update($0) }
-    let writer = startThread {
-        _ = sendAll(fd, data)
-        shutdown(fd, Int32(SHUT_WR)) // the echo backend answers EOF with EOF
-    }
-    let (received, clean) = readToEnd(fd)
-    writer.join()
-    var got = StreamDigest()
-    received.withUnsafeBytes { got.update($0) }
-    if !clean { return "size \(size): no clean EOF after \(received.count) bytes" }
-    if got != sent { return "size \(size): sent \(sent.count) bytes, got back \(got.count), digests differ: \(got != sent)" }
-    return nil
-}
-
 @Suite("Proxying through the sluice binary", .serialized)
 struct ProxyTests {
     @Test("64 concurrent clients: checksummed payloads up to 8 MiB come back byte-exact", arguments: ["sockmap", "splice", "copy"])
@@ -32,7 +10,7 @@ struct ProxyTests {
         let echo1 = try TestServer.echo()
         let echo2 = try TestServer.echo()
         let port = freePort()
-        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [echo1.address, echo2.address], splice: path))
+        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [echo1.address, echo2.address], dataPath: path))
         let failures = Locked<[String]>([])
         var threads: [OSThread] = []
         for i in 0..<64 {
@@ -51,7 +29,7 @@ struct ProxyTests {
         #expect(sluice.log.contains("clean exit"))
         let accessLines = sluice.log.split(separator: "\n").filter { $0.contains(" access ") }
         #expect(accessLines.count == 64)
-        // A client whose FIN arrives before its connection is spliced goes through userspace.
+        // A client whose FIN arrives before its connection is paired in the sockmap goes through userspace.
         let onPath = accessLines.filter { $0.contains("path=\(path)") }.count
         #expect(path == "sockmap" ? onPath >= 32 : onPath == 64, "\(onPath) of 64 on \(path)")
     }
@@ -74,7 +52,7 @@ struct ProxyTests {
             _ = sendAll(fd, Array("got \(request.count) bytes".utf8))
         }
         let port = freePort()
-        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [backend.address], splice: path))
+        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [backend.address], dataPath: path))
         let fd = try connectTCP("127.0.0.1", port)
         #expect(sendAll(fd, payload(size: 300_000, seed: 1)))
         shutdown(fd, Int32(SHUT_WR))
@@ -96,7 +74,7 @@ struct ProxyTests {
             received.withLock { $0 = rest.count }
         }
         let port = freePort()
-        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [backend.address], splice: path))
+        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [backend.address], dataPath: path))
         let fd = try connectTCP("127.0.0.1", port)
         let (banner, clean) = readToEnd(fd)
         #expect(clean && String(decoding: banner, as: UTF8.self) == "banner\n")
@@ -201,46 +179,6 @@ struct ProxyTests {
         #expect(object["backend"] as? String == echo.address)
         #expect(object["reason"] as? String == "client_eof")
         for key in ["time", "worker", "listener", "client", "duration_ms", "path"] { #expect(object[key] != nil, "\(key)") }
-    }
-}
-
-/// A value shared between test threads.
-final class Locked<T>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var _value: T
-    init(_ value: T) { _value = value }
-    var value: T { lock.withLock { _value } }
-    func withLock<R>(_ body: (inout T) -> R) -> R { lock.withLock { body(&_value) } }
-}
-
-/// A backend whose SYNs go unanswered: a listener with a full accept queue
-/// that never accepts (the kernel drops further SYNs), so connects hang.
-final class BlackholeBackend {
-    let fd: Int32
-    let port: UInt16
-    private var fillers: [Int32] = []
-
-    init() throws {
-        let address = SocketAddress(ip: "127.0.0.1", port: 0)!
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard address.withSockaddr({ bind(fd, $0, $1) }) == 0, listen(fd, 0) == 0 else {
-            throw SystemCallError(call: "blackhole listen", errno: errno)
-        }
-        self.fd = fd
-        let port = try Socket.localAddress(fd).port
-        self.port = port
-        // Fill the queue (backlog 0 holds one); later SYNs are dropped.
-        for _ in 0..<2 {
-            let c = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-            _ = SocketAddress(ip: "127.0.0.1", port: port)!.withSockaddr { Glibc.connect(c, $0, $1) }
-            fillers.append(c)
-        }
-        usleep(50_000)
-    }
-
-    deinit {
-        for c in fillers { close(c) }
-        close(fd)
     }
 }
 

@@ -3,23 +3,6 @@ import Glibc
 import SluicePosix
 import Testing
 
-func statusJSON(_ instance: String) throws -> [String: Any] {
-    let (code, output) = try runCommand(sluiceBinary, ["status", "--instance", instance, "--json"])
-    guard code == 0, let object = try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any] else {
-        throw TimedOut(description: "sluice status failed (\(code)): \(output)")
-    }
-    return object
-}
-
-func workerField(_ status: [String: Any], _ field: String) -> [Int] {
-    ((status["workers"] as? [[String: Any]]) ?? []).map { ($0[field] as? Int) ?? -1 }
-}
-
-func steeredConfig(port: UInt16, backends: [String], workers: Int, admin: String = "admin: { metrics: off }", extra: String = "") -> String {
-    proxyConfig(port: port, backends: backends, workers: workers, extraTop: admin + "\n" + extra)
-        .replacingOccurrences(of: "steering: hash", with: "steering: least_loaded")
-}
-
 @Suite("sluice status, the admin socket and metrics", .serialized)
 struct StatusAdminTests {
     @Test("status --json agrees with what the workers logged, under load")
@@ -208,23 +191,6 @@ struct StatusAdminTests {
         try sluice.waitForLog("rebalanced: handed connections") // lines reach the log through a queue
         print("rebalanced 400/0/0/0 in \(took) s")
         #expect(try sluice.stop() == 0)
-    }
-}
-
-enum AdminClientForTests {
-    /// One raw line to the admin socket; the first line of the answer.
-    static func send(_ path: String, _ line: String) throws -> String {
-        let fd = try connectUnix(path)
-        defer { close(fd) }
-        _ = sendAll(fd, Array((line + "\n").utf8))
-        var reply: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while !reply.contains(10) {
-            let n = recv(fd, &buffer, buffer.count, 0)
-            if n <= 0 { break }
-            reply += buffer[0..<n]
-        }
-        return String(decoding: reply.prefix { $0 != 10 }, as: UTF8.self)
     }
 }
 

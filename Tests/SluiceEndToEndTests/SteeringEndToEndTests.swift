@@ -3,39 +3,6 @@ import Glibc
 import SluicePosix
 import Testing
 
-/// Reads the pinned worker_load map through bpftool, as an operator would.
-func pinnedWorkerLoad(instance: String) throws -> [[String: Int]] {
-    let (status, output) = try runCommand("/usr/sbin/bpftool", ["-j", "map", "dump", "pinned", "/sys/fs/bpf/sluice/\(instance)/worker_load"])
-    guard status == 0 else { throw TimedOut(description: "bpftool failed: \(output)") }
-    let entries = try #require(try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [[String: Any]])
-    return entries.compactMap { entry in
-        guard let formatted = entry["formatted"] as? [String: Any], let value = formatted["value"] as? [String: Any] else { return nil }
-        return value.compactMapValues { $0 as? Int }
-    }
-}
-
-func requireRoot() -> Bool {
-    if geteuid() == 0 { return true }
-    if ProcessInfo.processInfo.environment["SLUICE_REQUIRE_BPF"] == "1" {
-        Issue.record("SLUICE_REQUIRE_BPF=1 but not running as root: steering tests cannot run")
-    } else {
-        print("skipping steering test: needs root (CAP_BPF)")
-    }
-    return false
-}
-
-/// Holds `count` connections open through the proxy, each proven established by one echoed byte.
-func holdConnections(_ count: Int, port: UInt16) throws -> [Int32] {
-    var fds: [Int32] = []
-    for _ in 0..<count { fds.append(try connectTCP("127.0.0.1", port)) }
-    for fd in fds {
-        guard sendAll(fd, [7]) else { throw TimedOut(description: "send failed") }
-        var byte: UInt8 = 0
-        guard recv(fd, &byte, 1, 0) == 1 else { throw TimedOut(description: "no echo") }
-    }
-    return fds
-}
-
 @Suite("Least-loaded steering through the sluice binary", .serialized)
 struct SteeringEndToEndTests {
     @Test("200 held connections spread evenly over 4 workers; bpftool agrees with the workers; counters return to 0")

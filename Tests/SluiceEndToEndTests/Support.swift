@@ -281,7 +281,7 @@ final class TestServer: @unchecked Sendable {
 }
 
 func proxyConfig(
-    port: UInt16, backends: [String], splice: String = "splice", workers: Int = 2,
+    port: UInt16, backends: [String], dataPath: String = "splice", workers: Int = 2,
     algorithm: String = "round_robin", retries: Int = 2, extraListener: String = "",
     extraTop: String = "", bindHost: String = "127.0.0.1", access: String = "text"
 ) -> String {
@@ -290,7 +290,7 @@ func proxyConfig(
         instance: e2e\(port)
         workers: \(workers)
         steering: hash
-        splice: \(splice)
+        data_path: \(dataPath)
         drain_timeout: 5s
         # Generous: a debug build on a loaded 2-core machine can miss a 200ms heartbeat,
         # and steering would then (rightly) skip that worker. Stall tests set their own.
@@ -307,4 +307,272 @@ func proxyConfig(
             backends:
         \(backends.map { "      - { address: \"\($0)\" }" }.joined(separator: "\n"))
         """
+}
+
+/// Runs a command, returns (status, combined output).
+func runCommand(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws -> (Int32, String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    if !environment.isEmpty {
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    }
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    process.standardError = pipe
+    try process.run()
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
+/// CPU time (user + system, in clock ticks) a process has used so far.
+func cpuTicks(pid: Int32) -> Int {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+          let close = stat.lastIndex(of: ")") else { return -1 }
+    let fields = stat[stat.index(after: close)...].split(separator: " ")
+    return (Int(fields[11]) ?? 0) + (Int(fields[12]) ?? 0) // utime, stime
+}
+
+/// Root tests skip with a reason on an unprivileged machine, but fail when
+/// SLUICE_REQUIRE_BPF=1 (CI), where skipping would hide a regression.
+func requireRoot() -> Bool {
+    if geteuid() == 0 { return true }
+    if ProcessInfo.processInfo.environment["SLUICE_REQUIRE_BPF"] == "1" {
+        Issue.record("SLUICE_REQUIRE_BPF=1 but not running as root: root tests cannot run")
+    } else {
+        print("skipping test: needs root (BPF, namespaces)")
+    }
+    return false
+}
+
+/// A blocking unix-socket client (5 s receive timeout); the one the admin tests use.
+func connectUnix(_ path: String, receiveBuffer: Int32? = nil) throws -> Int32 {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    if var size = receiveBuffer { setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, 4) }
+    var tv = timeval(tv_sec: 5, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: path.utf8.prefix($0.count - 1)) }
+    let rc = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    guard rc == 0 else {
+        let code = errno
+        close(fd)
+        throw SystemCallError(call: "connect \(path)", errno: code)
+    }
+    return fd
+}
+
+enum AdminClientForTests {
+    /// One raw line to the admin socket; the first line of the answer.
+    static func send(_ path: String, _ line: String) throws -> String {
+        let fd = try connectUnix(path)
+        defer { close(fd) }
+        _ = sendAll(fd, Array((line + "\n").utf8))
+        var reply: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while !reply.contains(10) {
+            let n = recv(fd, &buffer, buffer.count, 0)
+            if n <= 0 { break }
+            reply += buffer[0..<n]
+        }
+        return String(decoding: reply.prefix { $0 != 10 }, as: UTF8.self)
+    }
+}
+
+func statusJSON(_ instance: String) throws -> [String: Any] {
+    let (code, output) = try runCommand(sluiceBinary, ["status", "--instance", instance, "--json"])
+    guard code == 0, let object = try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any] else {
+        throw TimedOut(description: "sluice status failed (\(code)): \(output)")
+    }
+    return object
+}
+
+func workerField(_ status: [String: Any], _ field: String) -> [Int] {
+    ((status["workers"] as? [[String: Any]]) ?? []).map { ($0[field] as? Int) ?? -1 }
+}
+
+func steeredConfig(port: UInt16, backends: [String], workers: Int, admin: String = "admin: { metrics: off }", extra: String = "") -> String {
+    proxyConfig(port: port, backends: backends, workers: workers, extraTop: admin + "\n" + extra)
+        .replacingOccurrences(of: "steering: hash", with: "steering: least_loaded")
+}
+
+/// Reads the pinned worker_load map through bpftool, as an operator would.
+func pinnedWorkerLoad(instance: String) throws -> [[String: Int]] {
+    let (status, output) = try runCommand("/usr/sbin/bpftool", ["-j", "map", "dump", "pinned", "/sys/fs/bpf/sluice/\(instance)/worker_load"])
+    guard status == 0 else { throw TimedOut(description: "bpftool failed: \(output)") }
+    let entries = try #require(try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [[String: Any]])
+    return entries.compactMap { entry in
+        guard let formatted = entry["formatted"] as? [String: Any], let value = formatted["value"] as? [String: Any] else { return nil }
+        return value.compactMapValues { $0 as? Int }
+    }
+}
+
+func workerLoads(_ instance: String) -> [[String: Int]] {
+    Array(((try? pinnedWorkerLoad(instance: instance)) ?? []).prefix(4))
+}
+
+/// Whether a pinned map has no entries, through bpftool.
+func pinnedMapIsEmpty(_ path: String) throws -> Bool {
+    let (status, output) = try runCommand("/usr/sbin/bpftool", ["map", "dump", "pinned", path])
+    // Maps with BTF print as a JSON list ("[]" when empty), the SOCKHASH as lines.
+    let text = output.trimmingCharacters(in: .whitespacesAndNewlines)
+    return status == 0 && (text.contains("Found 0 elements") || text == "[]")
+}
+
+/// Holds `count` connections open through the proxy, each proven established by one echoed byte.
+func holdConnections(_ count: Int, port: UInt16) throws -> [Int32] {
+    var fds: [Int32] = []
+    for _ in 0..<count { fds.append(try connectTCP("127.0.0.1", port)) }
+    for fd in fds {
+        guard sendAll(fd, [7]) else { throw TimedOut(description: "send failed") }
+        var byte: UInt8 = 0
+        guard recv(fd, &byte, 1, 0) == 1 else { throw TimedOut(description: "no echo") }
+    }
+    return fds
+}
+
+/// One client's checksummed round trip through the proxy to an echo backend.
+/// Returns nil when the bytes came back intact, else what went wrong.
+func echoRoundTrip(port: UInt16, host: String = "127.0.0.1", size: Int, seed: UInt64) -> String? {
+    let fd: Int32
+    do { fd = try connectTCP(host, port, timeoutSeconds: 30) } catch { return "\(error)" }
+    defer { close(fd) }
+    let data = payload(size: size, seed: seed)
+    var sent = StreamDigest()
+    data.withUnsafeBytes { sent.update($0) }
+    let writer = startThread {
+        _ = sendAll(fd, data)
+        shutdown(fd, Int32(SHUT_WR)) // the echo backend answers EOF with EOF
+    }
+    let (received, clean) = readToEnd(fd)
+    writer.join()
+    var got = StreamDigest()
+    received.withUnsafeBytes { got.update($0) }
+    if !clean { return "size \(size): no clean EOF after \(received.count) bytes" }
+    if got != sent { return "size \(size): sent \(sent.count) bytes, got back \(got.count), digests differ: \(got != sent)" }
+    return nil
+}
+
+/// A value shared between test threads.
+final class Locked<T>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var _value: T
+    init(_ value: T) { _value = value }
+    var value: T { lock.withLock { _value } }
+    func withLock<R>(_ body: (inout T) -> R) -> R { lock.withLock { body(&_value) } }
+}
+
+/// A backend whose SYNs go unanswered: a listener with a full accept queue
+/// that never accepts (the kernel drops further SYNs), so connects hang.
+final class BlackholeBackend {
+    let fd: Int32
+    let port: UInt16
+    private var fillers: [Int32] = []
+
+    init() throws {
+        let address = SocketAddress(ip: "127.0.0.1", port: 0)!
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard address.withSockaddr({ bind(fd, $0, $1) }) == 0, listen(fd, 0) == 0 else {
+            throw SystemCallError(call: "blackhole listen", errno: errno)
+        }
+        self.fd = fd
+        let port = try Socket.localAddress(fd).port
+        self.port = port
+        // Fill the queue (backlog 0 holds one); later SYNs are dropped.
+        for _ in 0..<2 {
+            let c = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+            _ = SocketAddress(ip: "127.0.0.1", port: port)!.withSockaddr { Glibc.connect(c, $0, $1) }
+            fillers.append(c)
+        }
+        usleep(50_000)
+    }
+
+    deinit {
+        for c in fillers { close(c) }
+        close(fd)
+    }
+}
+
+/// A network namespace of the test's own, with loopback up, where replies to
+/// 127.0.0.2 leave through a veth whose peer is down: a SYN from there gets
+/// a request socket whose SYN-ACK is lost, so its handshake stays half-open
+/// as in a real flood. (A blackhole route would not do: the SYN-ACK's route
+/// is looked up first and the request is dropped at once.) Processes enter
+/// with `nsenter --net`, which leaves the mount namespace (and bpffs) alone.
+final class TestNamespace {
+    let name: String
+    var enter: [String] { ["/usr/bin/nsenter", "--net=/run/netns/\(name)"] }
+
+    init() throws {
+        name = "sluice-t\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Self.ip(["netns", "add", name])
+        for args in [["link", "set", "lo", "up"], ["link", "add", "lost0", "type", "veth", "peer", "name", "lost1"],
+                     ["link", "set", "lost0", "up"], ["route", "add", "127.0.0.2/32", "dev", "lost0", "table", "local"]] {
+            if args.first == "route" { try run(["sysctl", "-q", "-w", "net.ipv4.conf.lost0.route_localnet=1"]) }
+            try Self.ip(["-n", name] + args)
+        }
+    }
+
+    private static func ip(_ args: [String]) throws {
+        let (code, output) = try runCommand("/usr/sbin/ip", args)
+        guard code == 0 else { throw TimedOut(description: "ip \(args.joined(separator: " ")): \(output)") }
+    }
+
+    deinit { _ = try? runCommand("/usr/sbin/ip", ["netns", "del", name]) }
+
+    /// Runs a command inside and waits for it.
+    @discardableResult
+    func run(_ arguments: [String]) throws -> String {
+        let (code, output) = try runCommand(enter[0], Array(enter.dropFirst()) + arguments)
+        guard code == 0 else { throw TimedOut(description: "\(arguments.joined(separator: " ")) failed: \(output)") }
+        return output
+    }
+
+    func netload(_ arguments: [String]) throws -> String {
+        try run(["python3", netloadScript] + arguments)
+    }
+
+    /// Starts `netload.py` inside, waits for its first line.
+    func spawn(_ arguments: [String], readyLine: String) throws -> BackgroundProcess {
+        try BackgroundProcess(enter + ["python3", netloadScript] + arguments, readyLine: readyLine)
+    }
+}
+
+let netloadScript = packageRoot.appendingPathComponent("Tests/SluiceEndToEndTests/Scripts/netload.py").path
+
+/// A helper process that says when it is ready and is stopped with the test.
+final class BackgroundProcess {
+    let process = Process()
+    private let input = Pipe()
+    private let output = Pipe()
+
+    init(_ command: [String], readyLine: String) throws {
+        process.executableURL = URL(fileURLWithPath: command[0])
+        process.arguments = Array(command.dropFirst())
+        process.standardInput = input
+        process.standardOutput = output
+        try process.run()
+        var seen = ""
+        let handle = output.fileHandleForReading
+        while !seen.contains(readyLine) {
+            let data = handle.availableData
+            guard !data.isEmpty else { throw TimedOut(description: "\(command) exited before \"\(readyLine)\": \(seen)") }
+            seen += String(decoding: data, as: UTF8.self)
+        }
+    }
+
+    /// Closes its stdin (a `hold` closes its connections) and waits.
+    func finish() {
+        try? input.fileHandleForWriting.close()
+        process.waitUntilExit()
+    }
+
+    /// SIGKILL: children inherit the test process's blocked stop signals.
+    deinit {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() }
+    }
 }

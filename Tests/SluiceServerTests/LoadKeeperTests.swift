@@ -12,7 +12,7 @@ struct LoadKeeperTests {
         try (0..<count).map { k in
             try Worker(
                 id: k, listeners: [], listenerFDs: [], settings: WorkerSettings(dataPath: .copy, accessLog: .off),
-                record: table.record(k), kernelSplice: nil, logger: Logger(label: "test"), accessLog: nil, seed: 0,
+                record: table.record(k), sockmapPairs: nil, logger: Logger(label: "test"), accessLog: nil, seed: 0,
                 onExit: {})
         }
     }

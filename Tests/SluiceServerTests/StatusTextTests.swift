@@ -20,7 +20,7 @@ struct StatusTextTests {
         backends: [.init(pool: "web", address: "127.0.0.1:9001", state: "up", active: 467, weight: 1, failures: 0, lastCheck: nil),
                    .init(pool: "web", address: "[::1]:9002", state: "drained", active: 467, weight: 2, failures: 12, lastCheck: nil)],
         steering: .init(mode: "least_loaded", selected: 10_012_340, fallback: 5, allStalled: 0, stallSkips: 77, passed: 9, acks: 0, acksFollowed: 0, moves: 128),
-        splice: "sockmap", notes: ["every worker's heartbeat is older than the stall threshold"])
+        dataPath: "sockmap", notes: ["every worker's heartbeat is older than the stall threshold"])
 
     static let expected = """
         sluice edge  running  pid 4242  up 3h12m

@@ -6,9 +6,12 @@
 
 #include <linux/types.h>
 
-/* Bumped whenever a map layout below changes; part of the pin path and
- * stored in the `abi` map so a stale pin from another version is refused. */
-#define SLUICE_ABI_VERSION 2
+/* Bumped whenever a pinned map's name or layout changes; stored in the `abi`
+ * map and checked when a pin directory is opened, so pins from another
+ * version are refused (libbpf's pinned-map reuse check compares sizes only).
+ * 3: splice_socks/splice_peers/splice_verdict renamed sockmap_socks/
+ * sockmap_peers/redirect_peer. */
+#define SLUICE_ABI_VERSION 3
 
 #define SLUICE_MAX_WORKERS 64
 #define SLUICE_MAX_LISTENERS 64
@@ -57,8 +60,8 @@ enum sluice_steer_stat {
     SLUICE_STEER_NSTATS = 7,
 };
 
-/* Value of the `splice_peers` map, keyed by a spliced socket's cookie. */
-struct sluice_splice_peer {
+/* Value of the `sockmap_peers` map, keyed by a paired socket's cookie. */
+struct sluice_sockmap_peer {
     __u64 peer;     /* cookie of the socket this one's bytes are redirected to */
     __u64 bytes;    /* bytes redirected from this socket, total */
     __u64 worker;   /* index in worker_load of the worker that owns the pair */

@@ -100,10 +100,6 @@ public struct TimerWheel<Payload> {
         self.latestNow = nowMilliseconds
     }
 
-    /// Node slots allocated (live + free). Bounded by the peak number of
-    /// simultaneously pending timers.
-    var storageCapacityForTesting: Int { nodes.count }
-
     @inlinable
     @inline(__always)
     func slot(ofTick tick: UInt64) -> Int {

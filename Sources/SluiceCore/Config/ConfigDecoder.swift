@@ -37,7 +37,6 @@ struct ConfigMapping {
 
 struct ConfigDecoder {
     let file: String
-    let features: FeatureAvailability
     let onlineCPUs: Int
     private(set) var errors: [ConfigError] = []
     private(set) var notices: [String] = []
@@ -52,16 +51,17 @@ struct ConfigDecoder {
         var path: ConfigFieldPath
     }
 
-    init(file: String, features: FeatureAvailability, onlineCPUs: Int) {
+    init(file: String, onlineCPUs: Int) {
         self.file = file
-        self.features = features
         self.onlineCPUs = onlineCPUs
     }
 
     static let topKeys = [
-        "instance", "workers", "steering", "splice", "stall_threshold", "drain_timeout",
+        "instance", "workers", "steering", "data_path", "stall_threshold", "drain_timeout",
         "log", "admin", "rebalance", "user", "listeners", "pools",
     ]
+    /// Keys that were renamed: the old name is an error that gives the new one.
+    static let renamedTopKeys = ["splice": "data_path"]
     static let rebalanceKeys = ["interval", "ratio"]
     static let logKeys = ["level", "access", "file"]
     static let adminKeys = ["socket", "metrics", "idle_timeout"]
@@ -86,7 +86,7 @@ struct ConfigDecoder {
 
     mutating func decodeDocument(_ root: Node) -> SluiceConfig? {
         let top = ConfigFieldPath.root
-        guard let doc = mapping(root, top, keys: Self.topKeys,
+        guard let doc = mapping(root, top, keys: Self.topKeys, renamed: Self.renamedTopKeys,
                                 expected: "a mapping with at least \"listeners\" and \"pools\"")
         else { return nil }
 
@@ -95,16 +95,10 @@ struct ConfigDecoder {
         let workers = doc["workers"].flatMap {
             integer($0.value, top.key("workers"), in: ConfigDefaults.workersRange)
         } ?? ConfigDefaults.workers(onlineCPUs: onlineCPUs)
-        let steering = feature(
-            doc["steering"], top.key("steering"),
-            specified: SteeringMode.specifiedDefault, effective: features.defaultSteering,
-            isAvailable: features.isAvailable
-        )
-        let splice = feature(
-            doc["splice"], top.key("splice"),
-            specified: SpliceMode.specifiedDefault, effective: features.defaultSplice,
-            isAvailable: features.isAvailable
-        )
+        let steering = doc["steering"].flatMap { choice($0.value, top.key("steering"), SteeringMode.self) }
+            ?? .specifiedDefault
+        let dataPath = doc["data_path"].flatMap { choice($0.value, top.key("data_path"), DataPathMode.self) }
+            ?? .specifiedDefault
         let stallThreshold = doc["stall_threshold"].flatMap {
             duration($0.value, top.key("stall_threshold"), in: ConfigBounds.stallThreshold)
         }
@@ -152,7 +146,7 @@ struct ConfigDecoder {
         }
 
         var config = SluiceConfig(
-            instance: instance, workers: workers, steering: steering, splice: splice,
+            instance: instance, workers: workers, steering: steering, dataPath: dataPath,
             stallThreshold: stallThreshold, drainTimeout: drainTimeout, log: log, admin: admin,
             listeners: listeners, pools: pools
         )
@@ -162,27 +156,6 @@ struct ConfigDecoder {
     }
 
     // MARK: - Features that may not be built yet
-
-    mutating func feature<E: RawRepresentable & CaseIterable & Equatable>(
-        _ entry: ConfigMapping.Entry?, _ path: ConfigFieldPath,
-        specified: E, effective: E, isAvailable: (E) -> Bool
-    ) -> E where E.RawValue == String {
-        guard let entry else {
-            if effective != specified {
-                notices.append(
-                    "\(path): default \"\(specified.rawValue)\" is not available yet; using \"\(effective.rawValue)\""
-                )
-            }
-            return effective
-        }
-        guard let value = choice(entry.value, path, E.self) else { return effective }
-        if !isAvailable(value) {
-            let usable = E.allCases.filter(isAvailable).map(\.rawValue)
-            fail(path, at: entry.value,
-                 "\"\(value.rawValue)\" is not available yet in this version; use \(Self.alternatives(usable))")
-        }
-        return value
-    }
 
     /// `"a"`, `"a" or "b"`, `"a", "b" or "c"`.
     static func alternatives(_ values: [String]) -> String {
@@ -243,11 +216,7 @@ struct ConfigDecoder {
 
     mutating func decodeAdmin(_ entry: ConfigMapping.Entry?, _ path: ConfigFieldPath, instance: String) -> AdminConfig? {
         let defaults = AdminConfig(socket: ConfigDefaults.adminSocket(instance: instance), metrics: ConfigDefaults.metrics)
-        guard let entry else {
-            if features.adminEndpoints { return defaults }
-            notices.append("\(path): the admin socket and metrics endpoint are not available yet; running without them")
-            return nil
-        }
+        guard let entry else { return defaults }
         if case .scalar(let scalar) = entry.value, scalar.string == "off" { return nil }
         var admin = defaults
         if let map = mapping(entry.value, path, keys: Self.adminKeys) {
@@ -271,9 +240,6 @@ struct ConfigDecoder {
             if let idle = map["idle_timeout"], let value = duration(idle.value, path.key("idle_timeout"), in: ConfigBounds.adminIdleTimeout) {
                 admin.idleTimeout = value
             }
-        }
-        if !features.adminEndpoints {
-            fail(path, at: entry.key, "the admin socket and metrics endpoint are not available yet; remove the admin block")
         }
         return admin
     }
@@ -335,12 +301,7 @@ struct ConfigDecoder {
                 missing(itemPath, key: "backends", in: map)
             }
             if let entry = map["health_check"] {
-                if features.healthChecks {
-                    pool.healthCheck = decodeHealthCheck(entry.value, itemPath.key("health_check"))
-                } else {
-                    fail(itemPath.key("health_check"), at: entry.key,
-                         "health checks are not available yet; remove the health_check key")
-                }
+                pool.healthCheck = decodeHealthCheck(entry.value, itemPath.key("health_check"))
             }
             if let entry = map["passive"] {
                 pool.passive = decodePassive(entry.value, itemPath.key("passive"))

@@ -26,7 +26,7 @@ extension ConfigDecoder {
     }
 
     /// A mapping's recognised entries; reports unknown keys and a wrong node type.
-    mutating func mapping(_ node: Node, _ path: ConfigFieldPath, keys: [String],
+    mutating func mapping(_ node: Node, _ path: ConfigFieldPath, keys: [String], renamed: [String: String] = [:],
                           expected: String = "a mapping") -> ConfigMapping? {
         guard case .mapping(let map) = node else {
             fail(path, at: node, "expected \(expected); found \(Self.describe(node))")
@@ -41,6 +41,12 @@ extension ConfigDecoder {
             }
             let name = scalar.string
             if result.entries[name] != nil || reportedUnknown.contains(name) { continue }
+            if let newName = renamed[name] {
+                reportedUnknown.insert(name)
+                fail(path.key(name), at: key,
+                     "\(configQuoted(name)) was renamed to \(configQuoted(newName)) (same values); write \(newName): instead")
+                continue
+            }
             guard keys.contains(name) else {
                 reportedUnknown.insert(name)
                 fail(path.key(name), at: key,

@@ -20,14 +20,6 @@ public enum ConfigLoader {
     public static func parse(
         yaml: String, file: String, onlineCPUs: Int = ConfigLoader.onlineCPUCount
     ) throws(ConfigErrors) -> LoadedConfig {
-        try parse(yaml: yaml, file: file, onlineCPUs: onlineCPUs, features: .current)
-    }
-
-    /// `parse` against a chosen feature set (tests use this to check that
-    /// flipping a `FeatureAvailability` flag behaves).
-    static func parse(
-        yaml: String, file: String, onlineCPUs: Int, features: FeatureAvailability
-    ) throws(ConfigErrors) -> LoadedConfig {
         let root: Node?
         do {
             root = try Yams.compose(yaml: yaml)
@@ -43,7 +35,7 @@ public enum ConfigLoader {
                 message: "the configuration is empty; expected a mapping with at least \"listeners\" and \"pools\""
             )])
         }
-        var decoder = ConfigDecoder(file: file, features: features, onlineCPUs: onlineCPUs)
+        var decoder = ConfigDecoder(file: file, onlineCPUs: onlineCPUs)
         let config = decoder.decodeDocument(root)
         guard let config, decoder.errors.isEmpty else {
             throw ConfigErrors(sortedByPosition(decoder.errors))

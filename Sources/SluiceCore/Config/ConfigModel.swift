@@ -11,14 +11,13 @@ public enum SteeringMode: String, Sendable, CaseIterable {
     /// One listening socket shared by all workers.
     case sharedAccept = "shared_accept"
 
-    /// The default the configuration format specifies when `steering` is absent
-    /// (subject to `FeatureAvailability`).
+    /// When `steering` is absent.
     public static let specifiedDefault: SteeringMode = .leastLoaded
 }
 
-/// How bytes are moved between the client and backend sockets.
-public enum SpliceMode: String, Sendable, CaseIterable {
-    /// sockmap when the kernel supports it, otherwise splice.
+/// How bytes are moved between the client and backend sockets (`data_path`).
+public enum DataPathMode: String, Sendable, CaseIterable {
+    /// sockmap when the kernel supports it (and measures faster), otherwise splice.
     case auto
     /// In-kernel redirection through a BPF sockmap.
     case sockmap
@@ -27,9 +26,8 @@ public enum SpliceMode: String, Sendable, CaseIterable {
     /// read/write through a user-space buffer.
     case copy
 
-    /// The default the configuration format specifies when `splice` is absent
-    /// (subject to `FeatureAvailability`).
-    public static let specifiedDefault: SpliceMode = .auto
+    /// When `data_path` is absent.
+    public static let specifiedDefault: DataPathMode = .auto
 }
 
 /// How a pool chooses a backend for a new connection.
@@ -188,7 +186,7 @@ public struct SluiceConfig: Sendable, Equatable {
     public var instance: String
     public var workers: Int
     public var steering: SteeringMode
-    public var splice: SpliceMode
+    public var dataPath: DataPathMode
     public var stallThreshold: Duration
     public var drainTimeout: Duration
     public var log: LogConfig
@@ -204,8 +202,8 @@ public struct SluiceConfig: Sendable, Equatable {
     public init(
         instance: String = ConfigDefaults.instance,
         workers: Int,
-        steering: SteeringMode = FeatureAvailability.current.defaultSteering,
-        splice: SpliceMode = FeatureAvailability.current.defaultSplice,
+        steering: SteeringMode = .specifiedDefault,
+        dataPath: DataPathMode = .specifiedDefault,
         stallThreshold: Duration = ConfigDefaults.stallThreshold,
         drainTimeout: Duration = ConfigDefaults.drainTimeout,
         log: LogConfig = LogConfig(),
@@ -216,7 +214,7 @@ public struct SluiceConfig: Sendable, Equatable {
         self.instance = instance
         self.workers = workers
         self.steering = steering
-        self.splice = splice
+        self.dataPath = dataPath
         self.stallThreshold = stallThreshold
         self.drainTimeout = drainTimeout
         self.log = log

@@ -25,7 +25,7 @@ public struct DescriptorBudget: Sendable, Equatable {
     /// Client and backend socket of each proxied connection.
     public static let perConnection = 2
     /// Per worker: its epoll and eventfd, a socket per listener, and a few
-    /// pipes of its splice pool in flight.
+    /// pipes of its splice(2) pool in flight.
     static func perWorker(listeners: Int) -> Int { 2 + listeners + 8 }
     /// The control thread, BPF objects, admin and metrics sockets, log file,
     /// signalfd, health-check thread: a generous fixed allowance.

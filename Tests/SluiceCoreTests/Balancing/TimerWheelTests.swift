@@ -175,7 +175,7 @@ struct TimerWheelTests {
             #expect(w.advance(to: now).isEmpty)
         }
         #expect(w.count == 100)
-        #expect(w.storageCapacityForTesting == 100)
+        #expect(w.nodes.count == 100)
         let fired = w.advance(to: now + 30_000)
         #expect(fired.count == 100)
     }
@@ -331,7 +331,7 @@ struct TimerWheelTests {
             #expect(w.cancel(id) == i)
         }
         #expect(w.count == 0)
-        #expect(w.storageCapacityForTesting <= 1)
+        #expect(w.nodes.count <= 1)
         #expect(w.nextDeadline == nil)
 
         // Churn around a standing population.
@@ -343,7 +343,7 @@ struct TimerWheelTests {
             live[i] = w.schedule(at: rng.next(below: 1_000_000), i)
         }
         #expect(w.count == 1000)
-        #expect(w.storageCapacityForTesting <= 1001)
+        #expect(w.nodes.count <= 1001)
     }
 
     @Test func storageBoundedUnderFireChurn() {
@@ -355,7 +355,7 @@ struct TimerWheelTests {
             _ = w.advance(to: now)
         }
         #expect(w.count <= 26)
-        #expect(w.storageCapacityForTesting <= 27)
+        #expect(w.nodes.count <= 27)
     }
 
     @Test func hundredThousandTimers() {

@@ -76,14 +76,14 @@ struct ConfigBoundsTests {
     @Test("values at the edge of each range are accepted", arguments: boundedKeys)
     func edgesAreAccepted(key: BoundedKey) throws {
         for value in key.accepted {
-            _ = try decodeConfig(key.place(value), features: .all)
+            _ = try decodeConfig(key.place(value))
         }
     }
 
     @Test("values beyond each range are refused with the field path, line and range", arguments: boundedKeys)
     func beyondIsRefused(key: BoundedKey) throws {
         for value in key.rejected {
-            let error = try #require(singleConfigError(key.place(value), features: .all), "\(key.path): \(value)")
+            let error = try #require(singleConfigError(key.place(value)), "\(key.path): \(value)")
             #expect(error.path == key.path, "\(value)")
             #expect(error.line != nil && error.column != nil, "\(value)")
             #expect(error.message.contains(key.range), "\(value): \(error.message)")
@@ -104,7 +104,7 @@ struct ConfigBoundsTests {
                 backends: [ { address: "127.0.0.1:9001" } ]
                 health_check: { interval: 1h, timeout: 1h }
                 passive: { ejection: 5m }
-            """, features: .all).config
+            """).config
         #expect(high.stallThreshold == .seconds(60))
         #expect(high.drainTimeout == .seconds(86_400))
         #expect(high.rebalance == RebalanceConfig(interval: .seconds(1), ratio: 100))

@@ -7,7 +7,7 @@ let documentedExampleYAML = """
     instance: default            # names the bpffs pin directory /sys/fs/bpf/sluice/<instance>
     workers: 4                   # default: online CPUs
     steering: least_loaded       # least_loaded | hash | shared_accept
-    splice: auto                 # auto | sockmap | splice | copy
+    data_path: auto              # auto | sockmap | splice | copy
     stall_threshold: 200ms       # default 200ms
     drain_timeout: 30s           # default 30s
     log: { level: info, access: text, file: stderr }
@@ -30,7 +30,7 @@ struct ConfigDecodingTests {
         instance: "default",
         workers: 4,
         steering: .leastLoaded,
-        splice: .auto,
+        dataPath: .auto,
         stallThreshold: .milliseconds(200),
         drainTimeout: .seconds(30),
         log: LogConfig(level: .info, access: .text, file: "stderr"),
@@ -49,8 +49,8 @@ struct ConfigDecodingTests {
         ]
     )
 
-    @Test func documentedExampleDecodesWhenEveryFeatureIsAvailable() throws {
-        let loaded = try decodeConfig(documentedExampleYAML, features: .all)
+    @Test func documentedExampleDecodes() throws {
+        let loaded = try decodeConfig(documentedExampleYAML)
         var expected = Self.expectedExample
         expected.pools[0].healthCheck = HealthCheckConfig() // `health_check: {}`: every default
         #expect(loaded.config == expected)
@@ -59,47 +59,17 @@ struct ConfigDecodingTests {
         #expect(loaded.config.pool(named: "api") == nil)
     }
 
-    @Test func documentedExampleReportsUnavailableFeaturesToday() {
-        let errors = configErrors(documentedExampleYAML, features: .nothingBuilt)
-        #expect(errors.map(\.path) == ["steering", "splice", "admin", "pools[0].health_check"])
-        #expect(errors.map(\.line) == [3, 4, 8, 18])
-        #expect(errors[0].message == "\"least_loaded\" is not available yet in this version; use \"hash\"")
-        #expect(errors[0].description
-            == "test.yaml:3:11: steering: \"least_loaded\" is not available yet in this version; use \"hash\"")
-        #expect(errors[1].message == "\"auto\" is not available yet in this version; use \"splice\" or \"copy\"")
-        #expect(errors[2].message
-            == "the admin socket and metrics endpoint are not available yet; remove the admin block")
-        #expect(errors[3].message.hasPrefix("health checks are not available yet"))
-    }
-
-    @Test func exampleWithAvailableValuesDecodesToday() throws {
-        let yaml = documentedExampleYAML
-            .replacing("steering: least_loaded", with: "steering: hash")
-            .replacing("splice: auto", with: "splice: copy")
-            .replacing("admin: { socket: /run/sluice/default.sock, metrics: 127.0.0.1:9901 }\n", with: "")
-            .replacing("    health_check: {}         # reserved key (later feature)", with: "")
-        let loaded = try decodeConfig(yaml, features: .nothingBuilt)
-        var expected = Self.expectedExample
-        expected.steering = .hash
-        expected.splice = .copy
-        expected.admin = nil
-        #expect(loaded.config == expected)
-        #expect(loaded.notices == [
-            "admin: the admin socket and metrics endpoint are not available yet; running without them",
-        ])
-    }
-
     @Test func defaultsWhenKeysAreAbsent() throws {
-        let loaded = try decodeConfig(minimalConfigYAML, cpus: 6, features: .nothingBuilt)
+        let loaded = try decodeConfig(minimalConfigYAML, cpus: 6)
         let config = loaded.config
         #expect(config.instance == "default")
         #expect(config.workers == 6)
-        #expect(config.steering == .hash)
-        #expect(config.splice == .splice)
+        #expect(config.steering == .leastLoaded)
+        #expect(config.dataPath == .auto)
         #expect(config.stallThreshold == .milliseconds(200))
         #expect(config.drainTimeout == .seconds(30))
         #expect(config.log == LogConfig(level: .info, access: .text, file: "stderr"))
-        #expect(config.admin == nil)
+        #expect(config.admin == AdminConfig(socket: "/run/sluice/default.sock", metrics: configAddress("127.0.0.1:9901")))
         #expect(config.listeners == [
             ListenerConfig(name: "web", bind: configAddress("0.0.0.0:8080"), pool: "web", maxConnections: 100_000,
                            connectTimeout: .seconds(2), idleTimeout: .seconds(300)),
@@ -108,54 +78,28 @@ struct ConfigDecodingTests {
             PoolConfig(name: "web", algorithm: .leastConn, retries: 2,
                        backends: [BackendConfig(address: configAddress("127.0.0.1:9001"), weight: 1)]),
         ])
-        #expect(loaded.notices == [
-            "steering: default \"least_loaded\" is not available yet; using \"hash\"",
-            "splice: default \"auto\" is not available yet; using \"splice\"",
-            "admin: the admin socket and metrics endpoint are not available yet; running without them",
-        ])
-    }
-
-    @Test func absentDefaultsFollowFeatureFlags() throws {
-        let loaded = try decodeConfig("instance: edge-1\n" + minimalConfigYAML, features: .all)
-        #expect(loaded.config.steering == .leastLoaded)
-        #expect(loaded.config.splice == .auto)
-        #expect(loaded.config.admin == AdminConfig(socket: "/run/sluice/edge-1.sock", metrics: configAddress("127.0.0.1:9901")))
         #expect(loaded.notices == [])
     }
 
-    @Test func flippingOneFlagChangesOnlyThatFeature() throws {
-        var features = FeatureAvailability.nothingBuilt
-        features.leastLoadedSteering = true
-        let loaded = try decodeConfig(minimalConfigYAML, features: features)
-        #expect(loaded.config.steering == .leastLoaded)
-        #expect(loaded.config.splice == .splice)
-        #expect(loaded.notices.count == 2)
-        let error = singleConfigError("steering: shared_accept\n" + minimalConfigYAML, features: features)
-        #expect(error?.message == "\"shared_accept\" is not available yet in this version; use \"least_loaded\" or \"hash\"")
+    @Test func oldSpliceKeySaysItWasRenamed() throws {
+        let error = try #require(singleConfigError("splice: copy\n" + minimalConfigYAML))
+        #expect(error.path == "splice")
+        #expect(error.line == 1)
+        #expect(error.message == "\"splice\" was renamed to \"data_path\" (same values); write data_path: instead")
+        // Reported once, even next to the new key.
+        let both = configErrors("splice: copy\ndata_path: copy\n" + minimalConfigYAML)
+        #expect(both.map(\.path) == ["splice"])
     }
 
-    @Test func currentFeatureFlagsMatchTheStaticFlags() {
-        let current = FeatureAvailability.current
-        #expect(current.leastLoadedSteering == FeatureAvailability.leastLoadedSteering)
-        #expect(current.sharedAcceptSteering == FeatureAvailability.sharedAcceptSteering)
-        #expect(current.sockmapSplice == FeatureAvailability.sockmapSplice)
-        #expect(current.adminEndpoints == FeatureAvailability.adminEndpoints)
-        #expect(current.healthChecks == FeatureAvailability.healthChecks)
-        #expect(current.isAvailable(SteeringMode.hash))
-        #expect(current.isAvailable(SpliceMode.splice))
-        #expect(current.isAvailable(SpliceMode.copy))
-    }
-
-    @Test func publicParseUsesTheCurrentFeatures() throws {
+    @Test func publicParseCountsOnlineCPUs() throws {
         let loaded = try ConfigLoader.parse(yaml: minimalConfigYAML, file: "x.yaml", onlineCPUs: 3)
         #expect(loaded.config.workers == 3)
-        #expect(loaded.config.steering == FeatureAvailability.current.defaultSteering)
     }
 
-    @Test func explicitAvailableValuesGiveNoNotices() throws {
-        let loaded = try decodeConfig("steering: hash\nsplice: copy\n" + minimalConfigYAML, features: .all)
+    @Test func explicitValuesGiveNoNotices() throws {
+        let loaded = try decodeConfig("steering: hash\ndata_path: copy\n" + minimalConfigYAML)
         #expect(loaded.config.steering == .hash)
-        #expect(loaded.config.splice == .copy)
+        #expect(loaded.config.dataPath == .copy)
         #expect(loaded.notices.isEmpty)
     }
 
@@ -177,10 +121,10 @@ struct ConfigDecodingTests {
             #expect(try decodeConfig("log: { access: \(access.rawValue) }\n" + minimalConfigYAML).config.log.access == access)
         }
         for mode in SteeringMode.allCases {
-            #expect(try decodeConfig("steering: \(mode.rawValue)\n" + minimalConfigYAML, features: .all).config.steering == mode)
+            #expect(try decodeConfig("steering: \(mode.rawValue)\n" + minimalConfigYAML).config.steering == mode)
         }
-        for mode in SpliceMode.allCases {
-            #expect(try decodeConfig("splice: \(mode.rawValue)\n" + minimalConfigYAML, features: .all).config.splice == mode)
+        for mode in DataPathMode.allCases {
+            #expect(try decodeConfig("data_path: \(mode.rawValue)\n" + minimalConfigYAML).config.dataPath == mode)
         }
     }
 
@@ -263,38 +207,37 @@ struct ConfigDecodingTests {
     }
 
     @Test func adminBlockShapeWhenAvailable() throws {
-        let config = try decodeConfig("admin: { socket: /tmp/s.sock, metrics: \"[::1]:9000\" }\n" + minimalConfigYAML,
-                                      features: .all).config
+        let config = try decodeConfig("admin: { socket: /tmp/s.sock, metrics: \"[::1]:9000\" }\n" + minimalConfigYAML).config
         #expect(config.admin == AdminConfig(socket: "/tmp/s.sock", metrics: configAddress("[::1]:9000")))
-        let off = try decodeConfig("admin: { metrics: off }\n" + minimalConfigYAML, features: .all).config
+        let off = try decodeConfig("admin: { metrics: off }\n" + minimalConfigYAML).config
         #expect(off.admin == AdminConfig(socket: "/run/sluice/default.sock", metrics: nil))
-        let empty = try decodeConfig("admin: {}\n" + minimalConfigYAML, features: .all).config
+        let empty = try decodeConfig("admin: {}\n" + minimalConfigYAML).config
         #expect(empty.admin == AdminConfig(socket: "/run/sluice/default.sock", metrics: configAddress("127.0.0.1:9901")))
     }
 
     @Test func healthCheckKeyIsAcceptedOnceAvailable() throws {
         let yaml = minimalConfigYAML + "\n    health_check: { interval: 1s }"
-        #expect(try decodeConfig(yaml, features: .all).config.pools.count == 1)
+        #expect(try decodeConfig(yaml).config.pools.count == 1)
     }
 }
 
 @Suite("Config: admin and rebalance")
 struct ConfigAdminRebalanceTests {
     @Test func adminOffAndRebalanceOff() throws {
-        let loaded = try decodeConfig("admin: off\nrebalance: off\n" + minimalConfigYAML, features: .all)
+        let loaded = try decodeConfig("admin: off\nrebalance: off\n" + minimalConfigYAML)
         #expect(loaded.config.admin == nil)
         #expect(loaded.config.rebalance == nil)
     }
 
     @Test func rebalanceDefaultsAndValues() throws {
-        #expect(try decodeConfig(minimalConfigYAML, features: .all).config.rebalance == RebalanceConfig())
-        let loaded = try decodeConfig("rebalance: { interval: 250ms, ratio: 1.25 }\n" + minimalConfigYAML, features: .all)
+        #expect(try decodeConfig(minimalConfigYAML).config.rebalance == RebalanceConfig())
+        let loaded = try decodeConfig("rebalance: { interval: 250ms, ratio: 1.25 }\n" + minimalConfigYAML)
         #expect(loaded.config.rebalance?.interval == .milliseconds(250))
         #expect(loaded.config.rebalance?.ratio == 1.25)
     }
 
     @Test func rebalanceErrors() {
-        let errors = configErrors("rebalance: { interval: soon, ratio: 0.9, every: 1 }\n" + minimalConfigYAML, features: .all)
+        let errors = configErrors("rebalance: { interval: soon, ratio: 0.9, every: 1 }\n" + minimalConfigYAML)
         #expect(errors.map(\.path) == ["rebalance.interval", "rebalance.ratio", "rebalance.every"])
         #expect(errors[1].message == "expected a number above 1.0 and at most 100, such as 1.1; found \"0.9\"")
     }
@@ -302,6 +245,6 @@ struct ConfigAdminRebalanceTests {
     @Test func tooManyListeners() {
         let listeners = (0..<65).map { "  - { name: l\($0), bind: \"127.0.0.1:\(10000 + $0)\", pool: web }" }.joined(separator: "\n")
         let yaml = "listeners:\n\(listeners)\npools:\n  - { name: web, backends: [ { address: \"127.0.0.1:9001\" } ] }\n"
-        #expect(configErrors(yaml, features: .all).map(\.message).contains("expected at most 64 listeners; found 65"))
+        #expect(configErrors(yaml).map(\.message).contains("expected at most 64 listeners; found 65"))
     }
 }

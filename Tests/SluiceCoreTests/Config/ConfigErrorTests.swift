@@ -63,7 +63,7 @@ struct ConfigErrorTests {
 
     @Test(arguments: [
         ("steering: fast", "steering", "expected one of least_loaded, hash, shared_accept; found \"fast\""),
-        ("splice: zerocopy", "splice", "expected one of auto, sockmap, splice, copy; found \"zerocopy\""),
+        ("data_path: zerocopy", "data_path", "expected one of auto, sockmap, splice, copy; found \"zerocopy\""),
         ("log: { level: verbose }", "log.level",
          "expected one of trace, debug, info, notice, warning, error, critical; found \"verbose\""),
         ("log: { access: xml }", "log.access", "expected one of off, text, json; found \"xml\""),
@@ -74,7 +74,7 @@ struct ConfigErrorTests {
          "expected one of trace, debug, info, notice, warning, error, critical; found \"INFO\"; did you mean \"info\"?"),
     ])
     func badTopLevelEnums(line: String, path: String, message: String) throws {
-        let error = try #require(singleConfigError(line + "\n" + minimalConfigYAML, features: .nothingBuilt))
+        let error = try #require(singleConfigError(line + "\n" + minimalConfigYAML))
         #expect(error.path == path)
         #expect(error.line == 1)
         #expect(error.message == message)
@@ -322,7 +322,7 @@ struct ConfigErrorTests {
          "expected stderr, stdout or an absolute file path; found \"sluice.log\""),
     ])
     func outOfRangeValues(line: String, path: String, message: String) throws {
-        let error = try #require(singleConfigError(line + "\n" + minimalConfigYAML, features: .nothingBuilt))
+        let error = try #require(singleConfigError(line + "\n" + minimalConfigYAML))
         #expect(error.path == path)
         if !message.isEmpty { #expect(error.message == message) }
     }
@@ -379,40 +379,6 @@ struct ConfigErrorTests {
         #expect(error.message.hasPrefix("invalid YAML: "))
     }
 
-    // MARK: - Features not built yet
-
-    @Test(arguments: [
-        ("steering: least_loaded", "steering", "\"least_loaded\" is not available yet in this version; use \"hash\""),
-        ("steering: shared_accept", "steering", "\"shared_accept\" is not available yet in this version; use \"hash\""),
-        ("splice: sockmap", "splice", "\"sockmap\" is not available yet in this version; use \"splice\" or \"copy\""),
-        ("splice: auto", "splice", "\"auto\" is not available yet in this version; use \"splice\" or \"copy\""),
-        ("admin: { socket: /run/sluice/x.sock }", "admin",
-         "the admin socket and metrics endpoint are not available yet; remove the admin block"),
-        ("admin: {}", "admin", "the admin socket and metrics endpoint are not available yet; remove the admin block"),
-    ])
-    func unavailableFeatureWrittenExplicitly(line: String, path: String, message: String) throws {
-        let error = try #require(singleConfigError(line + "\n" + minimalConfigYAML, features: .nothingBuilt))
-        #expect(error.path == path)
-        #expect(error.line == 1)
-        #expect(error.message == message)
-    }
-
-    @Test func unavailableFeaturesStillHaveTheirShapeChecked() {
-        let errors = configErrors("admin: { socket: relative.sock, metrics: \"localhost:9901\", extra: 1 }\n"
-            + minimalConfigYAML, features: .nothingBuilt)
-        #expect(errors.map(\.path) == ["admin", "admin.socket", "admin.metrics", "admin.extra"])
-        #expect(errors[2].message.hasPrefix("hostnames are not supported"))
-        #expect(errors[0].message.hasSuffix("remove the admin block"))
-    }
-
-    @Test func healthCheckKeyIsAnError() throws {
-        let yaml = minimalConfigYAML + "\n    health_check: { path: /healthz }"
-        let error = try #require(singleConfigError(yaml, features: .nothingBuilt))
-        #expect(error.path == "pools[0].health_check")
-        #expect(error.line == 7)
-        #expect(error.message.hasPrefix("health checks are not available yet"))
-    }
-
     // MARK: - Collecting everything
 
     @Test func reportsEveryErrorTogetherInFileOrder() throws {
@@ -420,7 +386,7 @@ struct ConfigErrorTests {
             instance: "my instance"
             workers: 0
             steering: fastest
-            splice: copy
+            data_path: copy
             stall_threshold: 10
             log: { level: loud, access: text, file: stderr }
             listeners:
@@ -481,7 +447,7 @@ struct ConfigHealthTests {
                 passive: { failures: 5, ejection: 30s }
                 min_healthy: 0
             """
-        let pool = try decodeConfig(yaml, features: .all).config.pools[0]
+        let pool = try decodeConfig(yaml).config.pools[0]
         var expected = HealthCheckConfig()
         expected.kind = .http
         expected.interval = .milliseconds(500)
@@ -497,7 +463,7 @@ struct ConfigHealthTests {
 
     @Test func healthCheckErrors() {
         let yaml = minimalConfigYAML + "\n    health_check: { kind: icmp, rise: 0, timeout: 5s, interval: 1s, path: no-slash }"
-        let paths = configErrors(yaml, features: .all).map(\.path)
+        let paths = configErrors(yaml).map(\.path)
         #expect(paths.contains("pools[0].health_check.kind"))
         #expect(paths.contains("pools[0].health_check.rise"))
         #expect(paths.contains("pools[0].health_check.path"))
@@ -506,6 +472,6 @@ struct ConfigHealthTests {
 
     @Test func tcpChecksTakeNoPath() {
         let yaml = minimalConfigYAML + "\n    health_check: { kind: tcp, path: /x }"
-        #expect(configErrors(yaml, features: .all).map(\.message).contains("path and expect_status need kind: http"))
+        #expect(configErrors(yaml).map(\.message).contains("path and expect_status need kind: http"))
     }
 }

@@ -3,33 +3,33 @@ import CSluice
 import Glibc
 import SluicePosix
 
-/// The in-kernel data path: the `splice_socks` SOCKHASH with `splice_verdict`
-/// attached as its stream verdict, and the `splice_peers` pairing map. Safe
+/// The in-kernel data path: the `sockmap_socks` SOCKHASH with `redirect_peer`
+/// attached as its stream verdict, and the `sockmap_peers` pairing map. Safe
 /// to call from every worker thread (each call is one bpf syscall).
-public final class KernelSplice: @unchecked Sendable {
+public final class SockmapPairs: @unchecked Sendable {
     private let object: BPFObject
-    private let socks: Int32
-    private let peers: Int32
+    let socks: Int32
+    let peers: Int32
     public let capacity: Int
 
-    /// - workerLoadFD: the steering object's `worker_load`, so spliced bytes
+    /// - workerLoadFD: the steering object's `worker_load`, so redirected bytes
     ///   add to the same per-worker totals; nil gives the object its own.
-    /// - pairs: how many spliced connections can exist at once.
+    /// - pairs: how many paired connections can exist at once.
     public init(workerLoadFD: Int32?, pairs: Int) throws(BPFError) {
         let object = try BPFObject(
-            bytes: embeddedSpliceObject, name: "splice",
-            expectedPrograms: SpliceBPFLayout.programs, expectedMaps: SpliceBPFLayout.maps)
+            bytes: embeddedSockmapObject, name: "sockmap",
+            expectedPrograms: SockmapBPFLayout.programs, expectedMaps: SockmapBPFLayout.maps)
         do throws(BPFError) {
             let entries = UInt32(clamping: max(2, pairs * 2))
-            try object.setMaxEntries("splice_socks", entries)
-            try object.setMaxEntries("splice_peers", entries)
-            if let workerLoadFD { try object.reuseMap("worker_load", fd: workerLoadFD) }
+            try object.setMaxEntries(.sockmapSocks, entries)
+            try object.setMaxEntries(.sockmapPeers, entries)
+            if let workerLoadFD { try object.reuseMap(.workerLoad, fd: workerLoadFD) }
             try object.load(capabilityHint: "a SOCKHASH and its verdict program need CAP_BPF and CAP_NET_ADMIN")
-            socks = try object.mapFD("splice_socks")
-            peers = try object.mapFD("splice_peers")
-            let prog = try object.programFD("splice_verdict")
+            socks = try object.mapFD(.sockmapSocks)
+            peers = try object.mapFD(.sockmapPeers)
+            let prog = try object.programFD(.redirectPeer)
             if bpf_prog_attach(prog, socks, BPF_SK_SKB_STREAM_VERDICT, 0) != 0 {
-                throw BPFError("attaching splice_verdict to splice_socks failed: \(errnoDescription(errno)) (needs CAP_NET_ADMIN)")
+                throw BPFError("attaching redirect_peer to sockmap_socks failed: \(errnoDescription(errno)) (needs CAP_NET_ADMIN)")
             }
         } catch {
             object.close()
@@ -43,30 +43,24 @@ public final class KernelSplice: @unchecked Sendable {
 
     public func close() { object.close() }
 
-    public var programID: UInt32? { try? object.programID("splice_verdict") }
-
-    /// The maps pinned beside the instance's steering maps, for bpftool.
-    public static let pinnedMaps = ["splice_socks", "splice_peers"]
-
-    /// Pins the splice maps into an existing instance directory (mode 0640).
+    /// Pins the sockmap maps into an existing instance directory (mode 0640).
     /// They go when the directory is removed at stop.
     public func pin(into directory: String) throws(BPFError) {
-        for name in Self.pinnedMaps {
-            let path = "\(directory)/\(name)"
+        for name in PinLayout.pinnedSockmapMaps {
+            let path = "\(directory)/\(name.rawValue)"
             unlink(path)
             if bpf_obj_pin(try object.mapFD(name), path) != 0 {
-                throw BPFError("pinning \(name) failed: \(errnoDescription(errno))")
+                throw BPFError("pinning \(name.rawValue) failed: \(errnoDescription(errno))")
             }
             chmod(path, 0o640)
         }
     }
-    public func mapID(_ name: String) -> UInt32? { try? object.mapID(name) }
 
     /// Adds a socket to the SOCKHASH under its cookie.
     public func insertSocket(_ fd: Int32, cookie: UInt64) throws(SystemCallError) {
         var key = cookie
         var value = UInt64(fd)
-        _ = try systemCall("splice_socks insert") { bpf_map_update_elem(socks, &key, &value, UInt64(BPF_NOEXIST)) }
+        _ = try systemCall("sockmap_socks insert") { bpf_map_update_elem(socks, &key, &value, UInt64(BPF_NOEXIST)) }
     }
 
     public func removeSocket(cookie: UInt64) {
@@ -77,38 +71,22 @@ public final class KernelSplice: @unchecked Sendable {
     /// Pairs `cookie`'s incoming bytes with `peer`: from now on they are redirected there.
     public func insertPeer(cookie: UInt64, peer: UInt64, worker: Int, fromClient: Bool) throws(SystemCallError) {
         var key = cookie
-        var value = sluice_splice_peer(
+        var value = sluice_sockmap_peer(
             peer: peer, bytes: 0, worker: UInt64(worker),
             side: UInt64(fromClient ? SLUICE_SIDE_CLIENT : SLUICE_SIDE_BACKEND))
-        _ = try systemCall("splice_peers insert") { bpf_map_update_elem(peers, &key, &value, UInt64(BPF_NOEXIST)) }
+        _ = try systemCall("sockmap_peers insert") { bpf_map_update_elem(peers, &key, &value, UInt64(BPF_NOEXIST)) }
     }
 
     /// Bytes the kernel has redirected from this socket so far.
     public func redirectedBytes(cookie: UInt64) -> UInt64? {
         var key = cookie
-        var value = sluice_splice_peer()
+        var value = sluice_sockmap_peer()
         return bpf_map_lookup_elem(peers, &key, &value) == 0 ? value.bytes : nil
     }
 
     public func removePeer(cookie: UInt64) {
         var key = cookie
         _ = bpf_map_delete_elem(peers, &key)
-    }
-
-    /// Entries in each map (walks the keys; for tests and status).
-    public var entryCounts: (sockets: Int, peers: Int) { (countKeys(socks), countKeys(peers)) }
-
-    private func countKeys(_ fd: Int32) -> Int {
-        var key: UInt64 = 0
-        var next: UInt64 = 0
-        var count = 0
-        var rc = bpf_map_get_next_key(fd, nil, &next)
-        while rc == 0 {
-            count += 1
-            key = next
-            rc = bpf_map_get_next_key(fd, &key, &next)
-        }
-        return count
     }
 }
 
@@ -162,18 +140,18 @@ public struct LoopbackConnections {
     public func close() { for fd in fds { closeDescriptor(fd) } }
 }
 
-extension KernelSplice {
-    /// Send buffer of spliced sockets: with the default, redirects back up
+extension SockmapPairs {
+    /// Send buffer of paired sockets: with the default, redirects back up
     /// and the sockmap path runs at a third of splice(2)'s speed.
     public static let sendBuffer: Int32 = 16 << 20
-    /// TCP_NOTSENT_LOWAT of spliced sockets: the kernel's redirect backlog
+    /// TCP_NOTSENT_LOWAT of paired sockets: the kernel's redirect backlog
     /// gives up on a socket that is not writable (less than half its send
     /// buffer free) without asking TCP to call it back when room appears, and
     /// the transfer stalls for good. With a small not-sent low-water mark,
     /// TCP's own "no room" path trips first, and that one does ask.
     public static let notSentLowWater: Int32 = 256 << 10
 
-    /// Send-side settings every socket needs before it is spliced.
+    /// Send-side settings every socket needs before it is paired.
     public static func prepare(_ fd: Int32) {
         try? Socket.setOption(fd, SOL_SOCKET, SO_SNDBUFFORCE, sendBuffer, "SO_SNDBUFFORCE")
         try? Socket.setOption(fd, Int32(IPPROTO_TCP), 25 /* TCP_NOTSENT_LOWAT */, notSentLowWater, "TCP_NOTSENT_LOWAT")
@@ -192,7 +170,7 @@ extension KernelSplice {
         return (cookieA, cookieB)
     }
 
-    /// Splices two loopback connections and checks that bytes cross both
+    /// Pairs two loopback connections and checks that bytes cross both
     /// ways. Returns nil when the kernel path works, else why not.
     public func selfTest() -> String? {
         func transfer(from: Int32, to: Int32, count: Int) -> Bool {

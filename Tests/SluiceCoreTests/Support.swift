@@ -1,7 +1,7 @@
 import Testing
 @testable import SluiceCore
 
-/// A small valid configuration; tests splice their variations into it.
+/// A small valid configuration; tests insert their variations into it.
 let minimalConfigYAML = """
     listeners:
       - { name: web, bind: "0.0.0.0:8080", pool: web }
@@ -13,11 +13,11 @@ let minimalConfigYAML = """
 
 /// Decodes `yaml`, recording a test issue (and rethrowing) if it fails.
 func decodeConfig(
-    _ yaml: String, cpus: Int = 8, features: FeatureAvailability = .current,
+    _ yaml: String, cpus: Int = 8,
     sourceLocation: SourceLocation = #_sourceLocation
 ) throws -> LoadedConfig {
     do {
-        return try ConfigLoader.parse(yaml: yaml, file: "test.yaml", onlineCPUs: cpus, features: features)
+        return try ConfigLoader.parse(yaml: yaml, file: "test.yaml", onlineCPUs: cpus)
     } catch {
         Issue.record("unexpected config errors:\n\(error)", sourceLocation: sourceLocation)
         throw error
@@ -26,11 +26,11 @@ func decodeConfig(
 
 /// The errors `yaml` produces; records an issue when it decodes fine.
 func configErrors(
-    _ yaml: String, cpus: Int = 8, features: FeatureAvailability = .current,
+    _ yaml: String, cpus: Int = 8,
     sourceLocation: SourceLocation = #_sourceLocation
 ) -> [ConfigError] {
     do {
-        let loaded = try ConfigLoader.parse(yaml: yaml, file: "test.yaml", onlineCPUs: cpus, features: features)
+        let loaded = try ConfigLoader.parse(yaml: yaml, file: "test.yaml", onlineCPUs: cpus)
         Issue.record("expected errors, but the config decoded: \(loaded.config)", sourceLocation: sourceLocation)
         return []
     } catch {
@@ -40,10 +40,10 @@ func configErrors(
 
 /// The single error `yaml` produces (records an issue if there are more or none).
 func singleConfigError(
-    _ yaml: String, features: FeatureAvailability = .current,
+    _ yaml: String,
     sourceLocation: SourceLocation = #_sourceLocation
 ) -> ConfigError? {
-    let errors = configErrors(yaml, features: features, sourceLocation: sourceLocation)
+    let errors = configErrors(yaml, sourceLocation: sourceLocation)
     guard errors.count == 1 else {
         Issue.record(
             "expected exactly one error, got \(errors.count):\n\(ConfigErrors(errors))",
@@ -59,12 +59,4 @@ func configAddress(_ text: String, allowPortZero: Bool = false) -> SocketAddress
     case .success(let address): return address
     case .failure(let error): fatalError("bad test address \(text): \(error)")
     }
-}
-
-extension FeatureAvailability {
-    /// No optional feature built: exercises the "not available yet" path
-    /// whatever this build ships.
-    static let nothingBuilt = FeatureAvailability(
-        leastLoadedSteering: false, sharedAcceptSteering: false, sockmapSplice: false,
-        adminEndpoints: false, healthChecks: false)
 }

@@ -2,35 +2,35 @@
 /* Sluice's in-kernel data path: once a client and its backend are paired,
  * every skb that arrives on one is redirected to the other's send queue
  * without waking userspace. Attached as a stream verdict (no parser) to the
- * `splice_socks` SOCKHASH. Layout lives in sluice_abi.h. */
+ * `sockmap_socks` SOCKHASH. Layout lives in sluice_abi.h. */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include "sluice_abi.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
-/* Spliced sockets, keyed by socket cookie. Sized at load. */
+/* Paired sockets, keyed by socket cookie. Sized at load. */
 struct {
     __uint(type, BPF_MAP_TYPE_SOCKHASH);
     __uint(max_entries, 65536);
     __type(key, __u64);
     __type(value, __u64);
-} splice_socks SEC(".maps");
+} sockmap_socks SEC(".maps");
 
 /* cookie -> where its bytes go, and how many went. Not preallocated: memory
- * follows the spliced connections, not the configured maximum. */
+ * follows the paired connections, not the configured maximum. */
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
     __uint(map_flags, BPF_F_NO_PREALLOC);
     __uint(max_entries, 65536);
     __type(key, __u64);
-    __type(value, struct sluice_splice_peer);
-} splice_peers SEC(".maps");
+    __type(value, struct sluice_sockmap_peer);
+} sockmap_peers SEC(".maps");
 
 #include "worker_load.bpf.h"
 
 SEC("sk_skb/stream_verdict")
-int splice_verdict(struct __sk_buff *skb)
+int redirect_peer(struct __sk_buff *skb)
 {
     /* A FIN arrives as an empty skb. It must never reach a psock backlog:
      * an empty skb there returns 0 from the send step, which the backlog
@@ -44,7 +44,7 @@ int splice_verdict(struct __sk_buff *skb)
         return SK_DROP;
 
     __u64 cookie = bpf_get_socket_cookie(skb);
-    struct sluice_splice_peer *pair = bpf_map_lookup_elem(&splice_peers, &cookie);
+    struct sluice_sockmap_peer *pair = bpf_map_lookup_elem(&sockmap_peers, &cookie);
     if (!pair)
         return SK_PASS; /* not paired (yet): userspace reads it */
 
@@ -57,5 +57,5 @@ int splice_verdict(struct __sk_buff *skb)
         else
             __sync_fetch_and_add(&w->bytes_out, skb->len);
     }
-    return bpf_sk_redirect_hash(skb, &splice_socks, &pair->peer, 0);
+    return bpf_sk_redirect_hash(skb, &sockmap_socks, &pair->peer, 0);
 }

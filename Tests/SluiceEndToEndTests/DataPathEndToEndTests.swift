@@ -53,15 +53,8 @@ func streamingBackend(chunks: Int) throws -> TestServer {
     }
 }
 
-func pinnedMapIsEmpty(_ path: String) throws -> Bool {
-    let (status, output) = try runCommand("/usr/sbin/bpftool", ["map", "dump", "pinned", path])
-    // Maps with BTF print as a JSON list ("[]" when empty), the SOCKHASH as lines.
-    let text = output.trimmingCharacters(in: .whitespacesAndNewlines)
-    return status == 0 && (text.contains("Found 0 elements") || text == "[]")
-}
-
-@Suite("Splicing through the sluice binary", .serialized)
-struct SpliceEndToEndTests {
+@Suite("Data paths through the sluice binary", .serialized)
+struct DataPathEndToEndTests {
     @Test("100 MiB each way, byte-exact", arguments: ["sockmap", "splice", "copy"])
     func bulkBothWays(path: String) throws {
         let chunks = 100
@@ -69,8 +62,8 @@ struct SpliceEndToEndTests {
         let sink = try digestingBackend()
         let source = try streamingBackend(chunks: chunks)
         let upPort = freePort(), downPort = freePort()
-        let up = try SluiceProcess.run(config: proxyConfig(port: upPort, backends: [sink.address], splice: path))
-        let down = try SluiceProcess.run(config: proxyConfig(port: downPort, backends: [source.address], splice: path))
+        let up = try SluiceProcess.run(config: proxyConfig(port: upPort, backends: [sink.address], dataPath: path))
+        let down = try SluiceProcess.run(config: proxyConfig(port: downPort, backends: [source.address], dataPath: path))
 
         let fd = try connectTCP("127.0.0.1", upPort, timeoutSeconds: 60)
         #expect(sendStream(fd, chunks: chunks))
@@ -101,7 +94,7 @@ struct SpliceEndToEndTests {
             setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
         }
         let port = freePort()
-        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [resetting.address], splice: path))
+        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [resetting.address], dataPath: path))
         let fd = try connectTCP("127.0.0.1", port)
         let (bytes, clean) = readToEnd(fd)
         let readErrno = errno
@@ -117,7 +110,7 @@ struct SpliceEndToEndTests {
             backendSaw.withLock { $0 = clean ? -1 : errno }
         }
         let port2 = freePort()
-        let sluice2 = try SluiceProcess.run(config: proxyConfig(port: port2, backends: [observing.address], splice: path))
+        let sluice2 = try SluiceProcess.run(config: proxyConfig(port: port2, backends: [observing.address], dataPath: path))
         let client = try connectTCP("127.0.0.1", port2)
         var one: UInt8 = 0
         #expect(recv(client, &one, 1, 0) == 1)
@@ -137,7 +130,7 @@ struct SpliceEndToEndTests {
             backendDone.withLock { $0 = true }
         }
         let port = freePort()
-        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [source.address], splice: path))
+        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [source.address], dataPath: path))
         let fd = try connectTCP("127.0.0.1", port)
         var buffer = [UInt8](repeating: 0, count: 65536)
         _ = recv(fd, &buffer, buffer.count, Int32(MSG_WAITALL))
@@ -148,16 +141,16 @@ struct SpliceEndToEndTests {
         #expect(sluice.log.contains("clean exit"))
     }
 
-    @Test("a connection that cannot be spliced (client already half-closed) goes through userspace without losing a byte")
+    @Test("a connection that cannot be paired in the sockmap (client already half-closed) goes through userspace without losing a byte")
     func fallbackWithoutLoss() throws {
         guard requireRoot() else { return }
         // The first backend never answers, so the client's bytes and FIN are
-        // all in before the proxy reaches the second one: it cannot splice.
+        // all in before the proxy reaches the second one: it cannot be paired.
         let blackhole = try BlackholeBackend()
         let sink = try digestingBackend()
         let port = freePort()
         let sluice = try SluiceProcess.run(config: proxyConfig(
-            port: port, backends: ["127.0.0.1:\(blackhole.port)", sink.address], splice: "sockmap", workers: 1,
+            port: port, backends: ["127.0.0.1:\(blackhole.port)", sink.address], dataPath: "sockmap", workers: 1,
             retries: 1, extraListener: ", connect_timeout: 150ms"))
         // Small enough for the proxy's receive buffer: bytes and FIN arrive at once.
         let request = payload(size: 60_000, seed: 9)
@@ -178,24 +171,24 @@ struct SpliceEndToEndTests {
         guard requireRoot() else { return }
         let echo = try TestServer.echo()
         let port = freePort()
-        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [echo.address], splice: "sockmap"))
+        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [echo.address], dataPath: "sockmap"))
         let dir = "/sys/fs/bpf/sluice/e2e\(port)"
         let held = try holdConnections(20, port: port)
-        #expect(try !pinnedMapIsEmpty("\(dir)/splice_socks"))
-        #expect(try !pinnedMapIsEmpty("\(dir)/splice_peers"))
+        #expect(try !pinnedMapIsEmpty("\(dir)/sockmap_socks"))
+        #expect(try !pinnedMapIsEmpty("\(dir)/sockmap_peers"))
         for fd in held { close(fd) }
-        try waitUntil(5, "the splice maps to empty") {
-            ((try? pinnedMapIsEmpty("\(dir)/splice_socks")) ?? false) && ((try? pinnedMapIsEmpty("\(dir)/splice_peers")) ?? false)
+        try waitUntil(5, "the sockmap maps to empty") {
+            ((try? pinnedMapIsEmpty("\(dir)/sockmap_socks")) ?? false) && ((try? pinnedMapIsEmpty("\(dir)/sockmap_peers")) ?? false)
         }
         #expect(try sluice.stop() == 0)
     }
 
-    @Test("no busy loop: the proxy's CPU stays near zero while 64 spliced pairs stream")
-    func idleWhileSpliced() throws {
+    @Test("no busy loop: the proxy's CPU stays near zero while 64 sockmap pairs stream")
+    func idleWhilePairedInSockmap() throws {
         guard requireRoot() else { return }
         let sink = try TestServer { fd in _ = digestToEnd(fd) }
         let port = freePort()
-        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [sink.address], splice: "sockmap"))
+        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [sink.address], dataPath: "sockmap"))
         let stop = Locked<Bool>(false)
         var threads: [OSThread] = []
         let clients = try (0..<64).map { _ in try connectTCP("127.0.0.1", port, timeoutSeconds: 10) }
@@ -205,7 +198,7 @@ struct SpliceEndToEndTests {
                 while !stop.value { if !sendAll(fd, chunk) { break } }
             })
         }
-        usleep(300_000) // all spliced and streaming
+        usleep(300_000) // all paired and streaming
         let pid = sluice.process.processIdentifier
         let before = cpuTicks(pid: pid)
         let streamed = try pinnedWorkerLoad(instance: "e2e\(port)").map { $0["bytes_in"] ?? 0 }.reduce(0, +)
@@ -228,7 +221,7 @@ struct SpliceEndToEndTests {
         let echo = try TestServer.echo()
         let withoutNetAdmin = ["/usr/bin/setpriv", "--bounding-set=-net_admin,-sys_admin", "--inh-caps=-net_admin,-sys_admin", "--"]
         let port = freePort()
-        let auto = try SluiceProcess(arguments: ["run"], configYAML: proxyConfig(port: port, backends: [echo.address], splice: "auto"),
+        let auto = try SluiceProcess(arguments: ["run"], configYAML: proxyConfig(port: port, backends: [echo.address], dataPath: "auto"),
                                      launcher: withoutNetAdmin)
         try auto.waitForLog("ready", seconds: 20)
         #expect(auto.log.contains("data path: splice(2), because the sockmap path is unavailable"))
@@ -236,7 +229,7 @@ struct SpliceEndToEndTests {
         #expect(echoRoundTrip(port: port, size: 100_000, seed: 5) == nil)
         #expect(try auto.stop() == 0)
 
-        let explicit = try SluiceProcess(arguments: ["run"], configYAML: proxyConfig(port: freePort(), backends: [echo.address], splice: "sockmap"),
+        let explicit = try SluiceProcess(arguments: ["run"], configYAML: proxyConfig(port: freePort(), backends: [echo.address], dataPath: "sockmap"),
                                          launcher: withoutNetAdmin)
         #expect(try explicit.waitForExit(seconds: 20) != 0)
         #expect(explicit.log.contains("missing privilege: CAP_NET_ADMIN"))
