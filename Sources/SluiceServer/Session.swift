@@ -3,36 +3,6 @@ import Glibc
 import SluiceCore
 import SluicePosix
 
-/// How a session's bytes move between its two sockets.
-public enum DataPathKind: String, Sendable {
-    /// The kernel moves the bytes: both sockets in a SOCKHASH whose verdict
-    /// program redirects every skb to the peer; userspace sees only EOF and errors.
-    case sockmap
-    /// splice(2) through a pipe taken from the worker's pool while bytes are in flight.
-    case splice
-    /// read/write through a buffer taken from the worker's pool while bytes are in flight.
-    case copy
-}
-
-/// Why a session ended; the access log prints the raw value.
-enum CloseReason: String {
-    case clientClosed = "client_eof"
-    case backendClosed = "backend_eof"
-    case clientReset = "client_reset"
-    case backendReset = "backend_reset"
-    case idleTimeout = "idle_timeout"
-    case connectFailed = "connect_failed"
-    case noBackend = "no_backend"
-    case drainTimeout = "drain_timeout"
-    case resourceExhausted = "resource_exhausted"
-    case internalError = "internal_error"
-}
-
-enum Side: UInt64 {
-    case client = 0
-    case backend = 1
-}
-
 /// One direction of a proxied connection (client→backend or backend→client).
 /// Holds bytes only while they are in flight: a pooled buffer (copy) or a
 /// pooled pipe (splice); an idle connection holds neither.

@@ -1,0 +1,613 @@
+/// How a session's bytes move between its two sockets.
+public enum DataPathKind: String, Sendable {
+    /// The kernel moves the bytes: both sockets in a SOCKHASH whose verdict
+    /// program redirects every skb to the peer; userspace sees only EOF and errors.
+    case sockmap
+    /// splice(2) through a pipe taken from the worker's pool while bytes are in flight.
+    case splice
+    /// read/write through a buffer taken from the worker's pool while bytes are in flight.
+    case copy
+}
+
+/// Why a session ended; the access log prints the raw value.
+public enum CloseReason: String, Sendable {
+    case clientClosed = "client_eof"
+    case backendClosed = "backend_eof"
+    case clientReset = "client_reset"
+    case backendReset = "backend_reset"
+    case idleTimeout = "idle_timeout"
+    case connectFailed = "connect_failed"
+    case noBackend = "no_backend"
+    case drainTimeout = "drain_timeout"
+    case resourceExhausted = "resource_exhausted"
+    case internalError = "internal_error"
+}
+
+/// One socket of a proxied connection.
+public enum Side: UInt64, Sendable {
+    case client = 0
+    case backend = 1
+
+    public var peer: Side { self == .client ? .backend : .client }
+    /// The flow whose bytes come from this side.
+    public var outgoing: Flow { self == .client ? .upstream : .downstream }
+    /// The flow whose bytes go to this side.
+    public var incoming: Flow { self == .client ? .downstream : .upstream }
+}
+
+/// One direction of a proxied connection.
+public enum Flow: Sendable, Equatable {
+    /// client → backend
+    case upstream
+    /// backend → client
+    case downstream
+
+    public var source: Side { self == .upstream ? .client : .backend }
+    public var destination: Side { self == .upstream ? .backend : .client }
+}
+
+/// What a socket is ready for, as the worker's poller reports it.
+public struct Readiness: OptionSet, Sendable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    public static let readable = Readiness(rawValue: 1 << 0)
+    public static let writable = Readiness(rawValue: 1 << 1)
+    /// The peer sent its FIN (EPOLLRDHUP).
+    public static let readHangup = Readiness(rawValue: 1 << 2)
+    public static let hangup = Readiness(rawValue: 1 << 3)
+    public static let error = Readiness(rawValue: 1 << 4)
+}
+
+/// What one pump of one flow did (the worker moves the bytes, see `TCPSession.Action.pump`).
+public struct PumpResult: Sendable, Equatable {
+    /// Bytes written to the destination.
+    public var moved: Int
+    /// Bytes read but not yet written: the destination is full.
+    public var pending: Bool
+    /// The source said EOF during this pump.
+    public var endOfFile: Bool
+    /// A call failed on this side with this errno; nothing more moves.
+    public var failure: (side: Side, errno: Int32)?
+
+    public init(moved: Int = 0, pending: Bool = false, endOfFile: Bool = false, failure: (side: Side, errno: Int32)? = nil) {
+        self.moved = moved
+        self.pending = pending
+        self.endOfFile = endOfFile
+        self.failure = failure
+    }
+
+    public static func == (a: PumpResult, b: PumpResult) -> Bool {
+        a.moved == b.moved && a.pending == b.pending && a.endOfFile == b.endOfFile
+            && a.failure?.side == b.failure?.side && a.failure?.errno == b.failure?.errno
+    }
+}
+
+/// How an attempt to hand a connected pair to the kernel (SOCKHASH) ended.
+public enum KernelPairing: Sendable, Equatable {
+    /// Both sockets are in the SOCKHASH. The client's bytes go to the backend
+    /// in the kernel; the backend's too unless `backendToClientInKernel` is
+    /// false (the backend spoke before the pairing, or the client's FIN
+    /// arrived around it: the kernel would drop or reorder those bytes).
+    /// `clientOpen` false: the client's FIN arrived during the pairing, so its
+    /// EOF waits on the socket for userspace to read.
+    case paired(backendToClientInKernel: Bool, clientOpen: Bool)
+    /// Nothing was redirected: the pair stays in userspace (read/write).
+    case refused
+    /// The pairing broke half-way and the connection cannot be kept.
+    case failed(CloseReason, resetPeer: Bool)
+}
+
+/// A timer a session asks the worker to keep.
+public enum SessionTimer: Sendable, Equatable, Hashable {
+    /// The `attempt`-th connect (1-based) takes too long.
+    case connect(attempt: Int)
+    /// Nothing moved for the listener's idle timeout.
+    case idle
+    /// Look again whether the kernel has handed every redirected byte from `side` to its peer.
+    case flush(Side)
+}
+
+/// Per-connection limits, from the listener and its pool.
+public struct TCPSessionLimits: Sendable {
+    /// 1 + the pool's retries.
+    public var maxAttempts: Int
+    public var connectTimeoutMilliseconds: UInt64
+    public var idleTimeoutMilliseconds: UInt64
+    /// After an EOF on a spliced pair: how long the redirect backlog may make
+    /// no progress before the EOF is passed on anyway.
+    public var flushTimeoutMilliseconds: UInt64
+
+    public init(maxAttempts: Int, connectTimeoutMilliseconds: UInt64, idleTimeoutMilliseconds: UInt64,
+                flushTimeoutMilliseconds: UInt64 = 5000) {
+        self.maxAttempts = maxAttempts
+        self.connectTimeoutMilliseconds = connectTimeoutMilliseconds
+        self.idleTimeoutMilliseconds = idleTimeoutMilliseconds
+        self.flushTimeoutMilliseconds = flushTimeoutMilliseconds
+    }
+}
+
+/// One TCP connection through the proxy, as a state machine: no sockets, no
+/// clock, no syscalls. The worker feeds it events and executes the actions it
+/// returns, in order, skipping the rest once the session has closed.
+public struct TCPSession: Sendable {
+    /// One direction's progress, as far as the session needs to know it.
+    public struct FlowState: Sendable, Equatable {
+        public var sourceEOF = false
+        public var shutdownSent = false
+        /// Bytes read and not yet written (the worker holds them).
+        public var pending = false
+        public var bytes: UInt64 = 0
+        public init() {}
+
+        var wantsRead: Bool { !sourceEOF && !pending }
+        /// Its EOF can be passed on: seen, nothing left to write, not passed yet.
+        var eofDue: Bool { sourceEOF && !pending && !shutdownSent }
+    }
+
+    public struct Attempt: Sendable, Equatable {
+        /// 1-based; 0 before the first connect.
+        public var number: Int { tried.count }
+        /// Pool indices tried so far, the current one last.
+        public var tried: [Int] = []
+        /// Set while a connect to `tried.last` is under way.
+        public var inFlight = false
+    }
+
+    public struct Relay: Sendable, Equatable {
+        public var backend: Int
+        public var upstream = FlowState()
+        public var downstream = FlowState()
+        public var firstEOF: Side?
+
+        subscript(flow: Flow) -> FlowState {
+            get { flow == .upstream ? upstream : downstream }
+            set { if flow == .upstream { upstream = newValue } else { downstream = newValue } }
+        }
+    }
+
+    /// Waiting for the kernel to hand every redirected byte to the peer
+    /// before passing an EOF on (the kernel does not forward FIN).
+    public struct FlushWait: Sendable, Equatable {
+        /// Bytes the peer had taken at the last look, and when that last grew.
+        public var taken: UInt64
+        public var since: UInt64
+        /// Current polling interval (doubles while nothing moves, up to 50 ms).
+        public var interval: UInt64
+    }
+
+    public struct KernelPair: Sendable, Equatable {
+        public var relay: Relay
+        /// Whether the kernel carries backend → client bytes (see `KernelPairing.paired`).
+        public var backendToClientInKernel: Bool
+        public var flushFromClient: FlushWait?
+        public var flushFromBackend: FlushWait?
+
+        subscript(flush side: Side) -> FlushWait? {
+            get { side == .client ? flushFromClient : flushFromBackend }
+            set { if side == .client { flushFromClient = newValue } else { flushFromBackend = newValue } }
+        }
+    }
+
+    public enum Phase: Sendable, Equatable {
+        case connecting(Attempt)
+        /// Bytes move through userspace (copy or splice(2)).
+        case relaying(Relay)
+        /// Connected; the worker is putting the pair in the SOCKHASH.
+        case handingOver(Relay)
+        /// Bytes move in the kernel (sockmap); userspace sees EOF, errors and leftovers.
+        case kernel(KernelPair)
+        case closing(CloseReason)
+    }
+
+    public enum Event: Sendable, Equatable {
+        /// The client was accepted (or its session adopted: see `adopted`).
+        case accepted
+        /// The worker picked pool index `backend` and is about to connect(2) to it.
+        case connecting(backend: Int, now: UInt64)
+        /// No eligible backend was left to pick.
+        case noEligibleBackend
+        /// Creating the backend's socket failed (this host's fault, never the backend's).
+        case socketFailed(backend: Int, errno: Int32)
+        case connected(now: UInt64)
+        case connectFailed(errno: Int32)
+        /// A socket of an established session is ready.
+        case ready(Side, Readiness)
+        case pumped(Flow, PumpResult, now: UInt64)
+        case kernelPairing(KernelPairing)
+        /// After an EOF from `side` on a spliced pair: how many redirected bytes
+        /// the peer has taken (nil: unknown) against how many it must take.
+        case flushMeasured(Side, taken: UInt64?, expected: UInt64, now: UInt64)
+        /// The kernel moved bytes (its redirect counters grew).
+        case kernelActivity(now: UInt64)
+        case timerFired(SessionTimer, now: UInt64)
+        /// Another worker handed this session over.
+        case adopted
+        /// The drain deadline passed (or the worker stops with the session open).
+        case drainDeadline
+    }
+
+    public enum Action: Sendable, Equatable {
+        /// Pick the next backend with the pool's balancer among the eligible
+        /// ones not in `excluding`, and connect to it; answer `connecting`,
+        /// `connected`, `connectFailed`, `noEligibleBackend` or `socketFailed`.
+        case connectNext(excluding: [Int])
+        /// Read the backend's pending connect error; answer `connected` or `connectFailed`.
+        case checkConnect
+        /// Close the backend socket of a failed attempt.
+        case abandonAttempt
+        /// Count a failed connect against the backend (`.backend`) or this
+        /// host (`.local`); no errno: it timed out.
+        case noteConnectFailure(backend: Int, errno: Int32?, blame: FailureBlame)
+        /// Count a connection that found no backend (listener counter and log).
+        case noteNoBackend(tried: [Int])
+        /// Move bytes of one flow until the source has none, the destination
+        /// is full or the fairness budget is spent; read only if `read`.
+        /// Answer `pumped`.
+        case pump(Flow, read: Bool)
+        case shutdownWrite(Side)
+        /// Put the pair in the SOCKHASH; answer `kernelPairing`.
+        case handToKernel
+        /// Measure how far the peer of `side` has taken the redirected bytes; answer `flushMeasured`.
+        case checkFlush(Side)
+        /// Poke the socket's write_space so that a redirect backlog waiting for room runs again.
+        case nudgeWriteSpace(Side)
+        /// The redirect backlog stopped moving: the EOF is passed on with bytes missing.
+        case flushAbandoned(Side, missing: UInt64)
+        /// Arm both sockets for what `interest` now says.
+        case arm
+        case schedule(SessionTimer, at: UInt64)
+        case cancel(SessionTimer)
+        /// Tear down: both sockets closed (the peer of the failing side with a
+        /// reset if `resetPeer`); `connectedTo` is the backend that was
+        /// counted active, if the session got that far.
+        case close(CloseReason, resetPeer: Bool, connectedTo: Int?)
+    }
+
+    public private(set) var phase: Phase = .connecting(Attempt())
+    public private(set) var path: DataPathKind
+    public private(set) var lastActivity: UInt64
+    /// The backend of the attempt under way or the connection (kept after
+    /// the close, for the access log); nil once a failed attempt is abandoned.
+    public private(set) var backend: Int?
+    /// Bytes each flow moved through userspace (kept after the close; the
+    /// kernel's share is counted by the worker).
+    public private(set) var userspaceBytes: (upstream: UInt64, downstream: UInt64) = (0, 0)
+    public let limits: TCPSessionLimits
+
+    public init(path: DataPathKind, limits: TCPSessionLimits, now: UInt64) {
+        self.path = path
+        self.limits = limits
+        self.lastActivity = now
+    }
+
+    public func handle(_ event: Event) -> [Action] {
+        var copy = self
+        var actions: [Action] = []
+        copy.handle(event, into: &actions)
+        return actions
+    }
+
+    /// Appends what to do about `event` to `actions`.
+    public mutating func handle(_ event: Event, into actions: inout [Action]) {
+        switch phase {
+        case .closing: return
+        case .connecting(let attempt): connecting(attempt, event, &actions)
+        case .handingOver(let relay): handingOver(relay, event, &actions)
+        case .relaying(let relay): relaying(relay, event, &actions)
+        case .kernel(let pair): kernel(pair, event, &actions)
+        }
+    }
+
+    // MARK: - Connecting
+
+    private mutating func connecting(_ attempt: Attempt, _ event: Event, _ actions: inout [Action]) {
+        var attempt = attempt
+        switch event {
+        case .accepted:
+            nextAttempt(attempt, &actions)
+        case .connecting(let backend, let now):
+            attempt.tried.append(backend)
+            attempt.inFlight = true
+            self.backend = backend
+            phase = .connecting(attempt)
+            actions.append(.schedule(.connect(attempt: attempt.number), at: now.saturatingAdd(limits.connectTimeoutMilliseconds)))
+        case .noEligibleBackend:
+            actions.append(.noteNoBackend(tried: attempt.tried))
+            close(attempt.tried.isEmpty ? .noBackend : .connectFailed, &actions)
+        case .socketFailed(let backend, let errno):
+            if FailureBlame(errno: errno) == .local {
+                actions.append(.noteConnectFailure(backend: backend, errno: errno, blame: .local))
+            }
+            close(.resourceExhausted, &actions)
+        case .connected(let now):
+            guard attempt.inFlight, let backend = attempt.tried.last else { return }
+            actions.append(.cancel(.connect(attempt: attempt.number)))
+            lastActivity = now
+            actions.append(.schedule(.idle, at: now.saturatingAdd(limits.idleTimeoutMilliseconds)))
+            let relay = Relay(backend: backend)
+            if path == .sockmap {
+                phase = .handingOver(relay)
+                actions.append(.handToKernel)
+            } else {
+                phase = .relaying(relay)
+                // Bytes the client sent while we connected are already waiting.
+                startRelaying(relay, &actions)
+            }
+        case .connectFailed(let errno):
+            guard attempt.inFlight, let backend = attempt.tried.last else { return }
+            let blame = FailureBlame(errno: errno)
+            actions.append(.noteConnectFailure(backend: backend, errno: errno, blame: blame))
+            actions.append(.cancel(.connect(attempt: attempt.number)))
+            actions.append(.abandonAttempt)
+            attempt.inFlight = false
+            self.backend = nil
+            phase = .connecting(attempt)
+            // This host ran short: every other backend would fail the same
+            // way while the client waits and holds more of what ran out.
+            if blame == .local { close(.resourceExhausted, &actions) } else { nextAttempt(attempt, &actions) }
+        case .ready(.backend, _):
+            if attempt.inFlight { actions.append(.checkConnect) }
+        case .timerFired(.connect(let number), _):
+            guard attempt.inFlight, number == attempt.number, let backend = attempt.tried.last else { return }
+            actions.append(.noteConnectFailure(backend: backend, errno: nil, blame: .backend))
+            actions.append(.abandonAttempt)
+            attempt.inFlight = false
+            self.backend = nil
+            phase = .connecting(attempt)
+            nextAttempt(attempt, &actions)
+        case .drainDeadline:
+            close(.drainTimeout, &actions)
+        default:
+            return
+        }
+    }
+
+    private mutating func nextAttempt(_ attempt: Attempt, _ actions: inout [Action]) {
+        guard attempt.tried.count < limits.maxAttempts else {
+            actions.append(.noteNoBackend(tried: attempt.tried))
+            close(attempt.tried.isEmpty ? .noBackend : .connectFailed, &actions)
+            return
+        }
+        actions.append(.connectNext(excluding: attempt.tried))
+    }
+
+    private mutating func handingOver(_ relay: Relay, _ event: Event, _ actions: inout [Action]) {
+        switch event {
+        case .kernelPairing(.refused):
+            // splice(2) here lost a backend's first bytes in about 2% of
+            // half-closed connections (it returned 0 with bytes queued):
+            // the userspace fallback is read/write.
+            path = .copy
+            phase = .relaying(relay)
+            startRelaying(relay, &actions)
+        case .kernelPairing(.failed(let reason, let reset)):
+            close(reason, resetPeer: reset, &actions)
+        case .kernelPairing(.paired(let backendInKernel, let clientOpen)):
+            phase = .kernel(KernelPair(relay: relay, backendToClientInKernel: backendInKernel))
+            // What the kernel will not carry waits on the socket: forward it.
+            if !backendInKernel { actions.append(.pump(.downstream, read: true)) }
+            if !clientOpen { actions.append(.pump(.upstream, read: true)) }
+            actions.append(.arm)
+        default:
+            common(event, relayBackend: relay.backend, &actions)
+        }
+    }
+
+    // MARK: - Relaying in userspace
+
+    private mutating func startRelaying(_ relay: Relay, _ actions: inout [Action]) {
+        actions.append(.pump(.upstream, read: !relay.upstream.sourceEOF))
+        actions.append(.arm)
+    }
+
+    private mutating func relaying(_ relay: Relay, _ event: Event, _ actions: inout [Action]) {
+        var relay = relay
+        switch event {
+        case .ready(let side, let ready):
+            let trouble = !ready.isDisjoint(with: [.error, .hangup])
+            let readable = trouble || !ready.isDisjoint(with: [.readable, .readHangup])
+            let writable = trouble || ready.contains(.writable)
+            // A readable client or a writable backend moves bytes upstream; the reverse downstream.
+            if side == .client ? readable : writable { actions.append(.pump(.upstream, read: !relay.upstream.sourceEOF)) }
+            if side == .client ? writable : readable { actions.append(.pump(.downstream, read: !relay.downstream.sourceEOF)) }
+            actions.append(.arm)
+        case .pumped(let flow, let result, let now):
+            if note(result, on: flow, in: &relay, now: now, &actions) { return }
+            if relay[flow].eofDue {
+                relay[flow].shutdownSent = true
+                actions.append(.shutdownWrite(flow.destination))
+            }
+            phase = .relaying(relay)
+            if relay.upstream.shutdownSent && relay.downstream.shutdownSent {
+                close(relay.firstEOF == .backend ? .backendClosed : .clientClosed, &actions)
+            }
+        case .adopted:
+            // Level-triggered readiness fires again for whatever was pending.
+            actions.append(.schedule(.idle, at: lastActivity.saturatingAdd(limits.idleTimeoutMilliseconds)))
+            actions.append(.pump(.upstream, read: !relay.upstream.sourceEOF))
+            actions.append(.pump(.downstream, read: !relay.downstream.sourceEOF))
+            actions.append(.arm)
+        default:
+            common(event, relayBackend: relay.backend, &actions)
+        }
+    }
+
+    /// Records a pump's outcome; true when it closed the session.
+    private mutating func note(_ result: PumpResult, on flow: Flow, in relay: inout Relay, now: UInt64,
+                               _ actions: inout [Action]) -> Bool {
+        if result.moved > 0 {
+            relay[flow].bytes += UInt64(result.moved)
+            if flow == .upstream { userspaceBytes.upstream += UInt64(result.moved) } else { userspaceBytes.downstream += UInt64(result.moved) }
+            lastActivity = now
+        }
+        relay[flow].pending = result.pending
+        if result.endOfFile {
+            relay[flow].sourceEOF = true
+            if relay.firstEOF == nil { relay.firstEOF = flow.source }
+        }
+        if let failure = result.failure {
+            close(failure.side == .client ? .clientReset : .backendReset, resetPeer: true, connectedTo: relay.backend, &actions)
+            return true
+        }
+        return false
+    }
+
+    // MARK: - In the kernel
+
+    private mutating func kernel(_ pair: KernelPair, _ event: Event, _ actions: inout [Action]) {
+        var pair = pair
+        switch event {
+        case .ready(let side, let ready):
+            if !pair.relay[side.outgoing].sourceEOF && !ready.isDisjoint(with: [.readHangup, .readable, .error, .hangup]) {
+                actions.append(.pump(side.outgoing, read: true))
+            } else if !ready.isDisjoint(with: [.readHangup, .readable, .error, .hangup]) {
+                actions.append(.pump(side.outgoing, read: false))
+            }
+            if ready.contains(.writable) || !ready.isDisjoint(with: [.error, .hangup]) {
+                // Leftover bytes headed to this side.
+                actions.append(.pump(side.incoming, read: false))
+            }
+            actions.append(.arm)
+        case .pumped(let flow, let result, let now):
+            if note(result, on: flow, in: &pair.relay, now: now, &actions) { return }
+            phase = .kernel(pair)
+            // The kernel does not forward FIN: pass it on ourselves, once
+            // the peer has taken what was redirected before it.
+            if pair.relay[flow].eofDue && pair[flush: flow.source] == nil {
+                actions.append(.checkFlush(flow.source))
+            }
+        case .flushMeasured(let side, let taken, let expected, let now):
+            flushMeasured(&pair, side, taken: taken, expected: expected, now: now, &actions)
+        case .timerFired(.flush(let side), _):
+            if pair.relay[side.outgoing].eofDue { actions.append(.checkFlush(side)) }
+        case .kernelActivity(let now):
+            lastActivity = now
+        case .adopted:
+            actions.append(.schedule(.idle, at: lastActivity.saturatingAdd(limits.idleTimeoutMilliseconds)))
+            actions.append(.arm)
+        default:
+            common(event, relayBackend: pair.relay.backend, &actions)
+        }
+    }
+
+    /// Passes the EOF from `side` on once the peer has taken every redirected
+    /// byte; waits while the count moves (a slow reader is fine) and gives
+    /// up only when it stops moving for the flush timeout.
+    private mutating func flushMeasured(_ pair: inout KernelPair, _ side: Side, taken: UInt64?, expected: UInt64,
+                                        now: UInt64, _ actions: inout [Action]) {
+        let flow = side.outgoing
+        guard pair.relay[flow].eofDue else { return }
+        if let taken, taken < expected {
+            var wait = pair[flush: side] ?? FlushWait(taken: taken, since: now, interval: 1)
+            if taken > wait.taken {
+                wait = FlushWait(taken: taken, since: now, interval: 1)
+            } else {
+                wait.interval = min(wait.interval * 2, 50)
+                actions.append(.nudgeWriteSpace(side.peer))
+            }
+            pair[flush: side] = wait
+            if now &- wait.since < limits.flushTimeoutMilliseconds {
+                phase = .kernel(pair)
+                actions.append(.schedule(.flush(side), at: now + wait.interval))
+                return
+            }
+            actions.append(.flushAbandoned(side, missing: expected - taken))
+        }
+        pair.relay[flow].shutdownSent = true
+        phase = .kernel(pair)
+        actions.append(.shutdownWrite(side.peer))
+        if pair.relay.upstream.shutdownSent && pair.relay.downstream.shutdownSent {
+            close(pair.relay.firstEOF == .backend ? .backendClosed : .clientClosed, &actions)
+        } else {
+            actions.append(.arm)
+        }
+    }
+
+    // MARK: - Every established phase
+
+    private mutating func common(_ event: Event, relayBackend: Int, _ actions: inout [Action]) {
+        switch event {
+        case .timerFired(.idle, let now):
+            if now &- lastActivity >= limits.idleTimeoutMilliseconds {
+                close(.idleTimeout, &actions)
+            } else {
+                actions.append(.schedule(.idle, at: lastActivity.saturatingAdd(limits.idleTimeoutMilliseconds)))
+            }
+        case .drainDeadline:
+            close(.drainTimeout, &actions)
+        default:
+            return
+        }
+    }
+
+    private mutating func close(_ reason: CloseReason, resetPeer: Bool = false, _ actions: inout [Action]) {
+        close(reason, resetPeer: resetPeer, connectedTo: connectedBackend, &actions)
+    }
+
+    private mutating func close(_ reason: CloseReason, resetPeer: Bool, connectedTo: Int?, _ actions: inout [Action]) {
+        phase = .closing(reason)
+        actions.append(.close(reason, resetPeer: resetPeer, connectedTo: connectedTo))
+    }
+
+    // MARK: - Questions the worker asks
+
+    /// The backend this session counts against, once connected.
+    public var connectedBackend: Int? {
+        switch phase {
+        case .relaying(let relay), .handingOver(let relay): relay.backend
+        case .kernel(let pair): pair.relay.backend
+        case .connecting, .closing: nil
+        }
+    }
+
+
+
+    /// Connected, no EOF under way: may be handed to another worker.
+    public var isSteady: Bool {
+        switch phase {
+        case .relaying(let relay):
+            !relay.upstream.sourceEOF && !relay.downstream.sourceEOF
+        case .kernel(let pair):
+            !pair.relay.upstream.sourceEOF && !pair.relay.downstream.sourceEOF
+                && pair.flushFromClient == nil && pair.flushFromBackend == nil
+        case .connecting, .handingOver, .closing:
+            false
+        }
+    }
+
+    /// What each socket waits for now; nil: leave that socket disarmed.
+    public var interest: (client: Readiness?, backend: Readiness?) {
+        switch phase {
+        case .relaying(let relay):
+            var client: Readiness = []
+            if relay.upstream.wantsRead { client.insert(.readable) }
+            if relay.downstream.pending { client.insert(.writable) }
+            var backend: Readiness = []
+            if relay.downstream.wantsRead { backend.insert(.readable) }
+            if relay.upstream.pending { backend.insert(.writable) }
+            // An empty interest is left disarmed: nothing to wait for on that side.
+            return (client.isEmpty ? nil : client, backend.isEmpty ? nil : backend)
+        case .kernel(let pair):
+            // EOF (EPOLLRDHUP) only: the verdict program raises spurious
+            // EPOLLIN. Always armed, if only for errors: a reset must reach us.
+            let up = pair.relay.upstream, down = pair.relay.downstream
+            var client: Readiness = up.sourceEOF ? [] : [.readHangup]
+            if down.pending { client.insert(.writable) }
+            var backend: Readiness = down.sourceEOF ? [] : [.readHangup]
+            if !pair.backendToClientInKernel && down.wantsRead { backend.insert(.readable) }
+            if up.pending { backend.insert(.writable) }
+            return (client, backend)
+        case .connecting, .handingOver, .closing:
+            return (nil, nil)
+        }
+    }
+
+    /// Whether the backend's health gains from how a connected session ended:
+    /// a reset before its first byte counts against it; bytes received or a
+    /// clean EOF count for it; anything else says nothing.
+    public static func backendVerdict(reason: CloseReason, bytesToClient: UInt64) -> Bool? {
+        if reason == .backendReset && bytesToClient == 0 { return false }
+        if bytesToClient > 0 || reason == .clientClosed || reason == .backendClosed { return true }
+        return nil
+    }
+}
