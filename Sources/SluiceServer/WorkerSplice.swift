@@ -10,10 +10,10 @@ import SluicePosix
 /// reached a socket before its pairing existed.
 extension Worker {
     /// Puts a freshly connected session's two sockets in the SOCKHASH.
-    /// Returns false (nothing changed, no byte redirected) when the session
-    /// must stay on the userspace path.
-    func enterSockmap(_ session: Session) -> Bool {
-        guard let splice = kernelSplice else { return false }
+    /// `.refused` (nothing changed, no byte redirected): the session must
+    /// stay on the userspace path.
+    func enterSockmap(_ session: Session) -> KernelPairing {
+        guard let splice = kernelSplice else { return .refused }
         let client = session.client
         let backend = session.backend
         let clientCookie: UInt64, backendCookie: UInt64
@@ -26,12 +26,12 @@ extension Worker {
             // userspace: the EOF it carries must not be lost in the pairing.
             guard clientProgress.established && backendProgress.established else {
                 logger.debug("not splicing a half-closed connection", metadata: ["client": "\(session.clientAddress)"])
-                return false
+                return .refused
             }
             clientCookie = try socketCookie(client)
             backendCookie = try socketCookie(backend)
         } catch {
-            return false
+            return .refused
         }
         for fd in [client, backend] { KernelSplice.prepare(fd) }
         // Order matters. The client's pairing first (no effect yet: the client
@@ -43,14 +43,14 @@ extension Worker {
             try splice.insertPeer(cookie: clientCookie, peer: backendCookie, worker: id, fromClient: true)
         } catch {
             logger.warning("cannot splice in the kernel; copying in userspace", metadata: ["error": "\(error)"])
-            return false
+            return .refused
         }
         do {
             try splice.insertSocket(backend, cookie: backendCookie)
         } catch {
             splice.removePeer(cookie: clientCookie)
             logger.warning("cannot splice in the kernel; copying in userspace", metadata: ["error": "\(error)"])
-            return false
+            return .refused
         }
         // From here the backend socket stays in the SOCKHASH until it closes:
         // taking it out would discard what the kernel queued on it. Unpaired,
@@ -58,21 +58,19 @@ extension Worker {
         if (try? tcpProgress(backend).established) != true {
             logger.debug("backend half-closed while splicing began; copying in userspace")
             splice.removePeer(cookie: clientCookie)
-            session.path = .copy
-            return false
+            return .refused
         }
         do {
             try splice.insertSocket(client, cookie: clientCookie)
         } catch {
             splice.removePeer(cookie: clientCookie)
             logger.warning("cannot splice in the kernel; copying in userspace", metadata: ["error": "\(error)"])
-            session.path = .copy
-            return false
+            return .refused
         }
         let pair = SplicedPair(
             clientCookie: clientCookie, backendCookie: backendCookie,
             clientSentBase: clientProgress.written, backendSentBase: backendProgress.written)
-        session.spliced = pair
+        session.spliced = pair // from here closing the session takes the pairings out
         // A FIN that reached the client between the first check and its
         // insertion leaves a socket the kernel cannot send redirected bytes
         // into: carry the backend's bytes in userspace (its bytes to the
@@ -90,8 +88,7 @@ extension Worker {
                 try splice.insertPeer(cookie: backendCookie, peer: clientCookie, worker: id, fromClient: false)
             } catch {
                 logger.error("cannot pair the backend socket", metadata: ["error": "\(error)"])
-                close(session, reason: .resourceExhausted)
-                return true
+                return .failed(.resourceExhausted, resetPeer: false)
             }
             if hasPendingBytes(backend) {
                 // Bytes slipped in between the check and the pairing.
@@ -99,13 +96,11 @@ extension Worker {
                 if (splice.redirectedBytes(cookie: backendCookie) ?? 0) > 0 {
                     // Some already went ahead of them: the order cannot be kept.
                     logger.error("backend bytes raced the splice pairing; resetting the connection rather than reordering it")
-                    close(session, reason: .internalError, resetPeer: true)
-                    return true
+                    return .failed(.internalError, resetPeer: true)
                 }
                 backendInKernel = false
             }
         }
-        pair.backendToClientInKernel = backendInKernel
         if !clientStillOpen { logger.debug("client half-closed while splicing began; its direction back goes through userspace") }
         // Bytes that reached either socket before it was paired wait in its
         // receive queue, and the verdict program only runs when new data
@@ -113,11 +108,9 @@ extension Worker {
         // stuck for good). Setting SO_RCVLOWAT makes TCP call data_ready now,
         // which hands the queue to the verdict program, in order.
         for fd in [client, backend] { try? Socket.setOption(fd, SOL_SOCKET, SO_RCVLOWAT, 1, "SO_RCVLOWAT") }
-        // A backend direction left in userspace: forward what waits.
-        if !backendInKernel { readSplicedSide(session, side: .backend) }
-        if !clientStillOpen, sessions[session.id] != nil { readSplicedSide(session, side: .client) }
-        if sessions[session.id] != nil { rearmSpliced(session) }
-        return true
+        // What the kernel does not carry (the backend's bytes, the client's
+        // EOF) the session reads in userspace.
+        return .paired(backendToClientInKernel: backendInKernel, clientOpen: clientStillOpen)
     }
 
     /// Whether a socket has bytes waiting for us (in its receive queue or,
@@ -127,185 +120,38 @@ extension Worker {
         return Glibc.recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) > 0
     }
 
-    /// An event on a spliced socket: EOF, reset, or room to write leftovers.
-    func handleSpliced(_ session: Session, side: Side, events: EpollEvents) {
-        if !events.isDisjoint(with: [.readHangup, .readable, .error, .hangup]) {
-            readSplicedSide(session, side: side)
-            guard sessions[session.id] != nil else { return }
-        }
-        if events.contains(.writable) || !events.isDisjoint(with: [.error, .hangup]) {
-            // Leftover bytes headed to this side.
-            flushLeftovers(session, to: side)
-            guard sessions[session.id] != nil else { return }
-        }
-        rearmSpliced(session)
-    }
-
-    /// Reads what the kernel left on a spliced socket: bytes that arrived
-    /// before its pairing (forwarded by hand), EOF, or a reset.
-    private func readSplicedSide(_ session: Session, side: Side) {
-        let fd = side == .client ? session.client : session.backend
-        var direction = side == .client ? session.upstream : session.downstream
-        defer {
-            if side == .client { session.upstream = direction } else { session.downstream = direction }
-        }
-        while !direction.sourceEOF && direction.pending == 0 {
-            if direction.buffer == nil { direction.buffer = takeBuffer() }
-            direction.bufferStart = 0
-            let outcome: Socket.ReadOutcome
-            do {
-                outcome = try Socket.read(fd, into: direction.buffer!)
-            } catch {
-                releaseCarrier(&direction)
-                if side == .client { session.upstream = direction } else { session.downstream = direction }
-                close(session, reason: side == .client ? .clientReset : .backendReset, resetPeer: true)
-                return
-            }
-            switch outcome {
-            case .wouldBlock:
-                releaseCarrier(&direction)
-                return
-            case .endOfFile:
-                releaseCarrier(&direction)
-                direction.sourceEOF = true
-                if session.firstEOF == nil { session.firstEOF = side }
-            case .bytes(let n):
-                direction.pending = n
-                if side == .client { session.upstream = direction } else { session.downstream = direction }
-                flushLeftovers(session, to: side == .client ? .backend : .client)
-                guard sessions[session.id] != nil else { return }
-                direction = side == .client ? session.upstream : session.downstream
-            }
-        }
-        if direction.sourceEOF && !direction.shutdownSent && direction.pending == 0 {
-            if side == .client { session.upstream = direction } else { session.downstream = direction }
-            passSplicedEOF(session, from: side)
-            direction = side == .client ? session.upstream : session.downstream
-        }
-    }
-
-    /// Writes bytes userspace holds for `destination` (leftovers from before
-    /// the pairing); what does not fit waits for the socket to be writable.
-    private func flushLeftovers(_ session: Session, to destination: Side) {
-        let fd = destination == .client ? session.client : session.backend
-        var direction = destination == .client ? session.downstream : session.upstream
-        defer {
-            if destination == .client { session.downstream = direction } else { session.upstream = direction }
-        }
-        while direction.pending > 0 {
-            let buffer = direction.buffer!
-            let chunk = UnsafeRawBufferPointer(rebasing: buffer[direction.bufferStart..<(direction.bufferStart + direction.pending)])
-            let result: IOResult<Int>
-            do {
-                result = try Socket.write(fd, from: chunk)
-            } catch {
-                direction.pending = 0
-                releaseCarrier(&direction)
-                if destination == .client { session.downstream = direction } else { session.upstream = direction }
-                close(session, reason: destination == .client ? .clientReset : .backendReset, resetPeer: true)
-                return
-            }
-            guard case .done(let n) = result else { return }
-            logger.debug("forwarded bytes that reached a spliced socket before its pairing", metadata: [
-                "bytes": "\(n)", "to": "\(destination)",
-            ])
-            direction.bufferStart += n
-            direction.pending -= n
-            direction.bytes += UInt64(n)
-            if destination == .client {
-                session.spliced?.userspaceToClient += UInt64(n)
-                record.add(.bytesOut, UInt64(n))
-            } else {
-                session.spliced?.userspaceToBackend += UInt64(n)
-                record.add(.bytesIn, UInt64(n))
-            }
-        }
-        releaseCarrier(&direction)
-    }
-
-    /// The kernel does not forward FIN: once the peer has taken every byte
-    /// redirected from `side` (its send path grew by that much since the
-    /// pairing), shut the peer's write side. Shutting it earlier would cut off
-    /// bytes still in the kernel's redirect backlog. Polled on the timer
-    /// wheel, bounded by `spliceFlushTimeoutMilliseconds`.
-    func passSplicedEOF(_ session: Session, from side: Side) {
-        guard let pair = session.spliced, let splice = kernelSplice else { return }
-        let direction = side == .client ? session.upstream : session.downstream
-        guard direction.sourceEOF, !direction.shutdownSent else { return }
-        let peerFD = side == .client ? session.backend : session.client
-        let cookie = side == .client ? pair.clientCookie : pair.backendCookie
-        let expected = (splice.redirectedBytes(cookie: cookie) ?? 0)
+    /// After an EOF from `side`: how many of the bytes redirected from it
+    /// (plus those userspace wrote) its peer has taken since the pairing, by
+    /// its send path's growth (nil: unknown), against how many it must take.
+    func flushProgress(_ session: Session, from side: Side) -> (taken: UInt64?, expected: UInt64) {
+        guard let pair = session.spliced, let splice = kernelSplice else { return (nil, 0) }
+        let expected = (splice.redirectedBytes(cookie: pair.cookie(side)) ?? 0)
             + (side == .client ? pair.userspaceToBackend : pair.userspaceToClient)
         let base = side == .client ? pair.backendSentBase : pair.clientSentBase
-        let now = monotonicMilliseconds()
-        let taken = (try? tcpProgress(peerFD)).map { $0.written &- base }
-        if let taken, taken < expected {
-            // Still draining: wait while it moves (backpressure from a slow
-            // reader is fine); give up only when it stops moving.
-            var progress = pair.flushProgress[side] ?? (taken: taken, at: now, interval: 1)
-            if taken > progress.taken {
-                progress = (taken: taken, at: now, interval: 1)
-            } else {
-                progress.interval = min(progress.interval * 2, 50)
-                // Setting the send buffer calls the socket's write_space,
-                // which reschedules a redirect backlog that waits for room.
-                try? Socket.setOption(peerFD, SOL_SOCKET, SO_SNDBUFFORCE, KernelSplice.sendBuffer, "SO_SNDBUFFORCE")
-            }
-            pair.flushProgress[side] = progress
-            if now &- progress.at < settings.spliceFlushTimeoutMilliseconds {
-                _ = timers.schedule(at: now + progress.interval, .spliceFlush(session: session.id, side: side))
-                return
-            }
-            logger.warning("spliced bytes stopped reaching the peer; passing EOF anyway", metadata: [
-                "missing": "\(expected - taken)",
-            ])
-        }
-        Socket.shutdownWrite(peerFD)
-        if side == .client { session.upstream.shutdownSent = true } else { session.downstream.shutdownSent = true }
-        if session.upstream.shutdownSent && session.downstream.shutdownSent {
-            close(session, reason: session.firstEOF == .backend ? .backendClosed : .clientClosed)
-        } else {
-            rearmSpliced(session)
-        }
-    }
-
-    /// Spliced sockets wait for EOF (EPOLLRDHUP) only: the verdict program
-    /// raises spurious EPOLLIN. A side that already gave its EOF waits for
-    /// errors only; writable only while leftovers wait.
-    func rearmSpliced(_ session: Session) {
-        var clientInterest: EpollEvents = session.upstream.sourceEOF ? [] : [.readHangup]
-        if session.downstream.pending > 0 { clientInterest.insert(.writable) }
-        var backendInterest: EpollEvents = session.downstream.sourceEOF ? [] : [.readHangup]
-        if session.spliced?.backendToClientInKernel == false && !session.downstream.sourceEOF
-            && session.downstream.pending == 0 {
-            backendInterest.insert(.readable)
-        }
-        if session.upstream.pending > 0 { backendInterest.insert(.writable) }
-        // Always armed, if only for errors: a reset must reach us.
-        arm(session, client: clientInterest, backend: backendInterest)
+        let taken = (try? tcpProgress(session.fd(side.peer))).map { $0.written &- base }
+        return (taken, expected)
     }
 
     /// Idle detection for spliced sessions: userspace sees no bytes, so the
-    /// kernel's per-socket counters tell whether anything moved.
-    func noteSplicedActivity(_ session: Session, now: UInt64) {
-        guard let pair = session.spliced, let splice = kernelSplice else { return }
+    /// kernel's per-socket counters tell whether anything moved since the last look.
+    func kernelMoved(_ session: Session) -> Bool {
+        guard let pair = session.spliced, let splice = kernelSplice else { return false }
         let total = (splice.redirectedBytes(cookie: pair.clientCookie) ?? 0)
             &+ (splice.redirectedBytes(cookie: pair.backendCookie) ?? 0)
-        if total != pair.lastRedirected {
-            pair.lastRedirected = total
-            session.lastActivityMilliseconds = now
-        }
+        guard total != pair.lastRedirected else { return false }
+        pair.lastRedirected = total
+        return true
     }
 
     /// Takes a spliced session out of the kernel maps before its sockets
     /// close (closing removes the SOCKHASH entries; the pairings are ours),
-    /// and settles its byte counts for the access log.
-    func finishSplicing(_ session: Session) {
-        guard let pair = session.spliced, let splice = kernelSplice else { return }
-        session.upstream.bytes += splice.redirectedBytes(cookie: pair.clientCookie) ?? 0
-        session.downstream.bytes += splice.redirectedBytes(cookie: pair.backendCookie) ?? 0
+    /// and returns the bytes the kernel moved each way, for the access log.
+    func finishSplicing(_ session: Session) -> (upstream: UInt64, downstream: UInt64) {
+        guard let pair = session.spliced, let splice = kernelSplice else { return (0, 0) }
+        let moved = (splice.redirectedBytes(cookie: pair.clientCookie) ?? 0, splice.redirectedBytes(cookie: pair.backendCookie) ?? 0)
         splice.removePeer(cookie: pair.clientCookie)
         splice.removePeer(cookie: pair.backendCookie)
         session.spliced = nil
+        return moved
     }
 }
