@@ -1,5 +1,3 @@
-import CSluice
-import Glibc
 import SluiceCore
 import SluicePosix
 

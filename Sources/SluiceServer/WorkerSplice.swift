@@ -5,9 +5,15 @@ import SluiceBPF
 import SluiceCore
 import SluicePosix
 
-/// The sockmap data path of a worker: pairing, EOF and teardown. The kernel
-/// moves the bytes; the worker only sees EOF, resets, and the few bytes that
-/// reached a socket before its pairing existed.
+/// The sockmap data path of a worker: pairing, the kernel's progress, and
+/// teardown. The kernel moves the bytes; the worker only sees EOF, resets,
+/// and the few bytes that reached a socket before its pairing existed.
+///
+/// The pairing stays here as one executor (the session's `handToKernel`
+/// action) rather than a dialogue with the session: it is an ordered
+/// sequence of map updates and socket-state checks whose correctness
+/// depends on the kernel's timing between them, and its only outcome the
+/// session needs is a `KernelPairing`.
 extension Worker {
     /// Puts a freshly connected session's two sockets in the SOCKHASH.
     /// `.refused` (nothing changed, no byte redirected): the session must
@@ -71,6 +77,17 @@ extension Worker {
             clientCookie: clientCookie, backendCookie: backendCookie,
             clientSentBase: clientProgress.written, backendSentBase: backendProgress.written)
         session.spliced = pair // from here closing the session takes the pairings out
+        return pairBackend(session, pair, splice)
+    }
+
+    /// The second half of the pairing, once both sockets are in the
+    /// SOCKHASH and the client's bytes go to the backend: whether the
+    /// kernel may also carry the backend's bytes to the client.
+    private func pairBackend(_ session: Session, _ pair: SplicedPair, _ splice: KernelSplice) -> KernelPairing {
+        let client = session.client
+        let backend = session.backend
+        let clientCookie = pair.clientCookie
+        let backendCookie = pair.backendCookie
         // A FIN that reached the client between the first check and its
         // insertion leaves a socket the kernel cannot send redirected bytes
         // into: carry the backend's bytes in userspace (its bytes to the
@@ -82,7 +99,7 @@ extension Worker {
         // skbs at once while we would forward the old ones by hand). A backend
         // that already spoke (server-first protocols) therefore keeps its
         // direction in userspace; the client's direction stays in the kernel.
-        var backendInKernel = clientStillOpen && !hasPendingBytes(backend)
+        var backendInKernel = clientStillOpen && !Socket.hasBytesWaiting(backend)
         if backendInKernel {
             do {
                 try splice.insertPeer(cookie: backendCookie, peer: clientCookie, worker: id, fromClient: false)
@@ -90,7 +107,7 @@ extension Worker {
                 logger.error("cannot pair the backend socket", metadata: ["error": "\(error)"])
                 return .failed(.resourceExhausted, resetPeer: false)
             }
-            if hasPendingBytes(backend) {
+            if Socket.hasBytesWaiting(backend) {
                 // Bytes slipped in between the check and the pairing.
                 splice.removePeer(cookie: backendCookie)
                 if (splice.redirectedBytes(cookie: backendCookie) ?? 0) > 0 {
@@ -111,13 +128,6 @@ extension Worker {
         // What the kernel does not carry (the backend's bytes, the client's
         // EOF) the session reads in userspace.
         return .paired(backendToClientInKernel: backendInKernel, clientOpen: clientStillOpen)
-    }
-
-    /// Whether a socket has bytes waiting for us (in its receive queue or,
-    /// for a SOCKHASH member, passed to it by the verdict program).
-    private func hasPendingBytes(_ fd: Int32) -> Bool {
-        var byte: UInt8 = 0
-        return Glibc.recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) > 0
     }
 
     /// After an EOF from `side`: how many of the bytes redirected from it
