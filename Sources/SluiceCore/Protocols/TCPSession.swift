@@ -28,7 +28,6 @@ public struct TCPSession: Sendable {
         public var shutdownSent = false
         /// Bytes read and not yet written (the worker holds them).
         public var pending = false
-        public var bytes: UInt64 = 0
         public init() {}
 
         var wantsRead: Bool { !sourceEOF && !pending }
@@ -172,10 +171,10 @@ public struct TCPSession: Sendable {
         self.lastActivity = now
     }
 
-    public func handle(_ event: Event) -> [Action] {
-        var copy = self
+    /// What to do about `event` (allocates a list; the worker passes its own, see below).
+    public mutating func handle(_ event: Event) -> [Action] {
         var actions: [Action] = []
-        copy.handle(event, into: &actions)
+        handle(event, into: &actions)
         return actions
     }
 
@@ -281,7 +280,7 @@ public struct TCPSession: Sendable {
             if !clientOpen { actions.append(.pump(.upstream, read: true)) }
             actions.append(.arm)
         default:
-            common(event, relayBackend: relay.backend, &actions)
+            common(event, &actions)
         }
     }
 
@@ -320,7 +319,7 @@ public struct TCPSession: Sendable {
             actions.append(.pump(.downstream, read: !relay.downstream.sourceEOF))
             actions.append(.arm)
         default:
-            common(event, relayBackend: relay.backend, &actions)
+            common(event, &actions)
         }
     }
 
@@ -328,7 +327,6 @@ public struct TCPSession: Sendable {
     private mutating func note(_ result: PumpResult, on flow: Flow, in relay: inout Relay, now: UInt64,
                                _ actions: inout [Action]) -> Bool {
         if result.moved > 0 {
-            relay[flow].bytes += UInt64(result.moved)
             if flow == .upstream { userspaceBytes.upstream += UInt64(result.moved) } else { userspaceBytes.downstream += UInt64(result.moved) }
             lastActivity = now
         }
@@ -378,7 +376,7 @@ public struct TCPSession: Sendable {
             actions.append(.schedule(.idle, at: lastActivity.saturatingAdd(limits.idleTimeoutMilliseconds)))
             actions.append(.arm)
         default:
-            common(event, relayBackend: pair.relay.backend, &actions)
+            common(event, &actions)
         }
     }
 
@@ -417,7 +415,7 @@ public struct TCPSession: Sendable {
 
     // MARK: - Every established phase
 
-    private mutating func common(_ event: Event, relayBackend: Int, _ actions: inout [Action]) {
+    private mutating func common(_ event: Event, _ actions: inout [Action]) {
         switch event {
         case .timerFired(.idle, let now):
             if now &- lastActivity >= limits.idleTimeoutMilliseconds {
