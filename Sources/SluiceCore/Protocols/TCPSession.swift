@@ -206,6 +206,7 @@ public struct TCPSession: Sendable {
             actions.append(.noteNoBackend(tried: attempt.tried))
             close(attempt.tried.isEmpty ? .noBackend : .connectFailed, &actions)
         case .socketFailed(let backend, let errno):
+            self.backend = backend // picked: the access log names it
             if FailureBlame(errno: errno) == .local {
                 actions.append(.noteConnectFailure(backend: backend, errno: errno, blame: .local))
             }

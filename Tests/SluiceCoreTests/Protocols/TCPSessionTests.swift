@@ -148,6 +148,18 @@ struct TCPSessionConnectingTests {
             .noteConnectFailure(backend: 1, errno: EMFILE, blame: .local),
             .close(.resourceExhausted, resetPeer: false, connectedTo: nil),
         ])
+        #expect(d.session.backend == 1, "the access log names the backend it was for")
+    }
+
+    @Test("a connect that fails after a backend was abandoned leaves no backend to name")
+    func abandonedBackendNotNamed() {
+        var d = Driver(attempts: 1)
+        d.on(.accepted)
+        d.on(.connecting(backend: 3, now: 0))
+        #expect(d.session.backend == 3)
+        d.on(.connectFailed(errno: ECONNREFUSED))
+        #expect(d.session.backend == nil)
+        #expect(d.closedWith == .connectFailed)
     }
 
     @Test("the drain deadline closes a session still connecting")
@@ -375,6 +387,26 @@ struct TCPSessionKernelTests {
         d.on(.pumped(.downstream, PumpResult(moved: 10, pending: true), now: 0))
         #expect(d.session.interest.client == [.readHangup, .writable])
         #expect(d.on(.ready(.client, .writable)) == [.pump(.downstream, read: false), .arm])
+    }
+
+    @Test("an EOF already read is not read again: a later hang-up only flushes what is left")
+    func eofReadOnce() {
+        var d = Driver(path: .sockmap)
+        _ = d.connect()
+        d.on(.kernelPairing(.paired(backendToClientInKernel: true, clientOpen: true)))
+        d.on(.pumped(.upstream, PumpResult(endOfFile: true), now: 0))
+        d.on(.flushMeasured(.client, taken: 1, expected: 2, now: 0))
+        #expect(d.on(.ready(.client, .hangup)) == [.pump(.upstream, read: false), .pump(.downstream, read: false), .arm])
+        #expect(d.on(.pumped(.upstream, PumpResult(), now: 1)) == [], "the flush wait already under way goes on")
+    }
+
+    @Test("an adopted spliced session re-arms for EOF and keeps its idle deadline")
+    func adoptedSpliced() {
+        var d = Driver(path: .sockmap)
+        _ = d.connect(now: 20)
+        d.on(.kernelPairing(.paired(backendToClientInKernel: true, clientOpen: true)))
+        #expect(d.session.isSteady)
+        #expect(d.on(.adopted) == [.schedule(.idle, at: 10_020), .arm])
     }
 
     @Test("kernel activity postpones the idle timeout")
