@@ -91,7 +91,7 @@ public struct TCPSession: Sendable {
     }
 
     public enum Event: Sendable, Equatable {
-        /// The client was accepted (or its session adopted: see `adopted`).
+        /// The client was accepted: find it a backend.
         case accepted
         /// The worker picked pool index `backend` and is about to connect(2) to it.
         case connecting(backend: Int, now: UInt64)
