@@ -419,3 +419,53 @@ struct TCPSessionKernelTests {
         #expect(d.on(.timerFired(.idle, now: 19_000)).contains(where: isClose))
     }
 }
+
+@Suite("TCP session: whatever happens")
+struct TCPSessionInvariantTests {
+    /// Every event the worker could feed, in any order.
+    static let events: [TCPSession.Event] = [
+        .accepted, .connecting(backend: 0, now: 1), .connecting(backend: 1, now: 2), .noEligibleBackend,
+        .socketFailed(backend: 2, errno: EMFILE), .connected(now: 3), .connectFailed(errno: ECONNREFUSED),
+        .connectFailed(errno: EADDRNOTAVAIL), .ready(.client, .readable), .ready(.backend, .writable),
+        .ready(.client, .readHangup), .ready(.backend, [.error, .hangup]),
+        .pumped(.upstream, PumpResult(moved: 5), now: 4), .pumped(.downstream, PumpResult(moved: 1, pending: true), now: 4),
+        .pumped(.upstream, PumpResult(endOfFile: true), now: 5), .pumped(.downstream, PumpResult(endOfFile: true), now: 5),
+        .pumped(.downstream, PumpResult(failure: (.backend, ECONNRESET)), now: 6),
+        .kernelPairing(.refused), .kernelPairing(.paired(backendToClientInKernel: false, clientOpen: true)),
+        .kernelPairing(.paired(backendToClientInKernel: true, clientOpen: false)),
+        .flushMeasured(.client, taken: 1, expected: 2, now: 6), .flushMeasured(.backend, taken: 2, expected: 2, now: 7),
+        .kernelActivity(now: 8), .timerFired(.connect(attempt: 1), now: 9), .timerFired(.idle, now: 9),
+        .timerFired(.idle, now: 20_000), .timerFired(.flush(.client), now: 9), .adopted, .drainDeadline,
+    ]
+
+    @Test("a session closes at most once, and asks for nothing after its close", arguments: [DataPathKind.copy, .sockmap])
+    func closesOnce(path: DataPathKind) {
+        var random = SplitMix(seed: path == .copy ? 1 : 2)
+        for _ in 0..<2000 {
+            var d = Driver(path: path)
+            var closes = 0
+            for _ in 0..<12 {
+                let event = Self.events[Int(random.next() % UInt64(Self.events.count))]
+                let wasClosed = d.closedWith != nil
+                let actions = d.on(event)
+                if wasClosed { #expect(actions.isEmpty) }
+                closes += actions.filter(isClose).count
+                #expect(actions.filter(isClose).isEmpty || isClose(actions.last!), "close is the last action")
+            }
+            #expect(closes <= 1)
+            #expect((closes == 1) == (d.closedWith != nil))
+        }
+    }
+}
+
+private struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
