@@ -1,46 +1,12 @@
-import CSluice
-import Glibc
 import SluiceCore
 import SluicePosix
 
-/// How a session's bytes move between its two sockets.
-public enum DataPathKind: String, Sendable {
-    /// The kernel moves the bytes: both sockets in a SOCKHASH whose verdict
-    /// program redirects every skb to the peer; userspace sees only EOF and errors.
-    case sockmap
-    /// splice(2) through a pipe taken from the worker's pool while bytes are in flight.
-    case splice
-    /// read/write through a buffer taken from the worker's pool while bytes are in flight.
-    case copy
-}
-
-/// Why a session ended; the access log prints the raw value.
-enum CloseReason: String {
-    case clientClosed = "client_eof"
-    case backendClosed = "backend_eof"
-    case clientReset = "client_reset"
-    case backendReset = "backend_reset"
-    case idleTimeout = "idle_timeout"
-    case connectFailed = "connect_failed"
-    case noBackend = "no_backend"
-    case drainTimeout = "drain_timeout"
-    case resourceExhausted = "resource_exhausted"
-    case internalError = "internal_error"
-}
-
-enum Side: UInt64 {
-    case client = 0
-    case backend = 1
-}
-
-/// One direction of a proxied connection (client→backend or backend→client).
-/// Holds bytes only while they are in flight: a pooled buffer (copy) or a
-/// pooled pipe (splice); an idle connection holds neither.
-struct Direction {
-    var sourceEOF = false
-    var shutdownSent = false
+/// Bytes of one flow in flight through userspace: a pooled buffer (copy) or
+/// a pooled pipe (splice(2)), held only while bytes are in flight; an idle
+/// connection holds neither. What the flow means (EOF seen, passed on,
+/// bytes counted) is the session's (`TCPSession.FlowState`).
+struct Carrier {
     var pending = 0
-    var bytes: UInt64 = 0
     var buffer: UnsafeMutableRawBufferPointer?
     var bufferStart = 0
     var pipe: Pipe?
@@ -48,22 +14,12 @@ struct Direction {
     /// exchanges are cheaper with read/write; a read that fills a whole
     /// buffer means a bulk transfer, which splice(2) moves with no copy.
     var bulk = false
-
-    var wantsRead: Bool { !sourceEOF && pending == 0 }
-    var wantsWrite: Bool { pending > 0 }
-    var finished: Bool { shutdownSent }
 }
 
-/// A failure on one side of a session while moving bytes.
-struct SideFailure: Error {
-    let side: Side
-    let error: SystemCallError
-}
-
-/// A proxied connection, owned and touched by one worker thread only.
+/// A proxied connection as its worker holds it: the descriptors, timers,
+/// epoll registrations and carriers that the pure `TCPSession` (its
+/// `machine`) decides about. Owned and touched by one worker thread only.
 final class Session {
-    enum Phase { case connecting, proxying }
-
     /// Unique within the owning worker (a moved session gets a new one).
     var id: UInt64
     let listener: RuntimeListener
@@ -71,14 +27,12 @@ final class Session {
     let clientAddress: SocketAddress
     let clientKey: UInt64
     let startedNanoseconds: UInt64
-    var phase: Phase = .connecting
+    var machine: TCPSession
 
+    /// The backend socket of the attempt under way or of the connection; -1 between attempts.
     var backend: Int32 = -1
-    var backendIndex: Int?
-    var triedBackends: [Int] = []
     var connectTimer: TimerID?
     var idleTimer: TimerID?
-    var lastActivityMilliseconds: UInt64
 
     /// What each fd is armed for in epoll right now; nil when not armed
     /// (oneshot fired, or never added).
@@ -89,32 +43,37 @@ final class Session {
     var backendAdded = false
     var backendArmed: EpollEvents?
 
-    /// How this session's bytes move (sockmap sessions that could not be
-    /// spliced fall back to splice).
-    var path: DataPathKind = .splice
-    /// Set while the kernel splices this session.
+    var upstream = Carrier()   // client → backend
+    var downstream = Carrier() // backend → client
+    /// The kernel objects of a pair in the SOCKHASH.
     var sockmapPair: SockmapPair?
 
-    var upstream = Direction()   // client → backend
-    var downstream = Direction() // backend → client
-    var firstEOF: Side?
-
-    init(id: UInt64, listener: RuntimeListener, client: Int32, clientAddress: SocketAddress, now: UInt64) {
+    init(id: UInt64, listener: RuntimeListener, client: Int32, clientAddress: SocketAddress,
+         path: DataPathKind, flushTimeoutMilliseconds: UInt64, now: UInt64) {
         self.id = id
         self.listener = listener
         self.client = client
         self.clientAddress = clientAddress
         self.clientKey = hashClientAddress(clientAddress.ipBytes)
         self.startedNanoseconds = monotonicNanoseconds()
-        self.lastActivityMilliseconds = now
+        let limits = TCPSessionLimits(
+            maxAttempts: 1 + listener.pool.config.retries,
+            connectTimeoutMilliseconds: listener.config.connectTimeout.milliseconds,
+            idleTimeoutMilliseconds: listener.config.idleTimeout.milliseconds,
+            flushTimeoutMilliseconds: flushTimeoutMilliseconds)
+        self.machine = TCPSession(path: path, limits: limits, now: now)
     }
 
     var backendDescription: String? {
-        backendIndex.map { listener.pool.addresses[$0].description }
+        machine.backend.map { listener.pool.addresses[$0].description }
     }
+
+    func fd(_ side: Side) -> Int32 { side == .client ? client : backend }
 }
 
-/// Kernel-side state of a session spliced through the SOCKHASH.
+/// Kernel-side state of a session spliced through the SOCKHASH: what the
+/// worker needs to measure the kernel's progress (the decisions are the
+/// session's).
 final class SockmapPair {
     let clientCookie: UInt64
     let backendCookie: UInt64
@@ -125,15 +84,8 @@ final class SockmapPair {
     /// Bytes userspace itself wrote (data that reached a socket before its pairing).
     var userspaceToClient: UInt64 = 0
     var userspaceToBackend: UInt64 = 0
-    /// After an EOF: how much of the redirected bytes the peer had taken at
-    /// the last look, when that last grew, and the current polling interval.
-    var flushProgress: [Side: (taken: UInt64, at: UInt64, interval: UInt64)] = [:]
     /// Redirected byte total at the last idle check.
     var lastRedirected: UInt64 = 0
-    /// Whether the kernel carries backend-to-client bytes. Not when the
-    /// client's FIN arrived around its insertion: the kernel then drops
-    /// what it redirects into that socket, so userspace carries them.
-    var backendToClientInKernel = true
 
     init(clientCookie: UInt64, backendCookie: UInt64, clientSentBase: UInt64, backendSentBase: UInt64) {
         self.clientCookie = clientCookie
@@ -141,4 +93,6 @@ final class SockmapPair {
         self.clientSentBase = clientSentBase
         self.backendSentBase = backendSentBase
     }
+
+    func cookie(_ side: Side) -> UInt64 { side == .client ? clientCookie : backendCookie }
 }

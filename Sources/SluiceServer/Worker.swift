@@ -42,7 +42,7 @@ enum WorkerTimer {
     case idle(session: UInt64)
     case rearmListener(Int)
     case drainDeadline
-    /// A spliced session waits for the kernel to hand every redirected byte
+    /// A sockmap-paired session waits for the kernel to hand every redirected byte
     /// from `side` to its peer before passing the EOF on.
     case sockmapFlush(session: UInt64, side: Side)
 }
@@ -93,10 +93,10 @@ final class Worker: @unchecked Sendable {
     let wakeup: EventFD
     let commands = Mutex(CommandQueue())
     let settings: WorkerSettings
-    /// The SOCKHASH data path, when `splice` resolved to sockmap.
+    /// The SOCKHASH data path, when `data_path` resolved to sockmap.
     let sockmapPairs: SockmapPairs?
     var logger: Logger
-    private let accessLogger: LogSink?
+    let accessLogger: LogSink?
 
     var listenerFDs: [Int32?]
     let listeners: [RuntimeListener]
@@ -108,8 +108,10 @@ final class Worker: @unchecked Sendable {
     /// Set when the wake-up eventfd fired: only then is the command queue
     /// (and its lock) looked at, not on every loop turn.
     private var commandsWaiting = false
-    private var pipePool: [Pipe] = []
-    private var bufferPool: [UnsafeMutableRawBufferPointer] = []
+    var pipePool: [Pipe] = []
+    var bufferPool: [UnsafeMutableRawBufferPointer] = []
+    /// Action lists kept for reuse: one per nesting level of `drive`.
+    var actionLists: [[TCPSession.Action]] = []
     var lastAcceptErrorLog: UInt64 = 0
     /// Listeners not re-armed until their back-off timer fires.
     var pausedListeners: Set<Int> = []
@@ -235,7 +237,7 @@ final class Worker: @unchecked Sendable {
             guard let session = sessions[value >> 1] else { return } // closed earlier in this batch
             let side: Side = (value & 1) == 0 ? .client : .backend
             if side == .client { session.clientArmed = nil } else { session.backendArmed = nil }
-            handle(session, side: side, events: events)
+            drive(session, .ready(side, Readiness(events)))
         case Self.listenerKind:
             acceptConnections(listenerIndex: Int(token & ~Self.kindMask))
         default:
@@ -275,32 +277,25 @@ final class Worker: @unchecked Sendable {
     private func fire(_ timer: WorkerTimer) {
         switch timer {
         case .connect(let id, let attempt):
-            guard let session = sessions[id], session.phase == .connecting, session.triedBackends.count == attempt else { return }
+            guard let session = sessions[id] else { return }
             session.connectTimer = nil
-            logger.warning("connect timed out", metadata: ["backend": "\(session.backendDescription ?? "-")"])
-            abandonBackendAttempt(session)
-            connectNextBackend(session)
+            drive(session, .timerFired(.connect(attempt: attempt), now: monotonicMilliseconds()))
         case .idle(let id):
             guard let session = sessions[id] else { return }
             session.idleTimer = nil
-            let idle = session.listener.config.idleTimeout.milliseconds
             let now = monotonicMilliseconds()
-            noteSockmapActivity(session, now: now)
-            if now &- session.lastActivityMilliseconds >= idle {
-                close(session, reason: .idleTimeout)
-            } else {
-                session.idleTimer = timers.schedule(at: session.lastActivityMilliseconds.saturatingAdd(idle), .idle(session: id))
-            }
+            if kernelMoved(session) { drive(session, .kernelActivity(now: now)) }
+            drive(session, .timerFired(.idle, now: now))
         case .rearmListener(let index):
             pausedListeners.remove(index)
             try? armListener(index)
         case .sockmapFlush(let id, let side):
-            if let session = sessions[id] { passSockmapEOF(session, from: side) }
+            if let session = sessions[id] { drive(session, .timerFired(.flush(side), now: monotonicMilliseconds())) }
         case .drainDeadline:
             if !sessions.isEmpty {
                 logger.warning("drain deadline reached; closing open connections", metadata: ["open": "\(sessions.count)"])
             }
-            for session in Array(sessions.values) { close(session, reason: .drainTimeout) }
+            for session in Array(sessions.values) { drive(session, .drainDeadline) }
         }
     }
 
@@ -328,269 +323,24 @@ final class Worker: @unchecked Sendable {
         }
     }
 
-    // MARK: - Moving bytes
+}
 
-    private func handle(_ session: Session, side: Side, events: EpollEvents) {
-        if session.phase == .connecting {
-            guard side == .backend else { return }
-            let error = Socket.pendingError(session.backend)
-            if error == 0 {
-                backendConnected(session)
-            } else if !closeOnLocalFailure(session, errno: error) {
-                logger.warning("backend connect failed", metadata: [
-                    "backend": "\(session.backendDescription ?? "-")", "error": "\(errnoDescription(error))",
-                ])
-                abandonBackendAttempt(session)
-                connectNextBackend(session)
-            }
-            return
-        }
-        if session.sockmapPair != nil {
-            handleSockmapEvent(session, side: side, events: events)
-            return
-        }
-        let trouble = !events.isDisjoint(with: [.error, .hangup])
-        let readable = trouble || !events.isDisjoint(with: [.readable, .readHangup])
-        let writable = trouble || events.contains(.writable)
-        // A readable client or writable backend moves bytes upstream; the reverse downstream.
-        let up = side == .client ? readable : writable
-        let down = side == .client ? writable : readable
-        pumpAndRearm(session, upstream: up, downstream: down)
+extension Readiness {
+    init(_ events: EpollEvents) {
+        self = []
+        if events.contains(.readable) { insert(.readable) }
+        if events.contains(.writable) { insert(.writable) }
+        if events.contains(.readHangup) { insert(.readHangup) }
+        if events.contains(.hangup) { insert(.hangup) }
+        if events.contains(.error) { insert(.error) }
     }
+}
 
-    func pumpAndRearm(_ session: Session, upstream: Bool, downstream: Bool) {
-        do {
-            if upstream {
-                try pump(&session.upstream, from: session.client, to: session.backend,
-                         sourceSide: .client, session: session)
-            }
-            if downstream {
-                try pump(&session.downstream, from: session.backend, to: session.client,
-                         sourceSide: .backend, session: session)
-            }
-        } catch {
-            let reason: CloseReason = error.side == .client ? .clientReset : .backendReset
-            if error.error.errno != ECONNRESET && error.error.errno != EPIPE {
-                logger.debug("connection error", metadata: ["error": "\(error.error)"])
-            }
-            close(session, reason: reason, resetPeer: true)
-            return
-        }
-        if session.upstream.finished && session.downstream.finished {
-            close(session, reason: session.firstEOF == .backend ? .backendClosed : .clientClosed)
-            return
-        }
-        rearm(session)
-    }
-
-    /// Moves bytes one way until the source has none, the destination is
-    /// full, or this direction's fairness budget is spent.
-    private func pump(_ direction: inout Direction, from source: Int32, to destination: Int32,
-                      sourceSide: Side, session: Session) throws(SideFailure) {
-        let destinationSide: Side = sourceSide == .client ? .backend : .client
-        var budget = settings.fairnessBudget
-        var moved = 0
-        defer {
-            if moved > 0 {
-                session.lastActivityMilliseconds = monotonicMilliseconds()
-                record.add(sourceSide == .client ? .bytesIn : .bytesOut, UInt64(moved))
-            }
-        }
-        // A read shorter than a full buffer almost always emptied the socket:
-        // skip the read that would only say EAGAIN. Oneshot re-arming brings
-        // us back if more arrived meanwhile (level-triggered).
-        var sourceLikelyDrained = false
-        while budget > 0 {
-            if direction.pending > 0 {
-                let result: IOResult<Int>
-                do {
-                    result = try writeOut(&direction, to: destination)
-                } catch {
-                    throw SideFailure(side: destinationSide, error: error)
-                }
-                switch result {
-                case .wouldBlock:
-                    return
-                case .done(let n):
-                    direction.pending -= n
-                    direction.bytes += UInt64(n)
-                    moved += n
-                    budget -= n
-                    continue
-                }
-            }
-            releaseCarrier(&direction)
-            if direction.sourceEOF {
-                if !direction.shutdownSent {
-                    Socket.shutdownWrite(destination)
-                    direction.shutdownSent = true
-                }
-                return
-            }
-            if sourceLikelyDrained { return }
-            let result: Socket.ReadOutcome
-            do {
-                result = try readIn(&direction, from: source, path: session.path)
-            } catch {
-                releaseCarrier(&direction)
-                throw SideFailure(side: sourceSide, error: error)
-            }
-            switch result {
-            case .wouldBlock:
-                releaseCarrier(&direction)
-                return
-            case .endOfFile:
-                direction.sourceEOF = true
-                if session.firstEOF == nil { session.firstEOF = sourceSide }
-            case .bytes(let n):
-                direction.pending = n
-                sourceLikelyDrained = n < settings.shortReadBytes
-            }
-        }
-    }
-
-    private func readIn(_ direction: inout Direction, from source: Int32, path: DataPathKind) throws(SystemCallError) -> Socket.ReadOutcome {
-        if path == .splice && direction.bulk && direction.pipe == nil {
-            // Out of fds for a pipe: this transfer goes through a buffer instead.
-            direction.pipe = try? takePipe()
-        }
-        if let pipe = direction.pipe {
-            switch try Socket.splice(from: source, to: pipe.writeEnd, maxBytes: 1 << 20) {
-            case .wouldBlock: return .wouldBlock
-            case .done(0): return .endOfFile
-            case .done(let n):
-                if n < settings.bulkExitBytes { direction.bulk = false }
-                return .bytes(n)
-            }
-        }
-        if direction.buffer == nil { direction.buffer = takeBuffer() }
-        direction.bufferStart = 0
-        let outcome = try Socket.read(source, into: direction.buffer!)
-        if path == .splice, case .bytes(let n) = outcome, n >= settings.bulkEntryBytes { direction.bulk = true }
-        return outcome
-    }
-
-    private func writeOut(_ direction: inout Direction, to destination: Int32) throws(SystemCallError) -> IOResult<Int> {
-        if let pipe = direction.pipe {
-            return try Socket.splice(from: pipe.readEnd, to: destination, maxBytes: direction.pending)
-        }
-        let buffer = direction.buffer!
-        let chunk = UnsafeRawBufferPointer(rebasing: buffer[direction.bufferStart..<(direction.bufferStart + direction.pending)])
-        let result = try Socket.write(destination, from: chunk)
-        if case .done(let n) = result { direction.bufferStart += n }
-        return result
-    }
-
-    /// Returns an empty direction's buffer or pipe to the worker's pool.
-    func releaseCarrier(_ direction: inout Direction) {
-        precondition(direction.pending == 0, "releasing a carrier that still holds bytes")
-        if let buffer = direction.buffer {
-            direction.buffer = nil
-            if bufferPool.count < settings.poolLimit { bufferPool.append(buffer) } else { buffer.deallocate() }
-        }
-        if let pipe = direction.pipe {
-            direction.pipe = nil
-            if pipePool.count < settings.poolLimit { pipePool.append(pipe) } else { pipe.close() }
-        }
-    }
-
-    /// Frees a carrier whose bytes will never be delivered (connection torn down).
-    private func discardCarrier(_ direction: inout Direction) {
-        if let buffer = direction.buffer {
-            direction.buffer = nil
-            if bufferPool.count < settings.poolLimit { bufferPool.append(buffer) } else { buffer.deallocate() }
-        }
-        if let pipe = direction.pipe {
-            direction.pipe = nil
-            pipe.close() // may hold bytes: never reuse
-        }
-        direction.pending = 0
-    }
-
-    func takeBuffer() -> UnsafeMutableRawBufferPointer {
-        bufferPool.popLast() ?? .allocate(byteCount: settings.copyBufferSize, alignment: 64)
-    }
-
-    private func takePipe() throws(SystemCallError) -> Pipe {
-        if let pipe = pipePool.popLast() { return pipe }
-        return try Pipe.make()
-    }
-
-    /// Arms each socket for what its session now waits on. The socket whose
-    /// event was just handled is disarmed (oneshot) and is re-armed only if
-    /// it has something to wait for; the other is changed only if needed.
-    func rearm(_ session: Session) {
-        var clientInterest: EpollEvents = []
-        if session.upstream.wantsRead { clientInterest.insert(.readable) }
-        if session.downstream.wantsWrite { clientInterest.insert(.writable) }
-        var backendInterest: EpollEvents = []
-        if session.downstream.wantsRead { backendInterest.insert(.readable) }
-        if session.upstream.wantsWrite { backendInterest.insert(.writable) }
-        // An empty interest is left disarmed: nothing to wait for on that side.
-        arm(session, client: clientInterest.isEmpty ? nil : clientInterest,
-            backend: backendInterest.isEmpty ? nil : backendInterest)
-        // Neither side armed while both directions still run would stall the
-        // session forever; it cannot happen (one side always reads or writes),
-        // and the idle timer would end it if it did.
-    }
-
-    /// Arms each socket of a session for `interest` (nil: leave it as it
-    /// is) unless it is armed for exactly that already; a socket not yet in
-    /// this epoll is added. A failure closes the session.
-    func arm(_ session: Session, client: EpollEvents?, backend: EpollEvents?) {
-        func apply(_ fd: Int32, _ side: Side, _ interest: EpollEvents, added: inout Bool, armed: inout EpollEvents?) throws(SystemCallError) {
-            guard armed != interest else { return }
-            if added {
-                try epoll.modify(fd, interest.union(.oneShot), token: token(session, side))
-            } else {
-                try epoll.add(fd, interest.union(.oneShot), token: token(session, side))
-                added = true
-            }
-            armed = interest
-        }
-        do {
-            if let client { try apply(session.client, .client, client, added: &session.clientAdded, armed: &session.clientArmed) }
-            if let backend { try apply(session.backend, .backend, backend, added: &session.backendAdded, armed: &session.backendArmed) }
-        } catch {
-            logger.error("epoll re-arm failed", metadata: ["error": "\(error)"])
-            close(session, reason: .internalError)
-        }
-    }
-
-    // MARK: - Closing
-
-    func close(_ session: Session, reason: CloseReason, resetPeer: Bool = false) {
-        guard sessions.removeValue(forKey: session.id) != nil else { return }
-        finishSplicing(session)
-        if let timer = session.connectTimer { _ = timers.cancel(timer) }
-        if let timer = session.idleTimer { _ = timers.cancel(timer) }
-        discardCarrier(&session.upstream)
-        discardCarrier(&session.downstream)
-        if session.backend >= 0 {
-            if resetPeer && reason == .clientReset { Socket.closeWithReset(session.backend) } else { closeDescriptor(session.backend) }
-        }
-        if resetPeer && reason == .backendReset { Socket.closeWithReset(session.client) } else { closeDescriptor(session.client) }
-        if session.phase == .proxying, let index = session.backendIndex {
-            let pool = session.listener.pool
-            pool.active[index].wrappingDecrement(ordering: .relaxed)
-            if reason == .backendReset && session.downstream.bytes == 0 {
-                noteBackendFailure(pool, index) // reset before its first byte
-            } else if session.downstream.bytes > 0 || reason == .clientClosed || reason == .backendClosed {
-                pool.noteSuccess(index)
-            }
-        }
-        session.listener.counters.release(.active)
-        releaseActive()
-
-        if let accessLogger {
-            let record = AccessRecord(
-                worker: id, listener: session.listener.name, client: session.clientAddress.description,
-                backend: session.backendDescription, bytesFromClient: session.upstream.bytes,
-                bytesToClient: session.downstream.bytes,
-                durationMicroseconds: (monotonicNanoseconds() &- session.startedNanoseconds) / 1000,
-                dataPath: session.path.rawValue, closeReason: reason.rawValue
-            )
-            if let line = record.render(settings.accessLog) { accessLogger.write(line: line) }
-        }
+extension EpollEvents {
+    init(_ readiness: Readiness) {
+        self = []
+        if readiness.contains(.readable) { insert(.readable) }
+        if readiness.contains(.writable) { insert(.writable) }
+        if readiness.contains(.readHangup) { insert(.readHangup) }
     }
 }

@@ -39,13 +39,13 @@ extension Worker {
             counters.accepted.wrappingIncrement(ordering: .relaxed)
             Socket.setNoDelay(clientFD)
             let session = Session(
-                id: nextSessionID, listener: listener, client: clientFD,
-                clientAddress: clientAddress, now: monotonicMilliseconds()
+                id: nextSessionID, listener: listener, client: clientFD, clientAddress: clientAddress,
+                path: settings.dataPath, flushTimeoutMilliseconds: settings.sockmapFlushTimeoutMilliseconds,
+                now: monotonicMilliseconds()
             )
             nextSessionID += 1
-            session.path = settings.dataPath
             sessions[session.id] = session
-            connectNextBackend(session)
+            drive(session, .accepted)
             if pausedListeners.contains(listenerIndex) { return }
         }
         if !settings.sharedAccept { try? armListener(listenerIndex) }
@@ -92,108 +92,83 @@ extension Worker {
         Self.sessionKind | (session.id << 1) | side.rawValue
     }
 
-    /// Tries the next backend the pool's algorithm picks, up to 1 + retries
-    /// attempts; closes the client when none is left.
-    func connectNextBackend(_ session: Session) {
+    /// Connects to the backend the pool's algorithm picks among the eligible
+    /// ones not tried yet, and tells the session how that went.
+    func connectNextBackend(_ session: Session, excluding tried: [Int]) {
         let pool = session.listener.pool
-        let maxAttempts = 1 + pool.config.retries
-        while session.triedBackends.count < maxAttempts {
-            let tried = session.triedBackends
-            let now = monotonicMilliseconds()
-            guard let index = balancers[pool.name]!.pick(
-                clientKey: session.clientKey,
-                active: { pool.active[$0].load(ordering: .relaxed) },
-                eligible: { !tried.contains($0) && pool.isEligible($0, now: now) }
-            ) else { break }
-            session.triedBackends.append(index)
-            session.backendIndex = index
-            let address = pool.addresses[index]
-            let fd: Int32
-            do {
-                fd = try Socket.tcp(family: address.family)
-            } catch {
-                close(session, reason: .resourceExhausted)
-                noteLocalFailure(errno: error.errno, backend: address)
-                if isResourceExhaustion(error) {
-                    pauseAccepting(session.listener.index, because: error)
-                } else {
-                    logger.error("cannot create a backend socket", metadata: ["error": "\(error)"])
-                }
-                return
-            }
-            session.backend = fd
-            do {
-                switch try Socket.connect(fd, to: address) {
-                case .connected:
-                    backendConnected(session)
-                    return
-                case .inProgress:
-                    try epoll.add(fd, [.writable, .oneShot], token: token(session, .backend))
-                    session.backendAdded = true
-                    session.backendArmed = [.writable]
-                    session.connectTimer = timers.schedule(
-                        at: deadline(after: session.listener.config.connectTimeout, from: monotonicMilliseconds()),
-                        .connect(session: session.id, attempt: session.triedBackends.count)
-                    )
-                    return
-                }
-            } catch {
-                if closeOnLocalFailure(session, errno: error.errno) { return }
-                logger.warning("backend connect failed", metadata: ["backend": "\(address)", "error": "\(error)"])
-                abandonBackendAttempt(session)
-            }
+        let now = monotonicMilliseconds()
+        guard let index = balancers[pool.name]!.pick(
+            clientKey: session.clientKey,
+            active: { pool.active[$0].load(ordering: .relaxed) },
+            eligible: { !tried.contains($0) && pool.isEligible($0, now: now) }
+        ) else {
+            drive(session, .noEligibleBackend)
+            return
         }
-        let reason: CloseReason = session.triedBackends.isEmpty ? .noBackend : .connectFailed
-        session.listener.counters.add(.noBackend, 1)
-        logger.warning("no backend reachable; closing the client", metadata: [
-            "listener": "\(session.listener.name)", "client": "\(session.clientAddress)",
-            "tried": "\(session.triedBackends.map { pool.addresses[$0].description })",
-        ])
-        close(session, reason: reason)
+        let address = pool.addresses[index]
+        let fd: Int32
+        do {
+            fd = try Socket.tcp(family: address.family)
+        } catch {
+            if isResourceExhaustion(error) {
+                pauseAccepting(session.listener.index, because: error)
+            } else {
+                logger.error("cannot create a backend socket", metadata: ["error": "\(error)"])
+            }
+            drive(session, .socketFailed(backend: index, errno: error.errno))
+            return
+        }
+        session.backend = fd
+        drive(session, .connecting(backend: index, now: now))
+        do {
+            switch try Socket.connect(fd, to: address) {
+            case .connected:
+                backendConnected(session)
+            case .inProgress:
+                try epoll.add(fd, [.writable, .oneShot], token: token(session, .backend))
+                session.backendAdded = true
+                session.backendArmed = [.writable]
+            }
+        } catch {
+            drive(session, .connectFailed(errno: error.errno))
+        }
+    }
+
+    /// A failed attempt: counted against the backend (a timeout or a refusal)
+    /// or against this host (a local shortage, never the backend's fault).
+    func noteConnectFailure(_ session: Session, backend index: Int, errno code: Int32?, blame: FailureBlame) {
+        let pool = session.listener.pool
+        guard blame == .backend else {
+            if let code { noteLocalFailure(errno: code, backend: pool.addresses[index]) }
+            return
+        }
+        if let code {
+            logger.warning("backend connect failed", metadata: [
+                "backend": "\(pool.addresses[index])", "error": "\(errnoDescription(code))",
+            ])
+        } else {
+            logger.warning("connect timed out", metadata: ["backend": "\(pool.addresses[index])"])
+        }
+        pool.connectFailures[index].wrappingIncrement(ordering: .relaxed)
+        noteBackendFailure(pool, index)
     }
 
     /// Drops the current backend socket after a failed attempt.
-    func abandonBackendAttempt(_ session: Session, blamingBackend: Bool = true) {
-        if blamingBackend, let index = session.backendIndex {
-            let pool = session.listener.pool
-            pool.connectFailures[index].wrappingIncrement(ordering: .relaxed)
-            noteBackendFailure(pool, index)
-        }
-        if let timer = session.connectTimer {
-            _ = timers.cancel(timer)
-            session.connectTimer = nil
-        }
+    func abandonBackendAttempt(_ session: Session) {
         if session.backend >= 0 {
             closeDescriptor(session.backend) // also leaves the epoll set
             session.backend = -1
         }
         session.backendArmed = nil
         session.backendAdded = false
-        session.backendIndex = nil
     }
 
+    /// The backend accepted: counted active on it until the session closes.
     func backendConnected(_ session: Session) {
-        if let timer = session.connectTimer {
-            _ = timers.cancel(timer)
-            session.connectTimer = nil
-        }
-        session.phase = .proxying
         Socket.setNoDelay(session.backend)
-        session.listener.pool.active[session.backendIndex!].wrappingIncrement(ordering: .relaxed)
-        let now = monotonicMilliseconds()
-        session.lastActivityMilliseconds = now
-        session.idleTimer = timers.schedule(
-            at: deadline(after: session.listener.config.idleTimeout, from: now), .idle(session: session.id)
-        )
-        if session.path == .sockmap {
-            if enterSockmap(session) { return }
-            // Not spliced in the kernel: carry on in userspace with read/write.
-            // (splice(2) here lost a backend's first bytes in about 2% of
-            // half-closed connections on this kernel: splice returned 0 with
-            // bytes still queued, FIONREAD > 0; read(2) never did.)
-            session.path = .copy
+        if let index = session.machine.backend {
+            session.listener.pool.active[index].wrappingIncrement(ordering: .relaxed)
         }
-        // Bytes the client sent while we connected are already waiting.
-        pumpAndRearm(session, upstream: true, downstream: false)
+        drive(session, .connected(now: monotonicMilliseconds()))
     }
 }

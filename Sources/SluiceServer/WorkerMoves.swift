@@ -48,7 +48,7 @@ extension Worker {
         }
         for case .adopt(let migrating) in leftovers {
             adopt(migrating)
-            for session in migrating.sessions { close(session, reason: .drainTimeout) }
+            for session in migrating.sessions { drive(session, .drainDeadline) }
         }
     }
 
@@ -60,8 +60,7 @@ extension Worker {
         var moving: [Session] = []
         for session in sessions.values where moving.count < count {
             // Only sessions in steady state: connected, no EOF being passed on.
-            guard session.phase == .proxying, !session.upstream.sourceEOF, !session.downstream.sourceEOF,
-                  session.sockmapPair?.flushProgress.isEmpty ?? true else { continue }
+            guard session.machine.isSteady else { continue }
             moving.append(session)
         }
         for session in moving {
@@ -100,18 +99,10 @@ extension Worker {
             record.add(.active, 1)
             // Taken back after a failed hand-over is not a move.
             if migrating.from != id { counters.movedIn.wrappingIncrement(ordering: .relaxed) }
-            session.idleTimer = timers.schedule(
-                at: deadline(after: session.listener.config.idleTimeout, from: session.lastActivityMilliseconds),
-                .idle(session: session.id))
-            if session.sockmapPair != nil {
-                rearmSockmap(session)
-            } else {
-                // Level-triggered readiness fires again for whatever was pending.
-                pumpAndRearm(session, upstream: true, downstream: true)
-                if sessions[session.id] != nil && session.clientArmed == nil && session.backendArmed == nil {
-                    rearm(session)
-                }
-            }
+            // The idle deadline is kept; a session relayed in userspace
+            // pumps both ways (level-triggered readiness fires again for
+            // whatever was pending), a sockmap-paired one re-arms for EOF.
+            drive(session, .adopted)
         }
         logger.debug("adopted connections", metadata: ["count": "\(migrating.sessions.count)", "from": "\(migrating.from)"])
     }

@@ -1,0 +1,129 @@
+// The vocabulary of `TCPSession`: the values its events and actions carry.
+
+/// How a session's bytes move between its two sockets.
+public enum DataPathKind: String, Sendable {
+    /// The kernel moves the bytes: both sockets in a SOCKHASH whose verdict
+    /// program redirects every skb to the peer; userspace sees only EOF and errors.
+    case sockmap
+    /// splice(2) through a pipe taken from the worker's pool while bytes are in flight.
+    case splice
+    /// read/write through a buffer taken from the worker's pool while bytes are in flight.
+    case copy
+}
+
+/// Why a session ended; the access log prints the raw value.
+public enum CloseReason: String, Sendable {
+    case clientClosed = "client_eof"
+    case backendClosed = "backend_eof"
+    case clientReset = "client_reset"
+    case backendReset = "backend_reset"
+    case idleTimeout = "idle_timeout"
+    case connectFailed = "connect_failed"
+    case noBackend = "no_backend"
+    case drainTimeout = "drain_timeout"
+    case resourceExhausted = "resource_exhausted"
+    case internalError = "internal_error"
+}
+
+/// One socket of a proxied connection.
+public enum Side: UInt64, Sendable {
+    case client = 0
+    case backend = 1
+
+    public var peer: Side { self == .client ? .backend : .client }
+    /// The flow whose bytes come from this side.
+    public var outgoing: Flow { self == .client ? .upstream : .downstream }
+    /// The flow whose bytes go to this side.
+    public var incoming: Flow { self == .client ? .downstream : .upstream }
+}
+
+/// One direction of a proxied connection.
+public enum Flow: Sendable, Equatable {
+    /// client → backend
+    case upstream
+    /// backend → client
+    case downstream
+
+    public var source: Side { self == .upstream ? .client : .backend }
+    public var destination: Side { self == .upstream ? .backend : .client }
+}
+
+/// What a socket is ready for, as the worker's poller reports it.
+public struct Readiness: OptionSet, Sendable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    public static let readable = Readiness(rawValue: 1 << 0)
+    public static let writable = Readiness(rawValue: 1 << 1)
+    /// The peer sent its FIN (EPOLLRDHUP).
+    public static let readHangup = Readiness(rawValue: 1 << 2)
+    public static let hangup = Readiness(rawValue: 1 << 3)
+    public static let error = Readiness(rawValue: 1 << 4)
+}
+
+/// What one pump of one flow did (the worker moves the bytes, see `TCPSession.Action.pump`).
+public struct PumpResult: Sendable, Equatable {
+    /// Bytes written to the destination.
+    public var moved: Int
+    /// Bytes read but not yet written: the destination is full.
+    public var pending: Bool
+    /// The source said EOF during this pump.
+    public var endOfFile: Bool
+    /// A call failed on this side with this errno; nothing more moves.
+    public var failure: (side: Side, errno: Int32)?
+
+    public init(moved: Int = 0, pending: Bool = false, endOfFile: Bool = false, failure: (side: Side, errno: Int32)? = nil) {
+        self.moved = moved
+        self.pending = pending
+        self.endOfFile = endOfFile
+        self.failure = failure
+    }
+
+    public static func == (a: PumpResult, b: PumpResult) -> Bool {
+        a.moved == b.moved && a.pending == b.pending && a.endOfFile == b.endOfFile
+            && a.failure?.side == b.failure?.side && a.failure?.errno == b.failure?.errno
+    }
+}
+
+/// How an attempt to hand a connected pair to the kernel (SOCKHASH) ended.
+public enum KernelPairing: Sendable, Equatable {
+    /// Both sockets are in the SOCKHASH. The client's bytes go to the backend
+    /// in the kernel; the backend's too unless `backendToClientInKernel` is
+    /// false (the backend spoke before the pairing, or the client's FIN
+    /// arrived around it: the kernel would drop or reorder those bytes).
+    /// `clientOpen` false: the client's FIN arrived during the pairing, so its
+    /// EOF waits on the socket for userspace to read.
+    case paired(backendToClientInKernel: Bool, clientOpen: Bool)
+    /// Nothing was redirected: the pair stays in userspace (read/write).
+    case refused
+    /// The pairing broke half-way and the connection cannot be kept.
+    case failed(CloseReason, resetPeer: Bool)
+}
+
+/// A timer a session asks the worker to keep.
+public enum SessionTimer: Sendable, Equatable, Hashable {
+    /// The `attempt`-th connect (1-based) takes too long.
+    case connect(attempt: Int)
+    /// Nothing moved for the listener's idle timeout.
+    case idle
+    /// Look again whether the kernel has handed every redirected byte from `side` to its peer.
+    case flush(Side)
+}
+
+/// Per-connection limits, from the listener and its pool.
+public struct TCPSessionLimits: Sendable {
+    /// 1 + the pool's retries.
+    public var maxAttempts: Int
+    public var connectTimeoutMilliseconds: UInt64
+    public var idleTimeoutMilliseconds: UInt64
+    /// After an EOF on a spliced pair: how long the redirect backlog may make
+    /// no progress before the EOF is passed on anyway.
+    public var flushTimeoutMilliseconds: UInt64
+
+    public init(maxAttempts: Int, connectTimeoutMilliseconds: UInt64, idleTimeoutMilliseconds: UInt64,
+                flushTimeoutMilliseconds: UInt64 = 5000) {
+        self.maxAttempts = maxAttempts
+        self.connectTimeoutMilliseconds = connectTimeoutMilliseconds
+        self.idleTimeoutMilliseconds = idleTimeoutMilliseconds
+        self.flushTimeoutMilliseconds = flushTimeoutMilliseconds
+    }
+}
