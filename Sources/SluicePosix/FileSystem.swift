@@ -153,3 +153,11 @@ public func wallClockSeconds() -> Double {
     clock_gettime(CLOCK_REALTIME, &ts)
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }
+
+extension CurrentProcess {
+    /// Number of CPUs online (sysconf(_SC_NPROCESSORS_ONLN)), at least 1.
+    public static var onlineCPUCount: Int {
+        let count = sysconf(Int32(_SC_NPROCESSORS_ONLN))
+        return count > 0 ? count : 1
+    }
+}

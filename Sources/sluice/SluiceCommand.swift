@@ -19,7 +19,7 @@ struct SluiceCommand: ParsableCommand {
 /// Loads and validates a configuration file, printing every error.
 func loadConfig(_ path: String, quiet: Bool = false) throws -> LoadedConfig {
     do {
-        let loaded = try ConfigLoader.load(path: path)
+        let loaded = try ConfigFile.load(path: path)
         if !quiet { for notice in loaded.notices { printError("notice: \(notice)") } }
         return loaded
     } catch {
@@ -257,7 +257,7 @@ struct Demo: ParsableCommand {
         let steering: SteeringMode = geteuid() == 0 ? .leastLoaded : .hash
         if steering == .hash { printError("note: not root, so steering is \"hash\" (least_loaded needs BPF)") }
         let config = SluiceConfig(
-            instance: "demo", workers: workers ?? ConfigDefaults.workers(onlineCPUs: ConfigLoader.onlineCPUCount), steering: steering, splice: dataPath,
+            instance: "demo", workers: workers ?? ConfigDefaults.workers(onlineCPUs: CurrentProcess.onlineCPUCount), steering: steering, splice: dataPath,
             stallThreshold: .milliseconds(200), drainTimeout: .seconds(5),
             log: LogConfig(level: .info, access: accessFormat, file: "stderr"),
             admin: AdminConfig(
