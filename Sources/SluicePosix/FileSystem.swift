@@ -36,6 +36,11 @@ public enum FileSystem {
         _ = try systemCall("lchown \(path)") { Glibc.lchown(path, user, group) }
     }
 
+    /// Opens (creating it with `mode` if needed) a file to append to.
+    public static func openForAppend(_ path: String, mode: mode_t = 0o640) throws(SystemCallError) -> Int32 {
+        try systemCall("open \(path)") { Glibc.open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, mode) }
+    }
+
     /// The whole file, up to `limit` bytes (larger files are refused).
     public static func readFile(_ path: String, limit: Int = 64 << 20) throws(SystemCallError) -> [UInt8] {
         let fd = try systemCall("open \(path)") { Glibc.open(path, O_RDONLY | O_CLOEXEC) }
@@ -140,11 +145,19 @@ public struct UserEntry: Sendable {
     }
 }
 
-public enum Descriptor {
-    /// dup(2) with close-on-exec.
-    public static func duplicate(_ fd: Int32) throws(SystemCallError) -> Int32 {
-        try systemCall("dup") { sluice_dup_cloexec(fd) }
+/// UTC wall-clock time with milliseconds, RFC 3339.
+public func wallClockTimestamp() -> String {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    var seconds = ts.tv_sec
+    var parts = tm()
+    gmtime_r(&seconds, &parts)
+    func pad(_ v: Int32, _ width: Int) -> String {
+        let s = String(v)
+        return String(repeating: "0", count: max(0, width - s.count)) + s
     }
+    return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T"
+        + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(pad(Int32(ts.tv_nsec / 1_000_000), 3))Z"
 }
 
 /// CLOCK_REALTIME in seconds since the epoch.
