@@ -79,9 +79,33 @@ extension Socket {
         }
     }
 
-    /// One recv(2) on a blocking socket: the byte count, 0 at end of file.
-    public static func receive(_ fd: Int32, into buffer: inout [UInt8], flags: Int32 = 0, label: String = "recv") throws(SystemCallError) -> Int {
-        try systemCall(label) { buffer.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress, $0.count, flags) } }
+    /// One recv(2) on a blocking socket of at most `maxBytes` (default: the
+    /// buffer's size): the byte count, 0 at end of file.
+    public static func receive(_ fd: Int32, into buffer: inout [UInt8], maxBytes: Int? = nil, label: String = "recv")
+        throws(SystemCallError) -> Int
+    {
+        try systemCall(label) {
+            buffer.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress, min($0.count, maxBytes ?? $0.count), 0) }
+        }
+    }
+
+    /// Fills `buffer` from a blocking socket (MSG_WAITALL); false if the
+    /// stream ended first.
+    public static func receiveExactly(_ fd: Int32, into buffer: inout [UInt8], label: String = "recv") throws(SystemCallError) -> Bool {
+        var filled = 0
+        while filled < buffer.count {
+            let n = try systemCall(label) {
+                buffer.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress! + filled, $0.count - filled, Int32(MSG_WAITALL)) }
+            }
+            if n == 0 { return false }
+            filled += n
+        }
+        return true
+    }
+
+    /// shutdown(2) both ways; a socket already disconnected is not an error.
+    public static func shutdownBoth(_ fd: Int32) {
+        _ = Glibc.shutdown(fd, Int32(SHUT_RDWR))
     }
 }
 
