@@ -41,6 +41,26 @@ public enum FileSystem {
         try systemCall("open \(path)") { Glibc.open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, mode) }
     }
 
+    /// Gives every entry of the directory `path` (opened without following a
+    /// symlink) to `owner`:`group`, links themselves and not their targets,
+    /// and sets `mode` on each entry that is not a symlink. Best effort: an
+    /// entry that cannot be changed is left as it is.
+    public static func changeEntries(in path: String, owner: uid_t, group: gid_t, mode: mode_t) throws(SystemCallError) {
+        let fd = try systemCall("open \(path)") { Glibc.open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+        guard let dir = fdopendir(fd) else {
+            let code = Glibc.errno
+            closeDescriptor(fd)
+            throw SystemCallError(call: "fdopendir \(path)", errno: code)
+        }
+        defer { closedir(dir) }
+        while let item = readdir(dir) {
+            let name = withUnsafeBytes(of: item.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard name != "." && name != ".." else { continue }
+            fchownat(dirfd(dir), name, owner, group, AT_SYMLINK_NOFOLLOW)
+            if item.pointee.d_type != UInt8(DT_LNK) { fchmodat(dirfd(dir), name, mode, 0) }
+        }
+    }
+
     /// The whole file, up to `limit` bytes (larger files are refused).
     public static func readFile(_ path: String, limit: Int = 64 << 20) throws(SystemCallError) -> [UInt8] {
         let fd = try systemCall("open \(path)") { Glibc.open(path, O_RDONLY | O_CLOEXEC) }

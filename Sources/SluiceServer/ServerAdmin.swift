@@ -1,8 +1,6 @@
 import Atomics
-import Glibc
 import Logging
 import CSluice
-import Foundation
 import SluiceBPF
 import SluiceCore
 import SluicePosix
