@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
 import CSluice
-import Glibc
 import Logging
 import SluiceCore
 import SluicePosix
@@ -32,13 +31,13 @@ func loadConfig(_ path: String, quiet: Bool = false) throws -> LoadedConfig {
 func printError(_ text: String) {
     var line = text
     line.append("\n")
-    _ = line.withUTF8 { Glibc.write(STDERR_FILENO, $0.baseAddress, $0.count) }
+    try? FileSystem.writeAll(Descriptor.standardError, line.utf8)
 }
 
 func printOut(_ text: String) {
     var line = text
     line.append("\n")
-    _ = line.withUTF8 { Glibc.write(STDOUT_FILENO, $0.baseAddress, $0.count) }
+    try? FileSystem.writeAll(Descriptor.standardOutput, line.utf8)
 }
 
 /// Runs a server to completion and turns its failure into a message and an exit code.
@@ -163,7 +162,7 @@ struct Status: ParsableCommand {
                 if watch { printOutRaw("\u{1B}[H\u{1B}[2J") }
                 printOutRaw(StatusText.render(snapshot))
             }
-            if watch { usleep(UInt32((interval ?? 1) * 1e6)) }
+            if watch { sleepMilliseconds(UInt32((interval ?? 1) * 1000)) }
         } while watch
     }
 }
@@ -199,8 +198,7 @@ extension Status {
 }
 
 func printOutRaw(_ text: String) {
-    var line = text
-    _ = line.withUTF8 { Glibc.write(STDOUT_FILENO, $0.baseAddress, $0.count) }
+    try? FileSystem.writeAll(Descriptor.standardOutput, text.utf8)
 }
 
 struct Demo: ParsableCommand {
