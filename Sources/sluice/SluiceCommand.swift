@@ -252,7 +252,7 @@ struct Demo: ParsableCommand {
             maxConnections: 100_000, connectTimeout: .seconds(2), idleTimeout: .seconds(300)
         )
         // Least-loaded steering needs BPF (root); without it the demo still runs, on the kernel's hash.
-        let steering: SteeringMode = geteuid() == 0 ? .leastLoaded : .hash
+        let steering: SteeringMode = Privileges.isRoot ? .leastLoaded : .hash
         if steering == .hash { printError("note: not root, so steering is \"hash\" (least_loaded needs BPF)") }
         let config = SluiceConfig(
             instance: "demo", workers: workers ?? ConfigDefaults.workers(onlineCPUs: CurrentProcess.onlineCPUCount), steering: steering, splice: dataPath,
