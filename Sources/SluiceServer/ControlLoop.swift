@@ -79,7 +79,7 @@ extension Server {
             if loop.stopDeadline != nil {
                 logger.warning("second stop signal: exiting now")
                 removeNames(names)
-                exitProcess(1)
+                CurrentProcess.exit(1)
             }
             SystemdNotify.send("STOPPING=1\nSTATUS=draining")
             let deadline = monotonicMilliseconds().saturatingAdd(config.drainTimeout.milliseconds)
@@ -112,7 +112,7 @@ extension Server {
             "stuck": "\(stuck)",
         ])
         removeNames(names)
-        exitProcess(1)
+        CurrentProcess.exit(1)
     }
 
     /// Pins, info file, admin socket and lock: what a later start would
