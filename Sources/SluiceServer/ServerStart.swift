@@ -10,21 +10,16 @@ import SluicePosix
 extension Server {
     // MARK: - Privileges
 
-    /// Whether this thread has the capability (bit number) in its effective set.
-    static func hasCapability(_ cap: Int32) -> Bool {
-        Privileges.hasCapability(cap)
-    }
-
     /// Refuses to start, naming what is missing, when the configuration needs
     /// privileges or bpffs that this process does not have.
     func preflight() throws(ServerError) {
         let needsBPF = config.steering == .leastLoaded || config.splice == .sockmap
-        if needsBPF && !Self.hasCapability(SLUICE_CAP_BPF) && !Self.hasCapability(SLUICE_CAP_SYS_ADMIN) {
+        if needsBPF && !Privileges.hasCapability(SLUICE_CAP_BPF) && !Privileges.hasCapability(SLUICE_CAP_SYS_ADMIN) {
             throw ServerError("missing privilege: CAP_BPF (needed by "
                 + (config.steering == .leastLoaded ? "steering least_loaded" : "splice sockmap")
                 + "); run as root or grant CAP_BPF (see deploy/systemd/sluice.service)")
         }
-        if config.splice == .sockmap && !Self.hasCapability(SLUICE_CAP_NET_ADMIN) && !Self.hasCapability(SLUICE_CAP_SYS_ADMIN) {
+        if config.splice == .sockmap && !Privileges.hasCapability(SLUICE_CAP_NET_ADMIN) && !Privileges.hasCapability(SLUICE_CAP_SYS_ADMIN) {
             throw ServerError("missing privilege: CAP_NET_ADMIN (needed by splice sockmap); grant it, or use splice: auto")
         }
         if needsBPF && !isBPFFileSystem("/sys/fs/bpf") {
@@ -39,6 +34,9 @@ extension Server {
     /// maps: counters, metrics, sockmap pairing) and, for sockmap, CAP_NET_ADMIN
     /// (send buffers above the sysctl limit). What the daemon removes at stop
     /// (pins, its lock, info file and admin socket) is handed to the user first.
+    /// Runs before any worker exists: capabilities are per thread and threads
+    /// inherit them. The log writer, started earlier, loses them all with the
+    /// uid change: it has no keep-caps, which is per thread too.
     func dropPrivileges(to user: String, dataPath: DataPathKind, pinDirectory: String?,
                         adminSocket: String?, lock: InstanceLock?) throws(ServerError) {
         guard let entry = UserEntry.named(user) else { throw ServerError("user: no such user \"\(user)\"") }
