@@ -48,3 +48,25 @@ public enum Poll {
 public func sleepMilliseconds(_ milliseconds: UInt32) {
     usleep(milliseconds &* 1000)
 }
+
+extension Pipe {
+    /// A pipe whose ends block: for a thread that moves bytes with blocking splice(2).
+    public static func makeBlocking() throws(SystemCallError) -> Pipe {
+        let pipe = try make()
+        do throws(SystemCallError) {
+            _ = try systemCall("fcntl(F_SETFL)") { sluice_fcntl_setfl(pipe.readEnd, 0) }
+            _ = try systemCall("fcntl(F_SETFL)") { sluice_fcntl_setfl(pipe.writeEnd, 0) }
+            return pipe
+        } catch {
+            pipe.close()
+            throw error
+        }
+    }
+}
+
+extension Socket {
+    /// splice(2) that waits for bytes: how many moved, 0 at end of file.
+    public static func spliceBlocking(from source: Int32, to destination: Int32, maxBytes: Int) throws(SystemCallError) -> Int {
+        try systemCall("splice") { sluice_splice(source, destination, maxBytes, SLUICE_SPLICE_F_MOVE) }
+    }
+}

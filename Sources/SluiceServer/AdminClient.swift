@@ -1,4 +1,3 @@
-import CSluice
 import Foundation
 import SluicePosix
 

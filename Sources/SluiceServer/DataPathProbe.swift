@@ -1,4 +1,3 @@
-import CSluice
 import SluiceBPF
 import SluicePosix
 
@@ -81,16 +80,14 @@ enum DataPathProbe {
         if let pairs = try? LoopbackConnections() {
             func relay(_ from: Int32, _ to: Int32) -> OSThread? {
                 try? OSThread.start(name: "probe-splice") {
-                    guard let pipe = try? Pipe.make() else { return }
-                    _ = sluice_fcntl_setfl(pipe.readEnd, 0)
-                    _ = sluice_fcntl_setfl(pipe.writeEnd, 0)
+                    guard let pipe = try? Pipe.makeBlocking() else { return }
                     defer { pipe.close() }
                     while true {
-                        let n = sluice_splice(from, pipe.writeEnd, 1 << 20, SLUICE_SPLICE_F_MOVE)
+                        let n = (try? Socket.spliceBlocking(from: from, to: pipe.writeEnd, maxBytes: 1 << 20)) ?? 0
                         if n <= 0 { return }
                         var left = n
                         while left > 0 {
-                            let m = sluice_splice(pipe.readEnd, to, left, SLUICE_SPLICE_F_MOVE)
+                            let m = (try? Socket.spliceBlocking(from: pipe.readEnd, to: to, maxBytes: left)) ?? 0
                             if m <= 0 { return }
                             left -= m
                         }

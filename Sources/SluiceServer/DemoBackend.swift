@@ -1,4 +1,3 @@
-import CSluice
 import SluicePosix
 
 /// A tiny HTTP/1.1 keep-alive server for `sluice demo`: answers every

@@ -1,5 +1,4 @@
 import Atomics
-import CSluice
 import Logging
 import SluiceCore
 import SluicePosix

@@ -1,5 +1,4 @@
 import Atomics
-import CSluice
 import SluicePosix
 import Synchronization
 

@@ -1,5 +1,4 @@
 import Logging
-import CSluice
 import SluiceBPF
 import SluiceCore
 import SluicePosix
