@@ -70,3 +70,33 @@ extension Socket {
         try systemCall("splice") { sluice_splice(source, destination, maxBytes, SLUICE_SPLICE_F_MOVE) }
     }
 }
+
+extension Socket {
+    /// A blocking TCP socket (close-on-exec): for the loopback self-tests.
+    public static func blockingTCP(family: Int32) throws(SystemCallError) -> Int32 {
+        try systemCall("socket") { Glibc.socket(family, SLUICE_SOCK_STREAM | SLUICE_SOCK_CLOEXEC, 0) }
+    }
+
+    /// accept4 that hands back a blocking socket (close-on-exec), without its peer's address.
+    public static func acceptBlocking(_ listener: Int32) throws(SystemCallError) -> Int32 {
+        try systemCall("accept") { sluice_accept4(listener, nil, nil, SLUICE_SOCK_CLOEXEC) }
+    }
+
+    /// SO_RCVTIMEO: a blocking receive gives up after this long.
+    public static func setReceiveTimeout(_ fd: Int32, seconds: Int) throws(SystemCallError) {
+        var timeout = timeval(tv_sec: seconds, tv_usec: 0)
+        _ = try systemCall("setsockopt(SO_RCVTIMEO)") {
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        }
+    }
+
+    /// One send(2) that does not wait, even on a blocking socket (MSG_DONTWAIT).
+    public static func sendWithoutWaiting(_ fd: Int32, from buffer: UnsafeRawBufferPointer) throws(SystemCallError) -> IOResult<Int> {
+        try nonBlockingCall("send") { Glibc.send(fd, buffer.baseAddress, buffer.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+    }
+
+    /// One recv(2) that does not wait, even on a blocking socket (MSG_DONTWAIT).
+    public static func receiveWithoutWaiting(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) throws(SystemCallError) -> IOResult<Int> {
+        try nonBlockingCall("recv") { Glibc.recv(fd, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT)) }
+    }
+}
