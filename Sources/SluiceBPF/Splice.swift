@@ -53,11 +53,11 @@ public final class KernelSplice: @unchecked Sendable {
     public func pin(into directory: String) throws(BPFError) {
         for name in Self.pinnedMaps {
             let path = "\(directory)/\(name)"
-            unlink(path)
+            FileSystem.removeFile(path)
             if bpf_obj_pin(try object.mapFD(name), path) != 0 {
                 throw BPFError("pinning \(name) failed: \(errnoDescription(errno))")
             }
-            chmod(path, 0o640)
+            try? FileSystem.changeMode(path, 0o640)
         }
     }
     public func mapID(_ name: String) -> UInt32? { try? object.mapID(name) }

@@ -114,10 +114,10 @@ public final class KernelSteering {
                 throw BPFError("adding worker \(worker)'s socket to worker_socks failed: \(errnoDescription(errno))")
             }
         }
-        var prog = try object.programFD("select_worker")
+        let prog = try object.programFD("select_worker")
         // Attaching through any member socket attaches to the whole group.
-        if setsockopt(workerSockets[0], SOL_SOCKET, 52 /* SO_ATTACH_REUSEPORT_EBPF */, &prog, 4) != 0 {
-            throw BPFError("attaching select_worker to the reuseport group failed: \(errnoDescription(errno))")
+        do { try Socket.setOption(workerSockets[0], SOL_SOCKET, 52, prog, "SO_ATTACH_REUSEPORT_EBPF") } catch {
+            throw BPFError("attaching select_worker to the reuseport group failed: \(errnoDescription(error.errno))")
         }
     }
 
