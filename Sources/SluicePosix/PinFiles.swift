@@ -119,15 +119,3 @@ public final class FileLock {
         _ = fchown(fd, uid, gid)
     }
 }
-
-extension UserEntry {
-    /// The name of `uid`, or the number when it has none.
-    public static func name(of uid: uid_t) -> String {
-        guard let entry = getpwuid(uid), let name = entry.pointee.pw_name else { return "\(uid)" }
-        return String(cString: name)
-    }
-}
-
-extension CurrentProcess {
-    public static var effectiveUserID: uid_t { geteuid() }
-}

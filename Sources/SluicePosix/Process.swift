@@ -24,6 +24,20 @@ public enum CurrentProcess {
 
     /// _exit(2): no atexit handlers, no stdio flush (the log writer flushes itself).
     public static func exit(_ status: Int32) -> Never { _exit(status) }
+
+    /// Number of CPUs online (sysconf(_SC_NPROCESSORS_ONLN)), at least 1.
+    public static var onlineCPUCount: Int {
+        let count = sysconf(Int32(_SC_NPROCESSORS_ONLN))
+        return count > 0 ? count : 1
+    }
+
+    /// getenv(3).
+    public static func environment(_ name: String) -> String? {
+        guard let raw = getenv(name) else { return nil }
+        return String(cString: raw)
+    }
+
+    public static var effectiveUserID: uid_t { geteuid() }
 }
 
 /// A user from the password database.
@@ -37,12 +51,10 @@ public struct UserEntry: Sendable {
         guard let entry = getpwnam(name) else { return nil }
         return UserEntry(name: name, uid: entry.pointee.pw_uid, gid: entry.pointee.pw_gid)
     }
-}
 
-extension CurrentProcess {
-    /// Number of CPUs online (sysconf(_SC_NPROCESSORS_ONLN)), at least 1.
-    public static var onlineCPUCount: Int {
-        let count = sysconf(Int32(_SC_NPROCESSORS_ONLN))
-        return count > 0 ? count : 1
+    /// The name of `uid`, or the number when it has none.
+    public static func name(of uid: uid_t) -> String {
+        guard let entry = getpwuid(uid), let name = entry.pointee.pw_name else { return "\(uid)" }
+        return String(cString: name)
     }
 }
