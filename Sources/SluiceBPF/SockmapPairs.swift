@@ -48,11 +48,11 @@ public final class SockmapPairs: @unchecked Sendable {
     public func pin(into directory: String) throws(BPFError) {
         for name in PinLayout.pinnedSockmapMaps {
             let path = "\(directory)/\(name.rawValue)"
-            unlink(path)
+            FileSystem.removeFile(path)
             if bpf_obj_pin(try object.mapFD(name), path) != 0 {
                 throw BPFError("pinning \(name.rawValue) failed: \(errnoDescription(errno))")
             }
-            chmod(path, 0o640)
+            try? FileSystem.changeMode(path, 0o640)
         }
     }
 
@@ -115,11 +115,10 @@ public struct LoopbackConnections {
         func pair(_ fds: inout [Int32]) throws(SystemCallError) -> (Int32, Int32) {
             let listener = try Socket.listen(on: SocketAddress(ip: "127.0.0.1", port: 0)!, reusePort: false, backlog: 4)
             defer { closeDescriptor(listener) }
-            let outer = try systemCall("socket") { Glibc.socket(AF_INET, SLUICE_SOCK_STREAM | SLUICE_SOCK_CLOEXEC, 0) }
+            let outer = try Socket.blockingTCP(family: AF_INET)
             fds.append(outer)
-            let target = try Socket.localAddress(listener)
-            _ = try systemCall("connect") { target.withSockaddr { Glibc.connect(outer, $0, $1) } }
-            let inner = try systemCall("accept") { sluice_accept4(listener, nil, nil, SLUICE_SOCK_CLOEXEC) }
+            _ = try Socket.connect(outer, to: try Socket.localAddress(listener))
+            let inner = try Socket.acceptBlocking(listener)
             fds.append(inner)
             return (outer, inner)
         }
@@ -130,10 +129,9 @@ public struct LoopbackConnections {
             close()
             throw error
         }
-        var timeout = timeval(tv_sec: receiveTimeoutSeconds, tv_usec: 0)
         for fd in fds {
             Socket.setNoDelay(fd)
-            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            try? Socket.setReceiveTimeout(fd, seconds: receiveTimeoutSeconds)
         }
     }
 
@@ -180,14 +178,13 @@ extension SockmapPairs {
             var buffer = [UInt8](repeating: 0, count: 65536)
             let deadline = monotonicMilliseconds() + 2000
             while received < count && monotonicMilliseconds() < deadline {
-                if sent < count {
-                    let n = bytes[sent...].withUnsafeBytes { Glibc.send(from, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
-                    if n > 0 { sent += n }
+                if sent < count, case .done(let n)? = bytes[sent...].withUnsafeBytes({ try? Socket.sendWithoutWaiting(from, from: $0) }) {
+                    sent += n
                 }
-                var pfd = pollfd(fd: to, events: Int16(POLLIN), revents: 0)
-                _ = poll(&pfd, 1, 10)
-                let n = Glibc.recv(to, &buffer, buffer.count, Int32(MSG_DONTWAIT))
-                if n > 0 { received += n }
+                _ = try? Poll.wait([(to, .readable)], timeoutMilliseconds: 10)
+                if case .done(let n)? = buffer.withUnsafeMutableBytes({ try? Socket.receiveWithoutWaiting(to, into: $0) }) {
+                    received += n
+                }
             }
             return received == count
         }

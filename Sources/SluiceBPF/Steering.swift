@@ -103,10 +103,10 @@ public final class KernelSteering {
                 throw BPFError("adding worker \(worker)'s socket to worker_socks failed: \(errnoDescription(errno))")
             }
         }
-        var prog = try object.programFD(.selectWorker)
+        let prog = try object.programFD(.selectWorker)
         // Attaching through any member socket attaches to the whole group.
-        if setsockopt(workerSockets[0], SOL_SOCKET, 52 /* SO_ATTACH_REUSEPORT_EBPF */, &prog, 4) != 0 {
-            throw BPFError("attaching select_worker to the reuseport group failed: \(errnoDescription(errno))")
+        do { try Socket.setOption(workerSockets[0], SOL_SOCKET, 52, prog, "SO_ATTACH_REUSEPORT_EBPF") } catch {
+            throw BPFError("attaching select_worker to the reuseport group failed: \(errnoDescription(error.errno))")
         }
     }
 
@@ -127,8 +127,8 @@ public final class KernelSteering {
     @discardableResult
     public func pin(daemonUser: uid_t? = nil) throws(BPFError) -> Bool {
         let parent = String(pinDirectory[..<pinDirectory.lastIndex(of: "/")!])
-        guard makeDirectory(parent) == 0 else {
-            throw BPFError("cannot create \(parent): \(errnoDescription(errno)) (is bpffs mounted at /sys/fs/bpf?)")
+        do { try makeDirectory(parent) } catch {
+            throw BPFError("cannot create \(parent): \(errnoDescription(error.errno)) (is bpffs mounted at /sys/fs/bpf?)")
         }
         // 1770 root:group after a run with `user:` (see handOverRuntimeFiles).
         try checkPinDirectory(parent, allowStickyGroupWrite: true)
@@ -137,17 +137,17 @@ public final class KernelSteering {
         }
         // bpffs refuses dots in names, so staging lives in a sibling directory.
         let stagingParent = parent + "-staging"
-        guard makeDirectory(stagingParent) == 0 else {
-            throw BPFError("cannot create \(stagingParent): \(errnoDescription(errno))")
+        do { try makeDirectory(stagingParent) } catch {
+            throw BPFError("cannot create \(stagingParent): \(errnoDescription(error.errno))")
         }
         try checkPinDirectory(stagingParent)
-        let staging = "\(stagingParent)/\(pinDirectory.split(separator: "/").last!)-\(getpid())"
+        let staging = "\(stagingParent)/\(pinDirectory.split(separator: "/").last!)-\(CurrentProcess.id)"
         if pathExists(staging) {
             try checkPinDirectory(staging)
             removePinDirectory(staging)
         }
-        guard mkdir(staging, 0o750) == 0 else {
-            throw BPFError("cannot create \(staging): \(errnoDescription(errno))")
+        do { try FileSystem.makeDirectory(staging, mode: 0o750) } catch {
+            throw BPFError("cannot create \(staging): \(errnoDescription(error.errno))")
         }
         do throws(BPFError) {
             try pinMaps(into: staging)
@@ -158,8 +158,8 @@ public final class KernelSteering {
                     throw BPFError("cannot remove the stale pins in \(pinDirectory): \(errnoDescription(errno))")
                 }
             }
-            guard rename(staging, pinDirectory) == 0 else {
-                throw BPFError("cannot move pins into \(pinDirectory): \(errnoDescription(errno))")
+            do { try FileSystem.rename(staging, to: pinDirectory) } catch {
+                throw BPFError("cannot move pins into \(pinDirectory): \(errnoDescription(error.errno))")
             }
             pinned = true
             return replaced
@@ -176,7 +176,7 @@ public final class KernelSteering {
                 throw BPFError("pinning \(name.rawValue) failed: \(errnoDescription(errno))")
             }
             // Steering state: readable by root's group (status), writable by root alone.
-            fchmodat(AT_FDCWD, path, 0o640, 0)
+            try? FileSystem.changeMode(path, 0o640)
         }
     }
 
@@ -198,32 +198,24 @@ public final class KernelSteering {
 /// exist without the lock were left by a run that died.
 public final class InstanceLock {
     public static let defaultDirectory = "/run/sluice"
-    public let path: String
-    private let fd: Int32
+    public var path: String { file.path }
+    private let file: FileLock
 
     public init(instance: String, directory: String = InstanceLock.defaultDirectory) throws(BPFError) {
-        path = "\(directory)/\(instance).lock"
-        _ = makeDirectory(directory)
+        let path = "\(directory)/\(instance).lock"
+        try? makeDirectory(directory)
         // O_NOFOLLOW: a symlink planted under the lock's name (the directory
         // is the daemon group's to write in, see handOverRuntimeFiles) must
         // not make root lock, and later hand over, whatever it points at.
-        let fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw BPFError("cannot open \(path): \(errnoDescription(errno))") }
-        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
-            Glibc.close(fd)
-            throw BPFError("instance \"\(instance)\" is already running (\(path) is locked)", alreadyRunning: true)
+        do { file = try FileLock(path: path, mode: 0o644) } catch {
+            switch error {
+            case .held: throw BPFError("instance \"\(instance)\" is already running (\(path) is locked)", alreadyRunning: true)
+            case .cannotOpen(let failure): throw BPFError("cannot open \(path): \(errnoDescription(failure.errno))")
+            }
         }
-        self.fd = fd
-    }
-
-    deinit {
-        unlink(path)
-        Glibc.close(fd)
     }
 
     /// Gives the lock file to the daemon's user, which removes it at stop.
     /// Through the descriptor: the name may have been swapped since.
-    public func handOver(to uid: uid_t, group gid: gid_t) {
-        _ = fchown(fd, uid, gid)
-    }
+    public func handOver(to uid: UInt32, group gid: UInt32) { file.handOver(to: uid, group: gid) }
 }

@@ -112,3 +112,13 @@ public final class SignalFD {
         return n == MemoryLayout<signalfd_siginfo>.size ? Int32(info.ssi_signo) : nil
     }
 }
+
+extension SignalFD {
+    /// The signals the daemon takes through its signalfd: one list for the
+    /// signalfd and for every thread's mask.
+    public static var daemonSignals: [Int32] {
+        var count: Int32 = 0
+        let list = sluice_daemon_signals(&count)!
+        return Array(UnsafeBufferPointer(start: list, count: Int(count)))
+    }
+}

@@ -75,6 +75,28 @@ public func monotonicNanoseconds() -> UInt64 {
 @inline(__always)
 public func monotonicMilliseconds() -> UInt64 { monotonicNanoseconds() / 1_000_000 }
 
+/// UTC wall-clock time with milliseconds, RFC 3339.
+public func wallClockTimestamp() -> String {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    var seconds = ts.tv_sec
+    var parts = tm()
+    gmtime_r(&seconds, &parts)
+    func pad(_ v: Int32, _ width: Int) -> String {
+        let s = String(v)
+        return String(repeating: "0", count: max(0, width - s.count)) + s
+    }
+    return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T"
+        + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(pad(Int32(ts.tv_nsec / 1_000_000), 3))Z"
+}
+
+/// CLOCK_REALTIME in seconds since the epoch.
+public func wallClockSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
+
 /// Lists this process's open file descriptors (from /proc/self/fd).
 public func openDescriptors() -> Set<Int32> {
     var result = Set<Int32>()

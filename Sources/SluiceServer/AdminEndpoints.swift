@@ -1,6 +1,4 @@
 import CSluice
-import Foundation
-import Glibc
 import Logging
 import SluiceCore
 import SluicePosix
@@ -101,7 +99,7 @@ final class AdminEndpoints {
                 fds[.metrics] = try Socket.listen(on: metrics, reusePort: false, backlog: 64)
             } catch {
                 closeDescriptor(adminFD)
-                unlink(socketPath)
+                FileSystem.removeFile(socketPath)
                 throw ServerError("metrics endpoint \(metrics): \(error)")
             }
         }
@@ -117,31 +115,17 @@ final class AdminEndpoints {
     private static func listenUnix(_ socketPath: String) throws(ServerError) -> Int32 {
         // We hold the instance lock: a socket file here was left by a run that died.
         let directory = String(socketPath[..<(socketPath.lastIndex(of: "/") ?? socketPath.startIndex)])
-        if !directory.isEmpty { try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
-        unlink(socketPath)
-        let fd = socket(AF_UNIX, SLUICE_SOCK_STREAM | SLUICE_SOCK_NONBLOCK | SLUICE_SOCK_CLOEXEC, 0)
-        guard fd >= 0 else { throw ServerError("admin socket: \(errnoDescription(errno))") }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            raw.copyBytes(from: socketPath.utf8.prefix(raw.count - 1))
+        try? FileSystem.makeDirectories(directory)
+        do { return try UnixSocket.listen(path: socketPath, mode: 0o600) } catch {
+            throw ServerError("admin socket \(socketPath): \(errnoDescription(error.errno))")
         }
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard bound == 0, chmod(socketPath, 0o600) == 0, listen(fd, 64) == 0 else {
-            let code = errno
-            closeDescriptor(fd)
-            throw ServerError("admin socket \(socketPath): \(errnoDescription(code))")
-        }
-        return fd
     }
 
     func close() {
         for connection in connections.values { closeDescriptor(connection.fd) }
         connections.removeAll()
         for fd in listenerFDs.values { closeDescriptor(fd) }
-        unlink(socketPath)
+        FileSystem.removeFile(socketPath)
     }
 
     func owns(_ token: UInt64) -> Bool { token >= tokenBase }

@@ -1,5 +1,3 @@
-import CSluice
-import Glibc
 import SluiceBPF
 import SluicePosix
 
@@ -32,13 +30,8 @@ enum DataPathProbe {
             var request = [UInt8](repeating: 0, count: 100)
             let response = [UInt8](repeating: 0x42, count: responseBytes)
             for _ in 0..<rounds {
-                guard Glibc.recv(server, &request, request.count, Int32(MSG_WAITALL)) == request.count else { return }
-                var sent = 0
-                while sent < response.count {
-                    let n = response[sent...].withUnsafeBytes { Glibc.send(server, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-                    if n <= 0 { return }
-                    sent += n
-                }
+                guard (try? Socket.receiveExactly(server, into: &request)) == true,
+                      (try? Socket.sendAll(server, response)) != nil else { return }
             }
         }
         let request = [UInt8](repeating: 0x41, count: 100)
@@ -46,16 +39,16 @@ enum DataPathProbe {
         let start = monotonicNanoseconds()
         var ok = true
         for _ in 0..<rounds where ok {
-            ok = Glibc.send(pairs.client, request, request.count, Int32(MSG_NOSIGNAL)) == request.count
+            ok = (try? Socket.sendAll(pairs.client, request)) != nil
             var received = 0
             while ok && received < responseBytes {
-                let n = Glibc.recv(pairs.client, &buffer, min(buffer.count, responseBytes - received), 0)
+                let n = (try? Socket.receive(pairs.client, into: &buffer, maxBytes: responseBytes - received)) ?? 0
                 if n <= 0 { ok = false } else { received += n }
             }
         }
         let seconds = Double(monotonicNanoseconds() - start) / 1e9
-        shutdown(pairs.client, Int32(SHUT_RDWR))
-        shutdown(pairs.server, Int32(SHUT_RDWR))
+        Socket.shutdownBoth(pairs.client)
+        Socket.shutdownBoth(pairs.server)
         serverThread?.join()
         return ok ? Double(rounds * responseBytes) / Double(1 << 20) / seconds : 0
     }
@@ -87,16 +80,14 @@ enum DataPathProbe {
         if let pairs = try? LoopbackConnections() {
             func relay(_ from: Int32, _ to: Int32) -> OSThread? {
                 try? OSThread.start(name: "probe-splice") {
-                    guard let pipe = try? Pipe.make() else { return }
-                    _ = sluice_fcntl_setfl(pipe.readEnd, 0)
-                    _ = sluice_fcntl_setfl(pipe.writeEnd, 0)
+                    guard let pipe = try? Pipe.makeBlocking() else { return }
                     defer { pipe.close() }
                     while true {
-                        let n = sluice_splice(from, pipe.writeEnd, 1 << 20, SLUICE_SPLICE_F_MOVE)
+                        let n = (try? Socket.spliceBlocking(from: from, to: pipe.writeEnd, maxBytes: 1 << 20)) ?? 0
                         if n <= 0 { return }
                         var left = n
                         while left > 0 {
-                            let m = sluice_splice(pipe.readEnd, to, left, SLUICE_SPLICE_F_MOVE)
+                            let m = (try? Socket.spliceBlocking(from: pipe.readEnd, to: to, maxBytes: left)) ?? 0
                             if m <= 0 { return }
                             left -= m
                         }
@@ -106,8 +97,8 @@ enum DataPathProbe {
             let up = relay(pairs.proxyA, pairs.proxyB)
             let down = relay(pairs.proxyB, pairs.proxyA)
             result.spliceMiBps = exchange(pairs)
-            shutdown(pairs.proxyA, Int32(SHUT_RDWR))
-            shutdown(pairs.proxyB, Int32(SHUT_RDWR))
+            Socket.shutdownBoth(pairs.proxyA)
+            Socket.shutdownBoth(pairs.proxyB)
             up?.join()
             down?.join()
             pairs.close()

@@ -1,5 +1,3 @@
-import CSluice
-import Glibc
 import SluicePosix
 
 /// A tiny HTTP/1.1 keep-alive server for `sluice demo`: answers every
@@ -83,8 +81,10 @@ public final class DemoBackend: @unchecked Sendable {
         var offset = 0
         while offset < out.count {
             // Responses are small; a full socket buffer means a client that does not read.
-            let n = out[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            if n <= 0 { finish(fd); return false }
+            guard case .done(let n)? = out[offset...].withUnsafeBytes({ try? Socket.write(fd, from: $0) }), n > 0 else {
+                finish(fd)
+                return false
+            }
             offset += n
         }
         return true

@@ -1,6 +1,4 @@
 import Atomics
-import CSluice
-import Glibc
 import Logging
 import SluiceCore
 import SluicePosix
@@ -159,9 +157,10 @@ final class HealthChecker: @unchecked Sendable {
         let request = "GET \(target.check.path) HTTP/1.1\r\nHost: \(address)\r\nUser-Agent: sluice-health-check\r\n"
             + "Accept: */*\r\nConnection: close\r\n\r\n"
         let bytes = Array(request.utf8)
-        let sent = bytes.withUnsafeBytes { Glibc.send(probe.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-        guard sent == bytes.count else {
-            failed(i, errno: sent < 0 ? errno : 0, why: "sending the request failed")
+        let sent = bytes.withUnsafeBytes { raw in Result { () throws(SystemCallError) in try Socket.write(probe.fd, from: raw) } }
+        guard case .success(.done(bytes.count)) = sent else {
+            if case .failure(let error) = sent { failed(i, errno: error.errno, why: "sending the request failed") }
+            else { failed(i, errno: 0, why: "sending the request failed") }
             return
         }
         do {

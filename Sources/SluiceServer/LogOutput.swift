@@ -1,5 +1,3 @@
-import CSluice
-import Glibc
 import Logging
 import SluiceCore
 import SluicePosix
@@ -35,21 +33,6 @@ public struct SluiceLogHandler: LogHandler {
         }
         sink.write(line: line)
     }
-}
-
-/// UTC wall-clock time with milliseconds, RFC 3339.
-public func wallClockTimestamp() -> String {
-    var ts = timespec()
-    clock_gettime(CLOCK_REALTIME, &ts)
-    var seconds = ts.tv_sec
-    var parts = tm()
-    gmtime_r(&seconds, &parts)
-    func pad(_ v: Int32, _ width: Int) -> String {
-        let s = String(v)
-        return String(repeating: "0", count: max(0, width - s.count)) + s
-    }
-    return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T"
-        + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(pad(Int32(ts.tv_nsec / 1_000_000), 3))Z"
 }
 
 extension LogLevelName {

@@ -1,6 +1,4 @@
 import Atomics
-import CSluice
-import Glibc
 import SluicePosix
 import Synchronization
 
@@ -20,10 +18,10 @@ public final class LogSink: Sendable {
 
     public init(path: String, capacityBytes: Int = LogSink.defaultCapacityBytes) throws(SystemCallError) {
         switch path {
-        case "stderr": fd = STDERR_FILENO; ownsDescriptor = false
-        case "stdout": fd = STDOUT_FILENO; ownsDescriptor = false
+        case "stderr": fd = Descriptor.standardError; ownsDescriptor = false
+        case "stdout": fd = Descriptor.standardOutput; ownsDescriptor = false
         default:
-            fd = try systemCall("open \(path)") { open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640) }
+            fd = try FileSystem.openForAppend(path, mode: 0o640)
             ownsDescriptor = true
         }
         do {
@@ -57,7 +55,7 @@ public final class LogSink: Sendable {
         let deadline = monotonicMilliseconds() + timeoutMilliseconds
         while queue.settled.load(ordering: .acquiring) < target {
             if monotonicMilliseconds() >= deadline { return false }
-            usleep(1000)
+            sleepMilliseconds(1)
         }
         return true
     }
@@ -183,10 +181,9 @@ final class LogOutputWriter: Sendable {
     init(fd: Int32, queue: LogLineQueue) {
         self.fd = fd
         self.queue = queue
-        var info = stat()
-        let regularFile = fstat(fd, &info) == 0 && (info.st_mode & S_IFMT) == S_IFREG
+        let regularFile = Descriptor.isRegularFile(fd)
         waitsForRoom = !regularFile
-        chunkLimit = regularFile ? 64 * 1024 : Int(PIPE_BUF)
+        chunkLimit = regularFile ? 64 * 1024 : Descriptor.atomicPipeWriteBytes
     }
 
     private enum Outcome { case written, failed, abandoned }
@@ -213,8 +210,7 @@ final class LogOutputWriter: Sendable {
     }
 
     private func waitForWakeup() {
-        var pfd = pollfd(fd: queue.wakeup.fd, events: Int16(POLLIN), revents: 0)
-        _ = poll(&pfd, 1, -1)
+        _ = try? Poll.wait([(queue.wakeup.fd, .readable)], timeoutMilliseconds: -1)
         queue.wakeup.drain()
     }
 
@@ -249,13 +245,11 @@ final class LogOutputWriter: Sendable {
             var offset = 0
             while offset < raw.count {
                 if waitsForRoom, let outcome = waitForRoom() { return outcome }
-                let n = Glibc.write(fd, raw.baseAddress! + offset, min(raw.count - offset, chunkLimit))
-                if n > 0 {
-                    offset += n
-                } else if n == -1 && (errno == EINTR || errno == EAGAIN) {
-                    continue // an O_NONBLOCK output said "full" after all: poll again
-                } else {
-                    return .failed // EPIPE (nobody will ever read) and the like
+                let part = UnsafeRawBufferPointer(rebasing: raw[offset..<min(raw.count, offset + chunkLimit)])
+                switch try? Descriptor.write(fd, from: part) {
+                case .done(let n) where n > 0: offset += n
+                case .wouldBlock: continue // an O_NONBLOCK output said "full" after all: poll again
+                default: return .failed // EPIPE (nobody will ever read) and the like
                 }
             }
             return .written
@@ -271,13 +265,11 @@ final class LogOutputWriter: Sendable {
                 guard now < deadline else { return .abandoned }
                 timeout = Int32(min(deadline - now, 1000))
             }
-            var fds = [pollfd(fd: fd, events: Int16(POLLOUT), revents: 0),
-                       pollfd(fd: queue.wakeup.fd, events: Int16(POLLIN), revents: 0)]
-            let ready = poll(&fds, 2, timeout)
-            if ready < 0 && errno != EINTR { return .failed }
-            if fds[1].revents != 0 { queue.wakeup.drain() }
+            guard let ready = try? Poll.wait([(fd, .writable), (queue.wakeup.fd, .readable)], timeoutMilliseconds: timeout)
+            else { return .failed }
+            if ready[1] { queue.wakeup.drain() }
             // POLLERR/POLLHUP too: the write says what is wrong.
-            if fds[0].revents != 0 { return nil }
+            if ready[0] { return nil }
         }
     }
 }

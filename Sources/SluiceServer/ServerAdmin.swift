@@ -1,8 +1,6 @@
 import Atomics
-import Glibc
 import Logging
 import CSluice
-import Foundation
 import SluiceBPF
 import SluiceCore
 import SluicePosix
@@ -69,6 +67,23 @@ extension Server {
         var out = MetricsText()
         out.family("sluice_build_info", "gauge", "Build of this sluice.")
         out.sample("sluice_build_info", ["version": sluiceVersion, "abi": "\(SluiceBPFLayout.abiVersion)"], 1)
+        appendWorkerMetrics(to: &out)
+        appendListenerAndBackendMetrics(to: &out)
+        if let steering = liveSteering {
+            let stats = steering.stats
+            out.family("sluice_steering_total", "counter", "Steering decisions of select_worker by outcome.")
+            for (outcome, value) in [("selected", stats.selected), ("fallback", stats.fallback), ("all_stalled", stats.allStalled),
+                                     ("stall_skip", stats.stallSkips), ("passed", stats.passed), ("ack", stats.acks), ("ack_followed", stats.acksFollowed)] {
+                out.sample("sluice_steering_total", ["outcome": outcome], Double(value))
+            }
+        }
+        out.family("sluice_rebalance_moves_total", "counter", "Connections moved between workers.")
+        out.sample("sluice_rebalance_moves_total", [:], Double(moves))
+        out.appendResilience(logLinesDropped: logLinesDropped, localResourceErrors: localResourceErrors)
+        return out.text
+    }
+
+    private func appendWorkerMetrics(to out: inout MetricsText) {
         if let table = liveTable {
             let now = monotonicNanoseconds()
             let families: [(String, String, String, (WorkerLoadRecord) -> Double)] = [
@@ -107,6 +122,9 @@ extension Server {
             out.family(name, "counter", help)
             for worker in liveWorkers { out.sample(name, ["worker": "\(worker.id)"], Double(value(worker.counters))) }
         }
+    }
+
+    private func appendListenerAndBackendMetrics(to out: inout MetricsText) {
         let listenerFamilies: [(String, String, String, ListenerField)] = [
             ("sluice_listener_active_connections", "gauge", "Open connections per listener.", .active),
             ("sluice_listener_accepted_total", "counter", "Connections accepted.", .accepted),
@@ -139,18 +157,6 @@ extension Server {
                 }
             }
         }
-        if let steering = liveSteering {
-            let stats = steering.stats
-            out.family("sluice_steering_total", "counter", "Steering decisions of select_worker by outcome.")
-            for (outcome, value) in [("selected", stats.selected), ("fallback", stats.fallback), ("all_stalled", stats.allStalled),
-                                     ("stall_skip", stats.stallSkips), ("passed", stats.passed), ("ack", stats.acks), ("ack_followed", stats.acksFollowed)] {
-                out.sample("sluice_steering_total", ["outcome": outcome], Double(value))
-            }
-        }
-        out.family("sluice_rebalance_moves_total", "counter", "Connections moved between workers.")
-        out.sample("sluice_rebalance_moves_total", [:], Double(moves))
-        out.appendResilience(logLinesDropped: logLinesDropped, localResourceErrors: localResourceErrors)
-        return out.text
     }
 
     /// Separate slots per endpoint, so that metrics clients (reachable from

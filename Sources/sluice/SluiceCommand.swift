@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
 import CSluice
-import Glibc
 import Logging
 import SluiceCore
 import SluicePosix
@@ -19,7 +18,7 @@ struct SluiceCommand: ParsableCommand {
 /// Loads and validates a configuration file, printing every error.
 func loadConfig(_ path: String, quiet: Bool = false) throws -> LoadedConfig {
     do {
-        let loaded = try ConfigLoader.load(path: path)
+        let loaded = try ConfigFile.load(path: path)
         if !quiet { for notice in loaded.notices { printError("notice: \(notice)") } }
         return loaded
     } catch {
@@ -32,13 +31,13 @@ func loadConfig(_ path: String, quiet: Bool = false) throws -> LoadedConfig {
 func printError(_ text: String) {
     var line = text
     line.append("\n")
-    _ = line.withUTF8 { Glibc.write(STDERR_FILENO, $0.baseAddress, $0.count) }
+    try? FileSystem.writeAll(Descriptor.standardError, line.utf8)
 }
 
 func printOut(_ text: String) {
     var line = text
     line.append("\n")
-    _ = line.withUTF8 { Glibc.write(STDOUT_FILENO, $0.baseAddress, $0.count) }
+    try? FileSystem.writeAll(Descriptor.standardOutput, line.utf8)
 }
 
 /// Runs a server to completion and turns its failure into a message and an exit code.
@@ -163,7 +162,7 @@ struct Status: ParsableCommand {
                 if watch { printOutRaw("\u{1B}[H\u{1B}[2J") }
                 printOutRaw(StatusText.render(snapshot))
             }
-            if watch { usleep(UInt32((interval ?? 1) * 1e6)) }
+            if watch { sleepMilliseconds(UInt32((interval ?? 1) * 1000)) }
         } while watch
     }
 }
@@ -199,8 +198,7 @@ extension Status {
 }
 
 func printOutRaw(_ text: String) {
-    var line = text
-    _ = line.withUTF8 { Glibc.write(STDOUT_FILENO, $0.baseAddress, $0.count) }
+    try? FileSystem.writeAll(Descriptor.standardOutput, text.utf8)
 }
 
 struct Demo: ParsableCommand {
@@ -254,10 +252,10 @@ struct Demo: ParsableCommand {
             maxConnections: 100_000, connectTimeout: .seconds(2), idleTimeout: .seconds(300)
         )
         // Least-loaded steering needs BPF (root); without it the demo still runs, on the kernel's hash.
-        let steering: SteeringMode = geteuid() == 0 ? .leastLoaded : .hash
+        let steering: SteeringMode = Privileges.isRoot ? .leastLoaded : .hash
         if steering == .hash { printError("note: not root, so steering is \"hash\" (least_loaded needs BPF)") }
         let config = SluiceConfig(
-            instance: "demo", workers: workers ?? ConfigDefaults.workers(onlineCPUs: ConfigLoader.onlineCPUCount), steering: steering, dataPath: mode,
+            instance: "demo", workers: workers ?? ConfigDefaults.workers(onlineCPUs: CurrentProcess.onlineCPUCount), steering: steering, dataPath: mode,
             stallThreshold: .milliseconds(200), drainTimeout: .seconds(5),
             log: LogConfig(level: .info, access: accessFormat, file: "stderr"),
             admin: AdminConfig(

@@ -1,24 +1,12 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Yams
 
-/// Reads, decodes and validates a Sluice YAML configuration.
+/// Decodes and validates a Sluice YAML configuration. It does no I/O: the
+/// caller reads the file (SluiceServer's `ConfigFile`) and counts the CPUs.
 public enum ConfigLoader {
-    /// Number of CPUs online (sysconf(_SC_NPROCESSORS_ONLN)), at least 1.
-    public static var onlineCPUCount: Int {
-        let count = sysconf(Int32(_SC_NPROCESSORS_ONLN))
-        return count > 0 ? count : 1
-    }
-
-    /// Decodes `yaml`; `file` is used only in error messages.
-    /// Throws every problem found, sorted by position.
+    /// Decodes `yaml`; `file` is used only in error messages; `onlineCPUs`
+    /// sizes `workers: auto`. Throws every problem found, sorted by position.
     public static func parse(
-        yaml: String, file: String, onlineCPUs: Int = ConfigLoader.onlineCPUCount
+        yaml: String, file: String, onlineCPUs: Int
     ) throws(ConfigErrors) -> LoadedConfig {
         let root: Node?
         do {
@@ -43,23 +31,10 @@ public enum ConfigLoader {
         return LoadedConfig(config: config, notices: decoder.notices)
     }
 
-    /// Reads the file at `path` and decodes it.
-    public static func load(path: String) throws(ConfigErrors) -> LoadedConfig {
-        let bytes: [UInt8]
-        switch readFile(path) {
-        case .success(let contents):
-            bytes = contents
-        case .failure(let failure):
-            let reason = String(cString: strerror(failure.code))
-            throw ConfigErrors([ConfigError(file: path, path: "", message: "cannot read the configuration file: \(reason)")])
-        }
-        return try parse(bytes: bytes, file: path)
-    }
-
-    /// Decodes the bytes of a configuration file: everything `load` (and so
-    /// `sluice check`) does after reading it, and what the fuzzer drives.
+    /// Decodes the bytes of a configuration file: everything `sluice check`
+    /// does after reading it, and what the fuzzer drives.
     public static func parse(
-        bytes: [UInt8], file: String, onlineCPUs: Int = ConfigLoader.onlineCPUCount
+        bytes: [UInt8], file: String, onlineCPUs: Int
     ) throws(ConfigErrors) -> LoadedConfig {
         guard let text = String(validating: bytes, as: UTF8.self) else {
             throw ConfigErrors([ConfigError(file: file, path: "", message: "the configuration file is not valid UTF-8")])
@@ -107,28 +82,6 @@ public enum ConfigLoader {
             return ConfigError(file: file, line: line, path: "", message: "invalid YAML: \(problem)")
         default:
             return ConfigError(file: file, path: "", message: "invalid YAML: \(yamlError)")
-        }
-    }
-
-    struct ReadFailure: Error {
-        var code: Int32
-    }
-
-    /// The whole contents of a file, or the errno of the failure.
-    static func readFile(_ path: String) -> Result<[UInt8], ReadFailure> {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        if fd < 0 { return .failure(ReadFailure(code: errno)) }
-        defer { close(fd) }
-        var contents: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if count < 0 {
-                if errno == EINTR { continue }
-                return .failure(ReadFailure(code: errno))
-            }
-            if count == 0 { return .success(contents) }
-            contents.append(contentsOf: chunk[0..<count])
         }
     }
 }

@@ -4,10 +4,21 @@ import Glibc
 import Darwin
 #endif
 import Testing
-@testable import SluiceCore
+import SluiceCore
+import SluicePosix
+import SluiceServer
 
-@Suite("Loading files")
-struct ConfigLoaderFileTests {
+private let configFileYAML = """
+    listeners:
+      - { name: web, bind: "0.0.0.0:8080", pool: web }
+    pools:
+      - name: web
+        backends:
+          - { address: "127.0.0.1:9001" }
+    """
+
+@Suite("Loading configuration files")
+struct ConfigFileTests {
     /// Writes `contents` to a fresh file in a private temporary directory.
     func withTemporaryFile<T>(_ contents: [UInt8], _ body: (String) throws -> T) throws -> T {
         var template = Array("/tmp/sluice-config-test-XXXXXX".utf8CString)
@@ -27,17 +38,17 @@ struct ConfigLoaderFileTests {
     }
 
     @Test func loadsAFile() throws {
-        let loaded = try withTemporaryFile(Array(minimalConfigYAML.utf8)) { path in
-            try ConfigLoader.load(path: path)
+        let loaded = try withTemporaryFile(Array(configFileYAML.utf8)) { path in
+            try ConfigFile.load(path: path)
         }
         #expect(loaded.config.pools.map(\.name) == ["web"])
-        #expect(loaded.config.workers == ConfigDefaults.workers(onlineCPUs: ConfigLoader.onlineCPUCount))
+        #expect(loaded.config.workers == ConfigDefaults.workers(onlineCPUs: CurrentProcess.onlineCPUCount))
     }
 
     @Test func errorsNameTheFile() throws {
-        let errors: [ConfigError] = try withTemporaryFile(Array(("workers: 99\n" + minimalConfigYAML).utf8)) { path in
+        let errors: [ConfigError] = try withTemporaryFile(Array(("workers: 99\n" + configFileYAML).utf8)) { path in
             do throws(ConfigErrors) {
-                _ = try ConfigLoader.load(path: path)
+                _ = try ConfigFile.load(path: path)
                 return []
             } catch {
                 #expect(error.errors.allSatisfy { $0.file == path })
@@ -50,7 +61,7 @@ struct ConfigLoaderFileTests {
 
     @Test func missingFile() {
         do {
-            _ = try ConfigLoader.load(path: "/nonexistent/sluice-test/sluice.yaml")
+            _ = try ConfigFile.load(path: "/nonexistent/sluice-test/sluice.yaml")
             Issue.record("expected an error")
         } catch {
             #expect(error.errors == [ConfigError(
@@ -62,7 +73,7 @@ struct ConfigLoaderFileTests {
 
     @Test func directoryIsNotAFile() {
         do {
-            _ = try ConfigLoader.load(path: "/")
+            _ = try ConfigFile.load(path: "/")
             Issue.record("expected an error")
         } catch {
             #expect(error.errors.count == 1)
@@ -74,7 +85,7 @@ struct ConfigLoaderFileTests {
     @Test func invalidUTF8() throws {
         try withTemporaryFile([0x77, 0x6F, 0xFF, 0xFE, 0x0A]) { path in
             do throws(ConfigErrors) {
-                _ = try ConfigLoader.load(path: path)
+                _ = try ConfigFile.load(path: path)
                 Issue.record("expected an error")
             } catch {
                 #expect(error.errors.map(\.message) == ["the configuration file is not valid UTF-8"])
@@ -83,6 +94,6 @@ struct ConfigLoaderFileTests {
     }
 
     @Test func onlineCPUCountIsPositive() {
-        #expect(ConfigLoader.onlineCPUCount >= 1)
+        #expect(CurrentProcess.onlineCPUCount >= 1)
     }
 }

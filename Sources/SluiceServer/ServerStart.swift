@@ -1,0 +1,305 @@
+import CSluice
+import Logging
+import SluiceBPF
+import SluiceCore
+import SluicePosix
+
+// Start-up, one step per resource: each step returns what it made (the
+// caller hands it to its ReleaseStack) and closes only what it made itself
+// when it fails half-way.
+extension Server {
+    // MARK: - Privileges
+
+    /// Refuses to start, naming what is missing, when the configuration needs
+    /// privileges or bpffs that this process does not have.
+    func preflight() throws(ServerError) {
+        let needsBPF = config.steering == .leastLoaded || config.dataPath == .sockmap
+        if needsBPF && !Privileges.hasCapability(SLUICE_CAP_BPF) && !Privileges.hasCapability(SLUICE_CAP_SYS_ADMIN) {
+            throw ServerError("missing privilege: CAP_BPF (needed by "
+                + (config.steering == .leastLoaded ? "steering least_loaded" : "splice sockmap")
+                + "); run as root or grant CAP_BPF (see deploy/systemd/sluice.service)")
+        }
+        if config.dataPath == .sockmap && !Privileges.hasCapability(SLUICE_CAP_NET_ADMIN) && !Privileges.hasCapability(SLUICE_CAP_SYS_ADMIN) {
+            throw ServerError("missing privilege: CAP_NET_ADMIN (needed by splice sockmap); grant it, or use splice: auto")
+        }
+        if needsBPF && !isBPFFileSystem("/sys/fs/bpf") {
+            throw ServerError("bpffs is not mounted at /sys/fs/bpf: mount -t bpf bpf /sys/fs/bpf")
+        }
+        if config.user != nil && !Privileges.isRoot {
+            throw ServerError("user: \(config.user!) needs sluice to start as root (it drops to that user after start-up)")
+        }
+    }
+
+    /// Becomes `user`, keeping CAP_BPF (the data path reads and updates BPF
+    /// maps: counters, metrics, sockmap pairing) and, for sockmap, CAP_NET_ADMIN
+    /// (send buffers above the sysctl limit). What the daemon removes at stop
+    /// (pins, its lock, info file and admin socket) is handed to the user first.
+    /// Runs before any worker exists: capabilities are per thread and threads
+    /// inherit them. The log writer, started earlier, loses them all with the
+    /// uid change: it has no keep-caps, which is per thread too.
+    func dropPrivileges(to user: String, dataPath: DataPathKind, pinDirectory: String?,
+                        adminSocket: String?, lock: InstanceLock?) throws(ServerError) {
+        guard let entry = UserEntry.named(user) else { throw ServerError("user: no such user \"\(user)\"") }
+        let uid = entry.uid, gid = entry.gid
+        handOverRuntimeFiles(to: uid, group: gid, pinDirectory: pinDirectory, lock: lock,
+                             infoPath: InstanceInfo.path(instance: config.instance), adminSocket: adminSocket)
+        var keep: UInt64 = 1 << UInt64(SLUICE_CAP_BPF)
+        if dataPath == .sockmap { keep |= 1 << UInt64(SLUICE_CAP_NET_ADMIN) }
+        do { try Privileges.drop(to: uid, group: gid, keeping: keep) } catch {
+            throw ServerError("cannot become \(user): \(errnoDescription(error.errno))")
+        }
+        logger.info("running as \(user)", metadata: [
+            "uid": "\(uid)", "gid": "\(gid)",
+            "capabilities": "\(dataPath == .sockmap ? "CAP_BPF CAP_NET_ADMIN" : "CAP_BPF")",
+        ])
+    }
+
+    /// Loads the BPF object and pins the per-worker counters. `least_loaded`
+    /// cannot run without it; the other modes run with process memory instead.
+    func setUpSteering(mode: SteeringMode, pinning: Bool) throws(ServerError) -> KernelSteering? {
+        do {
+            let steering = try KernelSteering(
+                instance: config.instance, workers: config.workers, listeners: config.listeners.count,
+                stallThresholdNanoseconds: config.stallThreshold.nanoseconds,
+                attachPrograms: mode == .leastLoaded)
+            if pinning {
+                do {
+                    if try steering.pin(daemonUser: config.user.flatMap { UserEntry.named($0)?.uid }) {
+                        logger.notice("replaced stale pins left by a run that did not stop cleanly", metadata: [
+                            "pins": "\(steering.pinDirectory)",
+                        ])
+                    }
+                } catch {
+                    steering.close()
+                    throw error
+                }
+            }
+            return steering
+        } catch {
+            if mode == .leastLoaded {
+                throw ServerError("steering least_loaded needs BPF (root or CAP_BPF, and bpffs at /sys/fs/bpf): \(error); "
+                    + "use steering: hash to run without it")
+            }
+            logger.warning("per-worker counters are not in BPF maps (sluice status will not see them): \(error)")
+            return nil
+        }
+    }
+
+    /// Resolves `data_path:`. `sockmap` must load, attach and pass a loopback
+    /// self-test or the start fails; `auto` uses it when it does, and
+    /// splice(2) otherwise, saying why.
+    func setUpDataPath(workerLoadFD: Int32?) throws(ServerError) -> DataPathChoice {
+        switch config.dataPath {
+        case .splice: return DataPathChoice(kind: .splice, sockmap: nil, reason: "configured")
+        case .copy: return DataPathChoice(kind: .copy, sockmap: nil, reason: "configured")
+        case .sockmap, .auto:
+            let pairs = min(1 << 20, config.listeners.reduce(0) { $0 + $1.maxConnections })
+            do {
+                let sockmap = try SockmapPairs(workerLoadFD: workerLoadFD, pairs: pairs)
+                if let problem = sockmap.selfTest() {
+                    sockmap.close()
+                    throw BPFError("the loopback self-test failed: \(problem)")
+                }
+                if config.dataPath == .auto {
+                    let measured = DataPathProbe.measure(sockmap: sockmap)
+                    if !measured.prefersSockmap {
+                        sockmap.close()
+                        logger.notice("data path: splice(2), measured faster here for 1 MiB request/response exchanges", metadata: [
+                            "measured": "\(measured)",
+                        ])
+                        return DataPathChoice(kind: .splice, sockmap: nil, reason: "auto: measured \(measured)")
+                    }
+                    logger.info("data path: sockmap (loaded, passed its loopback self-test, and measured)", metadata: [
+                        "measured": "\(measured)",
+                    ])
+                    return DataPathChoice(kind: .sockmap, sockmap: sockmap, reason: "auto: measured \(measured)")
+                }
+                logger.info("data path: sockmap (the verdict program loaded and passed its loopback self-test)")
+                return DataPathChoice(kind: .sockmap, sockmap: sockmap, reason: "configured")
+            } catch {
+                if config.dataPath == .sockmap {
+                    throw ServerError("data_path sockmap is unavailable: \(error); it needs root (CAP_BPF and CAP_NET_ADMIN). "
+                        + "Use data_path: auto to fall back, or data_path: splice")
+                }
+                logger.warning("data path: splice(2), because the sockmap path is unavailable: \(error)")
+                return DataPathChoice(kind: .splice, sockmap: nil, reason: "auto: sockmap unavailable: \(error)")
+            }
+        }
+    }
+
+    /// Binds every listener into `bound`: one SO_REUSEPORT socket per
+    /// worker, or, for shared_accept, one socket that every worker gets a
+    /// duplicate of. On failure, what is bound stays in `bound` to be closed.
+    func bindListeners(into bound: BoundListeners, pools: [String: RuntimePool], counters: ListenerLoadTable)
+        throws(ServerError) -> [RuntimeListener]
+    {
+        let shared = config.steering == .sharedAccept
+        var runtimeListeners: [RuntimeListener] = []
+        for (index, listener) in config.listeners.enumerated() {
+            guard var address = SocketAddress(ip: listener.bind.host, port: listener.bind.port) else {
+                throw ServerError("listener \(listener.name): bad address \(listener.bind)")
+            }
+            do throws(SystemCallError) {
+                if shared {
+                    let fd = try Socket.listen(on: address, reusePort: false)
+                    defer { closeDescriptor(fd) }
+                    address = try Socket.localAddress(fd)
+                    for worker in 0..<config.workers { bound.add(try Descriptor.duplicate(fd), worker: worker) }
+                } else {
+                    for worker in 0..<config.workers {
+                        let fd = try Socket.listen(on: address, reusePort: true)
+                        bound.add(fd, worker: worker)
+                        if address.port == 0 { address = try Socket.localAddress(fd) } // the others join its port
+                    }
+                }
+            } catch {
+                throw ServerError("listener \(listener.name): cannot listen on \(address): \(error)")
+            }
+            runtimeListeners.append(RuntimeListener(
+                index: index, config: listener, pool: pools[listener.pool]!, address: address,
+                counters: counters.record(index)))
+        }
+        return runtimeListeners
+    }
+}
+
+extension Server {
+    func blockSignals() throws(ServerError) -> SignalFD {
+        do { return try SignalFD(signals: SignalFD.daemonSignals) } catch {
+            throw ServerError("cannot set up signal handling: \(error)")
+        }
+    }
+
+    /// One daemon per instance name: the lock proves that pins found under
+    /// the name were left by a run that died.
+    func takeInstanceLock() throws(ServerError) -> InstanceLock? {
+        do { return try InstanceLock(instance: config.instance) } catch {
+            if error.alreadyRunning || config.steering == .leastLoaded { throw ServerError("\(error)") }
+            logger.warning("running without an instance lock or pinned counters: \(error)")
+            return nil
+        }
+    }
+
+    func pinSockmap(_ sockmap: SockmapPairs, into directory: String) {
+        do { try sockmap.pin(into: directory) } catch {
+            logger.warning("sockmap maps not pinned: \(error)")
+        }
+    }
+
+    func attachSteering(_ steering: KernelSteering?, listeners: [RuntimeListener], bound: BoundListeners) throws(ServerError) {
+        guard let steering, config.steering == .leastLoaded else { return }
+        for listener in listeners {
+            do { try steering.attach(listener: listener.index, workerSockets: bound.sockets(listener: listener.index)) } catch {
+                throw ServerError("listener \(listener.name): \(error)")
+            }
+        }
+    }
+
+    func logListening(_ listeners: [RuntimeListener]) {
+        for listener in listeners {
+            logger.info("listening", metadata: [
+                "listener": "\(listener.name)", "address": "\(listener.address)", "pool": "\(listener.pool.name)",
+                "algorithm": "\(listener.pool.config.algorithm.rawValue)",
+            ])
+        }
+    }
+
+    /// The info file `sluice status` reads; removed at stop.
+    func writeInstanceInfo(listeners: [RuntimeListener], dataPath: DataPathChoice, owned: ReleaseStack) {
+        let path = InstanceInfo.path(instance: config.instance)
+        let info = InstanceInfo(
+            instance: config.instance, pid: CurrentProcess.id, started: wallClockSeconds(),
+            steering: config.steering.rawValue, dataPathConfigured: config.dataPath.rawValue, dataPath: dataPath.kind.rawValue,
+            dataPathReason: dataPath.reason, workers: config.workers,
+            stallThresholdMilliseconds: config.stallThreshold.milliseconds,
+            listeners: listeners.map { .init(name: $0.name, address: "\($0.address)", pool: $0.pool.name) },
+            adminSocket: config.admin?.socket, metrics: config.admin?.metrics.map { "\($0)" })
+        do { try info.write() } catch { logger.warning("cannot write \(path): \(error)") }
+        owned.push { FileSystem.removeFile(path) }
+    }
+
+    func openAdmin(epoll: Epoll) throws(ServerError) -> AdminEndpoints? {
+        guard let adminConfig = config.admin else { return nil }
+        let metricsAddress = adminConfig.metrics.flatMap { SocketAddress(ip: $0.host, port: $0.port) }
+        return try AdminEndpoints(
+            socketPath: adminConfig.socket, metrics: metricsAddress, limits: Self.adminLimits(adminConfig),
+            epoll: epoll, tokenBase: ControlLoop.adminTokenBase, handler: self, logger: logs.logger("sluice.admin"))
+    }
+
+    func workerSettings(dataPath: DataPathKind) -> WorkerSettings {
+        var settings = WorkerSettings(dataPath: dataPath, accessLog: config.log.access)
+        settings.sharedAccept = config.steering == .sharedAccept
+        settings.stallThresholdNanoseconds = config.stallThreshold.milliseconds &* 1_000_000
+        settings.maxWaitMilliseconds = Int32(max(1, min(1000, config.stallThreshold.milliseconds / 4)))
+        settings.localResourceErrors = localResourceErrors
+        return settings
+    }
+
+    /// One thread per worker; each worker takes its listening sockets from
+    /// `bound`. On failure the workers already running are stopped.
+    func startWorkers(listeners: [RuntimeListener], bound: BoundListeners, settings: WorkerSettings, table: WorkerLoadTable,
+                      sockmapPairs: SockmapPairs?, onExit: @escaping @Sendable () -> Void) throws(ServerError) -> WorkerGroup {
+        let group = WorkerGroup()
+        let seed = monotonicNanoseconds()
+        for k in 0..<config.workers {
+            let record = table.record(k)
+            // A fresh heartbeat before the thread runs: never steered away from at start.
+            record.store(.heartbeatNanoseconds, monotonicNanoseconds())
+            do {
+                let worker = try Worker(
+                    id: k, listeners: listeners, listenerFDs: bound.byWorker[k], settings: settings,
+                    record: record, sockmapPairs: sockmapPairs, logger: logs.logger("sluice.worker", worker: k),
+                    accessLog: accessSink, seed: seed, onExit: onExit)
+                bound.handOver(worker: k)
+                try group.start(worker)
+            } catch {
+                group.stop()
+                throw ServerError("cannot start worker \(k): \(error)")
+            }
+        }
+        return group
+    }
+
+    func startHealthChecks() throws(ServerError) -> HealthChecker? {
+        do {
+            let checker = try HealthChecker(pools: livePools, localErrors: localResourceErrors, logger: logs.logger("sluice.health"))
+            try checker?.start()
+            return checker
+        } catch {
+            logger.error("cannot start health checks: \(error)")
+            throw ServerError("cannot start health checks: \(error)")
+        }
+    }
+}
+
+/// What `data_path:` resolved to, and why.
+struct DataPathChoice {
+    let kind: DataPathKind
+    let sockmap: SockmapPairs?
+    let reason: String
+}
+
+/// The worker threads.
+final class WorkerGroup {
+    private(set) var workers: [Worker] = []
+    private var threads: [OSThread] = []
+    private var joined = false
+
+    func start(_ worker: Worker) throws(SystemCallError) {
+        workers.append(worker)
+        threads.append(try OSThread.start(name: "sluice-w\(worker.id)") { worker.run() })
+    }
+
+    /// Waits for every thread to end.
+    func join() {
+        for thread in threads { thread.join() }
+        joined = true
+    }
+
+    /// Orders every worker to stop now and waits for them: a start that failed.
+    func stop() {
+        guard !joined else { return }
+        for worker in workers { worker.send(.drain(deadlineMilliseconds: monotonicMilliseconds())) }
+        join()
+    }
+}
