@@ -1,6 +1,5 @@
 import Atomics
 import CSluice
-import Glibc
 import Logging
 import SluiceBPF
 import SluiceCore
@@ -260,7 +259,7 @@ final class Worker: @unchecked Sendable {
                 logger.info("draining", metadata: ["open": "\(sessions.count)"])
             case .stall(let milliseconds):
                 logger.warning("stalling on request", metadata: ["ms": "\(milliseconds)"])
-                usleep(UInt32(min(milliseconds, 60_000)) * 1000)
+                sleepMilliseconds(UInt32(min(milliseconds, 60_000)))
             case .give(let count, let receiver, let issuedAt):
                 let now = monotonicNanoseconds()
                 if now &- issuedAt > settings.stallThresholdNanoseconds || !receiver.isLive(now: now) {

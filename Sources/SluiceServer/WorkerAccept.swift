@@ -1,6 +1,5 @@
 import Atomics
 import CSluice
-import Glibc
 import Logging
 import SluiceBPF
 import SluiceCore

@@ -1,5 +1,5 @@
-import Atomics
 import Glibc
+import Atomics
 import Logging
 import SluiceBPF
 import SluiceCore

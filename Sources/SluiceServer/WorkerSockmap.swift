@@ -1,5 +1,4 @@
 import CSluice
-import Glibc
 import Logging
 import SluiceBPF
 import SluiceCore
