@@ -13,26 +13,28 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
 
     /// `host` is an IP literal (no brackets). Returns nil when it is not one.
     public init?(ip host: String, port: UInt16) {
-        var storage = sockaddr_storage()
         if host.contains(":") {
             var sin6 = sockaddr_in6()
             sin6.sin6_family = sa_family_t(AF_INET6)
             sin6.sin6_port = port.bigEndian
             guard inet_pton(AF_INET6, host, &sin6.sin6_addr) == 1 else { return nil }
-            withUnsafeMutableBytes(of: &storage) { dst in
-                withUnsafeBytes(of: sin6) { dst.copyMemory(from: $0) }
-            }
-            self.init(storage: storage, length: socklen_t(MemoryLayout<sockaddr_in6>.size))
+            self.init(copying: sin6)
         } else {
             var sin = sockaddr_in()
             sin.sin_family = sa_family_t(AF_INET)
             sin.sin_port = port.bigEndian
             guard inet_pton(AF_INET, host, &sin.sin_addr) == 1 else { return nil }
-            withUnsafeMutableBytes(of: &storage) { dst in
-                withUnsafeBytes(of: sin) { dst.copyMemory(from: $0) }
-            }
-            self.init(storage: storage, length: socklen_t(MemoryLayout<sockaddr_in>.size))
+            self.init(copying: sin)
         }
+    }
+
+    /// A `sockaddr_in` or `sockaddr_in6` into storage of its own.
+    private init<Address>(copying address: Address) {
+        var storage = sockaddr_storage()
+        withUnsafeMutableBytes(of: &storage) { dst in
+            withUnsafeBytes(of: address) { dst.copyMemory(from: $0) }
+        }
+        self.init(storage: storage, length: socklen_t(MemoryLayout<Address>.size))
     }
 
     public var family: Int32 { Int32(storage.ss_family) }
