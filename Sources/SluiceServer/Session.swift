@@ -22,6 +22,8 @@ struct Carrier {
 final class Session {
     /// Unique within the owning worker (a moved session gets a new one).
     var id: UInt64
+    /// Set by the worker's `close`: actions still queued for it are skipped.
+    var isClosed = false
     let listener: RuntimeListener
     let client: Int32
     let clientAddress: SocketAddress

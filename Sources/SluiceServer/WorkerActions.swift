@@ -16,7 +16,7 @@ extension Worker {
         var actions = actionLists.popLast() ?? []
         session.machine.handle(event, into: &actions)
         for action in actions {
-            guard sessions[session.id] === session else { break }
+            guard !session.isClosed else { break }
             execute(action, for: session)
         }
         actions.removeAll(keepingCapacity: true)
@@ -117,6 +117,7 @@ extension Worker {
     /// the access log line.
     func close(_ session: Session, reason: CloseReason, resetPeer: Bool, connectedTo: Int?) {
         guard sessions.removeValue(forKey: session.id) != nil else { return }
+        session.isClosed = true
         let redirected = finishSplicing(session)
         if let timer = session.connectTimer { _ = timers.cancel(timer) }
         if let timer = session.idleTimer { _ = timers.cancel(timer) }
