@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 SWIFT ?= swift
 # Build and run-time needs, plus the real clients and servers the tests drive.
-APT_PACKAGES := pkg-config libbpf-dev libelf-dev bpftool iproute2 curl wrk util-linux systemd
+APT_PACKAGES := pkg-config libbpf-dev libelf-dev bpftool iproute2 procps curl wrk util-linux systemd
 # The tests parse /metrics with Prometheus' own parser and validate the Kubernetes manifests.
 PYTHON_PACKAGES := prometheus-client kubernetes-validate
 BENCH_PACKAGES := haproxy nginx-light libnginx-mod-stream iperf3 wrk python3

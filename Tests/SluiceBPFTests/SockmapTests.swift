@@ -10,11 +10,7 @@ struct SockmapKernelTests {
     @Test("paired sockets redirect bytes both ways, and the program counts them per socket")
     func redirectsBothWays() throws {
         guard try requireBPF() else { return }
-        try inOwnNetworkNamespace {
-            let sockmap = try SockmapPairs(workerLoadFD: nil, pairs: 16)
-            defer { sockmap.close() }
-            let c = try LoopbackConnections(receiveTimeoutSeconds: 5)
-            defer { c.close() }
+        try withSockmapInOwnNamespace { sockmap, c in
             let (a, b) = try sockmap.pair(c.proxyA, c.proxyB, worker: 0)
             let up = [UInt8](repeating: 0x41, count: 100_000)
             #expect(send(c.client, up, up.count, 0) == up.count)
@@ -30,11 +26,7 @@ struct SockmapKernelTests {
     @Test("a FIN is not forwarded: the proxy sees EOF (read 0) and must shut the peer down itself")
     func finIsNotForwarded() throws {
         guard try requireBPF() else { return }
-        try inOwnNetworkNamespace {
-            let sockmap = try SockmapPairs(workerLoadFD: nil, pairs: 16)
-            defer { sockmap.close() }
-            let c = try LoopbackConnections(receiveTimeoutSeconds: 5)
-            defer { c.close() }
+        try withSockmapInOwnNamespace { sockmap, c in
             _ = try sockmap.pair(c.proxyA, c.proxyB, worker: 0)
             let bytes: [UInt8] = [1, 2, 3]
             #expect(send(c.client, bytes, 3, 0) == 3)
@@ -106,11 +98,7 @@ struct SockmapHalfClosedFacts {
     @Test("its queued bytes stay for userspace to read, and bytes redirected into it are lost")
     func finBeforeInsertion() throws {
         guard try requireBPF() else { return }
-        try inOwnNetworkNamespace {
-            let sockmap = try SockmapPairs(workerLoadFD: nil, pairs: 16)
-            defer { sockmap.close() }
-            let c = try LoopbackConnections(receiveTimeoutSeconds: 5)
-            defer { c.close() }
+        try withSockmapInOwnNamespace { sockmap, c in
             let request = [UInt8](repeating: 0x61, count: 60_000)
             #expect(send(c.client, request, request.count, 0) == request.count)
             shutdown(c.client, Int32(SHUT_WR))
@@ -127,5 +115,17 @@ struct SockmapHalfClosedFacts {
             usleep(100_000)
             #expect(recv(c.client, &buffer, buffer.count, Int32(MSG_DONTWAIT)) == -1, "the redirected reply never left")
         }
+    }
+}
+
+/// A fresh SOCKHASH object and a client–proxy–server pair of loopback
+/// connections, in a network namespace of the test's own; both closed after.
+func withSockmapInOwnNamespace(_ body: (SockmapPairs, LoopbackConnections) throws -> Void) throws {
+    try inOwnNetworkNamespace {
+        let sockmap = try SockmapPairs(workerLoadFD: nil, pairs: 16)
+        defer { sockmap.close() }
+        let c = try LoopbackConnections(receiveTimeoutSeconds: 5)
+        defer { c.close() }
+        try body(sockmap, c)
     }
 }

@@ -60,3 +60,12 @@ func configAddress(_ text: String, allowPortZero: Bool = false) -> SocketAddress
     case .failure(let error): fatalError("bad test address \(text): \(error)")
     }
 }
+
+extension TCPSession {
+    /// What to do about `event`, as a fresh list (the worker passes its own).
+    mutating func handle(_ event: Event) -> [Action] {
+        var actions: [Action] = []
+        handle(event, into: &actions)
+        return actions
+    }
+}

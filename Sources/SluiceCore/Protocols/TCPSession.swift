@@ -171,13 +171,6 @@ public struct TCPSession: Sendable {
         self.lastActivity = now
     }
 
-    /// What to do about `event` (allocates a list; the worker passes its own, see below).
-    public mutating func handle(_ event: Event) -> [Action] {
-        var actions: [Action] = []
-        handle(event, into: &actions)
-        return actions
-    }
-
     /// Appends what to do about `event` to `actions`.
     public mutating func handle(_ event: Event, into actions: inout [Action]) {
         switch phase {
