@@ -44,11 +44,6 @@ extension Socket {
         _ = Glibc.shutdown(fd, Int32(SHUT_RDWR))
     }
 
-    /// splice(2) that waits for bytes: how many moved, 0 at end of file.
-    public static func spliceBlocking(from source: Int32, to destination: Int32, maxBytes: Int) throws(SystemCallError) -> Int {
-        try systemCall("splice") { sluice_splice(source, destination, maxBytes, SLUICE_SPLICE_F_MOVE) }
-    }
-
     /// A blocking TCP socket (close-on-exec): for the loopback self-tests.
     public static func blockingTCP(family: Int32) throws(SystemCallError) -> Int32 {
         try systemCall("socket") { Glibc.socket(family, SLUICE_SOCK_STREAM | SLUICE_SOCK_CLOEXEC, 0) }
@@ -75,20 +70,5 @@ extension Socket {
     /// One recv(2) that does not wait, even on a blocking socket (MSG_DONTWAIT).
     public static func receiveWithoutWaiting(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) throws(SystemCallError) -> IOResult<Int> {
         try nonBlockingCall("recv") { Glibc.recv(fd, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT)) }
-    }
-}
-
-extension Pipe {
-    /// A pipe whose ends block: for a thread that moves bytes with blocking splice(2).
-    public static func makeBlocking() throws(SystemCallError) -> Pipe {
-        let pipe = try make()
-        do throws(SystemCallError) {
-            _ = try systemCall("fcntl(F_SETFL)") { sluice_fcntl_setfl(pipe.readEnd, 0) }
-            _ = try systemCall("fcntl(F_SETFL)") { sluice_fcntl_setfl(pipe.writeEnd, 0) }
-            return pipe
-        } catch {
-            pipe.close()
-            throw error
-        }
     }
 }

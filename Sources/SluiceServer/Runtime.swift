@@ -125,6 +125,13 @@ public final class WorkerCounters: Sendable {
     public let acceptBackoffs = ManagedAtomic<UInt64>(0)
     public let movedOut = ManagedAtomic<UInt64>(0)
     public let movedIn = ManagedAtomic<UInt64>(0)
+    /// Closed connections by the data paths that moved their bytes (one
+    /// connection counts once for each path it used).
+    public let closedByPath: [DataPathKind: ManagedAtomic<UInt64>] = [
+        .copy: ManagedAtomic(0), .splice: ManagedAtomic(0), .sockmap: ManagedAtomic(0),
+    ]
+    /// Sessions moved from userspace into the SOCKHASH mid-stream (`data_path: auto`).
+    public let promotions = ManagedAtomic<UInt64>(0)
 
     public init() {}
 }

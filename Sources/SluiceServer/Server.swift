@@ -112,10 +112,10 @@ public final class Server: AdminHandler {
         // sockets bound, admin socket created. Become the configured user
         // before any worker exists (see dropPrivileges).
         if let user = config.user {
-            try dropPrivileges(to: user, dataPath: dataPath.kind, pinDirectory: steering?.pinDirectory,
+            try dropPrivileges(to: user, keepsSockmap: dataPath.sockmap != nil, pinDirectory: steering?.pinDirectory,
                                adminSocket: config.admin?.socket, lock: lock)
         }
-        let settings = workerSettings(dataPath: dataPath.kind)
+        let settings = workerSettings(dataPath: dataPath)
         let workers = try startWorkers(listeners: listeners, bound: bound, settings: settings, table: table,
                                        sockmapPairs: dataPath.sockmap, onExit: loop.workerExited)
         owned.push { workers.stop() }
@@ -123,7 +123,7 @@ public final class Server: AdminHandler {
         let healthChecker = try startHealthChecks()
         if let healthChecker { owned.push { healthChecker.stop() } }
 
-        announceReady(listeners: listeners, dataPath: dataPath.kind, steering: steering)
+        announceReady(listeners: listeners, dataPath: dataPath.name, steering: steering)
         let keeper = LoadKeeper(
             workers: workers.workers, table: table, rebalance: config.rebalance,
             stallThresholdNanoseconds: settings.stallThresholdNanoseconds, logger: logs.logger("sluice.load"))
@@ -145,9 +145,9 @@ public final class Server: AdminHandler {
         liveSteering = nil
     }
 
-    private func announceReady(listeners: [RuntimeListener], dataPath: DataPathKind, steering: KernelSteering?) {
+    private func announceReady(listeners: [RuntimeListener], dataPath: String, steering: KernelSteering?) {
         var metadata: Logger.Metadata = [
-            "workers": "\(config.workers)", "steering": "\(config.steering.rawValue)", "data_path": "\(dataPath.rawValue)",
+            "workers": "\(config.workers)", "steering": "\(config.steering.rawValue)", "data_path": "\(dataPath)",
             "instance": "\(config.instance)",
         ]
         if let steering {

@@ -14,6 +14,7 @@ extension Server {
         snapshot.steering.moves = moves
         snapshot.logLinesDropped = logLinesDropped
         snapshot.localResourceErrors = LocalResourceErrorCounts(localResourceErrors)
+        snapshot.dataPaths = DataPathCounts(liveWorkers.map(\.counters))
         return snapshot
     }
 
@@ -35,7 +36,8 @@ extension Server {
             }
         }
         return AdminBackendsReply(backends: backends, moves: moves, logLinesDropped: logLinesDropped,
-                                  localResourceErrors: LocalResourceErrorCounts(localResourceErrors))
+                                  localResourceErrors: LocalResourceErrorCounts(localResourceErrors),
+                                  dataPaths: DataPathCounts(liveWorkers.map(\.counters)))
     }
 
     func adminDrainBackend(pool name: String, backend: String, drained: Bool) -> String? {
@@ -117,10 +119,21 @@ extension Server {
             ("sluice_worker_accept_backoffs_total", "Listener pauses for lack of descriptors or memory.", { $0.acceptBackoffs.load(ordering: .relaxed) }),
             ("sluice_worker_moved_in_total", "Connections adopted from other workers.", { $0.movedIn.load(ordering: .relaxed) }),
             ("sluice_worker_moved_out_total", "Connections handed to other workers.", { $0.movedOut.load(ordering: .relaxed) }),
+            ("sluice_worker_sockmap_promotions_total", "Connections moved from userspace into the kernel (sockmap) mid-stream.", {
+                $0.promotions.load(ordering: .relaxed)
+            }),
         ]
         for (name, help, value) in workerCounterFamilies {
             out.family(name, "counter", help)
             for worker in liveWorkers { out.sample(name, ["worker": "\(worker.id)"], Double(value(worker.counters))) }
+        }
+        let byPath = "sluice_worker_connections_by_path_total"
+        out.family(byPath, "counter", "Closed connections by the data paths that moved their bytes (one per path used).")
+        for worker in liveWorkers {
+            for kind in [DataPathKind.copy, .splice, .sockmap] {
+                let count = worker.counters.closedByPath[kind]?.load(ordering: .relaxed) ?? 0
+                out.sample(byPath, ["worker": "\(worker.id)", "path": kind.rawValue], Double(count))
+            }
         }
     }
 

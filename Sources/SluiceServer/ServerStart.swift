@@ -37,20 +37,20 @@ extension Server {
     /// Runs before any worker exists: capabilities are per thread and threads
     /// inherit them. The log writer, started earlier, loses them all with the
     /// uid change: it has no keep-caps, which is per thread too.
-    func dropPrivileges(to user: String, dataPath: DataPathKind, pinDirectory: String?,
+    func dropPrivileges(to user: String, keepsSockmap: Bool, pinDirectory: String?,
                         adminSocket: String?, lock: InstanceLock?) throws(ServerError) {
         guard let entry = UserEntry.named(user) else { throw ServerError("user: no such user \"\(user)\"") }
         let uid = entry.uid, gid = entry.gid
         handOverRuntimeFiles(to: uid, group: gid, pinDirectory: pinDirectory, lock: lock,
                              infoPath: InstanceInfo.path(instance: config.instance), adminSocket: adminSocket)
         var keep: UInt64 = 1 << UInt64(SLUICE_CAP_BPF)
-        if dataPath == .sockmap { keep |= 1 << UInt64(SLUICE_CAP_NET_ADMIN) }
+        if keepsSockmap { keep |= 1 << UInt64(SLUICE_CAP_NET_ADMIN) }
         do { try Privileges.drop(to: uid, group: gid, keeping: keep) } catch {
             throw ServerError("cannot become \(user): \(errnoDescription(error.errno))")
         }
         logger.info("running as \(user)", metadata: [
             "uid": "\(uid)", "gid": "\(gid)",
-            "capabilities": "\(dataPath == .sockmap ? "CAP_BPF CAP_NET_ADMIN" : "CAP_BPF")",
+            "capabilities": "\(keepsSockmap ? "CAP_BPF CAP_NET_ADMIN" : "CAP_BPF")",
         ])
     }
 
@@ -86,12 +86,15 @@ extension Server {
     }
 
     /// Resolves `data_path:`. `sockmap` must load, attach and pass a loopback
-    /// self-test or the start fails; `auto` uses it when it does, and
-    /// splice(2) otherwise, saying why.
+    /// self-test or the start fails. `auto` decides per connection (see
+    /// `SockmapPromotion`): sessions start in userspace with splice(2) for
+    /// bulk, and those that settle into small exchanges move into the
+    /// SOCKHASH when it loaded and passed the self-test; without it they
+    /// stay in userspace, and the log says why.
     func setUpDataPath(workerLoadFD: Int32?) throws(ServerError) -> DataPathChoice {
         switch config.dataPath {
-        case .splice: return DataPathChoice(kind: .splice, sockmap: nil, reason: "configured")
-        case .copy: return DataPathChoice(kind: .copy, sockmap: nil, reason: "configured")
+        case .splice: return DataPathChoice(kind: .splice, sockmap: nil, promotion: nil, reason: "configured", name: "splice")
+        case .copy: return DataPathChoice(kind: .copy, sockmap: nil, promotion: nil, reason: "configured", name: "copy")
         case .sockmap, .auto:
             let pairs = min(1 << 20, config.listeners.reduce(0) { $0 + $1.maxConnections })
             do {
@@ -101,28 +104,22 @@ extension Server {
                     throw BPFError("the loopback self-test failed: \(problem)")
                 }
                 if config.dataPath == .auto {
-                    let measured = DataPathProbe.measure(sockmap: sockmap)
-                    if !measured.prefersSockmap {
-                        sockmap.close()
-                        logger.notice("data path: splice(2), measured faster here for 1 MiB request/response exchanges", metadata: [
-                            "measured": "\(measured)",
-                        ])
-                        return DataPathChoice(kind: .splice, sockmap: nil, reason: "auto: measured \(measured)")
-                    }
-                    logger.info("data path: sockmap (loaded, passed its loopback self-test, and measured)", metadata: [
-                        "measured": "\(measured)",
+                    let promotion = DataPathChoice.autoPromotion
+                    logger.info("data path: auto (per connection: userspace, splice(2) for bulk, sockmap after small exchanges)", metadata: [
+                        "turns": "\(promotion.turns)", "small_message_bytes": "\(promotion.smallMessageBytes)",
                     ])
-                    return DataPathChoice(kind: .sockmap, sockmap: sockmap, reason: "auto: measured \(measured)")
+                    return DataPathChoice(kind: .splice, sockmap: sockmap, promotion: promotion,
+                                          reason: "auto: per connection; sockmap after \(promotion.turns) small exchanges", name: "auto")
                 }
                 logger.info("data path: sockmap (the verdict program loaded and passed its loopback self-test)")
-                return DataPathChoice(kind: .sockmap, sockmap: sockmap, reason: "configured")
+                return DataPathChoice(kind: .sockmap, sockmap: sockmap, promotion: nil, reason: "configured", name: "sockmap")
             } catch {
                 if config.dataPath == .sockmap {
                     throw ServerError("data_path sockmap is unavailable: \(error); it needs root (CAP_BPF and CAP_NET_ADMIN). "
                         + "Use data_path: auto to fall back, or data_path: splice")
                 }
-                logger.warning("data path: splice(2), because the sockmap path is unavailable: \(error)")
-                return DataPathChoice(kind: .splice, sockmap: nil, reason: "auto: sockmap unavailable: \(error)")
+                logger.warning("data path: auto without sockmap (userspace, splice(2) for bulk), because the sockmap path is unavailable: \(error)")
+                return DataPathChoice(kind: .splice, sockmap: nil, promotion: nil, reason: "auto: sockmap unavailable: \(error)", name: "auto")
             }
         }
     }
@@ -209,7 +206,7 @@ extension Server {
         let path = InstanceInfo.path(instance: config.instance)
         let info = InstanceInfo(
             instance: config.instance, pid: CurrentProcess.id, started: wallClockSeconds(),
-            steering: config.steering.rawValue, dataPathConfigured: config.dataPath.rawValue, dataPath: dataPath.kind.rawValue,
+            steering: config.steering.rawValue, dataPathConfigured: config.dataPath.rawValue, dataPath: dataPath.name,
             dataPathReason: dataPath.reason, workers: config.workers,
             stallThresholdMilliseconds: config.stallThreshold.milliseconds,
             listeners: listeners.map { .init(name: $0.name, address: "\($0.address)", pool: $0.pool.name) },
@@ -226,8 +223,9 @@ extension Server {
             epoll: epoll, tokenBase: ControlLoop.adminTokenBase, handler: self, logger: logs.logger("sluice.admin"))
     }
 
-    func workerSettings(dataPath: DataPathKind) -> WorkerSettings {
-        var settings = WorkerSettings(dataPath: dataPath, accessLog: config.log.access)
+    func workerSettings(dataPath: DataPathChoice) -> WorkerSettings {
+        var settings = WorkerSettings(dataPath: dataPath.kind, accessLog: config.log.access)
+        settings.promotion = dataPath.promotion
         settings.sharedAccept = config.steering == .sharedAccept
         settings.stallThresholdNanoseconds = config.stallThreshold.milliseconds &* 1_000_000
         settings.maxWaitMilliseconds = Int32(max(1, min(1000, config.stallThreshold.milliseconds / 4)))
@@ -274,9 +272,20 @@ extension Server {
 
 /// What `data_path:` resolved to, and why.
 struct DataPathChoice {
+    /// The path every session starts on.
     let kind: DataPathKind
     let sockmap: SockmapPairs?
+    /// `auto` with the SOCKHASH loaded: when a session moves into it.
+    let promotion: SockmapPromotion?
     let reason: String
+
+    /// As `status` shows it: `auto` when the path is chosen per connection.
+    let name: String
+
+    /// Measured with bench/turns: below this many exchanges the pairing
+    /// (four map updates, two socket options) costs more than the userspace
+    /// turns it saves; a 16 KiB message is where splice(2) starts to win.
+    static let autoPromotion = SockmapPromotion(turns: 4, smallMessageBytes: 16 * 1024)
 }
 
 /// The worker threads.

@@ -51,7 +51,7 @@ final class Session {
     var sockmapPair: SockmapPair?
 
     init(id: UInt64, listener: RuntimeListener, client: Int32, clientAddress: SocketAddress,
-         path: DataPathKind, flushTimeoutMilliseconds: UInt64, now: UInt64) {
+         path: DataPathKind, promotion: SockmapPromotion?, flushTimeoutMilliseconds: UInt64, now: UInt64) {
         self.id = id
         self.listener = listener
         self.client = client
@@ -62,7 +62,7 @@ final class Session {
             maxAttempts: 1 + listener.pool.config.retries,
             connectTimeoutMilliseconds: listener.config.connectTimeout.milliseconds,
             idleTimeoutMilliseconds: listener.config.idleTimeout.milliseconds,
-            flushTimeoutMilliseconds: flushTimeoutMilliseconds)
+            flushTimeoutMilliseconds: flushTimeoutMilliseconds, promotion: promotion)
         self.machine = TCPSession(path: path, limits: limits, now: now)
     }
 

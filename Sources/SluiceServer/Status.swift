@@ -143,11 +143,14 @@ public struct StatusSnapshot: Codable, Sendable, Equatable {
     /// nil when it did not answer.
     public var logLinesDropped: UInt64?
     public var localResourceErrors: LocalResourceErrorCounts?
+    /// Closed connections per data path, and promotions; from the daemon.
+    public var dataPaths: DataPathCounts?
 
     enum CodingKeys: String, CodingKey {
         case instance, daemon, pid, workers, listeners, backends, steering, notes
         case dataPath = "data_path", uptimeSeconds = "uptime_s"
         case logLinesDropped = "log_lines_dropped", localResourceErrors = "local_resource_errors"
+        case dataPaths = "data_paths"
     }
 }
 
@@ -236,6 +239,7 @@ public enum StatusReader {
                 snapshot.steering.moves = decoded.moves
                 snapshot.logLinesDropped = decoded.logLinesDropped
                 snapshot.localResourceErrors = decoded.localResourceErrors
+                snapshot.dataPaths = decoded.dataPaths
             }
         }
         return snapshot
@@ -260,9 +264,30 @@ struct AdminBackendsReply: Codable {
     var moves: UInt64?
     var logLinesDropped: UInt64?
     var localResourceErrors: LocalResourceErrorCounts?
+    var dataPaths: DataPathCounts?
 
     enum CodingKeys: String, CodingKey {
         case backends, moves
         case logLinesDropped = "log_lines_dropped", localResourceErrors = "local_resource_errors"
+        case dataPaths = "data_paths"
+    }
+}
+
+/// Closed connections by the data paths that moved their bytes (a
+/// connection counts once per path it used), and how many sessions were
+/// promoted into the kernel mid-stream.
+public struct DataPathCounts: Codable, Sendable, Equatable {
+    public var copy: UInt64 = 0
+    public var splice: UInt64 = 0
+    public var sockmap: UInt64 = 0
+    public var promotions: UInt64 = 0
+
+    init(_ counters: [WorkerCounters]) {
+        for worker in counters {
+            copy += worker.closedByPath[.copy]?.load(ordering: .relaxed) ?? 0
+            splice += worker.closedByPath[.splice]?.load(ordering: .relaxed) ?? 0
+            sockmap += worker.closedByPath[.sockmap]?.load(ordering: .relaxed) ?? 0
+            promotions += worker.promotions.load(ordering: .relaxed)
+        }
     }
 }

@@ -32,6 +32,10 @@ public enum StatusText {
             + "  all stalled \(group(s.steering.allStalled))  stalled skipped \(group(s.steering.stallSkips))"
         if let moves = s.steering.moves { steering += "  moved \(group(moves))" }
         lines.append(fit(steering))
+        if let paths = s.dataPaths {
+            lines.append(fit("closed by path: copy \(group(paths.copy))  splice \(group(paths.splice))"
+                + "  sockmap \(group(paths.sockmap))  promoted \(group(paths.promotions))"))
+        }
         if let local = s.localResourceErrors, (s.logLinesDropped ?? 0) + local.connect + local.healthCheck > 0 {
             lines.append(fit("log lines dropped \(group(s.logLinesDropped ?? 0))  local resource errors: "
                 + "connect \(group(local.connect))  health check \(group(local.healthCheck))"))

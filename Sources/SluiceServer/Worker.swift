@@ -48,7 +48,10 @@ enum WorkerTimer {
 
 /// Shared, immutable settings for every worker of one server.
 struct WorkerSettings: Sendable {
+    /// The path every session starts on.
     var dataPath: DataPathKind
+    /// `data_path: auto`: when a session moves into the SOCKHASH (nil: never).
+    var promotion: SockmapPromotion?
     /// `shared_accept`: one listening socket per listener in every worker's
     /// epoll with EPOLLEXCLUSIVE; otherwise each worker has its own socket,
     /// armed EPOLLONESHOT.
@@ -92,7 +95,7 @@ final class Worker: @unchecked Sendable {
     let wakeup: EventFD
     let commands = Mutex(CommandQueue())
     let settings: WorkerSettings
-    /// The SOCKHASH data path, when `data_path` resolved to sockmap.
+    /// The SOCKHASH, when `data_path` is sockmap, or auto and it loaded.
     let sockmapPairs: SockmapPairs?
     var logger: Logger
     let accessLogger: LogSink?

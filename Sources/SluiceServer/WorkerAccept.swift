@@ -39,7 +39,7 @@ extension Worker {
             Socket.setNoDelay(clientFD)
             let session = Session(
                 id: nextSessionID, listener: listener, client: clientFD, clientAddress: clientAddress,
-                path: settings.dataPath, flushTimeoutMilliseconds: settings.sockmapFlushTimeoutMilliseconds,
+                path: settings.dataPath, promotion: sockmapPairs == nil ? nil : settings.promotion, flushTimeoutMilliseconds: settings.sockmapFlushTimeoutMilliseconds,
                 now: monotonicMilliseconds()
             )
             nextSessionID += 1

@@ -46,7 +46,11 @@ extension Worker {
         case .shutdownWrite(let side):
             Socket.shutdownWrite(session.fd(side))
         case .handToKernel:
-            drive(session, .kernelPairing(enterSockmap(session)))
+            let pairing = enterSockmap(session)
+            if case .paired = pairing, session.machine.path != .sockmap {
+                counters.promotions.wrappingIncrement(ordering: .relaxed)
+            }
+            drive(session, .kernelPairing(pairing))
         case .checkFlush(let side):
             let (taken, expected) = flushProgress(session, from: side)
             drive(session, .flushMeasured(side, taken: taken, expected: expected, now: monotonicMilliseconds()))
@@ -140,6 +144,10 @@ extension Worker {
         }
         session.listener.counters.release(.active)
         releaseActive()
+        let paths = session.machine.pathsUsed
+        for kind in [DataPathKind.copy, .splice, .sockmap] where paths.contains(DataPathsUsed(kind)) {
+            counters.closedByPath[kind]?.wrappingIncrement(ordering: .relaxed)
+        }
 
         if let accessLogger {
             let record = AccessRecord(
@@ -147,7 +155,7 @@ extension Worker {
                 backend: session.backendDescription, bytesFromClient: bytesFromClient,
                 bytesToClient: bytesToClient,
                 durationMicroseconds: (monotonicNanoseconds() &- session.startedNanoseconds) / 1000,
-                dataPath: session.machine.path.rawValue, closeReason: reason.rawValue
+                dataPath: paths.isEmpty ? session.machine.path.rawValue : paths.description, closeReason: reason.rawValue
             )
             if let line = record.render(settings.accessLog) { accessLogger.write(line: line) }
         }

@@ -47,6 +47,7 @@ extension Worker {
                     break loop
                 }
                 guard case .done(let n) = written else { break loop }
+                if carrier.pipe != nil { result.spliced = true }
                 carrier.pending -= n
                 result.moved += n
                 budget -= n

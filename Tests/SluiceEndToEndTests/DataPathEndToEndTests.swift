@@ -215,7 +215,7 @@ struct DataPathEndToEndTests {
         #expect(try sluice.stop() == 0)
     }
 
-    @Test("without CAP_NET_ADMIN (nor CAP_SYS_ADMIN, which implies it): auto falls back to splice(2) saying why; an explicit sockmap refuses to start")
+    @Test("without CAP_NET_ADMIN (nor CAP_SYS_ADMIN, which implies it): auto stays in userspace saying why; an explicit sockmap refuses to start")
     func needsNetAdmin() throws {
         guard requireRoot() else { return }
         let echo = try TestServer.echo()
@@ -224,8 +224,8 @@ struct DataPathEndToEndTests {
         let auto = try SluiceProcess(arguments: ["run"], configYAML: proxyConfig(port: port, backends: [echo.address], dataPath: "auto"),
                                      launcher: withoutNetAdmin)
         try auto.waitForLog("ready", seconds: 20)
-        #expect(auto.log.contains("data path: splice(2), because the sockmap path is unavailable"))
-        #expect(auto.log.contains("data_path=splice"))
+        #expect(auto.log.contains("data path: auto without sockmap (userspace, splice(2) for bulk), because the sockmap path is unavailable"))
+        #expect(auto.log.contains("data_path=auto"))
         #expect(echoRoundTrip(port: port, size: 100_000, seed: 5) == nil)
         #expect(try auto.stop() == 0)
 

@@ -21,6 +21,12 @@
 ///
 /// The idle timer is common to the established phases: activity (bytes
 /// pumped, or the kernel's counters moving) postpones it.
+///
+/// With a `SockmapPromotion` (`data_path: auto`) a relaying session watches
+/// its rhythm and, after enough small request/response turns, is handed to
+/// the kernel mid-stream at a quiet moment (a response just forwarded,
+/// nothing held in userspace, no EOF seen). Promotion is one-way: taking a
+/// socket out of the SOCKHASH discards what the kernel queued on it.
 public struct TCPSession: Sendable {
     /// One direction's progress, as far as the session needs to know it.
     public struct FlowState: Sendable, Equatable {
@@ -77,6 +83,17 @@ public struct TCPSession: Sendable {
             get { side == .client ? flushFromClient : flushFromBackend }
             set { if side == .client { flushFromClient = newValue } else { flushFromBackend = newValue } }
         }
+    }
+
+    /// The request/response rhythm of a relaying session, for `SockmapPromotion`.
+    public struct Rhythm: Sendable, Equatable {
+        /// The flow that moved bytes last, and how many since it took over.
+        public var lastFlow: Flow?
+        public var messageBytes: UInt64 = 0
+        /// Changes of direction in a row, each ending a small message.
+        public var smallChanges = 0
+        /// A promotion was attempted (it is attempted once).
+        public var attempted = false
     }
 
     public enum Phase: Sendable, Equatable {
@@ -156,6 +173,9 @@ public struct TCPSession: Sendable {
 
     public private(set) var phase: Phase = .connecting(Attempt())
     public private(set) var path: DataPathKind
+    /// Every path that moved bytes of this connection (kept after the close).
+    public private(set) var pathsUsed: DataPathsUsed = []
+    public private(set) var rhythm = Rhythm()
     public private(set) var lastActivity: UInt64
     /// The backend of the attempt under way or the connection (kept after
     /// the close, for the access log); nil once a failed attempt is abandoned.
@@ -258,6 +278,11 @@ public struct TCPSession: Sendable {
 
     private mutating func handingOver(_ relay: Relay, _ event: Event, _ actions: inout [Action]) {
         switch event {
+        case .kernelPairing(.refused) where path != .sockmap:
+            // A promotion the worker could not carry out: stay in userspace,
+            // where nothing was held back.
+            phase = .relaying(relay)
+            actions.append(.arm)
         case .kernelPairing(.refused):
             // splice(2) here lost a backend's first bytes in about 2% of
             // half-closed connections (it returned 0 with bytes queued):
@@ -268,6 +293,8 @@ public struct TCPSession: Sendable {
         case .kernelPairing(.failed(let reason, let reset)):
             close(reason, resetPeer: reset, &actions)
         case .kernelPairing(.paired(let backendInKernel, let clientOpen)):
+            path = .sockmap
+            pathsUsed.insert(.sockmap)
             phase = .kernel(KernelPair(relay: relay, backendToClientInKernel: backendInKernel))
             // What the kernel will not carry waits on the socket: forward it.
             if !backendInKernel { actions.append(.pump(.downstream, read: true)) }
@@ -305,6 +332,10 @@ public struct TCPSession: Sendable {
             phase = .relaying(relay)
             if relay.upstream.shutdownSent && relay.downstream.shutdownSent {
                 close(relay.firstEOF == .backend ? .backendClosed : .clientClosed, &actions)
+            } else if promotionDue(after: flow, result, relay) {
+                rhythm.attempted = true
+                phase = .handingOver(relay)
+                actions.append(.handToKernel)
             }
         case .adopted:
             // Level-triggered readiness fires again for whatever was pending.
@@ -323,6 +354,10 @@ public struct TCPSession: Sendable {
         if result.moved > 0 {
             if flow == .upstream { userspaceBytes.upstream += UInt64(result.moved) } else { userspaceBytes.downstream += UInt64(result.moved) }
             lastActivity = now
+            if case .relaying = phase {
+                pathsUsed.insert(result.spliced ? .splice : .copy)
+                if let promotion = limits.promotion { keepTime(flow, moved: UInt64(result.moved), promotion) }
+            }
         }
         relay[flow].pending = result.pending
         if result.endOfFile {
@@ -334,6 +369,33 @@ public struct TCPSession: Sendable {
             return true
         }
         return false
+    }
+
+    // MARK: - Promotion to the kernel
+
+    /// Follows the rhythm: a change of direction ends a message, which is
+    /// small or bulk; bulk starts the count over.
+    private mutating func keepTime(_ flow: Flow, moved: UInt64, _ promotion: SockmapPromotion) {
+        if rhythm.lastFlow != flow {
+            if rhythm.lastFlow != nil {
+                rhythm.smallChanges = rhythm.messageBytes <= promotion.smallMessageBytes ? rhythm.smallChanges + 1 : 0
+            }
+            rhythm.lastFlow = flow
+            rhythm.messageBytes = 0
+        }
+        rhythm.messageBytes += moved
+        if rhythm.messageBytes > promotion.smallMessageBytes { rhythm.smallChanges = 0 }
+    }
+
+    /// After `turns` small exchanges, at the end of a response: nothing held
+    /// in userspace (bytes queued on a socket the kernel forwards in order)
+    /// and no EOF seen (the pairing must not swallow one).
+    private func promotionDue(after flow: Flow, _ result: PumpResult, _ relay: Relay) -> Bool {
+        guard let promotion = limits.promotion, !rhythm.attempted, flow == .downstream, result.moved > 0,
+              rhythm.smallChanges >= 2 * promotion.turns - 1,
+              rhythm.messageBytes <= promotion.smallMessageBytes else { return false }
+        return !relay.upstream.pending && !relay.downstream.pending
+            && !relay.upstream.sourceEOF && !relay.downstream.sourceEOF
     }
 
     // MARK: - In the kernel

@@ -11,6 +11,49 @@ public enum DataPathKind: String, Sendable {
     case copy
 }
 
+/// The data paths one connection used, for its access log line and the
+/// per-path counts: a connection that starts in userspace may splice bulk
+/// and be promoted to sockmap.
+public struct DataPathsUsed: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    public static let copy = DataPathsUsed(rawValue: 1 << 0)
+    public static let splice = DataPathsUsed(rawValue: 1 << 1)
+    public static let sockmap = DataPathsUsed(rawValue: 1 << 2)
+
+    public init(_ kind: DataPathKind) {
+        switch kind {
+        case .copy: self = .copy
+        case .splice: self = .splice
+        case .sockmap: self = .sockmap
+        }
+    }
+
+    /// In the order a connection can take them: `copy+splice+sockmap`.
+    public var description: String {
+        [(DataPathsUsed.copy, "copy"), (.splice, "splice"), (.sockmap, "sockmap")]
+            .filter { contains($0.0) }.map(\.1).joined(separator: "+")
+    }
+}
+
+/// When `data_path: auto` moves a userspace session into the kernel
+/// (sockmap): after `turns` request/response exchanges in a row whose
+/// messages were all small. Bulk stays on splice(2), which moves large
+/// messages faster than the sockmap's kworker hop; short connections stay in
+/// userspace, where they cost no map updates.
+public struct SockmapPromotion: Sendable, Equatable {
+    /// Request/response exchanges (a message each way) before promotion.
+    public var turns: Int
+    /// A message (the bytes one way between two changes of direction)
+    /// larger than this is bulk: the count of small turns starts over.
+    public var smallMessageBytes: UInt64
+
+    public init(turns: Int, smallMessageBytes: UInt64) {
+        self.turns = turns
+        self.smallMessageBytes = smallMessageBytes
+    }
+}
+
 /// Why a session ended; the access log prints the raw value.
 public enum CloseReason: String, Sendable {
     case clientClosed = "client_eof"
@@ -68,18 +111,22 @@ public struct PumpResult: Sendable, Equatable {
     public var pending: Bool
     /// The source said EOF during this pump.
     public var endOfFile: Bool
+    /// Some of the bytes went through a pipe (splice(2)) rather than a buffer.
+    public var spliced: Bool
     /// A call failed on this side with this errno; nothing more moves.
     public var failure: (side: Side, errno: Int32)?
 
-    public init(moved: Int = 0, pending: Bool = false, endOfFile: Bool = false, failure: (side: Side, errno: Int32)? = nil) {
+    public init(moved: Int = 0, pending: Bool = false, endOfFile: Bool = false, spliced: Bool = false,
+                failure: (side: Side, errno: Int32)? = nil) {
         self.moved = moved
         self.pending = pending
         self.endOfFile = endOfFile
+        self.spliced = spliced
         self.failure = failure
     }
 
     public static func == (a: PumpResult, b: PumpResult) -> Bool {
-        a.moved == b.moved && a.pending == b.pending && a.endOfFile == b.endOfFile
+        a.moved == b.moved && a.pending == b.pending && a.endOfFile == b.endOfFile && a.spliced == b.spliced
             && a.failure?.side == b.failure?.side && a.failure?.errno == b.failure?.errno
     }
 }
@@ -118,12 +165,15 @@ public struct TCPSessionLimits: Sendable {
     /// After an EOF on a spliced pair: how long the redirect backlog may make
     /// no progress before the EOF is passed on anyway.
     public var flushTimeoutMilliseconds: UInt64
+    /// `data_path: auto`: when a userspace session moves into the kernel; nil: never.
+    public var promotion: SockmapPromotion?
 
     public init(maxAttempts: Int, connectTimeoutMilliseconds: UInt64, idleTimeoutMilliseconds: UInt64,
-                flushTimeoutMilliseconds: UInt64 = 5000) {
+                flushTimeoutMilliseconds: UInt64 = 5000, promotion: SockmapPromotion? = nil) {
         self.maxAttempts = maxAttempts
         self.connectTimeoutMilliseconds = connectTimeoutMilliseconds
         self.idleTimeoutMilliseconds = idleTimeoutMilliseconds
         self.flushTimeoutMilliseconds = flushTimeoutMilliseconds
+        self.promotion = promotion
     }
 }

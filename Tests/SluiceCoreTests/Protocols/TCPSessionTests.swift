@@ -3,14 +3,15 @@ import SluiceCore
 import Testing
 
 /// A session driven by hand: every event the worker would feed, every action it would execute.
-private struct Driver {
+struct Driver {
     var session: TCPSession
 
-    init(path: DataPathKind = .copy, attempts: Int = 3, now: UInt64 = 0) {
+    init(path: DataPathKind = .copy, attempts: Int = 3, now: UInt64 = 0, promotion: SockmapPromotion? = nil) {
         session = TCPSession(
             path: path,
             limits: TCPSessionLimits(maxAttempts: attempts, connectTimeoutMilliseconds: 1000,
-                                     idleTimeoutMilliseconds: 10_000, flushTimeoutMilliseconds: 5000),
+                                     idleTimeoutMilliseconds: 10_000, flushTimeoutMilliseconds: 5000,
+                                     promotion: promotion),
             now: now)
     }
 
@@ -34,7 +35,7 @@ private struct Driver {
     }
 }
 
-private func isClose(_ action: TCPSession.Action) -> Bool {
+func isClose(_ action: TCPSession.Action) -> Bool {
     if case .close = action { return true }
     return false
 }
