@@ -16,11 +16,11 @@ extension Server {
         let needsBPF = config.steering == .leastLoaded || config.dataPath == .sockmap
         if needsBPF && !Privileges.hasCapability(SLUICE_CAP_BPF) && !Privileges.hasCapability(SLUICE_CAP_SYS_ADMIN) {
             throw ServerError("missing privilege: CAP_BPF (needed by "
-                + (config.steering == .leastLoaded ? "steering least_loaded" : "splice sockmap")
+                + (config.steering == .leastLoaded ? "steering least_loaded" : "data_path sockmap")
                 + "); run as root or grant CAP_BPF (see deploy/systemd/sluice.service)")
         }
         if config.dataPath == .sockmap && !Privileges.hasCapability(SLUICE_CAP_NET_ADMIN) && !Privileges.hasCapability(SLUICE_CAP_SYS_ADMIN) {
-            throw ServerError("missing privilege: CAP_NET_ADMIN (needed by splice sockmap); grant it, or use splice: auto")
+            throw ServerError("missing privilege: CAP_NET_ADMIN (needed by data_path sockmap); grant it, or use data_path: auto")
         }
         if needsBPF && !isBPFFileSystem("/sys/fs/bpf") {
             throw ServerError("bpffs is not mounted at /sys/fs/bpf: mount -t bpf bpf /sys/fs/bpf")
@@ -88,13 +88,16 @@ extension Server {
     /// Resolves `data_path:`. `sockmap` must load, attach and pass a loopback
     /// self-test or the start fails. `auto` decides per connection (see
     /// `SockmapPromotion`): sessions start in userspace with splice(2) for
-    /// bulk, and those that settle into small exchanges move into the
-    /// SOCKHASH when it loaded and passed the self-test; without it they
-    /// stay in userspace, and the log says why.
+    /// bulk; with `sockmap_after_turns`, those that settle into small
+    /// exchanges move into the SOCKHASH when it loaded and passed the
+    /// self-test; without it they stay in userspace, and the log says why.
     func setUpDataPath(workerLoadFD: Int32?) throws(ServerError) -> DataPathChoice {
         switch config.dataPath {
         case .splice: return DataPathChoice(kind: .splice, sockmap: nil, promotion: nil, reason: "configured", name: "splice")
         case .copy: return DataPathChoice(kind: .copy, sockmap: nil, promotion: nil, reason: "configured", name: "copy")
+        case .auto where config.sockmapAfterTurns == nil:
+            return DataPathChoice(kind: .splice, sockmap: nil, promotion: nil,
+                                  reason: "auto: per connection, read/write or splice(2); sockmap_after_turns off", name: "auto")
         case .sockmap, .auto:
             let pairs = min(1 << 20, config.listeners.reduce(0) { $0 + $1.maxConnections })
             do {
@@ -103,8 +106,8 @@ extension Server {
                     sockmap.close()
                     throw BPFError("the loopback self-test failed: \(problem)")
                 }
-                if config.dataPath == .auto {
-                    let promotion = DataPathChoice.autoPromotion
+                if config.dataPath == .auto, let turns = config.sockmapAfterTurns {
+                    let promotion = SockmapPromotion(turns: turns, smallMessageBytes: DataPathChoice.smallMessageBytes)
                     logger.info("data path: auto (per connection: userspace, splice(2) for bulk, sockmap after small exchanges)", metadata: [
                         "turns": "\(promotion.turns)", "small_message_bytes": "\(promotion.smallMessageBytes)",
                     ])
@@ -282,10 +285,9 @@ struct DataPathChoice {
     /// As `status` shows it: `auto` when the path is chosen per connection.
     let name: String
 
-    /// Measured with bench/turns: below this many exchanges the pairing
-    /// (four map updates, two socket options) costs more than the userspace
-    /// turns it saves; a 16 KiB message is where splice(2) starts to win.
-    static let autoPromotion = SockmapPromotion(turns: 4, smallMessageBytes: 16 * 1024)
+    /// Larger messages are bulk, which splice(2) moves faster than the
+    /// sockmap's kworker hop: half the read size that switches a flow to splice(2).
+    static let smallMessageBytes: UInt64 = 16 * 1024
 }
 
 /// The worker threads.

@@ -215,13 +215,14 @@ struct DataPathEndToEndTests {
         #expect(try sluice.stop() == 0)
     }
 
-    @Test("without CAP_NET_ADMIN (nor CAP_SYS_ADMIN, which implies it): auto stays in userspace saying why; an explicit sockmap refuses to start")
+    @Test("without CAP_NET_ADMIN (nor CAP_SYS_ADMIN, which implies it): auto with sockmap_after_turns stays in userspace saying why; an explicit sockmap refuses to start")
     func needsNetAdmin() throws {
         guard requireRoot() else { return }
         let echo = try TestServer.echo()
         let withoutNetAdmin = ["/usr/bin/setpriv", "--bounding-set=-net_admin,-sys_admin", "--inh-caps=-net_admin,-sys_admin", "--"]
         let port = freePort()
-        let auto = try SluiceProcess(arguments: ["run"], configYAML: proxyConfig(port: port, backends: [echo.address], dataPath: "auto"),
+        let auto = try SluiceProcess(arguments: ["run"], configYAML: proxyConfig(port: port, backends: [echo.address], dataPath: "auto",
+                                                                              extraTop: "sockmap_after_turns: 4"),
                                      launcher: withoutNetAdmin)
         try auto.waitForLog("ready", seconds: 20)
         #expect(auto.log.contains("data path: auto without sockmap (userspace, splice(2) for bulk), because the sockmap path is unavailable"))

@@ -3,8 +3,7 @@ import Glibc
 import SluicePosix
 import Testing
 
-/// Exchanges after which `data_path: auto` promotes a session (the daemon's
-/// `DataPathChoice.autoPromotion`).
+/// Exchanges after which these tests' `data_path: auto` promotes a session.
 let promotionTurns = 4
 
 /// Sends `message` and reads back exactly as many bytes; nil, or what went wrong.
@@ -55,7 +54,8 @@ func accessPaths(_ log: String) -> [String] {
 @Suite("data_path auto: promotion to the kernel mid-stream", .serialized)
 struct PromotionEndToEndTests {
     func startAuto(backends: [String], port: UInt16) throws -> SluiceProcess {
-        try SluiceProcess.run(config: proxyConfig(port: port, backends: backends, dataPath: "auto"))
+        try SluiceProcess.run(config: proxyConfig(port: port, backends: backends, dataPath: "auto",
+                                                  extraTop: "sockmap_after_turns: \(promotionTurns)"))
     }
 
     @Test("64 pairs: small exchanges promote each to sockmap; then checksummed random sizes up to 1 MiB come back byte-exact")

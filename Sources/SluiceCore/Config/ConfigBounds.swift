@@ -18,6 +18,7 @@ public enum ConfigBounds {
     /// would count as a stall, and the control thread (ticking every 100 ms)
     /// could not act on stalls before they ended.
     public static let stallThreshold: ClosedRange<Duration> = .milliseconds(100) ... .seconds(60)
+    public static let sockmapAfterTurns: ClosedRange<Int> = 1...1_000_000
     public static let drainTimeout: ClosedRange<Duration> = .milliseconds(1) ... day
     public static let connectTimeout: ClosedRange<Duration> = .milliseconds(1) ... day
     public static let idleTimeout: ClosedRange<Duration> = .milliseconds(1) ... day

@@ -57,7 +57,7 @@ struct ConfigDecoder {
     }
 
     static let topKeys = [
-        "instance", "workers", "steering", "data_path", "stall_threshold", "drain_timeout",
+        "instance", "workers", "steering", "data_path", "sockmap_after_turns", "stall_threshold", "drain_timeout",
         "log", "admin", "rebalance", "user", "listeners", "pools",
     ]
     /// Keys that were renamed: the old name is an error that gives the new one.
@@ -99,6 +99,7 @@ struct ConfigDecoder {
             ?? .specifiedDefault
         let dataPath = doc["data_path"].flatMap { choice($0.value, top.key("data_path"), DataPathMode.self) }
             ?? .specifiedDefault
+        let sockmapAfterTurns = decodeSockmapAfterTurns(doc["sockmap_after_turns"], top.key("sockmap_after_turns"), dataPath: dataPath)
         let stallThreshold = doc["stall_threshold"].flatMap {
             duration($0.value, top.key("stall_threshold"), in: ConfigBounds.stallThreshold)
         }
@@ -152,7 +153,21 @@ struct ConfigDecoder {
         )
         config.rebalance = rebalance
         config.user = user
+        config.sockmapAfterTurns = sockmapAfterTurns
         return config
+    }
+
+    /// `sockmap_after_turns: off` (the default) or a count; only `data_path: auto` promotes.
+    mutating func decodeSockmapAfterTurns(_ entry: ConfigMapping.Entry?, _ path: ConfigFieldPath, dataPath: DataPathMode) -> Int? {
+        guard let entry else { return nil }
+        if case .scalar(let scalar) = entry.value, scalar.string == "off" { return nil }
+        guard let turns = integer(entry.value, path, in: ConfigBounds.sockmapAfterTurns) else { return nil }
+        guard dataPath == .auto else {
+            fail(path, at: entry.value, "only data_path: auto moves connections into the sockmap; "
+                + "data_path is \(dataPath.rawValue) (use off, or data_path: auto)")
+            return nil
+        }
+        return turns
     }
 
     // MARK: - Features that may not be built yet

@@ -17,7 +17,9 @@ public enum SteeringMode: String, Sendable, CaseIterable {
 
 /// How bytes are moved between the client and backend sockets (`data_path`).
 public enum DataPathMode: String, Sendable, CaseIterable {
-    /// sockmap when the kernel supports it (and measures faster), otherwise splice.
+    /// Per connection: read/write for small messages, splice(2) for bulk,
+    /// and, with `sockmap_after_turns`, the SOCKHASH for connections that
+    /// settle into small exchanges.
     case auto
     /// In-kernel redirection through a BPF sockmap.
     case sockmap
@@ -198,6 +200,9 @@ public struct SluiceConfig: Sendable, Equatable {
     public var rebalance: RebalanceConfig? = RebalanceConfig()
     /// After start-up (BPF loaded, sockets bound), run as this user.
     public var user: String?
+    /// `data_path: auto`: move a connection into the SOCKHASH after this many
+    /// small request/response exchanges; nil (`off`, the default): never.
+    public var sockmapAfterTurns: Int?
 
     public init(
         instance: String = ConfigDefaults.instance,

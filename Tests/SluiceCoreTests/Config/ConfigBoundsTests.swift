@@ -69,6 +69,8 @@ private let boundedKeys: [BoundedKey] = [
                accepted: ["1", "1000"], rejected: ["0", "1001"], range: "1...1000"),
     BoundedKey(path: "pools[0].min_healthy", place: poolLines { "min_healthy: \($0)" },
                accepted: ["0", "1000"], rejected: ["-1", "1001"], range: "0...1000"),
+    BoundedKey(path: "sockmap_after_turns", place: topLevel("sockmap_after_turns"),
+               accepted: ["1", "1000000", "off"], rejected: ["0", "1000001"], range: "1...1000000"),
 ]
 
 @Suite("Config bounds")
@@ -124,6 +126,17 @@ struct ConfigBoundsTests {
     func zeroDuration() throws {
         let error = try #require(singleConfigError(listenerKey("idle_timeout")("0s")))
         #expect(error.message == "expected a duration greater than zero; found \"0s\"")
+    }
+
+    @Test("sockmap_after_turns: off by default; a count only with data_path auto, since no other path promotes")
+    func sockmapAfterTurns() throws {
+        #expect(try decodeConfig(minimalConfigYAML).config.sockmapAfterTurns == nil)
+        #expect(try decodeConfig("data_path: auto\nsockmap_after_turns: 8\n" + minimalConfigYAML).config.sockmapAfterTurns == 8)
+        #expect(try decodeConfig("sockmap_after_turns: 8\n" + minimalConfigYAML).config.sockmapAfterTurns == 8)
+        #expect(try decodeConfig("data_path: copy\nsockmap_after_turns: off\n" + minimalConfigYAML).config.sockmapAfterTurns == nil)
+        let error = try #require(singleConfigError("data_path: splice\nsockmap_after_turns: 8\n" + minimalConfigYAML))
+        #expect(error.path == "sockmap_after_turns" && error.line == 2)
+        #expect(error.message.contains("only data_path: auto moves connections into the sockmap"))
     }
 
     @Test("the default values are inside their ranges")
