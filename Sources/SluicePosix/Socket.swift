@@ -25,10 +25,15 @@ public enum Socket {
     /// A listening socket bound to `address`. With `reusePort`, several
     /// sockets (one per worker) share the address and the kernel spreads
     /// connections over them.
-    public static func listen(on address: SocketAddress, reusePort: Bool, backlog: Int32 = 4096) throws(SystemCallError) -> Int32 {
+    /// A listening TCP socket. With `noDelay`, every socket it accepts
+    /// starts with TCP_NODELAY (accepted sockets inherit it): one setsockopt
+    /// per listener instead of one per connection.
+    public static func listen(on address: SocketAddress, reusePort: Bool, backlog: Int32 = 4096,
+                              noDelay: Bool = false) throws(SystemCallError) -> Int32 {
         let fd = try tcp(family: address.family)
         do throws(SystemCallError) {
             try setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR")
+            if noDelay { try setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1, "TCP_NODELAY") }
             if reusePort { try setOption(fd, SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT") }
             if address.family == AF_INET6 { try setOption(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, 1, "IPV6_V6ONLY") }
             _ = try systemCall("bind \(address)") { address.withSockaddr { Glibc.bind(fd, $0, $1) } }

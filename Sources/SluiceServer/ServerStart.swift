@@ -141,13 +141,13 @@ extension Server {
             }
             do throws(SystemCallError) {
                 if shared {
-                    let fd = try Socket.listen(on: address, reusePort: false)
+                    let fd = try Socket.listen(on: address, reusePort: false, noDelay: true)
                     defer { closeDescriptor(fd) }
                     address = try Socket.localAddress(fd)
                     for worker in 0..<config.workers { bound.add(try Descriptor.duplicate(fd), worker: worker) }
                 } else {
                     for worker in 0..<config.workers {
-                        let fd = try Socket.listen(on: address, reusePort: true)
+                        let fd = try Socket.listen(on: address, reusePort: true, noDelay: true)
                         bound.add(fd, worker: worker)
                         if address.port == 0 { address = try Socket.localAddress(fd) } // the others join its port
                     }

@@ -45,6 +45,11 @@ final class Session {
     var backendAdded = false
     var backendArmed: EpollEvents?
 
+    /// Whether epoll reported the side's FIN (EPOLLRDHUP): a short read from
+    /// it did not drain it, the EOF is still to be read.
+    private(set) var clientFinArrived = false
+    private(set) var backendFinArrived = false
+
     var upstream = Carrier()   // client → backend
     var downstream = Carrier() // backend → client
     /// The kernel objects of a pair in the SOCKHASH.
@@ -71,6 +76,12 @@ final class Session {
     }
 
     func fd(_ side: Side) -> Int32 { side == .client ? client : backend }
+
+    func noteFinArrived(_ side: Side) {
+        if side == .client { clientFinArrived = true } else { backendFinArrived = true }
+    }
+
+    func finArrived(_ side: Side) -> Bool { side == .client ? clientFinArrived : backendFinArrived }
 }
 
 /// Kernel-side state of a session spliced through the SOCKHASH: what the

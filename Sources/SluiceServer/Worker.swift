@@ -239,6 +239,7 @@ final class Worker: @unchecked Sendable {
             guard let session = sessions[value >> 1] else { return } // closed earlier in this batch
             let side: Side = (value & 1) == 0 ? .client : .backend
             if side == .client { session.clientArmed = nil } else { session.backendArmed = nil }
+            if events.contains(.readHangup) { session.noteFinArrived(side) }
             drive(session, .ready(side, Readiness(events)))
         case Self.listenerKind:
             acceptConnections(listenerIndex: Int(token & ~Self.kindMask))

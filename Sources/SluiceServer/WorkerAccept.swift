@@ -35,8 +35,7 @@ extension Worker {
                 releaseActive()
                 continue
             }
-            counters.accepted.wrappingIncrement(ordering: .relaxed)
-            Socket.setNoDelay(clientFD)
+            counters.accepted.wrappingIncrement(ordering: .relaxed) // TCP_NODELAY comes from the listener
             let session = Session(
                 id: nextSessionID, listener: listener, client: clientFD, clientAddress: clientAddress,
                 path: settings.dataPath, promotion: sockmapPairs == nil ? nil : settings.promotion, flushTimeoutMilliseconds: settings.sockmapFlushTimeoutMilliseconds,

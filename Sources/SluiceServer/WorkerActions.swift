@@ -30,6 +30,8 @@ extension Worker {
         case .checkConnect:
             let error = Socket.pendingError(session.backend)
             if error == 0 { backendConnected(session) } else { drive(session, .connectFailed(errno: error)) }
+        case .confirmConnect:
+            backendConnected(session)
         case .abandonAttempt:
             abandonBackendAttempt(session)
         case .noteConnectFailure(let backend, let errno, let blame):

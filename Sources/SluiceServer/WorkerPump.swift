@@ -35,7 +35,9 @@ extension Worker {
         var mayRead = read
         // A read shorter than a full buffer almost always emptied the socket:
         // skip the read that would only say EAGAIN. Oneshot re-arming brings
-        // us back if more arrived meanwhile (level-triggered).
+        // us back if more arrived meanwhile (level-triggered). Not when epoll
+        // said the FIN is in: reading on finds the EOF without another wake-up.
+        let finArrived = session.finArrived(flow.source)
         var sourceLikelyDrained = false
         loop: while budget > 0 {
             if carrier.pending > 0 {
@@ -72,7 +74,7 @@ extension Worker {
                 mayRead = false
             case .bytes(let n):
                 carrier.pending = n
-                sourceLikelyDrained = n < settings.shortReadBytes
+                sourceLikelyDrained = n < settings.shortReadBytes && !finArrived
             }
         }
         return finish(result, carrier, flow)

@@ -37,6 +37,30 @@ struct ControlPieceTests {
         closeDescriptor(taken)
     }
 
+    @Test("TCP_NODELAY set on a listener is inherited by the sockets it accepts (the worker sets none itself)")
+    func noDelayInherited() throws {
+        func acceptedNoDelay(listenerNoDelay: Bool) throws -> Int32 {
+            let listener = try Socket.listen(on: SocketAddress(ip: "127.0.0.1", port: 0)!, reusePort: false, noDelay: listenerNoDelay)
+            defer { closeDescriptor(listener) }
+            let client = try Socket.blockingTCP(family: AF_INET)
+            defer { closeDescriptor(client) }
+            let address = try Socket.localAddress(listener)
+            #expect(address.withSockaddr { connect(client, $0, $1) } == 0)
+            var accepted: Int32 = -1
+            for _ in 0..<100 where accepted < 0 {
+                if case .done(let (fd, _)) = try Socket.accept(listener) { accepted = fd } else { sleepMilliseconds(5) }
+            }
+            try #require(accepted >= 0)
+            defer { closeDescriptor(accepted) }
+            var value: Int32 = 0
+            var length = socklen_t(MemoryLayout<Int32>.size)
+            #expect(getsockopt(accepted, Int32(IPPROTO_TCP), TCP_NODELAY, &value, &length) == 0)
+            return value
+        }
+        #expect(try acceptedNoDelay(listenerNoDelay: true) == 1)
+        #expect(try acceptedNoDelay(listenerNoDelay: false) == 0)
+    }
+
     @Test("a unix socket listens with the asked mode, answers a client, and errors name the call")
     func unixSocketRoundTrip() throws {
         let directory = "/tmp/sluice-control-test-\(CurrentProcess.id)/nested"

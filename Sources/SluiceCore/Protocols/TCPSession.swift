@@ -141,6 +141,9 @@ public struct TCPSession: Sendable {
         case connectNext(excluding: [Int])
         /// Read the backend's pending connect error; answer `connected` or `connectFailed`.
         case checkConnect
+        /// The connect completed (the socket turned writable with no error):
+        /// count the backend active and answer `connected`.
+        case confirmConnect
         /// Close the backend socket of a failed attempt.
         case abandonAttempt
         /// Count a failed connect against the backend (`.backend`) or this
@@ -250,8 +253,11 @@ public struct TCPSession: Sendable {
             // This host ran short: every other backend would fail the same
             // way while the client waits and holds more of what ran out.
             if blame == .local { close(.resourceExhausted, &actions) } else { nextAttempt(attempt, &actions) }
-        case .ready(.backend, _):
-            if attempt.inFlight { actions.append(.checkConnect) }
+        case .ready(.backend, let ready):
+            guard attempt.inFlight else { return }
+            // A failed connect always raises EPOLLERR or EPOLLHUP: writable
+            // without them is a completed handshake, and SO_ERROR need not be read.
+            actions.append(ready.contains(.writable) && ready.isDisjoint(with: [.error, .hangup]) ? .confirmConnect : .checkConnect)
         case .timerFired(.connect(let number), _):
             guard attempt.inFlight, number == attempt.number, let backend = attempt.tried.last else { return }
             actions.append(.noteConnectFailure(backend: backend, errno: nil, blame: .backend))
@@ -327,7 +333,8 @@ public struct TCPSession: Sendable {
             if note(result, on: flow, in: &relay, now: now, &actions) { return }
             if relay[flow].eofDue {
                 relay[flow].shutdownSent = true
-                actions.append(.shutdownWrite(flow.destination))
+                // The other way is done too: the close that follows sends this FIN.
+                if !relay[flow.reverse].shutdownSent { actions.append(.shutdownWrite(flow.destination)) }
             }
             phase = .relaying(relay)
             if relay.upstream.shutdownSent && relay.downstream.shutdownSent {
@@ -525,11 +532,13 @@ public struct TCPSession: Sendable {
     public var interest: (client: Readiness?, backend: Readiness?) {
         switch phase {
         case .relaying(let relay):
+            // EPOLLRDHUP with EPOLLIN: a FIN that came with the last bytes is
+            // read in the same pump rather than on another wake-up.
             var client: Readiness = []
-            if relay.upstream.wantsRead { client.insert(.readable) }
+            if relay.upstream.wantsRead { client.formUnion([.readable, .readHangup]) }
             if relay.downstream.pending { client.insert(.writable) }
             var backend: Readiness = []
-            if relay.downstream.wantsRead { backend.insert(.readable) }
+            if relay.downstream.wantsRead { backend.formUnion([.readable, .readHangup]) }
             if relay.upstream.pending { backend.insert(.writable) }
             // An empty interest is left disarmed: nothing to wait for on that side.
             return (client.isEmpty ? nil : client, backend.isEmpty ? nil : backend)

@@ -88,6 +88,7 @@ public enum Flow: Sendable, Equatable {
     case downstream
 
     public var source: Side { self == .upstream ? .client : .backend }
+    public var reverse: Flow { self == .upstream ? .downstream : .upstream }
     public var destination: Side { self == .upstream ? .backend : .client }
 }
 

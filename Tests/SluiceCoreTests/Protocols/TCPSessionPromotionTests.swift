@@ -129,7 +129,7 @@ struct TCPSessionPromotionTests {
         for _ in 0..<3 { exchange(&d) }
         #expect(d.on(.kernelPairing(.refused)) == [.arm])
         #expect(d.session.path == .splice)
-        #expect(d.session.interest.client == .readable)
+        #expect(d.session.interest.client == [.readable, .readHangup])
         for _ in 0..<10 { #expect(!exchange(&d).contains(.handToKernel)) }
     }
 
