@@ -435,6 +435,7 @@ struct TCPSessionInvariantTests {
         .connectFailed(errno: EADDRNOTAVAIL), .ready(.client, .readable), .ready(.backend, .writable),
         .ready(.client, .readHangup), .ready(.backend, [.error, .hangup]),
         .pumped(.upstream, PumpResult(moved: 5), now: 4), .pumped(.downstream, PumpResult(moved: 1, pending: true), now: 4),
+        .pumped(.downstream, PumpResult(moved: 7), now: 4),
         .pumped(.upstream, PumpResult(endOfFile: true), now: 5), .pumped(.downstream, PumpResult(endOfFile: true), now: 5),
         .pumped(.downstream, PumpResult(failure: (.backend, ECONNRESET)), now: 6),
         .kernelPairing(.refused), .kernelPairing(.paired(backendToClientInKernel: false, clientOpen: true)),
@@ -444,11 +445,14 @@ struct TCPSessionInvariantTests {
         .timerFired(.idle, now: 20_000), .timerFired(.flush(.client), now: 9), .adopted, .drainDeadline,
     ]
 
-    @Test("a session closes at most once, and asks for nothing after its close", arguments: [DataPathKind.copy, .sockmap])
+    /// splice: with promotion after one small exchange, so that random events reach it.
+    @Test("a session closes at most once, and asks for nothing after its close", arguments: [DataPathKind.copy, .sockmap, .splice])
     func closesOnce(path: DataPathKind) {
-        var random = SplitMix(seed: path == .copy ? 1 : 2)
+        var random = SplitMix(seed: path == .copy ? 1 : path == .sockmap ? 2 : 3)
+        var promoted = 0
         for _ in 0..<2000 {
-            var d = Driver(path: path)
+            let promotion = path == .splice ? SockmapPromotion(turns: 1, smallMessageBytes: 100) : nil
+            var d = Driver(path: path, promotion: promotion)
             var closes = 0
             for _ in 0..<12 {
                 let event = Self.events[Int(random.next() % UInt64(Self.events.count))]
@@ -456,11 +460,14 @@ struct TCPSessionInvariantTests {
                 let actions = d.on(event)
                 if wasClosed { #expect(actions.isEmpty) }
                 closes += actions.filter(isClose).count
+                if promotion != nil && actions.contains(.handToKernel) { promoted += 1 }
                 #expect(actions.filter(isClose).isEmpty || isClose(actions.last!), "close is the last action")
             }
             #expect(closes <= 1)
             #expect((closes == 1) == (d.closedWith != nil))
+            #expect(!d.session.pathsUsed.contains(.sockmap) || d.session.path == .sockmap)
         }
+        if path == .splice { #expect(promoted > 0, "random events reached a promotion") }
     }
 }
 
