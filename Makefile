@@ -10,7 +10,7 @@ PYTHON_PACKAGES := prometheus-client kubernetes-validate
 BENCH_PACKAGES := haproxy nginx-light libnginx-mod-stream iperf3 wrk python3
 SLUICE := .build/debug/sluice
 # Fuzzers under Fuzz/Sources/Fuzz<Name>, each run for FUZZ_SECONDS by `make fuzz`.
-FUZZERS ?= config admin
+FUZZERS ?= config admin http
 FUZZ_SECONDS ?= 60
 
 .PHONY: setup build demo test bench-setup fuzz clean

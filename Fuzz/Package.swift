@@ -11,11 +11,24 @@ let fuzzers = ((try? FileManager.default.contentsOfDirectory(atPath: sources.pat
     .filter { $0.hasPrefix("Fuzz") }
     .sorted()
 
+/// Reference implementations a fuzzer compares against (test-only: the
+/// main package never depends on them).
+let references: [String: [Target.Dependency]] = [
+    "FuzzHttp": [
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOEmbedded", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"),
+    ],
+]
+
 let package = Package(
     name: "SluiceFuzz",
     platforms: [.macOS(.v15)],
-    dependencies: [.package(name: "Sluice", path: "..")],
+    dependencies: [
+        .package(name: "Sluice", path: ".."),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+    ],
     targets: fuzzers.map { name in
-        .executableTarget(name: name, dependencies: [.product(name: "SluiceCore", package: "Sluice")])
+        .executableTarget(name: name, dependencies: [.product(name: "SluiceCore", package: "Sluice")] + (references[name] ?? []))
     }
 )

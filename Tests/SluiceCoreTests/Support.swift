@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Testing
 @testable import SluiceCore
 
@@ -67,5 +70,37 @@ extension TCPSession {
         var actions: [Action] = []
         handle(event, into: &actions)
         return actions
+    }
+}
+
+/// Fuzz/Corpus/<name>, found from this file's place in the repository.
+func fuzzCorpusDirectory(_ name: String) -> String {
+    var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
+    parts.removeLast(3) // Tests/SluiceCoreTests/Support.swift
+    return parts.joined(separator: "/") + "/Fuzz/Corpus/" + name
+}
+
+/// The seed files of a corpus directory, sorted.
+func corpusFiles(_ directory: String) -> [String] {
+    guard let dir = opendir(directory) else { return [] }
+    defer { closedir(dir) }
+    var names: [String] = []
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        if !name.hasPrefix(".") { names.append(name) }
+    }
+    return names.sorted()
+}
+
+/// SluiceCore does no I/O: the tests read the seeds themselves.
+func readCorpusFile(_ path: String) -> [UInt8]? {
+    guard let file = fopen(path, "rb") else { return nil }
+    defer { fclose(file) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = fread(&chunk, 1, chunk.count, file)
+        if n == 0 { return ferror(file) == 0 ? bytes : nil }
+        bytes.append(contentsOf: chunk[..<n])
     }
 }

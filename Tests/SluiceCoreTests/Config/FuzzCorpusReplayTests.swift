@@ -6,48 +6,19 @@ import Darwin
 import Testing
 @testable import SluiceCore
 
-/// Fuzz/Corpus/config, found from this file's place in the repository.
-private let corpusDirectory: String = {
-    var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
-    parts.removeLast(4) // Tests/SluiceCoreTests/Config/<file>
-    return parts.joined(separator: "/") + "/Fuzz/Corpus/config"
-}()
-
-private func corpusFiles() -> [String] {
-    guard let dir = opendir(corpusDirectory) else { return [] }
-    defer { closedir(dir) }
-    var names: [String] = []
-    while let entry = readdir(dir) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        if !name.hasPrefix(".") { names.append(name) }
-    }
-    return names.sorted()
-}
-
-/// SluiceCore does no I/O: the test reads the seed itself.
-private func readCorpusFile(_ path: String) -> [UInt8]? {
-    guard let file = fopen(path, "rb") else { return nil }
-    defer { fclose(file) }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = fread(&chunk, 1, chunk.count, file)
-        if n == 0 { return ferror(file) == 0 ? bytes : nil }
-        bytes.append(contentsOf: chunk[..<n])
-    }
-}
+private let corpusDirectory = fuzzCorpusDirectory("config")
 
 @Suite("Fuzz corpus replay")
 struct FuzzCorpusReplayTests {
     @Test("the seed corpus is there and holds both valid and invalid files")
     func corpusIsThere() {
-        let files = corpusFiles()
+        let files = corpusFiles(corpusDirectory)
         #expect(files.count >= 15, "\(corpusDirectory)")
         #expect(files.contains { $0.hasPrefix("valid-") })
         #expect(files.contains { !$0.hasPrefix("valid-") })
     }
 
-    @Test("every seed decodes to a config or to errors; valid-* ones without errors", arguments: corpusFiles())
+    @Test("every seed decodes to a config or to errors; valid-* ones without errors", arguments: corpusFiles(corpusDirectory))
     func replay(name: String) throws {
         let bytes = try #require(readCorpusFile(corpusDirectory + "/" + name))
         do {
