@@ -1,0 +1,114 @@
+/// What a `mode: http` listener tells backends about the client (`forwarded:`).
+public enum HTTPForwardedFields: String, Sendable, CaseIterable {
+    case off
+    /// `X-Forwarded-For` (the client appended to what came in) and `X-Forwarded-Proto`.
+    case xff
+    /// RFC 7239 `Forwarded: for=...;proto=...`, appended to what came in.
+    case forwarded
+    case both
+}
+
+/// Writes the heads the proxy sends on: the fields as received, less the
+/// hop-by-hop ones (RFC 9110 7.6.1: Connection and every field it names,
+/// Keep-Alive, Proxy-Connection, TE, Trailer, and Upgrade unless the
+/// connection is being upgraded), plus what the proxy adds. The start line
+/// and every kept field go out byte for byte.
+public enum HTTPHeadRewriter {
+    /// The request head for the backend, appended to `out`.
+    /// - client: the client's address as it goes in the fields (`192.0.2.7`, `2001:db8::1`).
+    /// - scheme: `http` or `https`, for X-Forwarded-Proto and `proto=`.
+    public static func request(_ head: HTTPRequestHead, in bytes: UnsafeRawBufferPointer, client: String,
+                               scheme: String = "http", forwarded: HTTPForwardedFields, into out: inout [UInt8]) {
+        let firstField = head.fields.first?.name.lowerBound ?? (head.length - 2)
+        out.append(contentsOf: bytes[0..<firstField]) // the request line and its CRLF
+        let dropped = hopByHop(head.fields, bytes, upgrading: head.upgrade)
+        let addsXFF = forwarded == .xff || forwarded == .both
+        let addsForwarded = forwarded == .forwarded || forwarded == .both
+        var priorXFF: [Range<Int>] = [], priorForwarded: [Range<Int>] = []
+        for (k, field) in head.fields.enumerated() where !dropped[k] {
+            if addsXFF && equalsLowercase(field.name, "x-forwarded-for", bytes) { priorXFF.append(field.value); continue }
+            if addsXFF && equalsLowercase(field.name, "x-forwarded-proto", bytes) { continue }
+            if addsForwarded && equalsLowercase(field.name, "forwarded", bytes) { priorForwarded.append(field.value); continue }
+            append(field, bytes, &out)
+        }
+        if head.upgrade {
+            out.append(contentsOf: Array("Connection: upgrade\r\n".utf8))
+        } else if head.version == .http10 {
+            out.append(contentsOf: Array("Connection: keep-alive\r\n".utf8)) // the backend connection is reused
+        }
+        if addsXFF {
+            out.append(contentsOf: Array("X-Forwarded-For: ".utf8))
+            for value in priorXFF where !value.isEmpty {
+                out.append(contentsOf: bytes[value])
+                out.append(contentsOf: Array(", ".utf8))
+            }
+            out.append(contentsOf: Array("\(client)\r\nX-Forwarded-Proto: \(scheme)\r\n".utf8))
+        }
+        if addsForwarded {
+            out.append(contentsOf: Array("Forwarded: ".utf8))
+            for value in priorForwarded where !value.isEmpty {
+                out.append(contentsOf: bytes[value])
+                out.append(contentsOf: Array(", ".utf8))
+            }
+            // An IPv6 address is quoted in brackets (RFC 7239 section 6).
+            let node = client.contains(":") ? "\"[\(client)]\"" : client
+            out.append(contentsOf: Array("for=\(node);proto=\(scheme)\r\n".utf8))
+        }
+        out.append(contentsOf: Array("\r\n".utf8))
+    }
+
+    /// The response head for the client, appended to `out`; `close` adds
+    /// `Connection: close` (the proxy closes the client after it).
+    public static func response(_ head: HTTPResponseHead, in bytes: UnsafeRawBufferPointer, close: Bool, into out: inout [UInt8]) {
+        let firstField = head.fields.first?.name.lowerBound ?? (head.length - 2)
+        out.append(contentsOf: bytes[0..<firstField])
+        let upgrading = head.status == 101
+        let dropped = hopByHop(head.fields, bytes, upgrading: upgrading)
+        for (k, field) in head.fields.enumerated() where !dropped[k] { append(field, bytes, &out) }
+        if upgrading {
+            out.append(contentsOf: Array("Connection: upgrade\r\n".utf8))
+        } else if close {
+            out.append(contentsOf: Array("Connection: close\r\n".utf8))
+        } else if head.version == .http10 {
+            out.append(contentsOf: Array("Connection: keep-alive\r\n".utf8))
+        }
+        out.append(contentsOf: Array("\r\n".utf8))
+    }
+
+    /// For each field, whether it is dropped: it concerns this hop only.
+    static func hopByHop(_ fields: [HTTPField], _ bytes: UnsafeRawBufferPointer, upgrading: Bool) -> [Bool] {
+        var named: [Range<Int>] = []
+        for field in fields where equalsLowercase(field.name, "connection", bytes) {
+            var start = field.value.lowerBound
+            for k in field.value.lowerBound...field.value.upperBound where k == field.value.upperBound || bytes[k] == UInt8(ascii: ",") {
+                var a = start, b = k
+                while a < b && (bytes[a] == HTTPBytes.sp || bytes[a] == HTTPBytes.htab) { a += 1 }
+                while b > a && (bytes[b - 1] == HTTPBytes.sp || bytes[b - 1] == HTTPBytes.htab) { b -= 1 }
+                if a < b { named.append(a..<b) }
+                start = k + 1
+            }
+        }
+        return fields.map { field in
+            for name in ["connection", "keep-alive", "proxy-connection", "te", "trailer"] where equalsLowercase(field.name, name, bytes) {
+                return true
+            }
+            if equalsLowercase(field.name, "upgrade", bytes) { return !upgrading }
+            return named.contains { token in
+                token.count == field.name.count && zip(token, field.name).allSatisfy { HTTPBytes.lower(bytes[$0]) == HTTPBytes.lower(bytes[$1]) }
+                    && !(upgrading && equalsLowercase(token, "upgrade", bytes))
+            }
+        }
+    }
+
+    private static func append(_ field: HTTPField, _ bytes: UnsafeRawBufferPointer, _ out: inout [UInt8]) {
+        out.append(contentsOf: bytes[field.name])
+        out.append(contentsOf: Array(": ".utf8))
+        out.append(contentsOf: bytes[field.value])
+        out.append(contentsOf: Array("\r\n".utf8))
+    }
+
+    static func equalsLowercase(_ range: Range<Int>, _ word: String, _ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard range.count == word.utf8.count else { return false }
+        return zip(range, word.utf8).allSatisfy { HTTPBytes.lower(bytes[$0]) == $1 }
+    }
+}
