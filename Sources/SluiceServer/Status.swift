@@ -282,6 +282,13 @@ public struct DataPathCounts: Codable, Sendable, Equatable {
     public var sockmap: UInt64 = 0
     public var promotions: UInt64 = 0
 
+    public init(copy: UInt64, splice: UInt64, sockmap: UInt64, promotions: UInt64) {
+        self.copy = copy
+        self.splice = splice
+        self.sockmap = sockmap
+        self.promotions = promotions
+    }
+
     init(_ counters: [WorkerCounters]) {
         for worker in counters {
             copy += worker.closedByPath[.copy]?.load(ordering: .relaxed) ?? 0

@@ -133,7 +133,9 @@ struct StatusAdminTests {
         for expected in ["sluice_build_info 1", "sluice_worker_active_connections 2 ['worker']",
                          "sluice_listener_accepted_total 1 ['listener', 'pool']",
                          "sluice_backend_active_connections 1 ['backend', 'pool']",
-                         "sluice_steering_total 7 ['outcome']"] {
+                         "sluice_steering_total 7 ['outcome']",
+                         "sluice_worker_connections_by_path_total 6 ['path', 'worker']",
+                         "sluice_worker_sockmap_promotions_total 2 ['worker']"] {
             #expect(parsed.output.contains(expected), "\(expected) in \(parsed.output)")
         }
         let (notFound, _) = try runCommand("/usr/bin/curl", ["-sf", "http://127.0.0.1:\(metricsPort)/other"])

@@ -51,6 +51,15 @@ struct StatusTextTests {
         for line in text.split(separator: "\n") { #expect(line.count <= 80, "\(line.count): \(line)") }
     }
 
+    @Test("closed connections per data path and promotions get a line when the daemon answered")
+    func dataPathLine() {
+        var snapshot = Self.snapshot
+        snapshot.dataPaths = DataPathCounts(copy: 12_345, splice: 67, sockmap: 8_900, promotions: 8_899)
+        let text = StatusText.render(snapshot)
+        #expect(text.contains("\nclosed by path: copy 12,345  splice 67  sockmap 8,900  promoted 8,899\n"), "\(text)")
+        #expect(!StatusText.render(Self.snapshot).contains("closed by path"))
+    }
+
     @Test("share bars are proportional: a full share is ten blocks")
     func bars() {
         #expect(StatusText.bar(1) == "██████████")
