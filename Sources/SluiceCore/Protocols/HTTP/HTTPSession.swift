@@ -1,0 +1,467 @@
+/// One client connection of a `mode: http` listener, as a state machine: no
+/// sockets, no clock. The worker feeds it events and carries out the
+/// actions in order; actions on one side are carried out in the order given
+/// (a `move` after a `send` waits until the send is written).
+///
+/// Requests are taken one at a time: a pipelined request waits in the
+/// client's bytes until the response before it is complete, so responses go
+/// out in order. The session reads what needs judgement (heads, chunk
+/// framing) and leaves the rest to the worker as `move`s of a known length,
+/// which it may splice in the kernel.
+///
+/// Phases: `idle` (reading a request head; a keep-alive client waits here),
+/// `connecting` (a backend is being acquired), `exchanging` (the request's
+/// body and the response under way), `tunnel` (after 101), `closing`.
+public struct HTTPSession: Sendable {
+    public enum Phase: Sendable, Equatable {
+        case idle
+        case connecting
+        case exchanging
+        case tunnel
+        case closing(CloseReason)
+    }
+
+    /// How much of a body is left, and how it is delimited.
+    enum Body: Sendable {
+        case done
+        /// Bytes still to move (a `move` is under way once the prefix was sent).
+        case length(UInt64)
+        case chunked(HTTPChunkedDecoder)
+        case untilClose
+    }
+
+    struct Exchange: Sendable {
+        var method: HTTPMethod
+        var record: HTTPExchangeRecord
+        var clientKeepAlive: Bool
+        var pool: Int
+        var tried: [Int] = []
+        var reused = false
+        /// The rewritten head and what was sent with it, for a retry on another backend.
+        var head: [UInt8] = []
+        var requestFraming: HTTPBodyFraming
+        var request: Body = .done
+        var responseHeadSeen = false
+        var response: Body = .done
+        var backendKeepAlive = false
+        var closeClient = false
+        var startedAt: UInt64
+        var headSentAt: UInt64 = 0
+    }
+
+    public private(set) var phase: Phase = .idle
+    public let limits: HTTPSessionLimits
+    public let router: HTTPRouter
+    /// The client's address as the forwarded fields give it.
+    public let client: String
+    private var parser: HTTPHeadParser
+    /// Bytes received and not yet used, per side.
+    private var clientBytes: [UInt8] = []
+    private var backendBytes: [UInt8] = []
+    private var exchange: Exchange?
+    private var clientEOF = false
+
+    public init(limits: HTTPSessionLimits, router: HTTPRouter, client: String) {
+        self.limits = limits
+        self.router = router
+        self.client = client
+        self.parser = HTTPHeadParser(limits: limits.head)
+    }
+
+    /// Appends what to do about `event` to `actions`.
+    public mutating func handle(_ event: Event, into actions: inout [Action]) {
+        if case .closing = phase { return }
+        switch event {
+        case .accepted(let now):
+            actions.append(.schedule(.head, at: now + limits.headTimeoutMilliseconds))
+            actions.append(.read(.client))
+        case .received(.client, let bytes, let now):
+            clientBytes += bytes
+            if exchange != nil { fromClient(now, &actions) } else { nextRequest(now, &actions) }
+        case .received(.backend, let bytes, let now):
+            backendBytes += bytes
+            fromBackend(now, &actions)
+        case .endOfFile(.client, _):
+            clientEOF = true
+            clientEnded(&actions)
+        case .endOfFile(.backend, let now):
+            backendEnded(now, &actions)
+        case .failed(let side, _):
+            if exchange != nil { actions.append(.release(reusable: false)) }
+            close(side == .client ? .clientReset : .backendReset, &actions)
+        case .sent(_, let now):
+            if var e = exchange, e.headSentAt == 0, phase == .exchanging {
+                e.headSentAt = now
+                exchange = e
+            }
+        case .moved(let flow, let now):
+            moved(flow, now, &actions)
+        case .acquired(let backend, let reused, let now):
+            acquired(backend, reused: reused, now, &actions)
+        case .acquireFailed(let backend, _):
+            guard var e = exchange, phase == .connecting else { return }
+            actions.append(.noteBackendFailure(backend: backend))
+            e.tried.append(backend)
+            exchange = e
+            if e.tried.count < limits.maxAttempts { actions.append(.acquire(pool: e.pool, excluding: e.tried)) } else { fail(502, &actions) }
+        case .noBackend:
+            if phase == .connecting { fail(exchange?.tried.isEmpty == false ? 502 : 503, &actions) }
+        case .timerFired(.head, _):
+            guard phase == .idle else { return }
+            if clientBytes.isEmpty { close(.idleTimeout, &actions) } else { respondAndClose(408, &actions) }
+        case .timerFired(.response, _):
+            guard phase == .exchanging, let e = exchange, !e.responseHeadSeen else { return }
+            fail(504, &actions)
+        }
+    }
+
+    // MARK: - Requests
+
+    /// Parses the next request head from the client's bytes and starts its exchange.
+    private mutating func nextRequest(_ now: UInt64, _ actions: inout [Action]) {
+        guard phase == .idle else { return }
+        let parsed = clientBytes.withUnsafeBytes { parser.parseRequest($0) }
+        switch parsed {
+        case .incomplete:
+            if clientEOF { close(.clientClosed, &actions) } else { actions.append(.read(.client)) }
+        case .invalid(let error):
+            respondAndClose(error.status, &actions)
+        case .complete(let head):
+            actions.append(.cancel(.head))
+            start(head, now, &actions)
+        }
+    }
+
+    private mutating func start(_ head: HTTPRequestHead, _ now: UInt64, _ actions: inout [Action]) {
+        let (pool, record, rewritten) = clientBytes.withUnsafeBytes { bytes in
+            var out: [UInt8] = []
+            HTTPHeadRewriter.request(head, in: bytes, client: client, forwarded: limits.forwarded, into: &out)
+            let record = HTTPExchangeRecord(
+                method: String(decoding: bytes[head.methodRange], as: UTF8.self),
+                host: HTTPRouter.hostName(head, bytes).map { String(decoding: bytes[$0], as: UTF8.self) } ?? "-",
+                path: String(decoding: bytes[HTTPRouter.path(head, bytes)], as: UTF8.self),
+                status: 0, route: nil, backend: nil, bytesFromClient: UInt64(head.length), bytesToClient: 0,
+                upstreamMilliseconds: nil, totalMilliseconds: 0)
+            return (router.route(head, in: bytes), record, out)
+        }
+        clientBytes.removeFirst(head.length)
+        parser.reset()
+        var e = Exchange(method: head.method, record: record, clientKeepAlive: head.keepAlive, pool: pool ?? -1,
+                         requestFraming: head.framing, startedAt: now)
+        e.head = rewritten
+        e.record.route = pool
+        exchange = e
+        guard pool != nil else {
+            // No route: answer here; a body would have to be read and thrown away, so close instead.
+            respond(404, close: head.framing != .none || !head.keepAlive, now, &actions)
+            return
+        }
+        phase = .connecting
+        actions.append(.acquire(pool: e.pool, excluding: []))
+    }
+
+    private mutating func acquired(_ backend: Int, reused: Bool, _ now: UInt64, _ actions: inout [Action]) {
+        guard var e = exchange, phase == .connecting else { return }
+        e.record.backend = backend
+        e.reused = reused
+        phase = .exchanging
+        var out = e.head
+        switch e.requestFraming {
+        case .length(let n):
+            let prefix = Int(min(n, UInt64(clientBytes.count)))
+            out += clientBytes[0..<prefix]
+            clientBytes.removeFirst(prefix)
+            e.record.bytesFromClient += UInt64(prefix)
+            e.request = n > UInt64(prefix) ? .length(n - UInt64(prefix)) : .done
+        case .chunked:
+            e.request = .chunked(HTTPChunkedDecoder())
+        default:
+            e.request = .done
+        }
+        exchange = e
+        actions.append(.send(.backend, out))
+        if case .length(let left) = e.request { actions.append(.move(.upstream, count: left)) }
+        actions.append(.schedule(.response, at: now + limits.responseTimeoutMilliseconds))
+        actions.append(.read(.backend))
+        if case .chunked = e.request { fromClient(now, &actions) } // what came with the head
+    }
+
+    /// Client bytes during an exchange: chunk framing of the request body, or
+    /// the next (pipelined) request, which waits.
+    private mutating func fromClient(_ now: UInt64, _ actions: inout [Action]) {
+        guard var e = exchange, phase == .exchanging, case .chunked(var decoder) = e.request else { return }
+        let (consumed, outcome) = clientBytes.withUnsafeBytes { decoder.consume($0) }
+        if consumed > 0 {
+            actions.append(.send(.backend, Array(clientBytes[0..<consumed])))
+            clientBytes.removeFirst(consumed)
+            e.record.bytesFromClient += UInt64(consumed)
+        }
+        switch outcome {
+        case .invalid(let error):
+            exchange = e
+            fail(error.status, &actions)
+            return
+        case .done:
+            e.request = .done
+        case .more:
+            e.request = .chunked(decoder)
+            actions.append(.read(.client))
+        }
+        exchange = e
+        finishIfDone(now, &actions)
+    }
+
+    // MARK: - Responses
+
+    private mutating func fromBackend(_ now: UInt64, _ actions: inout [Action]) {
+        guard var e = exchange, phase == .exchanging else { return }
+        if !e.responseHeadSeen {
+            let parsed = backendBytes.withUnsafeBytes { parser.parseResponse($0, requestMethod: e.method) }
+            switch parsed {
+            case .incomplete:
+                actions.append(.read(.backend))
+                return
+            case .invalid(let error):
+                fail(error.status, &actions)
+                return
+            case .complete(let head):
+                parser.reset()
+                if head.status < 200 && head.status != 101 {
+                    // Interim (100 Continue, 103): passed on; the final response follows.
+                    var out: [UInt8] = []
+                    backendBytes.withUnsafeBytes { HTTPHeadRewriter.response(head, in: $0, close: false, into: &out) }
+                    backendBytes.removeFirst(head.length)
+                    e.record.bytesToClient += UInt64(out.count)
+                    exchange = e
+                    actions.append(.send(.client, out))
+                    fromBackend(now, &actions)
+                    return
+                }
+                responseHead(head, &e, now, &actions)
+            }
+        }
+        if case .chunked(var decoder) = e.response {
+            let (consumed, outcome) = backendBytes.withUnsafeBytes { decoder.consume($0) }
+            if consumed > 0 {
+                actions.append(.send(.client, Array(backendBytes[0..<consumed])))
+                backendBytes.removeFirst(consumed)
+                e.record.bytesToClient += UInt64(consumed)
+            }
+            switch outcome {
+            case .invalid:
+                exchange = e
+                actions.append(.release(reusable: false))
+                close(.backendReset, &actions) // the response is half out: nothing better to tell the client
+                return
+            case .done: e.response = .done
+            case .more:
+                e.response = .chunked(decoder)
+                actions.append(.read(.backend))
+            }
+        }
+        exchange = e
+        finishIfDone(now, &actions)
+    }
+
+    private mutating func responseHead(_ head: HTTPResponseHead, _ e: inout Exchange, _ now: UInt64, _ actions: inout [Action]) {
+        actions.append(.cancel(.response))
+        e.responseHeadSeen = true
+        e.record.status = head.status
+        e.record.upstreamMilliseconds = now &- (e.headSentAt == 0 ? now : e.headSentAt)
+        e.backendKeepAlive = head.keepAlive
+        var requestDone = true
+        if case .done = e.request {} else { requestDone = false }
+        // The client's stream can go on only if its request was read to the end
+        // and this response's end is marked.
+        e.closeClient = !e.clientKeepAlive || head.framing == .untilClose || !requestDone || clientEOF
+        var out: [UInt8] = []
+        backendBytes.withUnsafeBytes { HTTPHeadRewriter.response(head, in: $0, close: e.closeClient, into: &out) }
+        backendBytes.removeFirst(head.length)
+        switch head.framing {
+        case .none:
+            e.response = .done
+        case .length(let n):
+            let prefix = Int(min(n, UInt64(backendBytes.count)))
+            out += backendBytes[0..<prefix]
+            backendBytes.removeFirst(prefix)
+            e.response = n > UInt64(prefix) ? .length(n - UInt64(prefix)) : .done
+        case .chunked:
+            e.response = .chunked(HTTPChunkedDecoder())
+        case .untilClose:
+            out += backendBytes
+            backendBytes.removeAll()
+            e.response = .untilClose
+        case .tunnel:
+            out += backendBytes
+            backendBytes.removeAll()
+            e.record.bytesToClient += UInt64(out.count)
+            actions.append(.send(.client, out))
+            if !clientBytes.isEmpty { actions.append(.send(.backend, clientBytes)) }
+            clientBytes.removeAll()
+            actions.append(.log(e.record))
+            phase = .tunnel
+            // Each way stays open until its `move` reaches the source's EOF.
+            e.request = .untilClose
+            e.response = .untilClose
+            exchange = e
+            actions.append(.move(.upstream, count: nil))
+            actions.append(.move(.downstream, count: nil))
+            return
+        }
+        e.record.bytesToClient += UInt64(out.count)
+        actions.append(.send(.client, out))
+        switch e.response {
+        case .length(let left): actions.append(.move(.downstream, count: left))
+        case .untilClose: actions.append(.move(.downstream, count: nil))
+        default: break
+        }
+    }
+
+    private mutating func moved(_ flow: Flow, _ now: UInt64, _ actions: inout [Action]) {
+        if phase == .tunnel {
+            if flow == .upstream { clientEOF = true }
+            if var e = exchange {
+                if flow == .upstream { e.request = .done } else { e.response = .done }
+                exchange = e
+                if case .done = e.request, case .done = e.response { close(.clientClosed, &actions) }
+            }
+            return
+        }
+        guard var e = exchange, phase == .exchanging else { return }
+        if flow == .upstream, case .length(let left) = e.request {
+            e.record.bytesFromClient += left
+            e.request = .done
+        } else if flow == .downstream {
+            switch e.response {
+            case .length(let left):
+                e.record.bytesToClient += left
+                e.response = .done
+            case .untilClose:
+                e.response = .done
+                e.backendKeepAlive = false
+            default:
+                break
+            }
+        }
+        exchange = e
+        finishIfDone(now, &actions)
+    }
+
+    /// Both bodies done: log, hand the backend back, and wait for the next request.
+    private mutating func finishIfDone(_ now: UInt64, _ actions: inout [Action]) {
+        guard var e = exchange, phase == .exchanging, e.responseHeadSeen else { return }
+        guard case .done = e.response else { return }
+        guard case .done = e.request else {
+            // Answered before the request's body was all in: neither stream can be followed further.
+            e.closeClient = true
+            finish(e, now, &actions)
+            return
+        }
+        finish(e, now, &actions)
+    }
+
+    private mutating func finish(_ e: Exchange, _ now: UInt64, _ actions: inout [Action]) {
+        var record = e.record
+        record.totalMilliseconds = now &- e.startedAt
+        actions.append(.log(record))
+        var requestDone = true
+        if case .done = e.request {} else { requestDone = false }
+        actions.append(.release(reusable: e.backendKeepAlive && requestDone && backendBytes.isEmpty))
+        backendBytes.removeAll()
+        exchange = nil
+        if e.closeClient || clientEOF {
+            close(.clientClosed, &actions)
+            return
+        }
+        phase = .idle
+        actions.append(.schedule(.head, at: now + limits.headTimeoutMilliseconds))
+        nextRequest(now, &actions)
+    }
+
+    // MARK: - Ends and failures
+
+    private mutating func clientEnded(_ actions: inout [Action]) {
+        switch phase {
+        case .idle:
+            close(.clientClosed, &actions)
+        case .connecting, .exchanging:
+            guard let e = exchange else { return }
+            if case .done = e.request { return } // the response still goes out, then the connection closes
+            actions.append(.release(reusable: false))
+            close(.clientClosed, &actions)
+        default:
+            break
+        }
+    }
+
+    private mutating func backendEnded(_ now: UInt64, _ actions: inout [Action]) {
+        guard var e = exchange, phase == .exchanging else { return }
+        if !e.responseHeadSeen {
+            actions.append(.release(reusable: false))
+            // A kept-alive connection the backend had just closed, or a backend that
+            // gave up: safe to send again when nothing depends on it having been seen.
+            if e.method.isIdempotent && e.requestFraming == .none && e.tried.count + 1 < limits.maxAttempts {
+                if !e.reused, let backend = e.record.backend { e.tried.append(backend) }
+                e.record.backend = nil
+                phase = .connecting
+                backendBytes.removeAll()
+                exchange = e
+                actions.append(.cancel(.response))
+                actions.append(.acquire(pool: e.pool, excluding: e.tried))
+                return
+            }
+            fail(502, &actions)
+            return
+        }
+        // Cut short inside a body (an until-close body ends through `moved`).
+        actions.append(.release(reusable: false))
+        close(.backendClosed, &actions)
+    }
+
+    /// The exchange cannot go on: an error response if none was started, then close.
+    private mutating func fail(_ status: Int, _ actions: inout [Action]) {
+        if exchange != nil && phase != .connecting { actions.append(.release(reusable: false)) }
+        respondAndClose(status, &actions)
+    }
+
+    private mutating func respondAndClose(_ status: Int, _ actions: inout [Action]) {
+        if exchange?.responseHeadSeen == true {
+            close(.backendReset, &actions)
+            return
+        }
+        actions.append(.send(.client, HTTPErrorResponse.bytes(status: status)))
+        if var e = exchange {
+            e.record.status = status
+            actions.append(.log(e.record))
+            exchange = e
+        }
+        close(status == 408 ? .idleTimeout : .clientClosed, &actions)
+    }
+
+    /// A response of the proxy's own on a request that was otherwise fine (404).
+    private mutating func respond(_ status: Int, close closing: Bool, _ now: UInt64, _ actions: inout [Action]) {
+        guard var e = exchange else { return }
+        var bytes = HTTPErrorResponse.bytes(status: status)
+        if !closing {
+            let keep = Array("Connection: close\r\n".utf8)
+            if let at = bytes.firstRange(of: keep) { bytes.removeSubrange(at) }
+        }
+        actions.append(.send(.client, bytes))
+        e.record.status = status
+        e.record.bytesToClient = UInt64(bytes.count)
+        e.record.totalMilliseconds = now &- e.startedAt
+        actions.append(.log(e.record))
+        exchange = nil
+        if closing {
+            close(.clientClosed, &actions)
+        } else {
+            actions.append(.schedule(.head, at: now + limits.headTimeoutMilliseconds))
+            nextRequest(now, &actions)
+        }
+    }
+
+    private mutating func close(_ reason: CloseReason, _ actions: inout [Action]) {
+        phase = .closing(reason)
+        actions.append(.close(reason))
+    }
+}
