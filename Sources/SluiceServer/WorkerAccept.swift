@@ -38,8 +38,8 @@ extension Worker {
             counters.accepted.wrappingIncrement(ordering: .relaxed) // TCP_NODELAY comes from the listener
             let session = Session(
                 id: nextSessionID, listener: listener, client: clientFD, clientAddress: clientAddress,
-                path: settings.dataPath, promotion: sockmapPairs == nil ? nil : settings.promotion, flushTimeoutMilliseconds: settings.sockmapFlushTimeoutMilliseconds,
-                now: monotonicMilliseconds()
+                path: settings.dataPath, promotion: sockmapPairs == nil ? nil : settings.promotion,
+                flushTimeoutMilliseconds: settings.sockmapFlushTimeoutMilliseconds, now: monotonicMilliseconds()
             )
             nextSessionID += 1
             sessions[session.id] = session
