@@ -51,41 +51,63 @@ func accessPaths(_ log: String) -> [String] {
     }
 }
 
+/// Connects and makes `promotionTurns` small exchanges (the session is
+/// promoted as the last answer leaves); nil, with the failure noted, if that fails.
+func connectAndExchange(port: UInt16, client i: Int, failures: Locked<[String]>) -> Int32? {
+    guard let fd = try? connectTCP("127.0.0.1", port, timeoutSeconds: 30) else {
+        failures.withLock { $0.append("client \(i): no connection") }
+        return nil
+    }
+    for k in 0..<promotionTurns {
+        if let failure = echoExchange(fd, payload(size: 200, seed: UInt64(i * 10 + k))) {
+            failures.withLock { $0.append("client \(i): \(failure)") }
+            close(fd)
+            return nil
+        }
+    }
+    return fd
+}
+
 @Suite("data_path auto: promotion to the kernel mid-stream", .serialized)
 struct PromotionEndToEndTests {
-    func startAuto(backends: [String], port: UInt16) throws -> SluiceProcess {
-        try SluiceProcess.run(config: proxyConfig(port: port, backends: backends, dataPath: "auto",
-                                                  extraTop: "sockmap_after_turns: \(promotionTurns)"))
+    /// Starts sluice (auto, promoting) in front of `backend` and runs `client`
+    /// on `count` threads at once; each notes what went wrong in `failures`.
+    /// Returns the running proxy and its port, once every client is done.
+    func run(_ count: Int, clientsOf backend: TestServer,
+             _ client: @escaping @Sendable (_ index: Int, _ port: UInt16, _ failures: Locked<[String]>) -> Void) throws
+        -> (sluice: SluiceProcess, port: UInt16)
+    {
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [backend.address], dataPath: "auto",
+                                                               extraTop: "sockmap_after_turns: \(promotionTurns)"))
+        let failures = Locked<[String]>([])
+        let threads = (0..<count).map { i in startThread { client(i, port, failures) } }
+        for t in threads { t.join() }
+        #expect(failures.value.isEmpty, "\(failures.value)")
+        return (sluice, port)
     }
 
     @Test("64 pairs: small exchanges promote each to sockmap; then checksummed random sizes up to 1 MiB come back byte-exact")
     func promotionUnderLoad() throws {
         guard requireRoot() else { return }
         let echo = try TestServer.echo()
-        let port = freePort()
-        let sluice = try startAuto(backends: [echo.address], port: port)
-        let failures = Locked<[String]>([])
-        let threads = (0..<64).map { i in
-            startThread {
-                let fd: Int32
-                do { fd = try connectTCP("127.0.0.1", port, timeoutSeconds: 30) } catch {
-                    failures.withLock { $0.append("\(error)") }
+        let (sluice, port) = try run(64, clientsOf: echo) { i, port, failures in
+            let fd: Int32
+            do { fd = try connectTCP("127.0.0.1", port, timeoutSeconds: 30) } catch {
+                failures.withLock { $0.append("\(error)") }
+                return
+            }
+            defer { close(fd) }
+            for (k, size) in exchangeSizes(seed: UInt64(i), small: promotionTurns + 2, large: 10).enumerated() {
+                if let failure = echoExchange(fd, payload(size: size, seed: UInt64(i * 100 + k))) {
+                    failures.withLock { $0.append("client \(i), exchange \(k): \(failure)") }
                     return
                 }
-                defer { close(fd) }
-                for (k, size) in exchangeSizes(seed: UInt64(i), small: promotionTurns + 2, large: 10).enumerated() {
-                    if let failure = echoExchange(fd, payload(size: size, seed: UInt64(i * 100 + k))) {
-                        failures.withLock { $0.append("client \(i), exchange \(k): \(failure)") }
-                        return
-                    }
-                }
-                shutdown(fd, Int32(SHUT_WR))
-                let (rest, clean) = readToEnd(fd)
-                if !clean || !rest.isEmpty { failures.withLock { $0.append("client \(i): \(rest.count) extra bytes, clean EOF \(clean)") } }
             }
+            shutdown(fd, Int32(SHUT_WR))
+            let (rest, clean) = readToEnd(fd)
+            if !clean || !rest.isEmpty { failures.withLock { $0.append("client \(i): \(rest.count) extra bytes, clean EOF \(clean)") } }
         }
-        for t in threads { t.join() }
-        #expect(failures.value.isEmpty, "\(failures.value)")
         let status = try statusJSON("e2e\(port)")
         let counts = status["data_paths"] as? [String: Int]
         #expect(status["data_path"] as? String == "auto")
@@ -100,47 +122,31 @@ struct PromotionEndToEndTests {
     func promotionWithBytesInFlight() throws {
         guard requireRoot() else { return }
         let echo = try TestServer.echo()
-        let port = freePort()
-        let sluice = try startAuto(backends: [echo.address], port: port)
-        let failures = Locked<[String]>([])
-        let threads = (0..<32).map { i in
-            startThread {
-                guard let fd = try? connectTCP("127.0.0.1", port, timeoutSeconds: 30) else {
-                    failures.withLock { $0.append("client \(i): no connection") }
-                    return
+        let (sluice, _) = try run(32, clientsOf: echo) { i, port, failures in
+            guard let fd = connectAndExchange(port: port, client: i, failures: failures) else { return }
+            defer { close(fd) }
+            var rng = SplitMix(UInt64(i))
+            let messages = (0..<300).map { k in payload(size: 1 + Int(rng.next() % 1500), seed: UInt64(i * 1000 + k)) }
+            var sent = StreamDigest()
+            for m in messages { m.withUnsafeBytes { sent.update($0) } }
+            // The session is promoted as the last answer leaves; the
+            // writer does not wait for answers any more, so the next
+            // messages are already queued or on their way.
+            let writer = startThread {
+                for (k, m) in messages.enumerated() {
+                    _ = sendAll(fd, m)
+                    if k % 8 == 7 { usleep(200) }
                 }
-                defer { close(fd) }
-                for k in 0..<promotionTurns {
-                    if let failure = echoExchange(fd, payload(size: 200, seed: UInt64(i * 10 + k))) {
-                        failures.withLock { $0.append("client \(i): \(failure)") }
-                        return
-                    }
-                }
-                var rng = SplitMix(UInt64(i))
-                let messages = (0..<300).map { k in payload(size: 1 + Int(rng.next() % 1500), seed: UInt64(i * 1000 + k)) }
-                var sent = StreamDigest()
-                for m in messages { m.withUnsafeBytes { sent.update($0) } }
-                // The session is promoted as the last answer leaves; the
-                // writer does not wait for answers any more, so the next
-                // messages are already queued or on their way.
-                let writer = startThread {
-                    for (k, m) in messages.enumerated() {
-                        _ = sendAll(fd, m)
-                        if k % 8 == 7 { usleep(200) }
-                    }
-                    shutdown(fd, Int32(SHUT_WR))
-                }
-                let (received, clean) = readToEnd(fd)
-                writer.join()
-                var got = StreamDigest()
-                received.withUnsafeBytes { got.update($0) }
-                if !clean || got != sent {
-                    failures.withLock { $0.append("client \(i): \(got.count) of \(sent.count) bytes, clean EOF \(clean)") }
-                }
+                shutdown(fd, Int32(SHUT_WR))
+            }
+            let (received, clean) = readToEnd(fd)
+            writer.join()
+            var got = StreamDigest()
+            received.withUnsafeBytes { got.update($0) }
+            if !clean || got != sent {
+                failures.withLock { $0.append("client \(i): \(got.count) of \(sent.count) bytes, clean EOF \(clean)") }
             }
         }
-        for t in threads { t.join() }
-        #expect(failures.value.isEmpty, "\(failures.value)")
         #expect(try sluice.stop() == 0, "\(sluice.log)")
         let paths = accessPaths(sluice.log)
         #expect(paths.count == 32 && paths.allSatisfy { $0.hasSuffix("+sockmap") }, "\(paths)")
@@ -151,34 +157,18 @@ struct PromotionEndToEndTests {
     func clientHalfCloseDuringPromotion(lastMessage: Int) throws {
         guard requireRoot() else { return }
         let echo = try TestServer.echo()
-        let port = freePort()
-        let sluice = try startAuto(backends: [echo.address], port: port)
-        let failures = Locked<[String]>([])
-        let threads = (0..<64).map { i in
-            startThread {
-                guard let fd = try? connectTCP("127.0.0.1", port, timeoutSeconds: 30) else {
-                    failures.withLock { $0.append("client \(i): no connection") }
-                    return
-                }
-                defer { close(fd) }
-                for k in 0..<promotionTurns {
-                    if let failure = echoExchange(fd, payload(size: 200, seed: UInt64(i * 10 + k))) {
-                        failures.withLock { $0.append("client \(i): \(failure)") }
-                        return
-                    }
-                }
-                // The promotion starts as the last answer leaves: race it.
-                let last = payload(size: lastMessage, seed: UInt64(i))
-                _ = sendAll(fd, last)
-                shutdown(fd, Int32(SHUT_WR))
-                let (received, clean) = readToEnd(fd)
-                if !clean || received != last {
-                    failures.withLock { $0.append("client \(i): \(received.count) of \(last.count) bytes back, clean EOF \(clean)") }
-                }
+        let (sluice, _) = try run(64, clientsOf: echo) { i, port, failures in
+            guard let fd = connectAndExchange(port: port, client: i, failures: failures) else { return }
+            defer { close(fd) }
+            // The promotion starts as the last answer leaves: race it.
+            let last = payload(size: lastMessage, seed: UInt64(i))
+            _ = sendAll(fd, last)
+            shutdown(fd, Int32(SHUT_WR))
+            let (received, clean) = readToEnd(fd)
+            if !clean || received != last {
+                failures.withLock { $0.append("client \(i): \(received.count) of \(last.count) bytes back, clean EOF \(clean)") }
             }
         }
-        for t in threads { t.join() }
-        #expect(failures.value.isEmpty, "\(failures.value)")
         #expect(try sluice.stop() == 0, "\(sluice.log)")
         let lines = sluice.log.split(separator: "\n").filter { $0.contains(" access ") }
         #expect(lines.count == 64 && lines.allSatisfy { $0.contains("reason=client_eof") }, "\(lines)")
@@ -204,31 +194,15 @@ struct PromotionEndToEndTests {
             shutdown(fd, Int32(SHUT_WR))
             _ = readToEnd(fd)
         }
-        let port = freePort()
-        let sluice = try startAuto(backends: [backend.address], port: port)
-        let failures = Locked<[String]>([])
-        let threads = (0..<64).map { i in
-            startThread {
-                guard let fd = try? connectTCP("127.0.0.1", port, timeoutSeconds: 30) else {
-                    failures.withLock { $0.append("client \(i): no connection") }
-                    return
-                }
-                defer { close(fd) }
-                for k in 0..<promotionTurns {
-                    if let failure = echoExchange(fd, payload(size: 200, seed: UInt64(i * 10 + k))) {
-                        failures.withLock { $0.append("client \(i): \(failure)") }
-                        return
-                    }
-                }
-                let (received, clean) = readToEnd(fd)
-                shutdown(fd, Int32(SHUT_WR))
-                if !clean || received != parting {
-                    failures.withLock { $0.append("client \(i): \(received.count) of \(parting.count) parting bytes, clean EOF \(clean)") }
-                }
+        let (sluice, _) = try run(64, clientsOf: backend) { i, port, failures in
+            guard let fd = connectAndExchange(port: port, client: i, failures: failures) else { return }
+            defer { close(fd) }
+            let (received, clean) = readToEnd(fd)
+            shutdown(fd, Int32(SHUT_WR))
+            if !clean || received != parting {
+                failures.withLock { $0.append("client \(i): \(received.count) of \(parting.count) parting bytes, clean EOF \(clean)") }
             }
         }
-        for t in threads { t.join() }
-        #expect(failures.value.isEmpty, "\(failures.value)")
         #expect(try sluice.stop() == 0, "\(sluice.log)")
         #expect(accessPaths(sluice.log).count == 64)
     }

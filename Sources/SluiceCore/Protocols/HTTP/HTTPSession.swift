@@ -190,12 +190,7 @@ public struct HTTPSession: Sendable {
     /// the next (pipelined) request, which waits.
     private mutating func fromClient(_ now: UInt64, _ actions: inout [Action]) {
         guard var e = exchange, phase == .exchanging, case .chunked(var decoder) = e.request else { return }
-        let (consumed, outcome) = clientBytes.withUnsafeBytes { decoder.consume($0) }
-        if consumed > 0 {
-            actions.append(.send(.backend, Array(clientBytes[0..<consumed])))
-            clientBytes.removeFirst(consumed)
-            e.record.bytesFromClient += UInt64(consumed)
-        }
+        let outcome = Self.passChunks(&clientBytes, through: &decoder, to: .backend, counting: &e.record.bytesFromClient, &actions)
         switch outcome {
         case .invalid(let error):
             exchange = e
@@ -241,12 +236,7 @@ public struct HTTPSession: Sendable {
             }
         }
         if case .chunked(var decoder) = e.response {
-            let (consumed, outcome) = backendBytes.withUnsafeBytes { decoder.consume($0) }
-            if consumed > 0 {
-                actions.append(.send(.client, Array(backendBytes[0..<consumed])))
-                backendBytes.removeFirst(consumed)
-                e.record.bytesToClient += UInt64(consumed)
-            }
+            let outcome = Self.passChunks(&backendBytes, through: &decoder, to: .client, counting: &e.record.bytesToClient, &actions)
             switch outcome {
             case .invalid:
                 exchange = e
@@ -261,6 +251,18 @@ public struct HTTPSession: Sendable {
         }
         exchange = e
         finishIfDone(now, &actions)
+    }
+
+    /// Sends on the part of `bytes` the decoder accepts (framing and data, verbatim).
+    private static func passChunks(_ bytes: inout [UInt8], through decoder: inout HTTPChunkedDecoder, to side: Side,
+                                   counting total: inout UInt64, _ actions: inout [Action]) -> HTTPChunkedDecoder.Outcome {
+        let (consumed, outcome) = bytes.withUnsafeBytes { decoder.consume($0) }
+        if consumed > 0 {
+            actions.append(.send(side, Array(bytes[0..<consumed])))
+            bytes.removeFirst(consumed)
+            total += UInt64(consumed)
+        }
+        return outcome
     }
 
     private mutating func responseHead(_ head: HTTPResponseHead, _ e: inout Exchange, _ now: UInt64, _ actions: inout [Action]) {
