@@ -104,16 +104,46 @@ public final class RuntimeListener: Sendable {
     public let pool: RuntimePool
     public let address: SocketAddress
     public let counters: ListenerLoadRecord
+    /// For `mode: http`: the pools its routes lead to (the listener's own first).
+    public let http: RuntimeHTTP?
 
-    public init(index: Int, config: ListenerConfig, pool: RuntimePool, address: SocketAddress, counters: ListenerLoadRecord) {
+    public init(index: Int, config: ListenerConfig, pool: RuntimePool, address: SocketAddress, counters: ListenerLoadRecord,
+                pools: [String: RuntimePool] = [:]) {
         self.index = index
         self.config = config
         self.pool = pool
         self.address = address
         self.counters = counters
+        http = config.http.map { RuntimeHTTP($0, listenerPool: pool, pools: pools) }
     }
 
     public var name: String { config.name }
+}
+
+/// A `mode: http` listener's routing: `pools[0]` is the listener's own pool,
+/// the fallback; the router's targets index `pools`.
+public final class RuntimeHTTP: Sendable {
+    public let pools: [RuntimePool]
+    public let router: HTTPRouter
+    public let limits: HTTPSessionLimits
+    public let config: HTTPListenerConfig
+
+    init(_ config: HTTPListenerConfig, listenerPool: RuntimePool, pools byName: [String: RuntimePool]) {
+        var pools = [listenerPool]
+        var routes: [HTTPRouter.Route] = []
+        for route in config.routes {
+            guard let pool = byName[route.pool] else { continue }
+            let index = pools.firstIndex { $0 === pool } ?? { pools.append(pool); return pools.count - 1 }()
+            routes.append(.init(host: route.host, pathPrefix: route.pathPrefix, target: index))
+        }
+        self.pools = pools
+        self.config = config
+        router = HTTPRouter(routes: routes, fallback: 0)
+        limits = HTTPSessionLimits(
+            head: HTTPLimits(maxHead: config.maxHead), headTimeoutMilliseconds: config.headTimeout.milliseconds,
+            responseTimeoutMilliseconds: config.responseTimeout.milliseconds,
+            maxAttempts: 1 + listenerPool.config.retries, forwarded: config.forwarded)
+    }
 }
 
 /// Counters of one worker that the kernel does not need (those live in its

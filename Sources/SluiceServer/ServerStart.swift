@@ -157,7 +157,7 @@ extension Server {
             }
             runtimeListeners.append(RuntimeListener(
                 index: index, config: listener, pool: pools[listener.pool]!, address: address,
-                counters: counters.record(index)))
+                counters: counters.record(index), pools: pools))
         }
         return runtimeListeners
     }

@@ -44,6 +44,12 @@ enum WorkerTimer {
     /// A sockmap-paired session waits for the kernel to hand every redirected byte
     /// from `side` to its peer before passing the EOF on.
     case sockmapFlush(session: UInt64, side: Side)
+    /// An HTTP connection's head or response timer.
+    case http(connection: UInt64, HTTPTimer)
+    /// An HTTP connection's backend connect takes too long.
+    case httpConnect(connection: UInt64)
+    /// A closing HTTP connection's last answer did not go out in time.
+    case httpLinger(connection: UInt64)
 }
 
 /// Shared, immutable settings for every worker of one server.
@@ -104,6 +110,11 @@ final class Worker: @unchecked Sendable {
     let listeners: [RuntimeListener]
     var balancers: [String: Balancer]
     var sessions: [UInt64: Session] = [:]
+    /// `mode: http` client connections, and those closing once their last answer is written.
+    var httpConnections: [UInt64: HTTPConnection] = [:]
+    var lingering: [UInt64: HTTPConnection] = [:]
+    /// Kept-alive backend connections of `mode: http` listeners, per pool.
+    var idleBackends: [ObjectIdentifier: IdleConnections<Int32>] = [:]
     var nextSessionID: UInt64 = 1
     var timers: TimerWheel<WorkerTimer>
     var draining = false
@@ -125,6 +136,7 @@ final class Worker: @unchecked Sendable {
     private static let wakeupToken: UInt64 = 0
     private static let listenerKind: UInt64 = 1 << 56
     static let sessionKind: UInt64 = 2 << 56
+    static let httpKind: UInt64 = 3 << 56
     private static let kindMask: UInt64 = 0xFF << 56
 
     init(
@@ -145,8 +157,7 @@ final class Worker: @unchecked Sendable {
         wakeup = try EventFD()
         timers = TimerWheel(tickMilliseconds: 10, slotCount: 512, nowMilliseconds: monotonicMilliseconds())
         var balancers: [String: Balancer] = [:]
-        for listener in listeners where balancers[listener.pool.name] == nil {
-            let pool = listener.pool
+        for pool in listeners.flatMap({ [$0.pool] + ($0.http?.pools ?? []) }) where balancers[pool.name] == nil {
             var balancer = Balancer(
                 algorithm: pool.config.algorithm,
                 backends: pool.config.backends.map { BalancerBackend(weight: $0.weight, key: $0.address.description) },
@@ -198,7 +209,7 @@ final class Worker: @unchecked Sendable {
         }
         logger.debug("worker started")
 
-        while !(draining && sessions.isEmpty) {
+        while !(draining && sessions.isEmpty && httpConnections.isEmpty) {
             let idleSince = monotonicNanoseconds()
             record.store(.heartbeatNanoseconds, idleSince)
             let now = idleSince / 1_000_000
@@ -222,6 +233,7 @@ final class Worker: @unchecked Sendable {
             record.add(.busyNanoseconds, monotonicNanoseconds() &- wokeAt)
         }
         closeLeftoverAdoptions()
+        closeIdleBackends()
         closeListeners()
         exited.store(true, ordering: .releasing)
         logger.debug("worker stopped", metadata: [
@@ -241,6 +253,14 @@ final class Worker: @unchecked Sendable {
             if side == .client { session.clientArmed = nil } else { session.backendArmed = nil }
             if events.contains(.readHangup) { session.noteFinArrived(side) }
             drive(session, .ready(side, Readiness(events)))
+        case Self.httpKind:
+            let value = token & ~Self.kindMask
+            guard let connection = httpConnections[value >> 1] else { return }
+            if connection.isClosed {
+                lingerWritable(connection, force: false)
+            } else {
+                dispatch(connection, (value & 1) == 0 ? .client : .backend, events)
+            }
         case Self.listenerKind:
             acceptConnections(listenerIndex: Int(token & ~Self.kindMask))
         default:
@@ -259,6 +279,9 @@ final class Worker: @unchecked Sendable {
                 draining = true
                 record.setBits(.flags, UInt64(SLUICE_WORKER_DRAINING))
                 closeListeners()
+                for connection in Array(httpConnections.values) where connection.machine.isWaiting {
+                    close(connection, reason: .clientClosed)
+                }
                 _ = timers.schedule(at: deadline, .drainDeadline)
                 logger.info("draining", metadata: ["open": "\(sessions.count)"])
             case .stall(let milliseconds):
@@ -299,6 +322,18 @@ final class Worker: @unchecked Sendable {
                 logger.warning("drain deadline reached; closing open connections", metadata: ["open": "\(sessions.count)"])
             }
             for session in Array(sessions.values) { drive(session, .drainDeadline) }
+            for connection in Array(httpConnections.values) where !connection.isClosed { close(connection, reason: .drainTimeout) }
+            for connection in Array(httpConnections.values) { lingerWritable(connection, force: true) }
+        case .http(let id, let timer):
+            guard let connection = httpConnections[id], !connection.isClosed else { return }
+            if timer == .head { connection.headTimer = nil } else { connection.responseTimer = nil }
+            drive(connection, .timerFired(timer, now: monotonicMilliseconds()))
+        case .httpConnect(let id):
+            guard let connection = httpConnections[id], connection.connecting else { return }
+            connection.connectTimer = nil
+            connectFailed(connection, errno: nil)
+        case .httpLinger(let id):
+            if let connection = lingering[id] { lingerWritable(connection, force: true) }
         }
     }
 

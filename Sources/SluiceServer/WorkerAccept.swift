@@ -36,6 +36,11 @@ extension Worker {
                 continue
             }
             counters.accepted.wrappingIncrement(ordering: .relaxed) // TCP_NODELAY comes from the listener
+            if let http = listener.http {
+                acceptHTTP(listener, http, client: clientFD, address: clientAddress)
+                if pausedListeners.contains(listenerIndex) { return }
+                continue
+            }
             let session = Session(
                 id: nextSessionID, listener: listener, client: clientFD, clientAddress: clientAddress,
                 path: settings.dataPath, promotion: sockmapPairs == nil ? nil : settings.promotion,

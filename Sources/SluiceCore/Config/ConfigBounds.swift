@@ -19,6 +19,12 @@ public enum ConfigBounds {
     /// could not act on stalls before they ended.
     public static let stallThreshold: ClosedRange<Duration> = .milliseconds(100) ... .seconds(60)
     public static let sockmapAfterTurns: ClosedRange<Int> = 1...1_000_000
+    public static let httpHeadTimeout: ClosedRange<Duration> = .milliseconds(100) ... .seconds(3600)
+    public static let httpResponseTimeout: ClosedRange<Duration> = .milliseconds(1) ... .seconds(86_400)
+    public static let httpMaxHead: ClosedRange<Int> = 1024...(1 << 20)
+    public static let httpRoutes: ClosedRange<Int> = 0...1000
+    public static let httpKeepAlivePerBackend: ClosedRange<Int> = 0...10_000
+    public static let httpKeepAliveTimeout: ClosedRange<Duration> = .milliseconds(1) ... .seconds(3600)
     public static let drainTimeout: ClosedRange<Duration> = .milliseconds(1) ... day
     public static let connectTimeout: ClosedRange<Duration> = .milliseconds(1) ... day
     public static let idleTimeout: ClosedRange<Duration> = .milliseconds(1) ... day

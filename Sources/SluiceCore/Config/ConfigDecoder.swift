@@ -65,7 +65,7 @@ struct ConfigDecoder {
     static let rebalanceKeys = ["interval", "ratio"]
     static let logKeys = ["level", "access", "file"]
     static let adminKeys = ["socket", "metrics", "idle_timeout"]
-    static let listenerKeys = ["name", "bind", "pool", "max_connections", "connect_timeout", "idle_timeout"]
+    static let listenerKeys = ["name", "bind", "pool", "max_connections", "connect_timeout", "idle_timeout", "mode", "http"]
     static let poolKeys = ["name", "algorithm", "retries", "backends", "health_check", "passive", "min_healthy"]
     static let healthKeys = ["kind", "interval", "timeout", "rise", "fall", "path", "expect_status"]
     static let passiveKeys = ["failures", "ejection"]
@@ -141,7 +141,7 @@ struct ConfigDecoder {
         refuseBackendsThatAreListeners()
         guard errors.isEmpty else { return nil }
 
-        let used = Set(listeners.map(\.pool))
+        let used = Set(listeners.map(\.pool) + listeners.flatMap { $0.http?.routes.map(\.pool) ?? [] })
         for pool in pools where !used.contains(pool.name) {
             notices.append("pools: pool \"\(pool.name)\" is not used by any listener")
         }
@@ -500,6 +500,7 @@ struct ConfigDecoder {
             if let entry = map["idle_timeout"], let value = duration(entry.value, itemPath.key("idle_timeout"), in: ConfigBounds.idleTimeout) {
                 listener.idleTimeout = value
             }
+            decodeMode(map, itemPath, into: &listener, poolNames: poolNames)
             listeners.append(listener)
         }
         return listeners

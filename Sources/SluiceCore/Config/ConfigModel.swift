@@ -105,6 +105,9 @@ public struct ListenerConfig: Sendable, Equatable {
     public var maxConnections: Int
     public var connectTimeout: Duration
     public var idleTimeout: Duration
+    public var mode: ListenerMode = .tcp
+    /// Set for `mode: http` (defaults when the key is absent), nil otherwise.
+    public var http: HTTPListenerConfig?
 
     public init(
         name: String,

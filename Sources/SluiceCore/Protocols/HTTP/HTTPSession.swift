@@ -68,6 +68,9 @@ public struct HTTPSession: Sendable {
         self.parser = HTTPHeadParser(limits: limits.head)
     }
 
+    /// Between requests, with nothing of the next one received: a draining worker may close it.
+    public var isWaiting: Bool { phase == .idle && clientBytes.isEmpty }
+
     /// Appends what to do about `event` to `actions`.
     public mutating func handle(_ event: Event, into actions: inout [Action]) {
         if case .closing = phase { return }

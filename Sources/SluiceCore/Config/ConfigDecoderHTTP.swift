@@ -1,0 +1,88 @@
+import Yams
+
+// `mode` and `http:` of a listener.
+extension ConfigDecoder {
+    static let httpKeys = ["routes", "head_timeout", "response_timeout", "max_head", "forwarded",
+                           "keep_alive_per_backend", "keep_alive_timeout"]
+    static let routeKeys = ["host", "path_prefix", "pool"]
+
+    mutating func decodeMode(_ map: ConfigMapping, _ path: ConfigFieldPath, into listener: inout ListenerConfig, poolNames: [String]?) {
+        if let entry = map["mode"], let mode = choice(entry.value, path.key("mode"), ListenerMode.self) {
+            listener.mode = mode
+        }
+        let entry = map["http"]
+        guard listener.mode == .http else {
+            if let entry { fail(path.key("http"), at: entry.value, "http settings need mode: http") }
+            return
+        }
+        listener.http = entry.map { decodeHTTP($0.value, path.key("http"), poolNames: poolNames) } ?? HTTPListenerConfig()
+    }
+
+    private mutating func decodeHTTP(_ node: Node, _ path: ConfigFieldPath, poolNames: [String]?) -> HTTPListenerConfig {
+        var http = HTTPListenerConfig()
+        guard let map = mapping(node, path, keys: Self.httpKeys,
+                                expected: "a mapping like { routes: [ { host: api.example.com, pool: api } ], head_timeout: 10s }")
+        else { return http }
+        if let entry = map["head_timeout"], let value = duration(entry.value, path.key("head_timeout"), in: ConfigBounds.httpHeadTimeout) {
+            http.headTimeout = value
+        }
+        if let entry = map["response_timeout"],
+           let value = duration(entry.value, path.key("response_timeout"), in: ConfigBounds.httpResponseTimeout) {
+            http.responseTimeout = value
+        }
+        if let entry = map["max_head"], let value = integer(entry.value, path.key("max_head"), in: ConfigBounds.httpMaxHead) {
+            http.maxHead = value
+        }
+        if let entry = map["forwarded"], let value = choice(entry.value, path.key("forwarded"), HTTPForwardedFields.self) {
+            http.forwarded = value
+        }
+        if let entry = map["keep_alive_per_backend"],
+           let value = integer(entry.value, path.key("keep_alive_per_backend"), in: ConfigBounds.httpKeepAlivePerBackend) {
+            http.keepAlivePerBackend = value
+        }
+        if let entry = map["keep_alive_timeout"],
+           let value = duration(entry.value, path.key("keep_alive_timeout"), in: ConfigBounds.httpKeepAliveTimeout) {
+            http.keepAliveTimeout = value
+        }
+        if let entry = map["routes"], let items = sequence(entry.value, path.key("routes"), expected: "a list of routes") {
+            if items.count > ConfigBounds.httpRoutes.upperBound {
+                fail(path.key("routes"), at: entry.value, "expected at most \(ConfigBounds.httpRoutes.upperBound) routes; found \(items.count)")
+            }
+            for (index, item) in items.enumerated() {
+                if let route = decodeRoute(item, path.key("routes").index(index), poolNames: poolNames) { http.routes.append(route) }
+            }
+        }
+        return http
+    }
+
+    private mutating func decodeRoute(_ node: Node, _ path: ConfigFieldPath, poolNames: [String]?) -> HTTPRouteConfig? {
+        guard let map = mapping(node, path, keys: Self.routeKeys,
+                                expected: "a route like { host: api.example.com, path_prefix: /v1/, pool: api }")
+        else { return nil }
+        var route = HTTPRouteConfig(pool: "")
+        if let entry = map["pool"] {
+            guard let pool = scalarText(entry.value, path.key("pool"), expected: "the name of a pool") else { return nil }
+            route.pool = pool
+            if let poolNames { checkPoolReference(pool, entry.value, path.key("pool"), poolNames: poolNames) }
+        } else {
+            missing(path, key: "pool", in: map)
+        }
+        if let entry = map["host"], let host = scalarText(entry.value, path.key("host"), expected: "a host name") {
+            let name = host.hasPrefix("*.") ? String(host.dropFirst(2)) : host
+            let valid = !name.isEmpty && name.utf8.count <= 253
+                && name.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "-.[]:".contains($0)) }
+            if valid { route.host = host } else {
+                fail(path.key("host"), at: entry.value, "expected a host name such as api.example.com or *.example.com; found \(configQuoted(host))")
+            }
+        }
+        if let entry = map["path_prefix"], let prefix = scalarText(entry.value, path.key("path_prefix"), expected: "a path such as /v1/") {
+            if prefix.hasPrefix("/") && prefix.utf8.allSatisfy({ $0 > 32 && $0 < 127 }) { route.pathPrefix = prefix } else {
+                fail(path.key("path_prefix"), at: entry.value, "expected a path starting with / (visible ASCII); found \(configQuoted(prefix))")
+            }
+        }
+        if route.host == nil && route.pathPrefix == nil && map["host"] == nil && map["path_prefix"] == nil {
+            fail(path, at: node, "a route needs a host or a path_prefix (without both it matches every request: use the listener's pool)")
+        }
+        return route
+    }
+}

@@ -1,0 +1,41 @@
+/// What a listener speaks (`mode`).
+public enum ListenerMode: String, Sendable, CaseIterable {
+    /// Bytes relayed as they are (the data path decides how).
+    case tcp
+    /// An HTTP/1.1 reverse proxy: heads parsed, requests routed, backends kept alive.
+    case http
+}
+
+/// One `http.routes` entry: requests whose host and path match go to `pool`.
+public struct HTTPRouteConfig: Sendable, Equatable {
+    /// `api.example.com`, `*.example.com`, or nil for any host.
+    public var host: String?
+    /// Must start with "/"; nil for any path.
+    public var pathPrefix: String?
+    public var pool: String
+
+    public init(host: String? = nil, pathPrefix: String? = nil, pool: String) {
+        self.host = host
+        self.pathPrefix = pathPrefix
+        self.pool = pool
+    }
+}
+
+/// `http:` of a `mode: http` listener.
+public struct HTTPListenerConfig: Sendable, Equatable {
+    /// Tried in order; no match: the listener's pool.
+    public var routes: [HTTPRouteConfig] = []
+    /// A request head must be complete this long after its first byte (408),
+    /// and a keep-alive client may stay quiet this long between requests.
+    public var headTimeout: Duration = .seconds(10)
+    /// The backend's response head must arrive this long after the request (504).
+    public var responseTimeout: Duration = .seconds(60)
+    /// Bytes of one head (431 beyond).
+    public var maxHead = 64 * 1024
+    public var forwarded: HTTPForwardedFields = .xff
+    /// Idle kept-alive connections each worker keeps per backend, and for how long.
+    public var keepAlivePerBackend = 32
+    public var keepAliveTimeout: Duration = .seconds(60)
+
+    public init() {}
+}

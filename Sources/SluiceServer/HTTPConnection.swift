@@ -1,0 +1,107 @@
+import SluiceCore
+import SluicePosix
+
+/// What a socket of an HTTP connection has to take, in order: bytes the
+/// session produced (heads, chunk framing, the proxy's own answers), or a
+/// move of body bytes straight from the other socket.
+enum HTTPOutput {
+    case bytes([UInt8], written: Int)
+    /// From the flow's source; nil: until the source's EOF.
+    case move(Flow, remaining: UInt64?)
+}
+
+/// A move's bytes read from its source and not yet written to its destination.
+struct MoveState {
+    var buffer: UnsafeMutableRawBufferPointer?
+    var start = 0
+    var pending = 0
+}
+
+/// A client connection of a `mode: http` listener as its worker holds it:
+/// the descriptors, the backend connection of the request under way, the
+/// output queues, epoll registrations and timers that the pure `HTTPSession`
+/// (its `machine`) decides about. Owned and touched by one worker thread only.
+final class HTTPConnection {
+    let id: UInt64
+    let listener: RuntimeListener
+    let http: RuntimeHTTP
+    let client: Int32
+    let clientAddress: SocketAddress
+    let startedNanoseconds = monotonicNanoseconds()
+    var machine: HTTPSession
+    var isClosed = false
+
+    /// The backend connection of the request under way; -1 when none.
+    var backend: Int32 = -1
+    var backendIndex: Int?
+    var backendPoolIndex = 0
+    /// A connect is under way on `backend`.
+    var connecting = false
+
+    var clientOutput: [HTTPOutput] = []
+    var backendOutput: [HTTPOutput] = []
+    /// The session asked to read from the side.
+    var clientWantsRead = false
+    var backendWantsRead = false
+    /// The side's writes said EAGAIN: wait for EPOLLOUT.
+    var clientWriteBlocked = false
+    var backendWriteBlocked = false
+    /// A move waits for bytes from the side: wait for EPOLLIN.
+    var clientMoveWaits = false
+    var backendMoveWaits = false
+    /// Bytes of a move read and not yet written, per direction (a tunnel moves both ways at once).
+    var upstreamMove = MoveState()
+    var downstreamMove = MoveState()
+    var flushing: Set<Side> = []
+
+    var clientAdded = false
+    var backendAdded = false
+    var clientArmed: EpollEvents?
+    var backendArmed: EpollEvents?
+
+    var headTimer: TimerID?
+    var responseTimer: TimerID?
+    var connectTimer: TimerID?
+
+    init(id: UInt64, listener: RuntimeListener, http: RuntimeHTTP, client: Int32, clientAddress: SocketAddress) {
+        self.id = id
+        self.listener = listener
+        self.http = http
+        self.client = client
+        self.clientAddress = clientAddress
+        var address = clientAddress.description
+        if address.hasPrefix("["), let close = address.firstIndex(of: "]") {
+            address = String(address[address.index(after: address.startIndex)..<close])
+        } else if let colon = address.lastIndex(of: ":") {
+            address = String(address[..<colon])
+        }
+        machine = HTTPSession(limits: http.limits, router: http.router, client: address)
+    }
+
+    func fd(_ side: Side) -> Int32 { side == .client ? client : backend }
+
+    subscript(move flow: Flow) -> MoveState {
+        get { flow == .upstream ? upstreamMove : downstreamMove }
+        set { if flow == .upstream { upstreamMove = newValue } else { downstreamMove = newValue } }
+    }
+
+    subscript(output side: Side) -> [HTTPOutput] {
+        get { side == .client ? clientOutput : backendOutput }
+        set { if side == .client { clientOutput = newValue } else { backendOutput = newValue } }
+    }
+
+    func wantsRead(_ side: Side) -> Bool { side == .client ? clientWantsRead : backendWantsRead }
+    func setWantsRead(_ side: Side, _ value: Bool) { if side == .client { clientWantsRead = value } else { backendWantsRead = value } }
+    func writeBlocked(_ side: Side) -> Bool { side == .client ? clientWriteBlocked : backendWriteBlocked }
+    func setWriteBlocked(_ side: Side, _ value: Bool) { if side == .client { clientWriteBlocked = value } else { backendWriteBlocked = value } }
+    func moveWaits(_ side: Side) -> Bool { side == .client ? clientMoveWaits : backendMoveWaits }
+    func setMoveWaits(_ side: Side, _ value: Bool) { if side == .client { clientMoveWaits = value } else { backendMoveWaits = value } }
+
+    /// What the side's socket waits for now.
+    func interest(_ side: Side) -> EpollEvents {
+        var events: EpollEvents = []
+        if wantsRead(side) || moveWaits(side) { events.insert(.readable) }
+        if writeBlocked(side) || (side == .backend && connecting) { events.insert(.writable) }
+        return events
+    }
+}

@@ -1,0 +1,248 @@
+import Atomics
+import Glibc
+import Logging
+import SluiceCore
+import SluicePosix
+
+// The worker's half of a `mode: http` connection: it feeds the connection's
+// `HTTPSession` what its sockets do and carries out the actions it returns.
+// Writes on one socket happen in the order asked (bytes, then a move, then
+// bytes...), through the socket's output queue.
+extension Worker {
+    func acceptHTTP(_ listener: RuntimeListener, _ http: RuntimeHTTP, client: Int32, address: SocketAddress) {
+        let connection = HTTPConnection(id: nextSessionID, listener: listener, http: http, client: client, clientAddress: address)
+        nextSessionID += 1
+        httpConnections[connection.id] = connection
+        drive(connection, .accepted(now: monotonicMilliseconds()))
+    }
+
+    func drive(_ connection: HTTPConnection, _ event: HTTPSession.Event) {
+        var actions: [HTTPSession.Action] = []
+        connection.machine.handle(event, into: &actions)
+        for action in actions {
+            guard !connection.isClosed else { return }
+            execute(action, for: connection)
+        }
+        guard !connection.isClosed else { return }
+        if draining && connection.machine.isWaiting {
+            close(connection, reason: .clientClosed)
+            return
+        }
+        arm(connection)
+    }
+
+    private func execute(_ action: HTTPSession.Action, for c: HTTPConnection) {
+        switch action {
+        case .read(let side):
+            c.setWantsRead(side, true)
+        case .send(let side, let bytes):
+            c[output: side].append(.bytes(bytes, written: 0))
+            flush(c, side)
+        case .move(let flow, let count):
+            c[output: flow.destination].append(.move(flow, remaining: count))
+            flush(c, flow.destination)
+        case .acquire(let pool, let excluding):
+            acquire(c, poolIndex: pool, excluding: excluding)
+        case .release(let reusable):
+            releaseBackend(c, reusable: reusable)
+        case .noteBackendFailure(let index):
+            let pool = c.http.pools[c.backendPoolIndex]
+            pool.connectFailures[index].wrappingIncrement(ordering: .relaxed)
+            noteBackendFailure(pool, index)
+        case .schedule(let timer, let at):
+            cancel(timer, c)
+            let id = timers.schedule(at: at, .http(connection: c.id, timer))
+            if timer == .head { c.headTimer = id } else { c.responseTimer = id }
+        case .cancel(let timer):
+            cancel(timer, c)
+        case .log(let record):
+            logExchange(c, record)
+        case .close(let reason):
+            close(c, reason: reason)
+        }
+    }
+
+    private func cancel(_ timer: HTTPTimer, _ c: HTTPConnection) {
+        if timer == .head, let id = c.headTimer { _ = timers.cancel(id); c.headTimer = nil }
+        if timer == .response, let id = c.responseTimer { _ = timers.cancel(id); c.responseTimer = nil }
+    }
+
+    // MARK: - Readiness
+
+    func dispatch(_ c: HTTPConnection, _ side: Side, _ events: EpollEvents) {
+        if side == .client { c.clientArmed = nil } else { c.backendArmed = nil }
+        let trouble = !events.isDisjoint(with: [.error, .hangup])
+        if side == .backend && c.connecting {
+            if events.contains(.writable) && !trouble { backendConnected(c) } else if trouble || events.contains(.writable) {
+                let error = Socket.pendingError(c.backend)
+                if error == 0 { backendConnected(c) } else { connectFailed(c, errno: error) }
+            }
+            if !c.isClosed { arm(c) }
+            return
+        }
+        if events.contains(.writable) || trouble {
+            c.setWriteBlocked(side, false)
+            flush(c, side)
+        }
+        if c.isClosed { return }
+        if (events.contains(.readable) || trouble) && c.moveWaits(side) {
+            c.setMoveWaits(side, false)
+            flush(c, side.peer)
+        }
+        if c.isClosed { return }
+        if (events.contains(.readable) || trouble) && c.wantsRead(side) { readFor(c, side) }
+        if !c.isClosed { arm(c) }
+    }
+
+    private func readFor(_ c: HTTPConnection, _ side: Side) {
+        var scratch = MoveState(buffer: takeBuffer())
+        defer { returnBuffer(&scratch) }
+        let buffer = scratch.buffer!
+        let outcome: Socket.ReadOutcome
+        do {
+            outcome = try Socket.read(c.fd(side), into: buffer)
+        } catch {
+            c.setWantsRead(side, false)
+            drive(c, .failed(side, errno: error.errno))
+            return
+        }
+        switch outcome {
+        case .wouldBlock:
+            return
+        case .endOfFile:
+            c.setWantsRead(side, false)
+            drive(c, .endOfFile(side, now: monotonicMilliseconds()))
+        case .bytes(let n):
+            c.setWantsRead(side, false)
+            record.add(side == .client ? .bytesIn : .bytesOut, UInt64(n))
+            drive(c, .received(side, Array(UnsafeRawBufferPointer(rebasing: buffer[0..<n])), now: monotonicMilliseconds()))
+        }
+    }
+
+    /// Arms both sockets for what the connection waits for (oneshot).
+    func arm(_ c: HTTPConnection) {
+        func apply(_ side: Side) throws(SystemCallError) {
+            let fd = c.fd(side)
+            guard fd >= 0 else { return }
+            let interest = c.interest(side)
+            let armed = side == .client ? c.clientArmed : c.backendArmed
+            guard !interest.isEmpty, armed != interest else { return }
+            let token = Self.httpKind | (c.id << 1) | side.rawValue
+            let added = side == .client ? c.clientAdded : c.backendAdded
+            if added { try epoll.modify(fd, interest.union(.oneShot), token: token) } else {
+                try epoll.add(fd, interest.union(.oneShot), token: token)
+                if side == .client { c.clientAdded = true } else { c.backendAdded = true }
+            }
+            if side == .client { c.clientArmed = interest } else { c.backendArmed = interest }
+        }
+        do {
+            try apply(.client)
+            try apply(.backend)
+        } catch {
+            logger.error("epoll re-arm failed", metadata: ["error": "\(error)"])
+            close(c, reason: .internalError)
+        }
+    }
+
+    // MARK: - Writing in order
+
+    /// Works through the side's output queue until it is empty or a socket
+    /// says EAGAIN; tells the session when bytes are all written or a move is done.
+    private func flush(_ c: HTTPConnection, _ side: Side) {
+        guard !c.flushing.contains(side) else { return } // the loop below picks it up
+        c.flushing.insert(side)
+        defer { c.flushing.remove(side) }
+        var wroteBytes = false
+        while !c.isClosed, let first = c[output: side].first {
+            switch first {
+            case .bytes(let bytes, let written):
+                let result = bytes.withUnsafeBytes { raw in
+                    Result { () throws(SystemCallError) in try Socket.write(c.fd(side), from: UnsafeRawBufferPointer(rebasing: raw[written...])) }
+                }
+                switch result {
+                case .failure(let error):
+                    drive(c, .failed(side, errno: error.errno))
+                    return
+                case .success(.wouldBlock):
+                    c.setWriteBlocked(side, true)
+                    return
+                case .success(.done(let n)):
+                    if written + n < bytes.count {
+                        c[output: side][0] = .bytes(bytes, written: written + n)
+                    } else {
+                        c[output: side].removeFirst()
+                        wroteBytes = true
+                    }
+                }
+            case .move(let flow, let remaining):
+                guard moveStep(c, flow, remaining: remaining) else { return }
+            }
+        }
+        if wroteBytes && !c.isClosed && c[output: side].isEmpty { drive(c, .sent(side, now: monotonicMilliseconds())) }
+    }
+
+    /// One step of a move at the head of its destination's queue; false when
+    /// it must wait (for bytes or for room) or the connection closed.
+    private func moveStep(_ c: HTTPConnection, _ flow: Flow, remaining: UInt64?) -> Bool {
+        let destination = flow.destination
+        var state = c[move: flow]
+        if state.pending > 0, let buffer = state.buffer {
+            let chunk = UnsafeRawBufferPointer(rebasing: buffer[state.start..<(state.start + state.pending)])
+            switch Result(catching: { () throws(SystemCallError) in try Socket.write(c.fd(destination), from: chunk) }) {
+            case .failure(let error):
+                drive(c, .failed(destination, errno: error.errno))
+                return false
+            case .success(.wouldBlock):
+                c.setWriteBlocked(destination, true)
+                return false
+            case .success(.done(let n)):
+                state.start += n
+                state.pending -= n
+                c[move: flow] = state
+                record.add(flow == .upstream ? .bytesIn : .bytesOut, UInt64(n))
+                return true
+            }
+        }
+        if remaining == 0 {
+            c[output: destination].removeFirst()
+            returnBuffer(&c[move: flow])
+            drive(c, .moved(flow, now: monotonicMilliseconds()))
+            return true
+        }
+        let buffer = state.buffer ?? takeBuffer()
+        state.buffer = buffer
+        c[move: flow] = state
+        let limit = remaining.map { Int(min($0, UInt64(buffer.count))) } ?? buffer.count
+        switch Result(catching: { () throws(SystemCallError) in
+            try Socket.read(c.fd(flow.source), into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<limit]))
+        }) {
+        case .failure(let error):
+            drive(c, .failed(flow.source, errno: error.errno))
+            return false
+        case .success(.wouldBlock):
+            c.setMoveWaits(flow.source, true)
+            return false
+        case .success(.endOfFile):
+            if remaining == nil {
+                c[output: destination].removeFirst()
+                returnBuffer(&c[move: flow])
+                Socket.shutdownWrite(c.fd(destination))
+                drive(c, .moved(flow, now: monotonicMilliseconds()))
+                return true
+            }
+            drive(c, .endOfFile(flow.source, now: monotonicMilliseconds())) // cut short
+            return false
+        case .success(.bytes(let n)):
+            c[move: flow] = MoveState(buffer: buffer, start: 0, pending: n)
+            if let left = remaining { c[output: destination][0] = .move(flow, remaining: left - UInt64(n)) }
+            return true
+        }
+    }
+
+    func returnBuffer(_ state: inout MoveState) {
+        if let buffer = state.buffer {
+            if bufferPool.count < settings.poolLimit { bufferPool.append(buffer) } else { buffer.deallocate() }
+        }
+        state = MoveState()
+    }
+}

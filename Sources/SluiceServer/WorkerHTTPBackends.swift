@@ -1,0 +1,227 @@
+import Atomics
+import Glibc
+import Logging
+import SluiceCore
+import SluicePosix
+
+// Backend connections of `mode: http` listeners: taken from the worker's
+// kept-alive idle ones or connected anew, handed back after a response that
+// leaves them reusable; and the end of a client connection.
+extension Worker {
+    func acquire(_ c: HTTPConnection, poolIndex: Int, excluding: [Int]) {
+        let pool = c.http.pools[poolIndex]
+        c.backendPoolIndex = poolIndex
+        let now = monotonicMilliseconds()
+        guard let index = balancers[pool.name]?.pick(
+            clientKey: hashClientAddress(c.clientAddress.ipBytes),
+            active: { pool.active[$0].load(ordering: .relaxed) },
+            eligible: { !excluding.contains($0) && pool.isEligible($0, now: now) }
+        ) else {
+            drive(c, .noBackend)
+            return
+        }
+        c.backendIndex = index
+        let key = ObjectIdentifier(pool)
+        var idle = idleBackends[key] ?? IdleConnections(
+            maxPerBackend: c.http.config.keepAlivePerBackend, idleTimeoutMilliseconds: c.http.config.keepAliveTimeout.milliseconds)
+        for fd in idle.expire(now: now) { closeDescriptor(fd) }
+        while let fd = idle.take(backend: index) {
+            guard Socket.isQuietAndOpen(fd) else { closeDescriptor(fd); continue }
+            idleBackends[key] = idle
+            c.backend = fd
+            pool.active[index].wrappingIncrement(ordering: .relaxed)
+            drive(c, .acquired(backend: index, reused: true, now: now))
+            return
+        }
+        idleBackends[key] = idle
+        connect(c, pool, index, now: now)
+    }
+
+    private func connect(_ c: HTTPConnection, _ pool: RuntimePool, _ index: Int, now: UInt64) {
+        let fd: Int32
+        do { fd = try Socket.tcp(family: pool.addresses[index].family) } catch {
+            drive(c, .acquireFailed(backend: index, errno: error.errno))
+            return
+        }
+        Socket.setNoDelay(fd)
+        c.backend = fd
+        c.backendAdded = false
+        c.backendArmed = nil
+        do {
+            switch try Socket.connect(fd, to: pool.addresses[index]) {
+            case .connected:
+                backendConnected(c)
+            case .inProgress:
+                c.connecting = true
+                c.connectTimer = timers.schedule(at: now.saturatingAdd(c.listener.config.connectTimeout.milliseconds), .httpConnect(connection: c.id))
+            }
+        } catch {
+            connectFailed(c, errno: error.errno)
+        }
+    }
+
+    func backendConnected(_ c: HTTPConnection) {
+        c.connecting = false
+        if let timer = c.connectTimer { _ = timers.cancel(timer); c.connectTimer = nil }
+        guard let index = c.backendIndex else { return }
+        c.http.pools[c.backendPoolIndex].active[index].wrappingIncrement(ordering: .relaxed)
+        drive(c, .acquired(backend: index, reused: false, now: monotonicMilliseconds()))
+    }
+
+    /// A connect that failed or timed out (errno nil).
+    func connectFailed(_ c: HTTPConnection, errno code: Int32?) {
+        if let timer = c.connectTimer { _ = timers.cancel(timer); c.connectTimer = nil }
+        if c.backend >= 0 { closeDescriptor(c.backend) } // also leaves the epoll set
+        c.backend = -1
+        c.connecting = false
+        c.backendAdded = false
+        c.backendArmed = nil
+        if let code {
+            logger.warning("backend connect failed", metadata: ["error": "\(errnoDescription(code))"])
+        } else {
+            logger.warning("connect timed out")
+        }
+        drive(c, .acquireFailed(backend: c.backendIndex ?? 0, errno: code))
+    }
+
+    /// Hands the request's backend connection back: to the idle ones when
+    /// the session says it is reusable and nothing is left to write on it.
+    func releaseBackend(_ c: HTTPConnection, reusable: Bool) {
+        guard c.backend >= 0 else { return }
+        let fd = c.backend
+        let pool = c.http.pools[c.backendPoolIndex]
+        if let index = c.backendIndex, !c.connecting { pool.active[index].wrappingDecrement(ordering: .relaxed) }
+        if let timer = c.connectTimer { _ = timers.cancel(timer); c.connectTimer = nil }
+        let clean = reusable && !c.connecting && c.backendOutput.isEmpty && c[move: .downstream].pending == 0
+        if c.backendAdded { epoll.remove(fd) }
+        if clean, let index = c.backendIndex, var idle = idleBackends[ObjectIdentifier(pool)] {
+            if let evicted = idle.put(fd, backend: index, now: monotonicMilliseconds()) { closeDescriptor(evicted) }
+            idleBackends[ObjectIdentifier(pool)] = idle
+        } else {
+            closeDescriptor(fd)
+        }
+        c.backend = -1
+        c.connecting = false
+        c.backendAdded = false
+        c.backendArmed = nil
+        c.backendWantsRead = false
+        c.backendWriteBlocked = false
+        c.backendMoveWaits = false
+        c.clientMoveWaits = false
+        c.backendOutput.removeAll()
+        returnBuffer(&c[move: .upstream])
+        returnBuffer(&c[move: .downstream])
+        c.clientOutput.removeAll { if case .move = $0 { return true } else { return false } }
+    }
+
+    /// Ends a client connection: what is queued for the client is written
+    /// first (an answer the session just gave), within a short grace period.
+    func close(_ c: HTTPConnection, reason: CloseReason) {
+        guard !c.isClosed else { return }
+        c.isClosed = true
+        for timer in [c.headTimer, c.responseTimer] { if let timer { _ = timers.cancel(timer) } }
+        c.headTimer = nil
+        c.responseTimer = nil
+        releaseBackend(c, reusable: false)
+        if !c.clientOutput.isEmpty && reason != .clientReset && finishWriting(c) == false {
+            lingering[c.id] = c
+            c.headTimer = timers.schedule(at: monotonicMilliseconds() + 5000, .httpLinger(connection: c.id))
+            rearmLinger(c)
+            return
+        }
+        finishClose(c)
+    }
+
+    /// Writes what is left for the client; true when all of it went.
+    func finishWriting(_ c: HTTPConnection) -> Bool {
+        while case .bytes(let bytes, let written)? = c.clientOutput.first {
+            let result = bytes.withUnsafeBytes { raw in
+                Result { () throws(SystemCallError) in try Socket.write(c.client, from: UnsafeRawBufferPointer(rebasing: raw[written...])) }
+            }
+            guard case .success(.done(let n)) = result else {
+                if case .success(.wouldBlock) = result { return false }
+                c.clientOutput.removeAll()
+                return true
+            }
+            if written + n < bytes.count { c.clientOutput[0] = .bytes(bytes, written: written + n) } else { c.clientOutput.removeFirst() }
+        }
+        c.clientOutput.removeAll()
+        return true
+    }
+
+    private func rearmLinger(_ c: HTTPConnection) {
+        let token = Self.httpKind | (c.id << 1)
+        if c.clientAdded { try? epoll.modify(c.client, [.writable, .oneShot], token: token) } else {
+            try? epoll.add(c.client, [.writable, .oneShot], token: token)
+            c.clientAdded = true
+        }
+    }
+
+    /// A closing connection's client turned writable (or its grace period ended: `force`).
+    func lingerWritable(_ c: HTTPConnection, force: Bool) {
+        if !force && !finishWriting(c) { rearmLinger(c); return }
+        if let timer = c.headTimer { _ = timers.cancel(timer); c.headTimer = nil }
+        lingering.removeValue(forKey: c.id)
+        finishClose(c)
+    }
+
+    private func finishClose(_ c: HTTPConnection) {
+        httpConnections.removeValue(forKey: c.id)
+        Socket.shutdownWrite(c.client)
+        closeDescriptor(c.client)
+        returnBuffer(&c[move: .upstream])
+        returnBuffer(&c[move: .downstream])
+        c.listener.counters.release(.active)
+        releaseActive()
+    }
+
+    func logExchange(_ c: HTTPConnection, _ record: HTTPExchangeRecord) {
+        guard let accessLogger else { return }
+        let pool = record.route.map { c.http.pools[$0] }
+        let backend: String? = record.backend.flatMap { index in
+            guard let pool, index < pool.addresses.count else { return nil }
+            return pool.addresses[index].description
+        }
+        let line = HTTPAccessRecord(worker: id, listener: c.listener.name, client: c.clientAddress.description,
+                                    exchange: record, pool: pool?.name, backend: backend).render(settings.accessLog)
+        if let line { accessLogger.write(line: line) }
+    }
+
+    /// Idle kept-alive backend connections, closed when the worker stops.
+    func closeIdleBackends() {
+        for (key, var idle) in idleBackends {
+            for fd in idle.expire(now: UInt64.max) { closeDescriptor(fd) }
+            idleBackends[key] = idle
+        }
+    }
+}
+
+/// One line per HTTP request.
+struct HTTPAccessRecord {
+    var worker: Int
+    var listener: String
+    var client: String
+    var exchange: HTTPExchangeRecord
+    var pool: String?
+    var backend: String?
+
+    func render(_ format: AccessLogFormat) -> String? {
+        let e = exchange
+        let upstream = e.upstreamMilliseconds.map { "\($0)" } ?? "-"
+        switch format {
+        case .off:
+            return nil
+        case .text:
+            return "\(wallClockTimestamp()) access worker=\(worker) listener=\(listener) client=\(client) method=\(e.method) "
+                + "host=\(e.host) path=\(e.path) status=\(e.status) pool=\(pool ?? "-") backend=\(backend ?? "-") "
+                + "bytes_in=\(e.bytesFromClient) bytes_out=\(e.bytesToClient) upstream_ms=\(upstream) duration_ms=\(e.totalMilliseconds)"
+        case .json:
+            return "{\"time\":\"\(wallClockTimestamp())\",\"worker\":\(worker),\"listener\":\(jsonString(listener)),"
+                + "\"client\":\(jsonString(client)),\"method\":\(jsonString(e.method)),\"host\":\(jsonString(e.host)),"
+                + "\"path\":\(jsonString(e.path)),\"status\":\(e.status),\"pool\":\(pool.map(jsonString) ?? "null"),"
+                + "\"backend\":\(backend.map(jsonString) ?? "null"),\"bytes_in\":\(e.bytesFromClient),"
+                + "\"bytes_out\":\(e.bytesToClient),\"upstream_ms\":\(e.upstreamMilliseconds.map { "\($0)" } ?? "null"),"
+                + "\"duration_ms\":\(e.totalMilliseconds)}"
+        }
+    }
+}

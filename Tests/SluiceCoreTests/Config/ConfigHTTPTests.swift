@@ -1,0 +1,60 @@
+import SluiceCore
+import Testing
+
+private func httpListener(_ extra: String) -> String {
+    """
+    listeners:
+      - { name: web, bind: "0.0.0.0:8080", pool: web, mode: http\(extra) }
+    pools:
+      - { name: web, backends: [ { address: "127.0.0.1:9001" } ] }
+      - { name: api, backends: [ { address: "127.0.0.1:9002" } ] }
+    """
+}
+
+@Suite("Config: mode http")
+struct ConfigHTTPTests {
+    @Test("mode defaults to tcp; mode http gets default http settings; routes, timeouts and limits decode")
+    func decodes() throws {
+        let tcp = try decodeConfig(minimalConfigYAML).config.listeners[0]
+        #expect(tcp.mode == .tcp && tcp.http == nil)
+        let plain = try decodeConfig(httpListener("")).config.listeners[0]
+        #expect(plain.mode == .http && plain.http == HTTPListenerConfig())
+        let full = try decodeConfig(httpListener("""
+            , http: { routes: [ { host: "*.example.com", path_prefix: /v1/, pool: api }, { path_prefix: /static/, pool: web } ],
+                      head_timeout: 2s, response_timeout: 30s, max_head: 16384, forwarded: both,
+                      keep_alive_per_backend: 8, keep_alive_timeout: 5s }
+            """))
+        let http = try #require(full.config.listeners[0].http)
+        #expect(http.routes == [HTTPRouteConfig(host: "*.example.com", pathPrefix: "/v1/", pool: "api"),
+                                HTTPRouteConfig(pathPrefix: "/static/", pool: "web")])
+        #expect(http.headTimeout == .seconds(2) && http.responseTimeout == .seconds(30) && http.maxHead == 16384)
+        #expect(http.forwarded == .both && http.keepAlivePerBackend == 8 && http.keepAliveTimeout == .seconds(5))
+        #expect(!full.notices.contains { $0.contains("api") }, "a pool used by a route is used")
+    }
+
+    @Test("refused with the field path: unknown pool, bad host or path, a route matching everything, http without mode http, limits",
+          arguments: [
+              (", http: { routes: [ { host: a.com, pool: nope } ] }", "listeners[0].http.routes[0].pool", "nope"),
+              (", http: { routes: [ { host: \"a b\", pool: api } ] }", "listeners[0].http.routes[0].host", "host name"),
+              (", http: { routes: [ { path_prefix: v1, pool: api } ] }", "listeners[0].http.routes[0].path_prefix", "starting with /"),
+              (", http: { routes: [ { pool: api } ] }", "listeners[0].http.routes[0]", "host or a path_prefix"),
+              (", http: { max_head: 100 }", "listeners[0].http.max_head", "1024...1048576"),
+              (", http: { head_timeout: 10ms }", "listeners[0].http.head_timeout", "100ms"),
+              (", http: { forwarded: yes }", "listeners[0].http.forwarded", "off, xff, forwarded, both"),
+              (", http: { colour: blue }", "listeners[0].http.colour", "unknown"),
+          ])
+    func refused(extra: String, path: String, message: String) throws {
+        let error = try #require(singleConfigError(httpListener(extra)))
+        #expect(error.path == path, "\(error)")
+        #expect(error.message.contains(message), "\(error)")
+    }
+
+    @Test("http settings on a tcp listener are an error, as is an unknown mode")
+    func modeMismatch() throws {
+        let yaml = minimalConfigYAML.replacing("pool: web }", with: "pool: web, http: { head_timeout: 1s } }")
+        let error = try #require(singleConfigError(yaml))
+        #expect(error.path == "listeners[0].http" && error.message.contains("mode: http"))
+        let mode = try #require(singleConfigError(minimalConfigYAML.replacing("pool: web }", with: "pool: web, mode: udp }")))
+        #expect(mode.path == "listeners[0].mode" && mode.message.contains("tcp, http"))
+    }
+}

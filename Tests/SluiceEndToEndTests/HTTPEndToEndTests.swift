@@ -1,0 +1,154 @@
+import Foundation
+import Glibc
+import SluicePosix
+import Testing
+
+let httpBackendScript = packageRoot.appendingPathComponent("Tests/SluiceEndToEndTests/Scripts/httpbackend.py").path
+
+/// A Python HTTP/1.1 backend (Scripts/httpbackend.py) answering as `name`.
+func startHTTPBackend(_ name: String) throws -> (process: BackgroundProcess, address: String) {
+    let port = freePort()
+    let process = try BackgroundProcess(["/usr/bin/python3", httpBackendScript, "\(port)", name], readyLine: "ready")
+    return (process, "127.0.0.1:\(port)")
+}
+
+/// A `mode: http` listener in front of pool `one` (and `two` for the routes).
+func httpConfig(port: UInt16, one: String, two: String, extraHTTP: String = "") -> String {
+    """
+    instance: e2e\(port)
+    workers: 2
+    steering: hash
+    drain_timeout: 5s
+    stall_threshold: 2s
+    log: { level: info, access: text, file: stderr }
+    admin: off
+    listeners:
+      - name: web
+        bind: "127.0.0.1:\(port)"
+        pool: one
+        mode: http
+        http: { routes: [ { host: "two.test", pool: two }, { path_prefix: "/b/", pool: two } ]\(extraHTTP) }
+    pools:
+      - { name: one, retries: 1, backends: [ { address: "\(one)" } ] }
+      - { name: two, backends: [ { address: "\(two)" } ] }
+    """
+}
+
+/// Sends raw bytes, then reads until the proxy closes (or `seconds` pass).
+func rawExchange(port: UInt16, _ text: String, seconds: Int = 5) throws -> String {
+    let fd = try connectTCP("127.0.0.1", port, timeoutSeconds: seconds)
+    defer { close(fd) }
+    _ = sendAll(fd, Array(text.utf8))
+    return String(decoding: readToEnd(fd).bytes, as: UTF8.self)
+}
+
+func curl(_ arguments: [String]) throws -> (Int32, String) {
+    try runCommand("/usr/bin/curl", ["-sS", "--max-time", "30"] + arguments)
+}
+
+@Suite("mode: http through the sluice binary", .serialized)
+struct HTTPEndToEndTests {
+    @Test("curl: keep-alive to the client, requests routed by host and path, X-Forwarded-For added, backends reused")
+    func routingAndKeepAlive() throws {
+        let (one, oneAddress) = try startHTTPBackend("one")
+        let (two, twoAddress) = try startHTTPBackend("two")
+        defer { _ = (one, two) }
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: httpConfig(port: port, one: oneAddress, two: twoAddress))
+        let base = "http://127.0.0.1:\(port)"
+        let (code, out) = try curl(["-v", "\(base)/name", "\(base)/b/name", "-H", "Host: two.test", "\(base)/name"])
+        #expect(code == 0, "\(out)")
+        #expect(out.contains("Re-using existing connection"), "\(out)")
+        let (_, a) = try curl(["\(base)/name"])
+        let (_, b) = try curl(["-H", "Host: two.test", "\(base)/name"])
+        let (_, c) = try curl(["\(base)/b/name"])
+        #expect(a == "one" && b == "two" && c == "two")
+        let (_, headers) = try curl(["-H", "X-Forwarded-For: 198.51.100.9", "-H", "Connection: keep-alive, X-Drop", "-H", "X-Drop: 1",
+                                     "\(base)/headers"])
+        #expect(headers.contains("X-Forwarded-For: 198.51.100.9, 127.0.0.1") && headers.contains("X-Forwarded-Proto: http"), "\(headers)")
+        #expect(!headers.contains("X-Drop"), "a field Connection names is hop-by-hop")
+        // Ten clients one after the other: the workers keep their backend connections.
+        for _ in 0..<10 { _ = try curl(["\(base)/name"]) }
+        let (_, established) = try runCommand("/usr/bin/ss", ["-Htn", "state", "established", "dst", oneAddress])
+        let backendConnections = established.split(separator: "\n").count
+        #expect(backendConnections >= 1 && backendConnections <= 2, "\(established)")
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+        #expect(sluice.log.contains("method=GET host=two.test path=/name status=200"))
+    }
+
+    @Test("bodies: a 100 MiB POST and a chunked upload arrive byte-exact; 3 MB comes back byte-exact; HEAD and 304 carry no body")
+    func bodies() throws {
+        let (one, oneAddress) = try startHTTPBackend("one")
+        defer { _ = one }
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: httpConfig(port: port, one: oneAddress, two: oneAddress))
+        let base = "http://127.0.0.1:\(port)"
+        let file = "/tmp/sluice-http-body-\(port)"
+        let body = payload(size: 100 << 20, seed: 42)
+        FileManager.default.createFile(atPath: file, contents: Data(body))
+        defer { unlink(file) }
+        let (_, expected) = try runCommand("/usr/bin/sha256sum", [file])
+        let digest = String(expected.prefix(64))
+        let (_, posted) = try curl(["--data-binary", "@\(file)", "\(base)/sum"])
+        #expect(posted == "\(body.count) \(digest)")
+        let (_, chunked) = try curl(["-H", "Transfer-Encoding: chunked", "--data-binary", "@\(file)", "\(base)/sum"])
+        #expect(chunked == "\(body.count) \(digest)")
+        let (_, download) = try runCommand("/bin/sh", ["-c", "curl -sS --max-time 30 \(base)/bytes/3000000 | sha256sum"])
+        let (_, reference) = try runCommand("/usr/bin/python3", ["-c", """
+            import hashlib; b = bytes(range(256)) * 4096; o = bytearray()
+            while len(o) < 3000000: o += b[:3000000 - len(o)]
+            print(hashlib.sha256(bytes(o)).hexdigest())
+            """])
+        #expect(download.prefix(64) == reference.prefix(64))
+        let (_, head) = try curl(["-I", "\(base)/bytes/1000"])
+        #expect(head.hasPrefix("HTTP/1.1 200") && head.contains("Content-Length: 1000"))
+        let (_, notModified) = try curl(["-o", "/dev/null", "-w", "%{http_code} %{size_download}", "-H", "If-None-Match: \"v1\"", "\(base)/etag"])
+        #expect(notModified == "304 0")
+        let (_, untilClose) = try curl(["\(base)/close"])
+        #expect(untilClose.count == 12_000)
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+    }
+
+    @Test("refusals and failures: smuggling 400, slowloris 408, pipelined requests answered in order, a dead backend 502, a backend dying mid-response")
+    func refusals() throws {
+        let (one, oneAddress) = try startHTTPBackend("one")
+        let (two, twoAddress) = try startHTTPBackend("two")
+        defer { _ = (one, two) }
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: httpConfig(port: port, one: oneAddress, two: twoAddress, extraHTTP: ", head_timeout: 500ms"))
+        let smuggled = try rawExchange(port: port, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        #expect(smuggled.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(smuggled)")
+        let started = monotonicMilliseconds()
+        let slow = try rawExchange(port: port, "GET / HTTP/1.1\r\nHo")
+        let waited = monotonicMilliseconds() - started
+        #expect(slow.hasPrefix("HTTP/1.1 408 Request Timeout\r\n") && waited >= 450 && waited < 3000, "\(waited) ms: \(slow)")
+        let pipelined = try rawExchange(port: port,
+            "GET /name HTTP/1.1\r\nHost: a\r\n\r\nGET /name HTTP/1.1\r\nHost: two.test\r\n\r\nGET /name HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        let bodies = pipelined.components(separatedBy: "\r\n\r\n").dropFirst().map { $0.prefix(3) }
+        #expect(bodies == ["one", "two", "one"], "\(pipelined)")
+        let dying = try rawExchange(port: port, "GET /die HTTP/1.1\r\nHost: a\r\n\r\n")
+        #expect(dying.hasPrefix("HTTP/1.1 200") && dying.hasSuffix(String(repeating: "x", count: 1000)), "cut short, never completed")
+        kill(two.process.processIdentifier, SIGKILL)
+        two.process.waitUntilExit()
+        let dead = try rawExchange(port: port, "GET /name HTTP/1.1\r\nHost: two.test\r\n\r\n")
+        #expect(dead.hasPrefix("HTTP/1.1 502 Bad Gateway\r\n"), "\(dead)")
+        // The proxy still serves.
+        let (_, after) = try curl(["http://127.0.0.1:\(port)/name"])
+        #expect(after == "one")
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+    }
+
+    @Test("wrk for two seconds: no socket errors, no non-2xx answers")
+    func underLoad() throws {
+        let (one, oneAddress) = try startHTTPBackend("one")
+        defer { _ = one }
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: httpConfig(port: port, one: oneAddress, two: oneAddress).replacingOccurrences(of: "access: text", with: "access: off"))
+        let (code, out) = try runCommand("/usr/bin/wrk", ["-t2", "-c16", "-d2s", "http://127.0.0.1:\(port)/bytes/100"])
+        #expect(code == 0)
+        #expect(!out.contains("Socket errors") && !out.contains("Non-2xx"), "\(out)")
+        let requests = out.split(separator: "\n").first { $0.contains("requests in") }
+        #expect(requests != nil, "\(out)")
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+    }
+}
