@@ -10,8 +10,10 @@ enum HTTPOutput {
     case move(Flow, remaining: UInt64?)
 }
 
-/// A move's bytes read from its source and not yet written to its destination.
+/// A move's bytes read from its source and not yet written to its
+/// destination: in a pipe (splice(2), for bulk) or a buffer.
 struct MoveState {
+    var pipe: Pipe?
     var buffer: UnsafeMutableRawBufferPointer?
     var start = 0
     var pending = 0

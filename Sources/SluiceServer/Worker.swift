@@ -80,6 +80,9 @@ struct WorkerSettings: Sendable {
     var bulkExitBytes = 4 * 1024
     /// Pipes and buffers kept for reuse; beyond this they are freed.
     var poolLimit = 64
+    /// An HTTP body move of at least this many bytes (or until close) goes
+    /// through a pipe with splice(2); shorter ones through a buffer.
+    var httpSpliceBytes: UInt64 = 64 * 1024
     /// Pause accepting on a listener after EMFILE/ENFILE.
     var acceptBackoffMilliseconds: UInt64 = 100
     /// Shared by every worker (and the health checker) of one server.

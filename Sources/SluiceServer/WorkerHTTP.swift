@@ -186,9 +186,15 @@ extension Worker {
     private func moveStep(_ c: HTTPConnection, _ flow: Flow, remaining: UInt64?) -> Bool {
         let destination = flow.destination
         var state = c[move: flow]
-        if state.pending > 0, let buffer = state.buffer {
-            let chunk = UnsafeRawBufferPointer(rebasing: buffer[state.start..<(state.start + state.pending)])
-            switch Result(catching: { () throws(SystemCallError) in try Socket.write(c.fd(destination), from: chunk) }) {
+        if state.pending > 0 {
+            let written: Result<IOResult<Int>, SystemCallError>
+            if let pipe = state.pipe {
+                written = Result { () throws(SystemCallError) in try Socket.splice(from: pipe.readEnd, to: c.fd(destination), maxBytes: state.pending) }
+            } else {
+                let chunk = UnsafeRawBufferPointer(rebasing: state.buffer![state.start..<(state.start + state.pending)])
+                written = Result { () throws(SystemCallError) in try Socket.write(c.fd(destination), from: chunk) }
+            }
+            switch written {
             case .failure(let error):
                 drive(c, .failed(destination, errno: error.errno))
                 return false
@@ -209,20 +215,37 @@ extension Worker {
             drive(c, .moved(flow, now: monotonicMilliseconds()))
             return true
         }
-        let buffer = state.buffer ?? takeBuffer()
-        state.buffer = buffer
-        c[move: flow] = state
-        let limit = remaining.map { Int(min($0, UInt64(buffer.count))) } ?? buffer.count
-        switch Result(catching: { () throws(SystemCallError) in
-            try Socket.read(c.fd(flow.source), into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<limit]))
-        }) {
+        if state.pipe == nil && state.buffer == nil {
+            // Bulk goes through a pipe: splice(2) moves it without copying it here.
+            if remaining.map({ $0 >= settings.httpSpliceBytes }) ?? true, let pipe = try? takePipe() {
+                state.pipe = pipe
+            } else {
+                state.buffer = takeBuffer()
+            }
+            c[move: flow] = state
+        }
+        let limit = Int(min(remaining ?? UInt64.max, UInt64(state.pipe != nil ? 1 << 20 : state.buffer!.count)))
+        let read: Result<IOResult<Int>, SystemCallError>
+        if let pipe = state.pipe {
+            read = Result { () throws(SystemCallError) in try Socket.splice(from: c.fd(flow.source), to: pipe.writeEnd, maxBytes: limit) }
+        } else {
+            let buffer = UnsafeMutableRawBufferPointer(rebasing: state.buffer![0..<limit])
+            read = Result { () throws(SystemCallError) in
+                switch try Socket.read(c.fd(flow.source), into: buffer) {
+                case .wouldBlock: return .wouldBlock
+                case .endOfFile: return .done(0)
+                case .bytes(let n): return .done(n)
+                }
+            }
+        }
+        switch read {
         case .failure(let error):
             drive(c, .failed(flow.source, errno: error.errno))
             return false
         case .success(.wouldBlock):
             c.setMoveWaits(flow.source, true)
             return false
-        case .success(.endOfFile):
+        case .success(.done(0)):
             if remaining == nil {
                 c[output: destination].removeFirst()
                 returnBuffer(&c[move: flow])
@@ -232,16 +255,23 @@ extension Worker {
             }
             drive(c, .endOfFile(flow.source, now: monotonicMilliseconds())) // cut short
             return false
-        case .success(.bytes(let n)):
-            c[move: flow] = MoveState(buffer: buffer, start: 0, pending: n)
+        case .success(.done(let n)):
+            state.start = 0
+            state.pending = n
+            c[move: flow] = state
             if let left = remaining { c[output: destination][0] = .move(flow, remaining: left - UInt64(n)) }
             return true
         }
     }
 
+    /// Gives a move's pipe or buffer back to the worker's pools (a pipe
+    /// still holding bytes is closed: they will never be delivered).
     func returnBuffer(_ state: inout MoveState) {
         if let buffer = state.buffer {
             if bufferPool.count < settings.poolLimit { bufferPool.append(buffer) } else { buffer.deallocate() }
+        }
+        if let pipe = state.pipe {
+            if state.pending == 0 && pipePool.count < settings.poolLimit { pipePool.append(pipe) } else { pipe.close() }
         }
         state = MoveState()
     }

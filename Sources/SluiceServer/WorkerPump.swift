@@ -207,7 +207,7 @@ extension Worker {
         bufferPool.popLast() ?? .allocate(byteCount: settings.copyBufferSize, alignment: 64)
     }
 
-    private func takePipe() throws(SystemCallError) -> Pipe {
+    func takePipe() throws(SystemCallError) -> Pipe {
         if let pipe = pipePool.popLast() { return pipe }
         return try Pipe.make()
     }
