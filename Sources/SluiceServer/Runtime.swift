@@ -127,6 +127,14 @@ public final class RuntimeHTTP: Sendable {
     public let router: HTTPRouter
     public let limits: HTTPSessionLimits
     public let config: HTTPListenerConfig
+    /// Requests answered, per pool (as `pools`) and status class (1xx...5xx at 0...4).
+    public let requests: [[ManagedAtomic<UInt64>]]
+
+    /// Counts an answered request; `pool` nil: answered by the proxy before any routing.
+    func count(pool: Int?, status: Int) {
+        guard (100...599).contains(status) else { return }
+        requests[pool ?? 0][status / 100 - 1].wrappingIncrement(ordering: .relaxed)
+    }
 
     init(_ config: HTTPListenerConfig, listenerPool: RuntimePool, pools byName: [String: RuntimePool]) {
         var pools = [listenerPool]
@@ -138,6 +146,7 @@ public final class RuntimeHTTP: Sendable {
         }
         self.pools = pools
         self.config = config
+        requests = pools.map { _ in (0..<5).map { _ in ManagedAtomic<UInt64>(0) } }
         router = HTTPRouter(routes: routes, fallback: 0)
         limits = HTTPSessionLimits(
             head: HTTPLimits(maxHead: config.maxHead), headTimeoutMilliseconds: config.headTimeout.milliseconds,

@@ -150,6 +150,17 @@ extension Server {
                 out.sample(name, ["listener": listener.name, "pool": listener.pool.name], Double(listener.counters.load(field)))
             }
         }
+        let requests = "sluice_http_requests_total"
+        out.family(requests, "counter", "HTTP requests answered, per listener, pool and status class (the proxy's own answers count too).")
+        for listener in liveListeners {
+            guard let http = listener.http else { continue }
+            for (p, pool) in http.pools.enumerated() {
+                for (k, counter) in http.requests[p].enumerated() {
+                    out.sample(requests, ["listener": listener.name, "pool": pool.name, "class": "\(k + 1)xx"],
+                               Double(counter.load(ordering: .relaxed)))
+                }
+            }
+        }
         let backendFamilies: [(String, String, String, (RuntimePool, Int) -> Double)] = [
             ("sluice_backend_active_connections", "gauge", "Open connections per backend.", { Double($0.active[$1].load(ordering: .relaxed)) }),
             ("sluice_backend_connect_failures_total", "counter", "Failed connection attempts.", { Double($0.connectFailures[$1].load(ordering: .relaxed)) }),

@@ -13,7 +13,7 @@ func startHTTPBackend(_ name: String) throws -> (process: BackgroundProcess, add
 }
 
 /// A `mode: http` listener in front of pool `one` (and `two` for the routes).
-func httpConfig(port: UInt16, one: String, two: String, extraHTTP: String = "") -> String {
+func httpConfig(port: UInt16, one: String, two: String, extraHTTP: String = "", admin: String = "admin: off") -> String {
     """
     instance: e2e\(port)
     workers: 2
@@ -21,7 +21,7 @@ func httpConfig(port: UInt16, one: String, two: String, extraHTTP: String = "") 
     drain_timeout: 5s
     stall_threshold: 2s
     log: { level: info, access: text, file: stderr }
-    admin: off
+    \(admin)
     listeners:
       - name: web
         bind: "127.0.0.1:\(port)"
@@ -53,8 +53,9 @@ struct HTTPEndToEndTests {
         let (one, oneAddress) = try startHTTPBackend("one")
         let (two, twoAddress) = try startHTTPBackend("two")
         defer { _ = (one, two) }
-        let port = freePort()
-        let sluice = try SluiceProcess.run(config: httpConfig(port: port, one: oneAddress, two: twoAddress))
+        let port = freePort(), metricsPort = freePort()
+        let sluice = try SluiceProcess.run(config: httpConfig(port: port, one: oneAddress, two: twoAddress,
+                                                              admin: "admin: { metrics: \"127.0.0.1:\(metricsPort)\" }"))
         let base = "http://127.0.0.1:\(port)"
         let (code, out) = try curl(["-v", "\(base)/name", "\(base)/b/name", "-H", "Host: two.test", "\(base)/name"])
         #expect(code == 0, "\(out)")
@@ -72,6 +73,11 @@ struct HTTPEndToEndTests {
         let (_, established) = try runCommand("/usr/bin/ss", ["-Htn", "state", "established", "dst", oneAddress])
         let backendConnections = established.split(separator: "\n").count
         #expect(backendConnections >= 1 && backendConnections <= 2, "\(established)")
+        let (_, metrics) = try curl(["http://127.0.0.1:\(metricsPort)/metrics"])
+        let twoOK = metrics.split(separator: "\n").first { $0.hasPrefix("sluice_http_requests_total{") && $0.contains("pool=\"two\"")
+            && $0.contains("class=\"2xx\"") }
+        // Five: curl's -H applies to all three URLs of the first call, then b and c.
+        #expect(twoOK.map { $0.hasSuffix(" 5") } == true, "\(metrics)")
         #expect(try sluice.stop() == 0, "\(sluice.log)")
         #expect(sluice.log.contains("method=GET host=two.test path=/name status=200"))
     }
