@@ -65,7 +65,7 @@ final class HTTPConnection {
     var responseTimer: TimerID?
     var connectTimer: TimerID?
 
-    init(id: UInt64, listener: RuntimeListener, http: RuntimeHTTP, client: Int32, clientAddress: SocketAddress) {
+    init(id: UInt64, listener: RuntimeListener, http: RuntimeHTTP, client: Int32, clientAddress: SocketAddress, namesRequests: Bool) {
         self.id = id
         self.listener = listener
         self.http = http
@@ -77,7 +77,9 @@ final class HTTPConnection {
         } else if let colon = address.lastIndex(of: ":") {
             address = String(address[..<colon])
         }
-        machine = HTTPSession(limits: http.limits, router: http.router, client: address)
+        var limits = http.limits
+        limits.namesRequests = namesRequests
+        machine = HTTPSession(limits: limits, router: http.router, client: address)
     }
 
     func fd(_ side: Side) -> Int32 { side == .client ? client : backend }

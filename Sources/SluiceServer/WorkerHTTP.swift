@@ -10,7 +10,8 @@ import SluicePosix
 // bytes...), through the socket's output queue.
 extension Worker {
     func acceptHTTP(_ listener: RuntimeListener, _ http: RuntimeHTTP, client: Int32, address: SocketAddress) {
-        let connection = HTTPConnection(id: nextSessionID, listener: listener, http: http, client: client, clientAddress: address)
+        let connection = HTTPConnection(id: nextSessionID, listener: listener, http: http, client: client, clientAddress: address,
+                                        namesRequests: accessLogger != nil)
         nextSessionID += 1
         httpConnections[connection.id] = connection
         drive(connection, .accepted(now: monotonicMilliseconds()))

@@ -222,7 +222,7 @@ struct HeadReader {
 
     /// `HTTP/1.1` or `HTTP/1.0`; another `HTTP/d.d` is 505.
     private mutating func readVersion() -> Result<HTTPVersion, HTTPError> {
-        let prefix: [UInt8] = Array("HTTP/".utf8)
+        let prefix = Self.versionPrefix
         guard i + 8 <= end else { return .failure(HTTPError(400, "malformed version")) }
         for k in 0..<5 where bytes[i + k] != prefix[k] { return .failure(HTTPError(400, "malformed version")) }
         let major = bytes[i + 5], dot = bytes[i + 6], minor = bytes[i + 7]
@@ -235,6 +235,18 @@ struct HeadReader {
         if major == UInt8(ascii: "1") && minor == UInt8(ascii: "0") { return .success(.http10) }
         return .failure(HTTPError(505, "HTTP version not supported"))
     }
+
+    static let versionPrefix: [UInt8] = Array("HTTP/".utf8)
+    static let hostBytes: [Bool] = (0..<256).map { b in
+        let c = UInt8(b)
+        let alnum = (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122)
+        return alnum || Array("-._~!$&'()*+,;=%:[]".utf8).contains(c)
+    }
+    // Methods are case-sensitive (RFC 9110 9.1).
+    static let knownMethods: [([UInt8], HTTPMethod)] = ([
+        ("GET", .get), ("HEAD", .head), ("POST", .post), ("PUT", .put), ("DELETE", .delete),
+        ("OPTIONS", .options), ("TRACE", .trace), ("CONNECT", .connect), ("PATCH", .patch),
+    ] as [(String, HTTPMethod)]).map { (Array($0.0.utf8), $0.1) }
 
     /// Header fields up to the empty line, and what they say.
     private mutating func readFields() -> Result<Facts, HTTPError> {
@@ -345,13 +357,8 @@ struct HeadReader {
     }
 
     static func method(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> HTTPMethod {
-        // Methods are case-sensitive (RFC 9110 9.1).
-        let known: [(String, HTTPMethod)] = [
-            ("GET", .get), ("HEAD", .head), ("POST", .post), ("PUT", .put), ("DELETE", .delete),
-            ("OPTIONS", .options), ("TRACE", .trace), ("CONNECT", .connect), ("PATCH", .patch),
-        ]
-        for (name, method) in known where name.utf8.count == range.count
-            && name.utf8.enumerated().allSatisfy({ bytes[range.lowerBound + $0.offset] == $0.element }) {
+        for (name, method) in knownMethods where name.count == range.count
+            && name.indices.allSatisfy({ bytes[range.lowerBound + $0] == name[$0] }) {
             return method
         }
         return .other
@@ -379,12 +386,6 @@ struct HeadReader {
     /// uri-host [":" port]: reg-name, IPv4 or an IP literal in brackets; not empty.
     static func isValidHost(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> Bool {
         guard !range.isEmpty else { return false }
-        let allowed = Array("-._~!$&'()*+,;=%:[]".utf8)
-        for k in range {
-            let b = bytes[k]
-            let alnum = (b >= 48 && b <= 57) || (b >= 65 && b <= 90) || (b >= 97 && b <= 122)
-            if !alnum && !allowed.contains(b) { return false }
-        }
-        return true
+        return range.allSatisfy { hostBytes[Int(bytes[$0])] }
     }
 }

@@ -32,29 +32,29 @@ public enum HTTPHeadRewriter {
             append(field, bytes, &out)
         }
         if head.upgrade {
-            out.append(contentsOf: Array("Connection: upgrade\r\n".utf8))
+            out.append(contentsOf: "Connection: upgrade\r\n".utf8)
         } else if head.version == .http10 {
-            out.append(contentsOf: Array("Connection: keep-alive\r\n".utf8)) // the backend connection is reused
+            out.append(contentsOf: "Connection: keep-alive\r\n".utf8) // the backend connection is reused
         }
         if addsXFF {
-            out.append(contentsOf: Array("X-Forwarded-For: ".utf8))
+            out.append(contentsOf: "X-Forwarded-For: ".utf8)
             for value in priorXFF where !value.isEmpty {
                 out.append(contentsOf: bytes[value])
-                out.append(contentsOf: Array(", ".utf8))
+                out.append(contentsOf: ", ".utf8)
             }
-            out.append(contentsOf: Array("\(client)\r\nX-Forwarded-Proto: \(scheme)\r\n".utf8))
+            out.append(contentsOf: "\(client)\r\nX-Forwarded-Proto: \(scheme)\r\n".utf8)
         }
         if addsForwarded {
-            out.append(contentsOf: Array("Forwarded: ".utf8))
+            out.append(contentsOf: "Forwarded: ".utf8)
             for value in priorForwarded where !value.isEmpty {
                 out.append(contentsOf: bytes[value])
-                out.append(contentsOf: Array(", ".utf8))
+                out.append(contentsOf: ", ".utf8)
             }
             // An IPv6 address is quoted in brackets (RFC 7239 section 6).
             let node = client.contains(":") ? "\"[\(client)]\"" : client
-            out.append(contentsOf: Array("for=\(node);proto=\(scheme)\r\n".utf8))
+            out.append(contentsOf: "for=\(node);proto=\(scheme)\r\n".utf8)
         }
-        out.append(contentsOf: Array("\r\n".utf8))
+        out.append(contentsOf: "\r\n".utf8)
     }
 
     /// The response head for the client, appended to `out`; `close` adds
@@ -66,14 +66,16 @@ public enum HTTPHeadRewriter {
         let dropped = hopByHop(head.fields, bytes, upgrading: upgrading)
         for (k, field) in head.fields.enumerated() where !dropped[k] { append(field, bytes, &out) }
         if upgrading {
-            out.append(contentsOf: Array("Connection: upgrade\r\n".utf8))
+            out.append(contentsOf: "Connection: upgrade\r\n".utf8)
         } else if close {
-            out.append(contentsOf: Array("Connection: close\r\n".utf8))
+            out.append(contentsOf: "Connection: close\r\n".utf8)
         } else if head.version == .http10 {
-            out.append(contentsOf: Array("Connection: keep-alive\r\n".utf8))
+            out.append(contentsOf: "Connection: keep-alive\r\n".utf8)
         }
-        out.append(contentsOf: Array("\r\n".utf8))
+        out.append(contentsOf: "\r\n".utf8)
     }
+
+    static let hopByHopNames = ["connection", "keep-alive", "proxy-connection", "te", "trailer"]
 
     /// For each field, whether it is dropped: it concerns this hop only.
     static func hopByHop(_ fields: [HTTPField], _ bytes: UnsafeRawBufferPointer, upgrading: Bool) -> [Bool] {
@@ -89,7 +91,7 @@ public enum HTTPHeadRewriter {
             }
         }
         return fields.map { field in
-            for name in ["connection", "keep-alive", "proxy-connection", "te", "trailer"] where equalsLowercase(field.name, name, bytes) {
+            for name in Self.hopByHopNames where equalsLowercase(field.name, name, bytes) {
                 return true
             }
             if equalsLowercase(field.name, "upgrade", bytes) { return !upgrading }
@@ -102,9 +104,9 @@ public enum HTTPHeadRewriter {
 
     private static func append(_ field: HTTPField, _ bytes: UnsafeRawBufferPointer, _ out: inout [UInt8]) {
         out.append(contentsOf: bytes[field.name])
-        out.append(contentsOf: Array(": ".utf8))
+        out.append(contentsOf: ": ".utf8)
         out.append(contentsOf: bytes[field.value])
-        out.append(contentsOf: Array("\r\n".utf8))
+        out.append(contentsOf: "\r\n".utf8)
     }
 
     static func equalsLowercase(_ range: Range<Int>, _ word: String, _ bytes: UnsafeRawBufferPointer) -> Bool {

@@ -11,10 +11,20 @@ public struct HTTPRouter: Sendable, Equatable {
         /// What the route leads to (a pool index, say).
         public var target: Int
 
+        /// The host in lower case without `*` (".example.com" for a wildcard), and the prefix, as bytes.
+        let hostBytes: [UInt8]?
+        let wildcard: Bool
+        let prefixBytes: [UInt8]?
+
         public init(host: String?, pathPrefix: String?, target: Int) {
-            self.host = host.map { String(decoding: $0.utf8.map(HTTPBytes.lower), as: UTF8.self) }
+            let lowered = host.map { String(decoding: $0.utf8.map(HTTPBytes.lower), as: UTF8.self) }
+            let wildcard = lowered?.hasPrefix("*.") == true
+            self.host = lowered
             self.pathPrefix = pathPrefix
             self.target = target
+            self.wildcard = wildcard
+            hostBytes = lowered.map { Array(wildcard ? $0.utf8.dropFirst() : $0.utf8[...]) }
+            prefixBytes = pathPrefix.map { Array($0.utf8) }
         }
     }
 
@@ -31,8 +41,8 @@ public struct HTTPRouter: Sendable, Equatable {
         let host = Self.hostName(head, bytes)
         let path = Self.path(head, bytes)
         for route in routes {
-            if let wanted = route.host, !Self.hostMatches(wanted, host, bytes) { continue }
-            if let prefix = route.pathPrefix, !Self.hasPrefix(path, prefix, bytes) { continue }
+            if let wanted = route.hostBytes, !Self.hostMatches(wanted, wildcard: route.wildcard, host, bytes) { continue }
+            if let prefix = route.prefixBytes, !Self.hasPrefix(path, prefix, bytes) { continue }
             return route.target
         }
         return fallback
@@ -74,14 +84,13 @@ public struct HTTPRouter: Sendable, Equatable {
         return nil
     }
 
-    static func hostMatches(_ wanted: String, _ host: Range<Int>?, _ bytes: UnsafeRawBufferPointer) -> Bool {
+    /// `wanted` is lower case; with `wildcard` it is ".example.com": a name below it, never the bare suffix.
+    static func hostMatches(_ wantedBytes: [UInt8], wildcard: Bool, _ host: Range<Int>?, _ bytes: UnsafeRawBufferPointer) -> Bool {
         guard let host else { return false }
-        var wantedBytes = Array(wanted.utf8)
         var name = host
         // A fully qualified name's trailing dot names the same host.
         if name.count > 1 && bytes[name.upperBound - 1] == UInt8(ascii: ".") { name = name.lowerBound..<(name.upperBound - 1) }
-        if wantedBytes.starts(with: Array("*.".utf8)) {
-            wantedBytes.removeFirst() // ".example.com": a name below it, never the bare suffix
+        if wildcard {
             guard name.count > wantedBytes.count else { return false }
             let start = name.upperBound - wantedBytes.count
             return zip(start..<name.upperBound, wantedBytes).allSatisfy { HTTPBytes.lower(bytes[$0]) == $1 }
@@ -90,9 +99,8 @@ public struct HTTPRouter: Sendable, Equatable {
         return zip(name, wantedBytes).allSatisfy { HTTPBytes.lower(bytes[$0]) == $1 }
     }
 
-    static func hasPrefix(_ path: Range<Int>, _ prefix: String, _ bytes: UnsafeRawBufferPointer) -> Bool {
-        if path.isEmpty { return prefix.isEmpty || prefix == "/" } // `http://host` asks for "/"
-        let p = Array(prefix.utf8)
+    static func hasPrefix(_ path: Range<Int>, _ p: [UInt8], _ bytes: UnsafeRawBufferPointer) -> Bool {
+        if path.isEmpty { return p.isEmpty || p == [UInt8(ascii: "/")] } // `http://host` asks for "/"
         guard path.count >= p.count else { return false }
         return zip(path, p).allSatisfy { bytes[$0] == $1 }
     }

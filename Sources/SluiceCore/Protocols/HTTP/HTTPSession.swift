@@ -139,10 +139,11 @@ public struct HTTPSession: Sendable {
         let (pool, record, rewritten) = clientBytes.withUnsafeBytes { bytes in
             var out: [UInt8] = []
             HTTPHeadRewriter.request(head, in: bytes, client: client, forwarded: limits.forwarded, into: &out)
+            let named = limits.namesRequests
             let record = HTTPExchangeRecord(
-                method: String(decoding: bytes[head.methodRange], as: UTF8.self),
-                host: HTTPRouter.hostName(head, bytes).map { String(decoding: bytes[$0], as: UTF8.self) } ?? "-",
-                path: String(decoding: bytes[HTTPRouter.path(head, bytes)], as: UTF8.self),
+                method: named ? String(decoding: bytes[head.methodRange], as: UTF8.self) : "",
+                host: named ? HTTPRouter.hostName(head, bytes).map { String(decoding: bytes[$0], as: UTF8.self) } ?? "-" : "",
+                path: named ? String(decoding: bytes[HTTPRouter.path(head, bytes)], as: UTF8.self) : "",
                 status: 0, route: nil, backend: nil, bytesFromClient: UInt64(head.length), bytesToClient: 0,
                 upstreamMilliseconds: nil, totalMilliseconds: 0)
             return (router.route(head, in: bytes), record, out)

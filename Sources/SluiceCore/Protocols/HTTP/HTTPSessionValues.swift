@@ -12,6 +12,9 @@ public struct HTTPSessionLimits: Sendable {
     /// Backends tried for one request: 1 + the pool's retries.
     public var maxAttempts: Int
     public var forwarded: HTTPForwardedFields
+    /// Whether records carry the method, host and path (for an access log);
+    /// without one they are left empty, which saves three strings per request.
+    public var namesRequests = true
 
     public init(head: HTTPLimits = HTTPLimits(), headTimeoutMilliseconds: UInt64 = 10_000,
                 responseTimeoutMilliseconds: UInt64 = 60_000, maxAttempts: Int = 3, forwarded: HTTPForwardedFields = .xff) {
