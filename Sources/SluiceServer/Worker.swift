@@ -117,7 +117,7 @@ final class Worker: @unchecked Sendable {
     var httpConnections: [UInt64: HTTPConnection] = [:]
     var lingering: [UInt64: HTTPConnection] = [:]
     /// Kept-alive backend connections of `mode: http` listeners, per pool.
-    var idleBackends: [ObjectIdentifier: IdleConnections<Int32>] = [:]
+    var idleBackends: [ObjectIdentifier: IdleConnections] = [:]
     var nextSessionID: UInt64 = 1
     var timers: TimerWheel<WorkerTimer>
     var draining = false
@@ -128,6 +128,7 @@ final class Worker: @unchecked Sendable {
     var bufferPool: [UnsafeMutableRawBufferPointer] = []
     /// Action lists kept for reuse: one per nesting level of `drive`.
     var actionLists: [[TCPSession.Action]] = []
+    var httpActionLists: [[HTTPSession.Action]] = []
     var lastAcceptErrorLog: UInt64 = 0
     /// Listeners not re-armed until their back-off timer fires.
     var pausedListeners: Set<Int> = []

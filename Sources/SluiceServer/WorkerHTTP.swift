@@ -18,8 +18,12 @@ extension Worker {
     }
 
     func drive(_ connection: HTTPConnection, _ event: HTTPSession.Event) {
-        var actions: [HTTPSession.Action] = []
+        var actions = httpActionLists.popLast() ?? []
         connection.machine.handle(event, into: &actions)
+        defer {
+            actions.removeAll(keepingCapacity: true)
+            httpActionLists.append(actions)
+        }
         for action in actions {
             guard !connection.isClosed else { return }
             execute(action, for: connection)

@@ -168,6 +168,14 @@ extension Worker {
     private func finishClose(_ c: HTTPConnection) {
         httpConnections.removeValue(forKey: c.id)
         Socket.shutdownWrite(c.client)
+        // Bytes the client sent that nobody will read would turn the close
+        // into a reset, which can destroy the answer before the client reads
+        // it: read away what has arrived.
+        var scratch = MoveState(buffer: takeBuffer())
+        for _ in 0..<4 {
+            guard case .bytes? = try? Socket.read(c.client, into: scratch.buffer!) else { break }
+        }
+        returnBuffer(&scratch)
         closeDescriptor(c.client)
         returnBuffer(&c[move: .upstream])
         returnBuffer(&c[move: .downstream])

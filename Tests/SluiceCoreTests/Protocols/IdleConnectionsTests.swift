@@ -4,7 +4,7 @@ import Testing
 @Suite("Idle backend connections")
 struct IdleConnectionsTests {
     /// Takes every kept connection of `backend`, most recent first.
-    func drain(_ pool: inout IdleConnections<Int32>, backend: Int) -> [Int32] {
+    func drain(_ pool: inout IdleConnections, backend: Int) -> [Int32] {
         var out: [Int32] = []
         while let handle = pool.take(backend: backend) { out.append(handle) }
         return out
@@ -12,7 +12,7 @@ struct IdleConnectionsTests {
 
     @Test("per backend, the most recently kept comes out first")
     func lastInFirstOut() {
-        var pool = IdleConnections<Int32>(maxPerBackend: 4, idleTimeoutMilliseconds: 1000)
+        var pool = IdleConnections(maxPerBackend: 4, idleTimeoutMilliseconds: 1000)
         let evicted = [pool.put(10, backend: 0, now: 1), pool.put(11, backend: 0, now: 2), pool.put(20, backend: 1, now: 3)]
         #expect(evicted == [nil, nil, nil] && pool.count == 3)
         let first = drain(&pool, backend: 0), second = drain(&pool, backend: 1)
@@ -21,19 +21,19 @@ struct IdleConnectionsTests {
 
     @Test("a backend keeps at most its fill: the oldest goes; with a fill of zero nothing is kept")
     func bounded() {
-        var pool = IdleConnections<Int32>(maxPerBackend: 2, idleTimeoutMilliseconds: 1000)
+        var pool = IdleConnections(maxPerBackend: 2, idleTimeoutMilliseconds: 1000)
         let evicted = [pool.put(1, backend: 0, now: 1), pool.put(2, backend: 0, now: 2), pool.put(3, backend: 0, now: 3)]
         #expect(evicted == [nil, nil, 1] && pool.count == 2)
         let kept = drain(&pool, backend: 0)
         #expect(kept == [3, 2])
-        var none = IdleConnections<Int32>(maxPerBackend: 0, idleTimeoutMilliseconds: 1000)
+        var none = IdleConnections(maxPerBackend: 0, idleTimeoutMilliseconds: 1000)
         let refused = none.put(7, backend: 0, now: 1)
         #expect(refused == 7 && none.count == 0)
     }
 
     @Test("connections idle for the timeout are taken out to be closed; younger ones stay")
     func expiry() {
-        var pool = IdleConnections<Int32>(maxPerBackend: 8, idleTimeoutMilliseconds: 100)
+        var pool = IdleConnections(maxPerBackend: 8, idleTimeoutMilliseconds: 100)
         _ = pool.put(1, backend: 0, now: 0)
         _ = pool.put(2, backend: 0, now: 50)
         _ = pool.put(3, backend: 1, now: 10)
@@ -45,7 +45,7 @@ struct IdleConnectionsTests {
 
     @Test("a connection its backend closed while idle is forgotten")
     func removal() {
-        var pool = IdleConnections<Int32>(maxPerBackend: 8, idleTimeoutMilliseconds: 100)
+        var pool = IdleConnections(maxPerBackend: 8, idleTimeoutMilliseconds: 100)
         _ = pool.put(1, backend: 0, now: 0)
         _ = pool.put(2, backend: 0, now: 1)
         let removed = pool.remove(1), again = pool.remove(1)

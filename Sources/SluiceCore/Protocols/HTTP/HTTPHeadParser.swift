@@ -315,7 +315,7 @@ struct HeadReader {
         return nil
     }
 
-    static let knownCodings = ["gzip", "x-gzip", "deflate", "compress", "x-compress"]
+    static let knownCodings: [[UInt8]] = ["gzip", "x-gzip", "deflate", "compress", "x-compress"].map { Array($0.utf8) }
 
     /// The non-empty elements of a comma-separated list, without their whitespace.
     private func listElements(_ range: Range<Int>) -> [Range<Int>] {
@@ -338,9 +338,9 @@ struct HeadReader {
         return true
     }
 
-    private func equalsLowercase(_ range: Range<Int>, _ word: String) -> Bool {
-        guard range.count == word.utf8.count else { return false }
-        for (k, c) in word.utf8.enumerated() where HTTPBytes.lower(bytes[range.lowerBound + k]) != c { return false }
+    private func equalsLowercase(_ range: Range<Int>, _ word: [UInt8]) -> Bool {
+        guard range.count == word.count else { return false }
+        for k in 0..<word.count where HTTPBytes.lower(bytes[range.lowerBound + k]) != word[k] { return false }
         return true
     }
 

@@ -75,7 +75,7 @@ public enum HTTPHeadRewriter {
         out.append(contentsOf: "\r\n".utf8)
     }
 
-    static let hopByHopNames = ["connection", "keep-alive", "proxy-connection", "te", "trailer"]
+    static let hopByHopNames: [[UInt8]] = ["connection", "keep-alive", "proxy-connection", "te", "trailer"].map { Array($0.utf8) }
 
     /// For each field, whether it is dropped: it concerns this hop only.
     static func hopByHop(_ fields: [HTTPField], _ bytes: UnsafeRawBufferPointer, upgrading: Bool) -> [Bool] {
@@ -109,8 +109,20 @@ public enum HTTPHeadRewriter {
         out.append(contentsOf: "\r\n".utf8)
     }
 
-    static func equalsLowercase(_ range: Range<Int>, _ word: String, _ bytes: UnsafeRawBufferPointer) -> Bool {
-        guard range.count == word.utf8.count else { return false }
-        return zip(range, word.utf8).allSatisfy { HTTPBytes.lower(bytes[$0]) == $1 }
+    static func equalsLowercase(_ range: Range<Int>, _ word: [UInt8], _ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard range.count == word.count else { return false }
+        var k = range.lowerBound
+        for c in word {
+            guard HTTPBytes.lower(bytes[k]) == c else { return false }
+            k += 1
+        }
+        return true
+    }
+
+    static func equalsLowercase(_ range: Range<Int>, _ word: StaticString, _ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard range.count == word.utf8CodeUnitCount else { return false }
+        let w = word.utf8Start
+        for k in 0..<range.count where HTTPBytes.lower(bytes[range.lowerBound + k]) != w[k] { return false }
+        return true
     }
 }

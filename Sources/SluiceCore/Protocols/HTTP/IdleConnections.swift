@@ -3,7 +3,12 @@
 /// the others age out), at most `maxPerBackend` each, and none older than
 /// the idle timeout. Pure bookkeeping: the caller closes what comes out of
 /// `put` and `expire`, and removes a connection whose backend closed it.
-public struct IdleConnections<Handle: Hashable & Sendable>: Sendable {
+/// Not generic: the worker calls it twice per request, and an unspecialized
+/// generic from another module looks its metadata up on every call.
+public struct IdleConnections: Sendable {
+    /// A connection's descriptor.
+    public typealias Handle = Int32
+
     private struct Entry: Sendable {
         var handle: Handle
         var since: UInt64
