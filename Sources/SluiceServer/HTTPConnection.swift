@@ -10,15 +10,6 @@ enum HTTPOutput {
     case move(Flow, remaining: UInt64?)
 }
 
-/// A move's bytes read from its source and not yet written to its
-/// destination: in a pipe (splice(2), for bulk) or a buffer.
-struct MoveState {
-    var pipe: Pipe?
-    var buffer: UnsafeMutableRawBufferPointer?
-    var start = 0
-    var pending = 0
-}
-
 /// A client connection of a `mode: http` listener as its worker holds it:
 /// the descriptors, the backend connection of the request under way, the
 /// output queues, epoll registrations and timers that the pure `HTTPSession`
@@ -51,10 +42,13 @@ final class HTTPConnection {
     /// A move waits for bytes from the side: wait for EPOLLIN.
     var clientMoveWaits = false
     var backendMoveWaits = false
-    /// Bytes of a move read and not yet written, per direction (a tunnel moves both ways at once).
-    var upstreamMove = MoveState()
-    var downstreamMove = MoveState()
-    var flushing: Set<Side> = []
+    /// Bytes of a move read and not yet written, per direction (a tunnel
+    /// moves both ways at once): in a pipe (splice(2), for bulk) or a buffer.
+    var upstreamMove = Carrier()
+    var downstreamMove = Carrier()
+    /// A flush of the side's queue is under way (a nested one leaves the work to it).
+    var clientFlushing = false
+    var backendFlushing = false
 
     var clientAdded = false
     var backendAdded = false
@@ -62,6 +56,8 @@ final class HTTPConnection {
     var backendArmed: EpollEvents?
 
     var headTimer: TimerID?
+    /// Closing: the grace period for the last answer to go out.
+    var lingerTimer: TimerID?
     var responseTimer: TimerID?
     var connectTimer: TimerID?
 
@@ -71,20 +67,14 @@ final class HTTPConnection {
         self.http = http
         self.client = client
         self.clientAddress = clientAddress
-        var address = clientAddress.description
-        if address.hasPrefix("["), let close = address.firstIndex(of: "]") {
-            address = String(address[address.index(after: address.startIndex)..<close])
-        } else if let colon = address.lastIndex(of: ":") {
-            address = String(address[..<colon])
-        }
         var limits = http.limits
         limits.namesRequests = namesRequests
-        machine = HTTPSession(limits: limits, router: http.router, client: address)
+        machine = HTTPSession(limits: limits, router: http.router, client: clientAddress.ipText)
     }
 
     func fd(_ side: Side) -> Int32 { side == .client ? client : backend }
 
-    subscript(move flow: Flow) -> MoveState {
+    subscript(move flow: Flow) -> Carrier {
         get { flow == .upstream ? upstreamMove : downstreamMove }
         set { if flow == .upstream { upstreamMove = newValue } else { downstreamMove = newValue } }
     }
@@ -98,6 +88,8 @@ final class HTTPConnection {
     func setWantsRead(_ side: Side, _ value: Bool) { if side == .client { clientWantsRead = value } else { backendWantsRead = value } }
     func writeBlocked(_ side: Side) -> Bool { side == .client ? clientWriteBlocked : backendWriteBlocked }
     func setWriteBlocked(_ side: Side, _ value: Bool) { if side == .client { clientWriteBlocked = value } else { backendWriteBlocked = value } }
+    func flushing(_ side: Side) -> Bool { side == .client ? clientFlushing : backendFlushing }
+    func setFlushing(_ side: Side, _ value: Bool) { if side == .client { clientFlushing = value } else { backendFlushing = value } }
     func moveWaits(_ side: Side) -> Bool { side == .client ? clientMoveWaits : backendMoveWaits }
     func setMoveWaits(_ side: Side, _ value: Bool) { if side == .client { clientMoveWaits = value } else { backendMoveWaits = value } }
 

@@ -130,7 +130,7 @@ extension Server {
         let byPath = "sluice_worker_connections_by_path_total"
         out.family(byPath, "counter", "Closed connections by the data paths that moved their bytes (one per path used).")
         for worker in liveWorkers {
-            for kind in [DataPathKind.copy, .splice, .sockmap] {
+            for kind in DataPathKind.allCases {
                 let count = worker.counters.closedByPath[kind]?.load(ordering: .relaxed) ?? 0
                 out.sample(byPath, ["worker": "\(worker.id)", "path": kind.rawValue], Double(count))
             }

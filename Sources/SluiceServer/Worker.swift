@@ -113,9 +113,8 @@ final class Worker: @unchecked Sendable {
     let listeners: [RuntimeListener]
     var balancers: [String: Balancer]
     var sessions: [UInt64: Session] = [:]
-    /// `mode: http` client connections, and those closing once their last answer is written.
+    /// `mode: http` client connections (a closed one stays until its last answer is written).
     var httpConnections: [UInt64: HTTPConnection] = [:]
-    var lingering: [UInt64: HTTPConnection] = [:]
     /// Kept-alive backend connections of `mode: http` listeners, per pool.
     var idleBackends: [ObjectIdentifier: IdleConnections] = [:]
     var nextSessionID: UInt64 = 1
@@ -337,7 +336,7 @@ final class Worker: @unchecked Sendable {
             connection.connectTimer = nil
             connectFailed(connection, errno: nil)
         case .httpLinger(let id):
-            if let connection = lingering[id] { lingerWritable(connection, force: true) }
+            if let connection = httpConnections[id], connection.isClosed { lingerWritable(connection, force: true) }
         }
     }
 

@@ -147,7 +147,7 @@ extension Worker {
         session.listener.counters.release(.active)
         releaseActive()
         let paths = session.machine.pathsUsed
-        for kind in [DataPathKind.copy, .splice, .sockmap] where paths.contains(DataPathsUsed(kind)) {
+        for kind in DataPathKind.allCases where paths.contains(DataPathsUsed(kind)) {
             counters.closedByPath[kind]?.wrappingIncrement(ordering: .relaxed)
         }
 

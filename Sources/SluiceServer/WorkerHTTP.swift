@@ -100,9 +100,8 @@ extension Worker {
     }
 
     private func readFor(_ c: HTTPConnection, _ side: Side) {
-        var scratch = MoveState(buffer: takeBuffer())
-        defer { returnBuffer(&scratch) }
-        let buffer = scratch.buffer!
+        let buffer = takeBuffer()
+        defer { var scratch = Carrier(buffer: buffer); releaseCarrier(&scratch) }
         let outcome: Socket.ReadOutcome
         do {
             outcome = try Socket.read(c.fd(side), into: buffer)
@@ -154,36 +153,41 @@ extension Worker {
     /// Works through the side's output queue until it is empty or a socket
     /// says EAGAIN; tells the session when bytes are all written or a move is done.
     private func flush(_ c: HTTPConnection, _ side: Side) {
-        guard !c.flushing.contains(side) else { return } // the loop below picks it up
-        c.flushing.insert(side)
-        defer { c.flushing.remove(side) }
+        guard !c.flushing(side) else { return } // the loop below picks it up
+        c.setFlushing(side, true)
+        defer { c.setFlushing(side, false) }
         var wroteBytes = false
         while !c.isClosed, let first = c[output: side].first {
             switch first {
-            case .bytes(let bytes, let written):
-                let result = bytes.withUnsafeBytes { raw in
-                    Result { () throws(SystemCallError) in try Socket.write(c.fd(side), from: UnsafeRawBufferPointer(rebasing: raw[written...])) }
-                }
-                switch result {
+            case .bytes:
+                switch writeQueuedBytes(c, side) {
                 case .failure(let error):
                     drive(c, .failed(side, errno: error.errno))
                     return
                 case .success(.wouldBlock):
                     c.setWriteBlocked(side, true)
                     return
-                case .success(.done(let n)):
-                    if written + n < bytes.count {
-                        c[output: side][0] = .bytes(bytes, written: written + n)
-                    } else {
-                        c[output: side].removeFirst()
-                        wroteBytes = true
-                    }
+                case .success(.done):
+                    wroteBytes = true
                 }
             case .move(let flow, let remaining):
                 guard moveStep(c, flow, remaining: remaining) else { return }
             }
         }
         if wroteBytes && !c.isClosed && c[output: side].isEmpty { drive(c, .sent(side, now: monotonicMilliseconds())) }
+    }
+
+    /// Writes the bytes at the head of the side's queue, once; `done` when
+    /// something was written (the item is gone when all of it was).
+    func writeQueuedBytes(_ c: HTTPConnection, _ side: Side) -> Result<IOResult<Int>, SystemCallError> {
+        guard case .bytes(let bytes, let written)? = c[output: side].first else { return .success(.done(0)) }
+        let result = bytes.withUnsafeBytes { raw in
+            Result { () throws(SystemCallError) in try Socket.write(c.fd(side), from: UnsafeRawBufferPointer(rebasing: raw[written...])) }
+        }
+        if case .success(.done(let n)) = result {
+            if written + n < bytes.count { c[output: side][0] = .bytes(bytes, written: written + n) } else { c[output: side].removeFirst() }
+        }
+        return result
     }
 
     /// One step of a move at the head of its destination's queue; false when
@@ -196,7 +200,7 @@ extension Worker {
             if let pipe = state.pipe {
                 written = Result { () throws(SystemCallError) in try Socket.splice(from: pipe.readEnd, to: c.fd(destination), maxBytes: state.pending) }
             } else {
-                let chunk = UnsafeRawBufferPointer(rebasing: state.buffer![state.start..<(state.start + state.pending)])
+                let chunk = UnsafeRawBufferPointer(rebasing: state.buffer![state.bufferStart..<(state.bufferStart + state.pending)])
                 written = Result { () throws(SystemCallError) in try Socket.write(c.fd(destination), from: chunk) }
             }
             switch written {
@@ -207,7 +211,7 @@ extension Worker {
                 c.setWriteBlocked(destination, true)
                 return false
             case .success(.done(let n)):
-                state.start += n
+                state.bufferStart += n
                 state.pending -= n
                 c[move: flow] = state
                 record.add(flow == .upstream ? .bytesIn : .bytesOut, UInt64(n))
@@ -216,7 +220,7 @@ extension Worker {
         }
         if remaining == 0 {
             c[output: destination].removeFirst()
-            returnBuffer(&c[move: flow])
+            dropMove(&c[move: flow])
             drive(c, .moved(flow, now: monotonicMilliseconds()))
             return true
         }
@@ -253,7 +257,7 @@ extension Worker {
         case .success(.done(0)):
             if remaining == nil {
                 c[output: destination].removeFirst()
-                returnBuffer(&c[move: flow])
+                dropMove(&c[move: flow])
                 Socket.shutdownWrite(c.fd(destination))
                 drive(c, .moved(flow, now: monotonicMilliseconds()))
                 return true
@@ -261,7 +265,7 @@ extension Worker {
             drive(c, .endOfFile(flow.source, now: monotonicMilliseconds())) // cut short
             return false
         case .success(.done(let n)):
-            state.start = 0
+            state.bufferStart = 0
             state.pending = n
             c[move: flow] = state
             if let left = remaining { c[output: destination][0] = .move(flow, remaining: left - UInt64(n)) }
@@ -269,15 +273,10 @@ extension Worker {
         }
     }
 
-    /// Gives a move's pipe or buffer back to the worker's pools (a pipe
-    /// still holding bytes is closed: they will never be delivered).
-    func returnBuffer(_ state: inout MoveState) {
-        if let buffer = state.buffer {
-            if bufferPool.count < settings.poolLimit { bufferPool.append(buffer) } else { buffer.deallocate() }
-        }
-        if let pipe = state.pipe {
-            if state.pending == 0 && pipePool.count < settings.poolLimit { pipePool.append(pipe) } else { pipe.close() }
-        }
-        state = MoveState()
+    /// Gives a move's pipe or buffer back to the worker's pools; a pipe
+    /// still holding bytes is closed (they will never be delivered).
+    func dropMove(_ carrier: inout Carrier) {
+        if carrier.pending == 0 { releaseCarrier(&carrier) } else { discardCarrier(&carrier) }
+        carrier = Carrier()
     }
 }

@@ -109,8 +109,8 @@ extension Worker {
         c.backendMoveWaits = false
         c.clientMoveWaits = false
         c.backendOutput.removeAll()
-        returnBuffer(&c[move: .upstream])
-        returnBuffer(&c[move: .downstream])
+        dropMove(&c[move: .upstream])
+        dropMove(&c[move: .downstream])
         c.clientOutput.removeAll { if case .move = $0 { return true } else { return false } }
     }
 
@@ -124,8 +124,7 @@ extension Worker {
         c.responseTimer = nil
         releaseBackend(c, reusable: false)
         if !c.clientOutput.isEmpty && reason != .clientReset && finishWriting(c) == false {
-            lingering[c.id] = c
-            c.headTimer = timers.schedule(at: monotonicMilliseconds() + 5000, .httpLinger(connection: c.id))
+            c.lingerTimer = timers.schedule(at: monotonicMilliseconds() + 5000, .httpLinger(connection: c.id))
             rearmLinger(c)
             return
         }
@@ -134,16 +133,12 @@ extension Worker {
 
     /// Writes what is left for the client; true when all of it went.
     func finishWriting(_ c: HTTPConnection) -> Bool {
-        while case .bytes(let bytes, let written)? = c.clientOutput.first {
-            let result = bytes.withUnsafeBytes { raw in
-                Result { () throws(SystemCallError) in try Socket.write(c.client, from: UnsafeRawBufferPointer(rebasing: raw[written...])) }
+        while case .bytes? = c.clientOutput.first {
+            switch writeQueuedBytes(c, .client) {
+            case .success(.wouldBlock): return false
+            case .success(.done): continue
+            case .failure: c.clientOutput.removeAll() // the client is gone: nothing more to write
             }
-            guard case .success(.done(let n)) = result else {
-                if case .success(.wouldBlock) = result { return false }
-                c.clientOutput.removeAll()
-                return true
-            }
-            if written + n < bytes.count { c.clientOutput[0] = .bytes(bytes, written: written + n) } else { c.clientOutput.removeFirst() }
         }
         c.clientOutput.removeAll()
         return true
@@ -160,8 +155,7 @@ extension Worker {
     /// A closing connection's client turned writable (or its grace period ended: `force`).
     func lingerWritable(_ c: HTTPConnection, force: Bool) {
         if !force && !finishWriting(c) { rearmLinger(c); return }
-        if let timer = c.headTimer { _ = timers.cancel(timer); c.headTimer = nil }
-        lingering.removeValue(forKey: c.id)
+        if let timer = c.lingerTimer { _ = timers.cancel(timer); c.lingerTimer = nil }
         finishClose(c)
     }
 
@@ -171,14 +165,14 @@ extension Worker {
         // Bytes the client sent that nobody will read would turn the close
         // into a reset, which can destroy the answer before the client reads
         // it: read away what has arrived.
-        var scratch = MoveState(buffer: takeBuffer())
+        var scratch = Carrier(buffer: takeBuffer())
         for _ in 0..<4 {
             guard case .bytes? = try? Socket.read(c.client, into: scratch.buffer!) else { break }
         }
-        returnBuffer(&scratch)
+        releaseCarrier(&scratch)
         closeDescriptor(c.client)
-        returnBuffer(&c[move: .upstream])
-        returnBuffer(&c[move: .downstream])
+        dropMove(&c[move: .upstream])
+        dropMove(&c[move: .downstream])
         c.listener.counters.release(.active)
         releaseActive()
     }

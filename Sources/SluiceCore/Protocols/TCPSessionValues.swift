@@ -1,7 +1,7 @@
 // The vocabulary of `TCPSession`: the values its events and actions carry.
 
 /// How a session's bytes move between its two sockets.
-public enum DataPathKind: String, Sendable {
+public enum DataPathKind: String, Sendable, CaseIterable {
     /// The kernel moves the bytes: both sockets in a SOCKHASH whose verdict
     /// program redirects every skb to the peer; userspace sees only EOF and errors.
     case sockmap
