@@ -28,6 +28,9 @@ final class HTTPConnection {
     var backend: Int32 = -1
     var backendIndex: Int?
     var backendPoolIndex = 0
+    /// Where this connection counts in a pool's `active`, from the pick
+    /// until the backend connection is released or its connect fails.
+    var counted: (pool: RuntimePool, backend: Int)?
     /// A connect is under way on `backend`.
     var connecting = false
 

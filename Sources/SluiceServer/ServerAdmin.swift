@@ -162,7 +162,7 @@ extension Server {
             }
         }
         let backendFamilies: [(String, String, String, (RuntimePool, Int) -> Double)] = [
-            ("sluice_backend_active_connections", "gauge", "Open connections per backend.", { Double($0.active[$1].load(ordering: .relaxed)) }),
+            ("sluice_backend_active_connections", "gauge", "Connections per backend, a connect under way included.", { Double($0.active[$1].load(ordering: .relaxed)) }),
             ("sluice_backend_connect_failures_total", "counter", "Failed connection attempts.", { Double($0.connectFailures[$1].load(ordering: .relaxed)) }),
             ("sluice_backend_drained", "gauge", "1 while drained by the admin socket.", { $0.drained[$1].load(ordering: .relaxed) ? 1 : 0 }),
             ("sluice_backend_up", "gauge", "1 while the backend takes new connections (up, not ejected, not drained).", {

@@ -33,6 +33,9 @@ final class Session {
 
     /// The backend socket of the attempt under way or of the connection; -1 between attempts.
     var backend: Int32 = -1
+    /// The backend this session counts in its pool's `active` from the
+    /// pick on (a connect under way is load: a burst of accepts must see it).
+    var countedBackend: Int?
     var connectTimer: TimerID?
     var idleTimer: TimerID?
 

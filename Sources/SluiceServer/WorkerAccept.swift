@@ -108,6 +108,7 @@ extension Worker {
             drive(session, .noEligibleBackend)
             return
         }
+        countBackend(session, index)
         let address = pool.addresses[index]
         let fd: Int32
         do {
@@ -158,6 +159,7 @@ extension Worker {
 
     /// Drops the current backend socket after a failed attempt.
     func abandonBackendAttempt(_ session: Session) {
+        uncountBackend(session)
         if session.backend >= 0 {
             closeDescriptor(session.backend) // also leaves the epoll set
             session.backend = -1
@@ -166,12 +168,22 @@ extension Worker {
         session.backendAdded = false
     }
 
-    /// The backend accepted: counted active on it until the session closes.
     func backendConnected(_ session: Session) {
         Socket.setNoDelay(session.backend)
-        if let index = session.machine.backend {
-            session.listener.pool.active[index].wrappingIncrement(ordering: .relaxed)
-        }
         drive(session, .connected(now: monotonicMilliseconds()))
+    }
+
+    /// Counts the session on a backend of its pool, from the pick until the
+    /// attempt is abandoned or the session closes.
+    func countBackend(_ session: Session, _ index: Int) {
+        uncountBackend(session)
+        session.listener.pool.active[index].wrappingIncrement(ordering: .relaxed)
+        session.countedBackend = index
+    }
+
+    func uncountBackend(_ session: Session) {
+        guard let index = session.countedBackend else { return }
+        session.listener.pool.active[index].wrappingDecrement(ordering: .relaxed)
+        session.countedBackend = nil
     }
 }

@@ -135,9 +135,9 @@ extension Worker {
         if resetPeer && reason == .backendReset { Socket.closeWithReset(session.client) } else { closeDescriptor(session.client) }
         let bytesFromClient = session.machine.userspaceBytes.upstream &+ redirected.upstream
         let bytesToClient = session.machine.userspaceBytes.downstream &+ redirected.downstream
+        uncountBackend(session)
         if let index = connectedTo {
             let pool = session.listener.pool
-            pool.active[index].wrappingDecrement(ordering: .relaxed)
             switch TCPSession.backendVerdict(reason: reason, bytesToClient: bytesToClient) {
             case false?: noteBackendFailure(pool, index) // reset before its first byte
             case true?: pool.noteSuccess(index)

@@ -21,6 +21,7 @@ extension Worker {
             return
         }
         c.backendIndex = index
+        count(c, on: pool, index)
         let key = ObjectIdentifier(pool)
         var idle = idleBackends[key] ?? IdleConnections(
             maxPerBackend: c.http.config.keepAlivePerBackend, idleTimeoutMilliseconds: c.http.config.keepAliveTimeout.milliseconds)
@@ -29,7 +30,6 @@ extension Worker {
             guard Socket.isQuietAndOpen(fd) else { closeDescriptor(fd); continue }
             idleBackends[key] = idle
             c.backend = fd
-            pool.active[index].wrappingIncrement(ordering: .relaxed)
             drive(c, .acquired(backend: index, reused: true, now: now))
             return
         }
@@ -40,6 +40,7 @@ extension Worker {
     private func connect(_ c: HTTPConnection, _ pool: RuntimePool, _ index: Int, now: UInt64) {
         let fd: Int32
         do { fd = try Socket.tcp(family: pool.addresses[index].family) } catch {
+            uncount(c)
             drive(c, .acquireFailed(backend: index, errno: error.errno))
             return
         }
@@ -64,7 +65,6 @@ extension Worker {
         c.connecting = false
         if let timer = c.connectTimer { _ = timers.cancel(timer); c.connectTimer = nil }
         guard let index = c.backendIndex else { return }
-        c.http.pools[c.backendPoolIndex].active[index].wrappingIncrement(ordering: .relaxed)
         drive(c, .acquired(backend: index, reused: false, now: monotonicMilliseconds()))
     }
 
@@ -73,6 +73,7 @@ extension Worker {
         if let timer = c.connectTimer { _ = timers.cancel(timer); c.connectTimer = nil }
         if c.backend >= 0 { closeDescriptor(c.backend) } // also leaves the epoll set
         c.backend = -1
+        uncount(c)
         c.connecting = false
         c.backendAdded = false
         c.backendArmed = nil
@@ -84,13 +85,25 @@ extension Worker {
         drive(c, .acquireFailed(backend: c.backendIndex ?? 0, errno: code))
     }
 
+    private func count(_ c: HTTPConnection, on pool: RuntimePool, _ index: Int) {
+        uncount(c)
+        pool.active[index].wrappingIncrement(ordering: .relaxed)
+        c.counted = (pool, index)
+    }
+
+    private func uncount(_ c: HTTPConnection) {
+        guard let (pool, index) = c.counted else { return }
+        pool.active[index].wrappingDecrement(ordering: .relaxed)
+        c.counted = nil
+    }
+
     /// Hands the request's backend connection back: to the idle ones when
     /// the session says it is reusable and nothing is left to write on it.
     func releaseBackend(_ c: HTTPConnection, reusable: Bool) {
+        uncount(c)
         guard c.backend >= 0 else { return }
         let fd = c.backend
         let pool = c.http.pools[c.backendPoolIndex]
-        if let index = c.backendIndex, !c.connecting { pool.active[index].wrappingDecrement(ordering: .relaxed) }
         if let timer = c.connectTimer { _ = timers.cancel(timer); c.connectTimer = nil }
         let clean = reusable && !c.connecting && c.backendOutput.isEmpty && c[move: .downstream].pending == 0
         if c.backendAdded { epoll.remove(fd) }

@@ -91,4 +91,33 @@ struct LoadTruthTests {
         held.finish()
         #expect(try sluice.stop() == 0)
     }
+
+    @Test("least_conn counts a connect under way: a burst of 200 spreads over two backends within the worker count")
+    func leastConnBurst() throws {
+        guard requireRoot() else { return }
+        let ns = try TestNamespace()
+        let first = freePort(), second = freePort(), port = freePort()
+        let echoes = try [first, second].map { try ns.spawn(["echo", "\($0)"], readyLine: "listening") }
+        defer { withExtendedLifetime(echoes) {} }
+        let yaml = steeredConfig(port: port, backends: ["127.0.0.1:\(first)", "127.0.0.1:\(second)"], workers: 4, extra: "rebalance: off\n")
+            .replacingOccurrences(of: "algorithm: round_robin", with: "algorithm: least_conn")
+        try #require(yaml.contains("algorithm: least_conn"))
+        let sluice = try SluiceProcess(arguments: ["run", "--verify-clean-exit"], configYAML: yaml, launcher: ns.enter)
+        try sluice.waitForLog("ready", seconds: 20)
+        let instance = "e2e\(port)"
+        for round in 0..<3 {
+            // Before connects were counted from the pick, a batch of accepts saw
+            // stale counts and sent itself whole to one backend (64 / 0 seen).
+            let held = try ns.spawn(["hold", "\(port)", "200"], readyLine: "held")
+            let backends = try #require(try statusJSON(instance)["backends"] as? [[String: Any]])
+            let active = backends.map { $0["active"] as? Int ?? -1 }
+            #expect(active.reduce(0, +) == 200, "round \(round): \(active)")
+            #expect(active.max()! - active.min()! <= 4, "round \(round): \(active)")
+            held.finish()
+            try waitUntil(5, "counts back to 0") {
+                ((try? statusJSON(instance)["backends"] as? [[String: Any]]) ?? []).allSatisfy { $0["active"] as? Int == 0 }
+            }
+        }
+        #expect(try sluice.stop() == 0)
+    }
 }
