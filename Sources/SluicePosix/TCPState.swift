@@ -10,12 +10,3 @@ extension Socket {
         return Glibc.recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) > 0
     }
 }
-
-extension Socket {
-    /// A kept-alive connection still fit to carry a request: nothing to read
-    /// (an EOF, an error or unexpected bytes all say it is not).
-    public static func isQuietAndOpen(_ fd: Int32) -> Bool {
-        var byte: UInt8 = 0
-        return Glibc.recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)
-    }
-}

@@ -77,14 +77,16 @@ final class HTTPConnection {
 
     func fd(_ side: Side) -> Int32 { side == .client ? client : backend }
 
+    // `_modify`, not `set`: an append through a getter and a setter copies
+    // the whole queue (two references to one buffer while it grows).
     subscript(move flow: Flow) -> Carrier {
         get { flow == .upstream ? upstreamMove : downstreamMove }
-        set { if flow == .upstream { upstreamMove = newValue } else { downstreamMove = newValue } }
+        _modify { if flow == .upstream { yield &upstreamMove } else { yield &downstreamMove } }
     }
 
     subscript(output side: Side) -> [HTTPOutput] {
         get { side == .client ? clientOutput : backendOutput }
-        set { if side == .client { clientOutput = newValue } else { backendOutput = newValue } }
+        _modify { if side == .client { yield &clientOutput } else { yield &backendOutput } }
     }
 
     func wantsRead(_ side: Side) -> Bool { side == .client ? clientWantsRead : backendWantsRead }
@@ -102,5 +104,27 @@ final class HTTPConnection {
         if wantsRead(side) || moveWaits(side) { events.insert(.readable) }
         if writeBlocked(side) || (side == .backend && connecting) { events.insert(.writable) }
         return events
+    }
+}
+
+/// Which HTTP connection each backend descriptor serves now, by descriptor
+/// (an array: descriptors are small and dense); none while it is idle.
+struct DescriptorOwners {
+    private var owners: [UInt64] = [] // 0 for none: connection ids start at 1
+
+    subscript(fd: Int32) -> UInt64? {
+        get {
+            let i = Int(fd)
+            return i >= 0 && i < owners.count && owners[i] != 0 ? owners[i] : nil
+        }
+        set {
+            let i = Int(fd)
+            guard i >= 0 else { return }
+            if i >= owners.count {
+                guard newValue != nil else { return }
+                owners += Array(repeating: 0, count: max(i + 1 - owners.count, 256))
+            }
+            owners[i] = newValue ?? 0
+        }
     }
 }

@@ -117,6 +117,8 @@ final class Worker: @unchecked Sendable {
     var httpConnections: [UInt64: HTTPConnection] = [:]
     /// Kept-alive backend connections of `mode: http` listeners, per pool.
     var idleBackends: [ObjectIdentifier: IdleConnections] = [:]
+    /// The HTTP connection each backend descriptor serves (none while idle).
+    var backendOwners = DescriptorOwners()
     var nextSessionID: UInt64 = 1
     var timers: TimerWheel<WorkerTimer>
     var draining = false
@@ -140,6 +142,9 @@ final class Worker: @unchecked Sendable {
     private static let listenerKind: UInt64 = 1 << 56
     static let sessionKind: UInt64 = 2 << 56
     static let httpKind: UInt64 = 3 << 56
+    /// A `mode: http` backend socket, by descriptor: a kept-alive one changes
+    /// hands without an epoll_ctl.
+    static let httpBackendKind: UInt64 = 4 << 56
     private static let kindMask: UInt64 = 0xFF << 56
 
     init(
@@ -263,6 +268,13 @@ final class Worker: @unchecked Sendable {
                 lingerWritable(connection, force: false)
             } else {
                 dispatch(connection, (value & 1) == 0 ? .client : .backend, events)
+            }
+        case Self.httpBackendKind:
+            let fd = Int32(truncatingIfNeeded: token & ~Self.kindMask)
+            if let owner = backendOwners[fd] {
+                if let connection = httpConnections[owner], !connection.isClosed { dispatch(connection, .backend, events) }
+            } else {
+                idleBackendStirred(fd)
             }
         case Self.listenerKind:
             acceptConnections(listenerIndex: Int(token & ~Self.kindMask))

@@ -131,7 +131,7 @@ extension Worker {
             let interest = c.interest(side)
             let armed = side == .client ? c.clientArmed : c.backendArmed
             guard !interest.isEmpty, armed != interest else { return }
-            let token = Self.httpKind | (c.id << 1) | side.rawValue
+            let token = side == .client ? Self.httpKind | (c.id << 1) : Self.httpBackendKind | UInt64(UInt32(bitPattern: fd))
             let added = side == .client ? c.clientAdded : c.backendAdded
             if added { try epoll.modify(fd, interest.union(.oneShot), token: token) } else {
                 try epoll.add(fd, interest.union(.oneShot), token: token)

@@ -23,17 +23,22 @@ extension Worker {
         c.backendIndex = index
         count(c, on: pool, index)
         let key = ObjectIdentifier(pool)
-        var idle = idleBackends[key] ?? IdleConnections(
-            maxPerBackend: c.http.config.keepAlivePerBackend, idleTimeoutMilliseconds: c.http.config.keepAliveTimeout.milliseconds)
-        for fd in idle.expire(now: now) { closeDescriptor(fd) }
-        while let fd = idle.take(backend: index) {
-            guard Socket.isQuietAndOpen(fd) else { closeDescriptor(fd); continue }
-            idleBackends[key] = idle
+        if idleBackends[key] == nil {
+            idleBackends[key] = IdleConnections(
+                maxPerBackend: c.http.config.keepAlivePerBackend, idleTimeoutMilliseconds: c.http.config.keepAliveTimeout.milliseconds)
+        }
+        for fd in idleBackends[key]!.expire(now: now) { closeDescriptor(fd) }
+        if let fd = idleBackends[key]!.take(backend: index) {
+            // Armed for reading while it was idle: armed for the response
+            // already. Had its backend closed it, that event reaches this
+            // connection as an end before any response, which retries.
             c.backend = fd
+            c.backendAdded = true
+            c.backendArmed = .readable
+            backendOwners[fd] = c.id
             drive(c, .acquired(backend: index, reused: true, now: now))
             return
         }
-        idleBackends[key] = idle
         connect(c, pool, index, now: now)
     }
 
@@ -46,6 +51,7 @@ extension Worker {
         }
         Socket.setNoDelay(fd)
         c.backend = fd
+        backendOwners[fd] = c.id
         c.backendAdded = false
         c.backendArmed = nil
         do {
@@ -71,7 +77,10 @@ extension Worker {
     /// A connect that failed or timed out (errno nil).
     func connectFailed(_ c: HTTPConnection, errno code: Int32?) {
         if let timer = c.connectTimer { _ = timers.cancel(timer); c.connectTimer = nil }
-        if c.backend >= 0 { closeDescriptor(c.backend) } // also leaves the epoll set
+        if c.backend >= 0 {
+            backendOwners[c.backend] = nil
+            closeDescriptor(c.backend) // also leaves the epoll set
+        }
         c.backend = -1
         uncount(c)
         c.connecting = false
@@ -97,21 +106,44 @@ extension Worker {
         c.counted = nil
     }
 
+    /// Arms an idle backend connection for reading, so that its backend
+    /// closing it (or sending what nobody asked for) is seen at once.
+    private func armIdle(_ fd: Int32, added: Bool, armed: EpollEvents?) -> Bool {
+        if armed == .readable { return true }
+        let token = Self.httpBackendKind | UInt64(UInt32(bitPattern: fd))
+        do {
+            if added { try epoll.modify(fd, [.readable, .oneShot], token: token) } else {
+                try epoll.add(fd, [.readable, .oneShot], token: token)
+            }
+            return true
+        } catch {
+            return false
+        }
+    }
+
+    /// An idle backend connection turned readable: its backend closed it
+    /// or sent bytes nobody asked for. Either way it is done.
+    func idleBackendStirred(_ fd: Int32) {
+        for key in idleBackends.keys where idleBackends[key]!.remove(fd) {
+            closeDescriptor(fd)
+            return
+        }
+    }
+
     /// Hands the request's backend connection back: to the idle ones when
     /// the session says it is reusable and nothing is left to write on it.
     func releaseBackend(_ c: HTTPConnection, reusable: Bool) {
         uncount(c)
         guard c.backend >= 0 else { return }
         let fd = c.backend
-        let pool = c.http.pools[c.backendPoolIndex]
+        backendOwners[fd] = nil
+        let key = ObjectIdentifier(c.http.pools[c.backendPoolIndex])
         if let timer = c.connectTimer { _ = timers.cancel(timer); c.connectTimer = nil }
         let clean = reusable && !c.connecting && c.backendOutput.isEmpty && c[move: .downstream].pending == 0
-        if c.backendAdded { epoll.remove(fd) }
-        if clean, let index = c.backendIndex, var idle = idleBackends[ObjectIdentifier(pool)] {
-            if let evicted = idle.put(fd, backend: index, now: monotonicMilliseconds()) { closeDescriptor(evicted) }
-            idleBackends[ObjectIdentifier(pool)] = idle
+        if clean, let index = c.backendIndex, idleBackends[key] != nil, armIdle(fd, added: c.backendAdded, armed: c.backendArmed) {
+            if let evicted = idleBackends[key]!.put(fd, backend: index, now: monotonicMilliseconds()) { closeDescriptor(evicted) }
         } else {
-            closeDescriptor(fd)
+            closeDescriptor(fd) // also leaves the epoll set
         }
         c.backend = -1
         c.connecting = false

@@ -6,9 +6,10 @@ import Testing
 let httpBackendScript = packageRoot.appendingPathComponent("Tests/SluiceEndToEndTests/Scripts/httpbackend.py").path
 
 /// A Python HTTP/1.1 backend (Scripts/httpbackend.py) answering as `name`.
-func startHTTPBackend(_ name: String) throws -> (process: BackgroundProcess, address: String) {
+func startHTTPBackend(_ name: String, idleSeconds: Double? = nil) throws -> (process: BackgroundProcess, address: String) {
     let port = freePort()
-    let process = try BackgroundProcess(["/usr/bin/python3", httpBackendScript, "\(port)", name], readyLine: "ready")
+    let process = try BackgroundProcess(["/usr/bin/python3", httpBackendScript, "\(port)", name] + (idleSeconds.map { ["\($0)"] } ?? []),
+                                        readyLine: "ready")
     return (process, "127.0.0.1:\(port)")
 }
 
@@ -141,6 +142,28 @@ struct HTTPEndToEndTests {
         // The proxy still serves.
         let (_, after) = try curl(["http://127.0.0.1:\(port)/name"])
         #expect(after == "one")
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+    }
+
+    @Test("a kept-alive backend connection its backend closes while idle is closed at once; the next request gets a new one")
+    func idleBackendClosed() throws {
+        let (one, oneAddress) = try startHTTPBackend("one", idleSeconds: 0.3)
+        defer { _ = one }
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: httpConfig(port: port, one: oneAddress, two: oneAddress))
+        let (_, first) = try curl(["http://127.0.0.1:\(port)/name"])
+        #expect(first == "one")
+        func backendSockets() -> [Substring] {
+            let (_, out) = (try? runCommand("/usr/bin/ss", ["-Htn", "state", "all", "dst", oneAddress])) ?? (1, "")
+            return out.split(separator: "\n").filter { !$0.hasPrefix("TIME-WAIT") }
+        }
+        #expect(backendSockets().count == 1, "kept alive after the answer: \(backendSockets())")
+        // The backend closes it after 0.3 s; the worker sees the FIN while the
+        // connection is idle and closes its side (no CLOSE-WAIT left behind).
+        let waited = try waitUntil(3, "the idle connection closed by sluice") { backendSockets().isEmpty }
+        #expect(waited < 2, "\(waited) s")
+        let (_, second) = try curl(["http://127.0.0.1:\(port)/name"])
+        #expect(second == "one")
         #expect(try sluice.stop() == 0, "\(sluice.log)")
     }
 

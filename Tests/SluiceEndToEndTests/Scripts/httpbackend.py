@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """An HTTP/1.1 backend for the end-to-end tests, with the odd responses
-nginx will not give on demand. Usage: httpbackend.py PORT NAME
+nginx will not give on demand. Usage: httpbackend.py PORT NAME [IDLE_SECONDS]
+(with IDLE_SECONDS, a kept-alive connection idle that long is closed)
 
   GET  /bytes/N      N bytes (deterministic), Content-Length
   HEAD /bytes/N      the same head, no body
@@ -106,6 +107,8 @@ class Handler(BaseHTTPRequestHandler):
 
 def main():
     Handler.name = sys.argv[2] if len(sys.argv) > 2 else "backend"
+    if len(sys.argv) > 3:
+        Handler.timeout = float(sys.argv[3])
     server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
     server.daemon_threads = True
     print(f"ready {server.server_address[1]}", flush=True)

@@ -16,8 +16,9 @@ public struct IdleConnections: Sendable {
 
     public let maxPerBackend: Int
     public let idleTimeoutMilliseconds: UInt64
-    /// Per backend index, oldest first.
-    private var idle: [Int: [Entry]] = [:]
+    /// Per backend index, oldest first. Nested arrays mutated in place: a
+    /// dictionary of arrays copied out and back cost an allocation per call.
+    private var lists: [[Entry]] = []
     public private(set) var count = 0
 
     public init(maxPerBackend: Int, idleTimeoutMilliseconds: UInt64) {
@@ -28,35 +29,33 @@ public struct IdleConnections: Sendable {
     /// Keeps `handle` for reuse; returns the connection to close instead when
     /// the backend already has its fill (the oldest, or `handle` itself when none are kept).
     public mutating func put(_ handle: Handle, backend: Int, now: UInt64) -> Handle? {
-        guard maxPerBackend > 0 else { return handle }
-        var list = idle[backend, default: []]
-        list.append(Entry(handle: handle, since: now))
-        var evicted: Handle?
-        if list.count > maxPerBackend {
-            evicted = list.removeFirst().handle
-        } else {
+        guard maxPerBackend > 0, backend >= 0 else { return handle }
+        if backend >= lists.count { lists += Array(repeating: [], count: backend + 1 - lists.count) }
+        lists[backend].append(Entry(handle: handle, since: now))
+        guard lists[backend].count > maxPerBackend else {
             count += 1
+            return nil
         }
-        idle[backend] = list
-        return evicted
+        return lists[backend].removeFirst().handle
     }
 
     /// The most recently kept connection to `backend`, if any.
     public mutating func take(backend: Int) -> Handle? {
-        guard var list = idle[backend], let entry = list.popLast() else { return nil }
-        idle[backend] = list.isEmpty ? nil : list
+        guard backend >= 0, backend < lists.count, let entry = lists[backend].popLast() else { return nil }
         count -= 1
         return entry.handle
     }
 
     /// Connections idle for the timeout or longer, taken out (to close).
+    /// Allocates nothing when none are due.
     public mutating func expire(now: UInt64) -> [Handle] {
         var expired: [Handle] = []
-        for (backend, list) in idle {
-            let keep = list.filter { now &- $0.since < idleTimeoutMilliseconds }
-            guard keep.count != list.count else { continue }
-            expired += list.filter { now &- $0.since >= idleTimeoutMilliseconds }.map(\.handle)
-            idle[backend] = keep.isEmpty ? nil : keep
+        guard count > 0 else { return expired }
+        for backend in lists.indices {
+            let due = lists[backend].prefix { now &- $0.since >= idleTimeoutMilliseconds }.count
+            guard due > 0 else { continue }
+            expired += lists[backend][..<due].map(\.handle)
+            lists[backend].removeFirst(due)
         }
         count -= expired.count
         return expired
@@ -64,11 +63,9 @@ public struct IdleConnections: Sendable {
 
     /// Forgets a connection that closed while idle; false if it was not kept.
     public mutating func remove(_ handle: Handle) -> Bool {
-        for (backend, list) in idle {
-            guard let at = list.firstIndex(where: { $0.handle == handle }) else { continue }
-            var list = list
-            list.remove(at: at)
-            idle[backend] = list.isEmpty ? nil : list
+        for backend in lists.indices {
+            guard let at = lists[backend].firstIndex(where: { $0.handle == handle }) else { continue }
+            lists[backend].remove(at: at)
             count -= 1
             return true
         }
