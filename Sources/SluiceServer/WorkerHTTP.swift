@@ -18,8 +18,13 @@ extension Worker {
     }
 
     func drive(_ connection: HTTPConnection, _ event: HTTPSession.Event) {
+        drive(connection) { $0.handle(event, into: &$1) }
+    }
+
+    /// Runs one step of the connection's session and carries out the actions it returns.
+    func drive(_ connection: HTTPConnection, _ step: (inout HTTPSession, inout [HTTPSession.Action]) -> Void) {
         var actions = httpActionLists.popLast() ?? []
-        connection.machine.handle(event, into: &actions)
+        step(&connection.machine, &actions)
         defer {
             actions.removeAll(keepingCapacity: true)
             httpActionLists.append(actions)
@@ -119,7 +124,8 @@ extension Worker {
         case .bytes(let n):
             c.setWantsRead(side, false)
             record.add(side == .client ? .bytesIn : .bytesOut, UInt64(n))
-            drive(c, .received(side, Array(UnsafeRawBufferPointer(rebasing: buffer[0..<n])), now: monotonicMilliseconds()))
+            let bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
+            drive(c) { $0.receive(side, bytes, now: monotonicMilliseconds(), into: &$1) }
         }
     }
 

@@ -62,7 +62,13 @@ public struct HTTPHeadParser: Sendable {
     /// once its empty line is in.
     private mutating func findEnd(_ b: UnsafeRawBufferPointer, request: Bool) -> Result<Int?, HTTPError> {
         var i = scanned
-        while i < b.count {
+        let count = b.count
+        while i < count {
+            // Bytes above CR need no look: skip them in a tight loop (up to
+            // the request line's limit, where every byte gets the full look).
+            let plainUntil = request && lines == 0 ? min(count, limits.maxRequestLine) : count
+            while i < plainUntil && b[i] > HTTPBytes.cr { i += 1 }
+            if i == count { break }
             let byte = b[i]
             if byte == HTTPBytes.lf {
                 guard i > lineStart, b[i - 1] == HTTPBytes.cr else { return .failure(HTTPError(400, "bare LF")) }

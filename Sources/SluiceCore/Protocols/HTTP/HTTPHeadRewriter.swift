@@ -21,11 +21,11 @@ public enum HTTPHeadRewriter {
                                scheme: String = "http", forwarded: HTTPForwardedFields, into out: inout [UInt8]) {
         let firstField = head.fields.first?.name.lowerBound ?? (head.length - 2)
         out.append(contentsOf: bytes[0..<firstField]) // the request line and its CRLF
-        let dropped = hopByHop(head.fields, bytes, upgrading: head.upgrade)
+        let named = connectionTokens(head.fields, bytes)
         let addsXFF = forwarded == .xff || forwarded == .both
         let addsForwarded = forwarded == .forwarded || forwarded == .both
         var priorXFF: [Range<Int>] = [], priorForwarded: [Range<Int>] = []
-        for (k, field) in head.fields.enumerated() where !dropped[k] {
+        for field in head.fields where !isHopByHop(field, bytes, named: named, upgrading: head.upgrade) {
             if addsXFF && equalsLowercase(field.name, "x-forwarded-for", bytes) { priorXFF.append(field.value); continue }
             if addsXFF && equalsLowercase(field.name, "x-forwarded-proto", bytes) { continue }
             if addsForwarded && equalsLowercase(field.name, "forwarded", bytes) { priorForwarded.append(field.value); continue }
@@ -63,8 +63,8 @@ public enum HTTPHeadRewriter {
         let firstField = head.fields.first?.name.lowerBound ?? (head.length - 2)
         out.append(contentsOf: bytes[0..<firstField])
         let upgrading = head.status == 101
-        let dropped = hopByHop(head.fields, bytes, upgrading: upgrading)
-        for (k, field) in head.fields.enumerated() where !dropped[k] { append(field, bytes, &out) }
+        let named = connectionTokens(head.fields, bytes)
+        for field in head.fields where !isHopByHop(field, bytes, named: named, upgrading: upgrading) { append(field, bytes, &out) }
         if upgrading {
             out.append(contentsOf: "Connection: upgrade\r\n".utf8)
         } else if close {
@@ -75,10 +75,9 @@ public enum HTTPHeadRewriter {
         out.append(contentsOf: "\r\n".utf8)
     }
 
-    static let hopByHopNames: [[UInt8]] = ["connection", "keep-alive", "proxy-connection", "te", "trailer"].map { Array($0.utf8) }
-
-    /// For each field, whether it is dropped: it concerns this hop only.
-    static func hopByHop(_ fields: [HTTPField], _ bytes: UnsafeRawBufferPointer, upgrading: Bool) -> [Bool] {
+    /// The field names the Connection fields list (empty, and no
+    /// allocation, when there is no Connection field).
+    static func connectionTokens(_ fields: [HTTPField], _ bytes: UnsafeRawBufferPointer) -> [Range<Int>] {
         var named: [Range<Int>] = []
         for field in fields where equalsLowercase(field.name, "connection", bytes) {
             var start = field.value.lowerBound
@@ -90,16 +89,32 @@ public enum HTTPHeadRewriter {
                 start = k + 1
             }
         }
-        return fields.map { field in
-            for name in Self.hopByHopNames where equalsLowercase(field.name, name, bytes) {
-                return true
-            }
-            if equalsLowercase(field.name, "upgrade", bytes) { return !upgrading }
-            return named.contains { token in
-                token.count == field.name.count && zip(token, field.name).allSatisfy { HTTPBytes.lower(bytes[$0]) == HTTPBytes.lower(bytes[$1]) }
-                    && !(upgrading && equalsLowercase(token, "upgrade", bytes))
-            }
+        return named
+    }
+
+    /// Whether the field concerns this hop only; `named` is what
+    /// `connectionTokens` found. Dispatches on the name's length first: most
+    /// fields are compared with nothing.
+    static func isHopByHop(_ field: HTTPField, _ bytes: UnsafeRawBufferPointer, named: [Range<Int>], upgrading: Bool) -> Bool {
+        let name = field.name
+        switch name.count {
+        case 2 where equalsLowercase(name, "te", bytes): return true
+        case 7 where equalsLowercase(name, "trailer", bytes): return true
+        case 7 where equalsLowercase(name, "upgrade", bytes): return !upgrading
+        case 10 where equalsLowercase(name, "connection", bytes) || equalsLowercase(name, "keep-alive", bytes): return true
+        case 16 where equalsLowercase(name, "proxy-connection", bytes): return true
+        default: break
         }
+        return named.contains { token in
+            token.count == name.count && zip(token, name).allSatisfy { HTTPBytes.lower(bytes[$0]) == HTTPBytes.lower(bytes[$1]) }
+                && !(upgrading && equalsLowercase(token, "upgrade", bytes))
+        }
+    }
+
+    /// For each field, whether it is dropped (`isHopByHop` over the head).
+    static func hopByHop(_ fields: [HTTPField], _ bytes: UnsafeRawBufferPointer, upgrading: Bool) -> [Bool] {
+        let named = connectionTokens(fields, bytes)
+        return fields.map { isHopByHop($0, bytes, named: named, upgrading: upgrading) }
     }
 
     private static func append(_ field: HTTPField, _ bytes: UnsafeRawBufferPointer, _ out: inout [UInt8]) {
@@ -107,16 +122,6 @@ public enum HTTPHeadRewriter {
         out.append(contentsOf: ": ".utf8)
         out.append(contentsOf: bytes[field.value])
         out.append(contentsOf: "\r\n".utf8)
-    }
-
-    static func equalsLowercase(_ range: Range<Int>, _ word: [UInt8], _ bytes: UnsafeRawBufferPointer) -> Bool {
-        guard range.count == word.count else { return false }
-        var k = range.lowerBound
-        for c in word {
-            guard HTTPBytes.lower(bytes[k]) == c else { return false }
-            k += 1
-        }
-        return true
     }
 
     static func equalsLowercase(_ range: Range<Int>, _ word: StaticString, _ bytes: UnsafeRawBufferPointer) -> Bool {

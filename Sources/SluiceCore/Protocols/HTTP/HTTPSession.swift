@@ -71,6 +71,19 @@ public struct HTTPSession: Sendable {
     /// Between requests, with nothing of the next one received: a draining worker may close it.
     public var isWaiting: Bool { phase == .idle && clientBytes.isEmpty }
 
+    /// The `.received` event for bytes the caller holds in its own buffer:
+    /// they are copied once, into the session's, with no array in between.
+    public mutating func receive(_ side: Side, _ bytes: UnsafeRawBufferPointer, now: UInt64, into actions: inout [Action]) {
+        if case .closing = phase { return }
+        if side == .client {
+            clientBytes.append(contentsOf: bytes)
+            if exchange != nil { fromClient(now, &actions) } else { nextRequest(now, &actions) }
+        } else {
+            backendBytes.append(contentsOf: bytes)
+            fromBackend(now, &actions)
+        }
+    }
+
     /// Appends what to do about `event` to `actions`.
     public mutating func handle(_ event: Event, into actions: inout [Action]) {
         if case .closing = phase { return }
@@ -78,12 +91,8 @@ public struct HTTPSession: Sendable {
         case .accepted(let now):
             actions.append(.schedule(.head, at: now + limits.headTimeoutMilliseconds))
             actions.append(.read(.client))
-        case .received(.client, let bytes, let now):
-            clientBytes += bytes
-            if exchange != nil { fromClient(now, &actions) } else { nextRequest(now, &actions) }
-        case .received(.backend, let bytes, let now):
-            backendBytes += bytes
-            fromBackend(now, &actions)
+        case .received(let side, let bytes, let now):
+            bytes.withUnsafeBytes { receive(side, $0, now: now, into: &actions) }
         case .endOfFile(.client, _):
             clientEOF = true
             clientEnded(&actions)
