@@ -130,6 +130,9 @@ public final class RuntimeHTTP: Sendable {
     /// Requests answered, per pool (as `pools`) and status class (1xx...5xx at 0...4).
     public let requests: [[ManagedAtomic<UInt64>]]
 
+    /// Requests answered so far, all pools and classes.
+    var answered: UInt64 { requests.reduce(0) { $0 + $1.reduce(0) { $0 + $1.load(ordering: .relaxed) } } }
+
     /// Counts an answered request; `pool` nil: answered by the proxy before any routing.
     func count(pool: Int?, status: Int) {
         guard (100...599).contains(status) else { return }

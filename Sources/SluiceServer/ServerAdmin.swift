@@ -37,7 +37,9 @@ extension Server {
         }
         return AdminBackendsReply(backends: backends, moves: moves, logLinesDropped: logLinesDropped,
                                   localResourceErrors: LocalResourceErrorCounts(localResourceErrors),
-                                  dataPaths: DataPathCounts(liveWorkers.map(\.counters)))
+                                  dataPaths: DataPathCounts(liveWorkers.map(\.counters)),
+                                  httpRequests: Dictionary(liveListeners.compactMap { l in l.http.map { (l.name, $0.answered) } },
+                                                           uniquingKeysWith: +))
     }
 
     func adminDrainBackend(pool name: String, backend: String, drained: Bool) -> String? {

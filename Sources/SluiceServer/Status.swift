@@ -88,10 +88,14 @@ public struct StatusSnapshot: Codable, Sendable, Equatable {
         public var accepted: UInt64
         public var rejected: UInt64
         public var noBackend: UInt64
+        /// `mode: http` listeners: requests answered, and per second over the
+        /// sampling window (from the admin socket).
+        public var requests: UInt64?
+        public var requestsPerSecond: Double?
 
         enum CodingKeys: String, CodingKey {
-            case name, address, pool, active, accepted, rejected
-            case noBackend = "no_backend"
+            case name, address, pool, active, accepted, rejected, requests
+            case noBackend = "no_backend", requestsPerSecond = "requests_per_second"
         }
     }
 
@@ -183,6 +187,8 @@ public enum StatusReader {
         func sample() -> (at: UInt64, workers: [WorkerLoadSample]) {
             (monotonicNanoseconds(), pins.workers(count: workerCount))
         }
+        let socket = askAdmin ? info?.adminSocket : nil
+        let firstRequests = socket.flatMap { Self.httpRequests(socket: $0) }
         let first = sample()
         if sampleSeconds > 0 { usleep(UInt32(sampleSeconds * 1e6)) }
         let second = sample()
@@ -235,6 +241,14 @@ public enum StatusReader {
             if let reply = try? AdminClient.request(socket: socket, ["cmd": "backends"], timeoutMilliseconds: 300),
                let data = reply.data(using: .utf8),
                let decoded = try? JSONDecoder().decode(AdminBackendsReply.self, from: data) {
+                let elapsed = Double(monotonicNanoseconds() - (firstRequests?.at ?? 0)) / 1e9
+                for k in snapshot.listeners.indices {
+                    guard let total = decoded.httpRequests?[snapshot.listeners[k].name] else { continue }
+                    snapshot.listeners[k].requests = total
+                    if let before = firstRequests?.totals[snapshot.listeners[k].name], elapsed > 0 {
+                        snapshot.listeners[k].requestsPerSecond = Double(total &- before) / elapsed
+                    }
+                }
                 snapshot.backends = decoded.backends
                 snapshot.steering.moves = decoded.moves
                 snapshot.logLinesDropped = decoded.logLinesDropped
@@ -243,6 +257,14 @@ public enum StatusReader {
             }
         }
         return snapshot
+    }
+
+    /// The admin socket's request totals per HTTP listener, and when they were read.
+    static func httpRequests(socket: String) -> (at: UInt64, totals: [String: UInt64])? {
+        guard let reply = try? AdminClient.request(socket: socket, ["cmd": "backends"], timeoutMilliseconds: 300),
+              let decoded = try? JSONDecoder().decode(AdminBackendsReply.self, from: Data(reply.utf8)),
+              let totals = decoded.httpRequests else { return nil }
+        return (monotonicNanoseconds(), totals)
     }
 
     static func steering(_ stats: SteeringStats, mode: String) -> StatusSnapshot.Steering {
@@ -265,11 +287,13 @@ struct AdminBackendsReply: Codable {
     var logLinesDropped: UInt64?
     var localResourceErrors: LocalResourceErrorCounts?
     var dataPaths: DataPathCounts?
+    /// Requests answered per `mode: http` listener, by name.
+    var httpRequests: [String: UInt64]?
 
     enum CodingKeys: String, CodingKey {
         case backends, moves
         case logLinesDropped = "log_lines_dropped", localResourceErrors = "local_resource_errors"
-        case dataPaths = "data_paths"
+        case dataPaths = "data_paths", httpRequests = "http_requests"
     }
 }
 

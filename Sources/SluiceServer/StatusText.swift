@@ -26,6 +26,11 @@ public enum StatusText {
                     l.name, l.address, l.pool, group(l.active), group(l.accepted), group(l.rejected + l.noBackend),
                 ]))
             }
+            for l in s.listeners {
+                guard let requests = l.requests else { continue }
+                let rate = l.requestsPerSecond.map { "\(decimal($0)) requests/s, " } ?? ""
+                lines.append(fit("http \(l.name): \(rate)\(group(requests)) answered"))
+            }
         }
         lines.append("")
         var steering = "steered \(group(s.steering.selected))  fallbacks \(group(s.steering.fallback))"

@@ -167,13 +167,26 @@ struct HTTPEndToEndTests {
         #expect(try sluice.stop() == 0, "\(sluice.log)")
     }
 
-    @Test("wrk for two seconds: no socket errors, no non-2xx answers")
+    @Test("wrk for two seconds: no socket errors, no non-2xx answers; status shows the listener's requests per second")
     func underLoad() throws {
         let (one, oneAddress) = try startHTTPBackend("one")
         defer { _ = one }
         let port = freePort()
-        let sluice = try SluiceProcess.run(config: httpConfig(port: port, one: oneAddress, two: oneAddress).replacingOccurrences(of: "access: text", with: "access: off"))
-        let (code, out) = try runCommand("/usr/bin/wrk", ["-t2", "-c16", "-d2s", "http://127.0.0.1:\(port)/bytes/100"])
+        let sluice = try SluiceProcess.run(config: httpConfig(port: port, one: oneAddress, two: oneAddress, admin: "admin: { metrics: off }")
+            .replacingOccurrences(of: "access: text", with: "access: off"))
+        let result = Locked<(Int32, String)>((-1, ""))
+        let load = startThread {
+            let outcome = (try? runCommand("/usr/bin/wrk", ["-t2", "-c16", "-d2s", "http://127.0.0.1:\(port)/bytes/100"])) ?? (-1, "")
+            result.withLock { $0 = outcome }
+        }
+        usleep(1_000_000)
+        let listener = try #require((try statusJSON("e2e\(port)")["listeners"] as? [[String: Any]])?.first)
+        let rate = listener["requests_per_second"] as? Double ?? 0, answered = listener["requests"] as? Int ?? 0
+        #expect(rate > 100 && answered > 100, "\(listener)")
+        let (_, text) = try runCommand(sluiceBinary, ["status", "--instance", "e2e\(port)"])
+        #expect(text.contains("http web: ") && text.contains("requests/s"), "\(text)")
+        load.join()
+        let (code, out) = result.withLock { $0 }
         #expect(code == 0)
         #expect(!out.contains("Socket errors") && !out.contains("Non-2xx"), "\(out)")
         let requests = out.split(separator: "\n").first { $0.contains("requests in") }
