@@ -25,9 +25,10 @@ let package = Package(
         // what Swift cannot call directly (variadic syscalls, _GNU_SOURCE calls).
         .target(name: "CSluice"),
         .systemLibrary(name: "CLibbpf", pkgConfig: "libbpf", providers: [.apt(["libbpf-dev"])]),
+        .systemLibrary(name: "COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .target(
             name: "SluiceCore",
-            dependencies: [.product(name: "Yams", package: "Yams")],
+            dependencies: ["COpenSSL", .product(name: "Yams", package: "Yams")],
             swiftSettings: hotPathSettings
         ),
         .target(name: "SluicePosix", dependencies: ["CSluice"]),

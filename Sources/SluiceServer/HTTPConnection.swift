@@ -33,6 +33,8 @@ final class HTTPConnection {
     var counted: (pool: RuntimePool, backend: Int)?
     /// A connect is under way on `backend`.
     var connecting = false
+    /// The session made it a tunnel: handed to the TCP relay once both output queues are written.
+    var becomesTunnel = false
 
     var clientOutput: [HTTPOutput] = []
     var backendOutput: [HTTPOutput] = []

@@ -79,6 +79,8 @@ public struct AccessRecord: Sendable {
     public var durationMicroseconds: UInt64
     public var dataPath: String
     public var closeReason: String
+    /// Set for a tunnel an HTTP listener handed over (`websocket`, `connect`).
+    public var tunnel: String?
 
     public func render(_ format: AccessLogFormat) -> String? {
         let ms = Double(durationMicroseconds) / 1000
@@ -89,11 +91,13 @@ public struct AccessRecord: Sendable {
         case .text:
             return "\(wallClockTimestamp()) access worker=\(worker) listener=\(listener) client=\(client) backend=\(backend ?? "-") "
                 + "bytes_in=\(bytesFromClient) bytes_out=\(bytesToClient) duration_ms=\(duration) path=\(dataPath) reason=\(closeReason)"
+                + (tunnel.map { " tunnel=\($0)" } ?? "")
         case .json:
             return "{\"time\":\"\(wallClockTimestamp())\",\"worker\":\(worker),\"listener\":\(jsonString(listener)),"
                 + "\"client\":\(jsonString(client)),\"backend\":\(backend.map(jsonString) ?? "null"),"
                 + "\"bytes_in\":\(bytesFromClient),\"bytes_out\":\(bytesToClient),\"duration_ms\":\(duration),"
-                + "\"path\":\(jsonString(dataPath)),\"reason\":\(jsonString(closeReason))}"
+                + "\"path\":\(jsonString(dataPath)),\"reason\":\(jsonString(closeReason))"
+                + (tunnel.map { ",\"tunnel\":\(jsonString($0))" } ?? "") + "}"
         }
     }
 }

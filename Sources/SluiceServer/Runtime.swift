@@ -129,6 +129,8 @@ public final class RuntimeHTTP: Sendable {
     public let config: HTTPListenerConfig
     /// Requests answered, per pool (as `pools`) and status class (1xx...5xx at 0...4).
     public let requests: [[ManagedAtomic<UInt64>]]
+    /// Tunnels (WebSocket, CONNECT) open now, handed from this listener to the TCP relay.
+    public let openTunnels = ManagedAtomic<Int>(0)
 
     /// Requests answered so far, all pools and classes.
     var answered: UInt64 { requests.reduce(0) { $0 + $1.reduce(0) { $0 + $1.load(ordering: .relaxed) } } }
@@ -151,10 +153,12 @@ public final class RuntimeHTTP: Sendable {
         self.config = config
         requests = pools.map { _ in (0..<5).map { _ in ManagedAtomic<UInt64>(0) } }
         router = HTTPRouter(routes: routes, fallback: 0)
-        limits = HTTPSessionLimits(
+        var limits = HTTPSessionLimits(
             head: HTTPLimits(maxHead: config.maxHead), headTimeoutMilliseconds: config.headTimeout.milliseconds,
             responseTimeoutMilliseconds: config.responseTimeout.milliseconds,
             maxAttempts: 1 + listenerPool.config.retries, forwarded: config.forwarded)
+        limits.websocket = config.websocket
+        self.limits = limits
     }
 }
 

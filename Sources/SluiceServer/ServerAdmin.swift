@@ -39,7 +39,10 @@ extension Server {
                                   localResourceErrors: LocalResourceErrorCounts(localResourceErrors),
                                   dataPaths: DataPathCounts(liveWorkers.map(\.counters)),
                                   httpRequests: Dictionary(liveListeners.compactMap { l in l.http.map { (l.name, $0.answered) } },
-                                                           uniquingKeysWith: +))
+                                                           uniquingKeysWith: +),
+                                  httpTunnels: Dictionary(liveListeners.compactMap { l in
+                                      l.http.map { (l.name, UInt64(max(0, $0.openTunnels.load(ordering: .relaxed)))) }
+                                  }, uniquingKeysWith: +))
     }
 
     func adminDrainBackend(pool name: String, backend: String, drained: Bool) -> String? {
@@ -162,6 +165,12 @@ extension Server {
                                Double(counter.load(ordering: .relaxed)))
                 }
             }
+        }
+        let tunnels = "sluice_http_tunnels_open"
+        out.family(tunnels, "gauge", "WebSocket (and CONNECT) tunnels open, per HTTP listener.")
+        for listener in liveListeners {
+            guard let http = listener.http else { continue }
+            out.sample(tunnels, ["listener": listener.name], Double(http.openTunnels.load(ordering: .relaxed)))
         }
         let backendFamilies: [(String, String, String, (RuntimePool, Int) -> Double)] = [
             ("sluice_backend_active_connections", "gauge", "Connections per backend, a connect under way included.", { Double($0.active[$1].load(ordering: .relaxed)) }),

@@ -25,6 +25,11 @@ final class Session {
     /// Set by the worker's `close`: actions still queued for it are skipped.
     var isClosed = false
     let listener: RuntimeListener
+    /// The pool of its backend: the listener's, or the route's for a tunnel
+    /// an HTTP listener handed over.
+    let pool: RuntimePool
+    /// The HTTP listener this tunnel came from (its open tunnels count it), and what kind.
+    var tunnel: (http: RuntimeHTTP, kind: String)?
     let client: Int32
     let clientAddress: SocketAddress
     let clientKey: UInt64
@@ -58,24 +63,27 @@ final class Session {
     /// The kernel objects of a pair in the SOCKHASH.
     var sockmapPair: SockmapPair?
 
-    init(id: UInt64, listener: RuntimeListener, client: Int32, clientAddress: SocketAddress,
-         path: DataPathKind, promotion: SockmapPromotion?, flushTimeoutMilliseconds: UInt64, now: UInt64) {
+    init(id: UInt64, listener: RuntimeListener, pool: RuntimePool? = nil, client: Int32, clientAddress: SocketAddress,
+         path: DataPathKind, promotion: SockmapPromotion?, flushTimeoutMilliseconds: UInt64, idleTimeoutMilliseconds: UInt64? = nil,
+         now: UInt64) {
         self.id = id
         self.listener = listener
+        let pool = pool ?? listener.pool
+        self.pool = pool
         self.client = client
         self.clientAddress = clientAddress
         self.clientKey = hashClientAddress(clientAddress.ipBytes)
         self.startedNanoseconds = monotonicNanoseconds()
         let limits = TCPSessionLimits(
-            maxAttempts: 1 + listener.pool.config.retries,
+            maxAttempts: 1 + pool.config.retries,
             connectTimeoutMilliseconds: listener.config.connectTimeout.milliseconds,
-            idleTimeoutMilliseconds: listener.config.idleTimeout.milliseconds,
+            idleTimeoutMilliseconds: idleTimeoutMilliseconds ?? listener.config.idleTimeout.milliseconds,
             flushTimeoutMilliseconds: flushTimeoutMilliseconds, promotion: promotion)
         self.machine = TCPSession(path: path, limits: limits, now: now)
     }
 
     var backendDescription: String? {
-        machine.backend.map { listener.pool.addresses[$0].description }
+        machine.backend.map { pool.addresses[$0].description }
     }
 
     func fd(_ side: Side) -> Int32 { side == .client ? client : backend }

@@ -92,9 +92,11 @@ public struct StatusSnapshot: Codable, Sendable, Equatable {
         /// sampling window (from the admin socket).
         public var requests: UInt64?
         public var requestsPerSecond: Double?
+        /// WebSocket (and CONNECT) tunnels open now.
+        public var tunnels: UInt64?
 
         enum CodingKeys: String, CodingKey {
-            case name, address, pool, active, accepted, rejected, requests
+            case name, address, pool, active, accepted, rejected, requests, tunnels
             case noBackend = "no_backend", requestsPerSecond = "requests_per_second"
         }
     }
@@ -245,6 +247,7 @@ public enum StatusReader {
                 for k in snapshot.listeners.indices {
                     guard let total = decoded.httpRequests?[snapshot.listeners[k].name] else { continue }
                     snapshot.listeners[k].requests = total
+                    snapshot.listeners[k].tunnels = decoded.httpTunnels?[snapshot.listeners[k].name]
                     if let before = firstRequests?.totals[snapshot.listeners[k].name], elapsed > 0 {
                         snapshot.listeners[k].requestsPerSecond = Double(total &- before) / elapsed
                     }
@@ -289,11 +292,13 @@ struct AdminBackendsReply: Codable {
     var dataPaths: DataPathCounts?
     /// Requests answered per `mode: http` listener, by name.
     var httpRequests: [String: UInt64]?
+    /// Tunnels open per `mode: http` listener, by name.
+    var httpTunnels: [String: UInt64]?
 
     enum CodingKeys: String, CodingKey {
         case backends, moves
         case logLinesDropped = "log_lines_dropped", localResourceErrors = "local_resource_errors"
-        case dataPaths = "data_paths", httpRequests = "http_requests"
+        case dataPaths = "data_paths", httpRequests = "http_requests", httpTunnels = "http_tunnels"
     }
 }
 

@@ -29,7 +29,8 @@ public enum StatusText {
             for l in s.listeners {
                 guard let requests = l.requests else { continue }
                 let rate = l.requestsPerSecond.map { "\(decimal($0)) requests/s, " } ?? ""
-                lines.append(fit("http \(l.name): \(rate)\(group(requests)) answered"))
+                let tunnels = l.tunnels.map { ", \(group($0)) tunnels open" } ?? ""
+                lines.append(fit("http \(l.name): \(rate)\(group(requests)) answered\(tunnels)"))
             }
         }
         lines.append("")

@@ -98,7 +98,7 @@ extension Worker {
     /// Connects to the backend the pool's algorithm picks among the eligible
     /// ones not tried yet, and tells the session how that went.
     func connectNextBackend(_ session: Session, excluding tried: [Int]) {
-        let pool = session.listener.pool
+        let pool = session.pool
         let now = monotonicMilliseconds()
         guard let index = balancers[pool.name]!.pick(
             clientKey: session.clientKey,
@@ -141,7 +141,7 @@ extension Worker {
     /// A failed attempt: counted against the backend (a timeout or a refusal)
     /// or against this host (a local shortage, never the backend's fault).
     func noteConnectFailure(_ session: Session, backend index: Int, errno code: Int32?, blame: FailureBlame) {
-        let pool = session.listener.pool
+        let pool = session.pool
         guard blame == .backend else {
             if let code { noteLocalFailure(errno: code, backend: pool.addresses[index]) }
             return
@@ -177,13 +177,13 @@ extension Worker {
     /// attempt is abandoned or the session closes.
     func countBackend(_ session: Session, _ index: Int) {
         uncountBackend(session)
-        session.listener.pool.active[index].wrappingIncrement(ordering: .relaxed)
+        session.pool.active[index].wrappingIncrement(ordering: .relaxed)
         session.countedBackend = index
     }
 
     func uncountBackend(_ session: Session) {
         guard let index = session.countedBackend else { return }
-        session.listener.pool.active[index].wrappingDecrement(ordering: .relaxed)
+        session.pool.active[index].wrappingDecrement(ordering: .relaxed)
         session.countedBackend = nil
     }
 }

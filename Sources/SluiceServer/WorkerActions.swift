@@ -40,7 +40,7 @@ extension Worker {
             session.listener.counters.add(.noBackend, 1)
             logger.warning("no backend reachable; closing the client", metadata: [
                 "listener": "\(session.listener.name)", "client": "\(session.clientAddress)",
-                "tried": "\(tried.map { session.listener.pool.addresses[$0].description })",
+                "tried": "\(tried.map { session.pool.addresses[$0].description })",
             ])
         case .pump(let flow, let read):
             let result = pump(session, flow, read: read)
@@ -137,7 +137,7 @@ extension Worker {
         let bytesToClient = session.machine.userspaceBytes.downstream &+ redirected.downstream
         uncountBackend(session)
         if let index = connectedTo {
-            let pool = session.listener.pool
+            let pool = session.pool
             switch TCPSession.backendVerdict(reason: reason, bytesToClient: bytesToClient) {
             case false?: noteBackendFailure(pool, index) // reset before its first byte
             case true?: pool.noteSuccess(index)
@@ -146,6 +146,7 @@ extension Worker {
         }
         session.listener.counters.release(.active)
         releaseActive()
+        session.tunnel?.http.openTunnels.wrappingDecrement(ordering: .relaxed)
         let paths = session.machine.pathsUsed
         for kind in DataPathKind.allCases where paths.contains(DataPathsUsed(kind)) {
             counters.closedByPath[kind]?.wrappingIncrement(ordering: .relaxed)
@@ -157,7 +158,8 @@ extension Worker {
                 backend: session.backendDescription, bytesFromClient: bytesFromClient,
                 bytesToClient: bytesToClient,
                 durationMicroseconds: (monotonicNanoseconds() &- session.startedNanoseconds) / 1000,
-                dataPath: paths.isEmpty ? session.machine.path.rawValue : paths.description, closeReason: reason.rawValue
+                dataPath: paths.isEmpty ? session.machine.path.rawValue : paths.description, closeReason: reason.rawValue,
+                tunnel: session.tunnel?.kind
             )
             if let line = record.render(settings.accessLog) { accessLogger.write(line: line) }
         }

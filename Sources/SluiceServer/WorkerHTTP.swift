@@ -34,6 +34,10 @@ extension Worker {
             execute(action, for: connection)
         }
         guard !connection.isClosed else { return }
+        if connection.becomesTunnel {
+            if connection.clientOutput.isEmpty && connection.backendOutput.isEmpty { handOverTunnel(connection) } else { arm(connection) }
+            return
+        }
         if draining && connection.machine.isWaiting {
             close(connection, reason: .clientClosed)
             return
@@ -67,6 +71,11 @@ extension Worker {
             cancel(timer, c)
         case .log(let record):
             logExchange(c, record)
+        case .tunnel:
+            // Nothing more is read here: the relay reads what comes next.
+            c.becomesTunnel = true
+            c.setWantsRead(.client, false)
+            c.setWantsRead(.backend, false)
         case .close(let reason):
             close(c, reason: reason)
         }

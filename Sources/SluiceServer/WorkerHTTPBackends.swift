@@ -159,6 +159,43 @@ extension Worker {
         c.clientOutput.removeAll { if case .move = $0 { return true } else { return false } }
     }
 
+    /// Hands a connection that became a tunnel to the TCP relay, with both
+    /// sockets, its backend's count and its place in the listener's load:
+    /// from here on it is relayed (and spliced, or paired in the sockmap) like
+    /// any TCP connection, idle for at most `tunnel_idle_timeout`.
+    func handOverTunnel(_ c: HTTPConnection) {
+        guard let index = c.backendIndex, c.backend >= 0, let counted = c.counted else {
+            close(c, reason: .internalError)
+            return
+        }
+        for timer in [c.headTimer, c.responseTimer, c.connectTimer] { if let timer { _ = timers.cancel(timer) } }
+        c.headTimer = nil
+        c.responseTimer = nil
+        c.connectTimer = nil
+        // Out of this epoll under the HTTP tokens; the relay adds them under its own.
+        if c.clientAdded { epoll.remove(c.client) }
+        if c.backendAdded { epoll.remove(c.backend) }
+        backendOwners[c.backend] = nil
+        dropMove(&c[move: .upstream])
+        dropMove(&c[move: .downstream])
+        httpConnections.removeValue(forKey: c.id)
+        c.isClosed = true
+        c.counted = nil // the session counts it from here
+        let now = monotonicMilliseconds()
+        let session = Session(
+            id: nextSessionID, listener: c.listener, pool: counted.pool, client: c.client, clientAddress: c.clientAddress,
+            path: settings.dataPath, promotion: sockmapPairs == nil ? nil : settings.promotion,
+            flushTimeoutMilliseconds: settings.sockmapFlushTimeoutMilliseconds,
+            idleTimeoutMilliseconds: c.http.config.tunnelIdleTimeout.milliseconds, now: now)
+        nextSessionID += 1
+        session.backend = c.backend
+        session.countedBackend = counted.backend
+        session.tunnel = (c.http, c.machine.tunnelKind)
+        c.http.openTunnels.wrappingIncrement(ordering: .relaxed)
+        sessions[session.id] = session
+        drive(session, .tunnelled(backend: index, now: now))
+    }
+
     /// Ends a client connection: what is queued for the client is written
     /// first (an answer the session just gave), within a short grace period.
     func close(_ c: HTTPConnection, reason: CloseReason) {

@@ -3,7 +3,7 @@ import Yams
 // `mode` and `http:` of a listener.
 extension ConfigDecoder {
     static let httpKeys = ["routes", "head_timeout", "response_timeout", "max_head", "forwarded",
-                           "keep_alive_per_backend", "keep_alive_timeout"]
+                           "keep_alive_per_backend", "keep_alive_timeout", "websocket", "tunnel_idle_timeout"]
     static let routeKeys = ["host", "path_prefix", "pool"]
 
     mutating func decodeMode(_ map: ConfigMapping, _ path: ConfigFieldPath, into listener: inout ListenerConfig, poolNames: [String]?) {
@@ -43,6 +43,13 @@ extension ConfigDecoder {
         if let entry = map["keep_alive_timeout"],
            let value = duration(entry.value, path.key("keep_alive_timeout"), in: ConfigBounds.httpKeepAliveTimeout) {
             http.keepAliveTimeout = value
+        }
+        if let entry = map["websocket"], let value = boolean(entry.value, path.key("websocket")) {
+            http.websocket = value
+        }
+        if let entry = map["tunnel_idle_timeout"],
+           let value = duration(entry.value, path.key("tunnel_idle_timeout"), in: ConfigBounds.httpTunnelIdleTimeout) {
+            http.tunnelIdleTimeout = value
         }
         if let entry = map["routes"], let items = sequence(entry.value, path.key("routes"), expected: "a list of routes") {
             if items.count > ConfigBounds.httpRoutes.upperBound {

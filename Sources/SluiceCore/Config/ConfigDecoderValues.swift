@@ -102,6 +102,19 @@ extension ConfigDecoder {
 
     // MARK: - Values
 
+    /// `true` or `false`, nothing else (YAML 1.1's yes/no/on/off are refused
+    /// as ambiguous).
+    mutating func boolean(_ node: Node, _ path: ConfigFieldPath) -> Bool? {
+        guard let text = scalarText(node, path, expected: "true or false") else { return nil }
+        switch text {
+        case "true": return true
+        case "false": return false
+        default:
+            fail(path, at: node, "expected true or false; found \(configQuoted(text))")
+            return nil
+        }
+    }
+
     mutating func choice<E: RawRepresentable & CaseIterable>(
         _ node: Node, _ path: ConfigFieldPath, _ type: E.Type
     ) -> E? where E.RawValue == String {

@@ -36,6 +36,10 @@ public struct HTTPListenerConfig: Sendable, Equatable {
     /// Idle kept-alive connections each worker keeps per backend, and for how long.
     public var keepAlivePerBackend = 32
     public var keepAliveTimeout: Duration = .seconds(60)
+    /// WebSocket upgrades pass (false: refused with 403).
+    public var websocket = true
+    /// A WebSocket tunnel with no byte either way for this long is closed.
+    public var tunnelIdleTimeout: Duration = .seconds(3600)
 
     public init() {}
 }

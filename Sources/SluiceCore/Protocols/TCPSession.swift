@@ -130,6 +130,9 @@ public struct TCPSession: Sendable {
         case timerFired(SessionTimer, now: UInt64)
         /// Another worker handed this session over.
         case adopted
+        /// An HTTP listener hands over a tunnel (a WebSocket after its 101):
+        /// both sockets established, to pool index `backend`.
+        case tunnelled(backend: Int, now: UInt64)
         /// The drain deadline passed (or the worker stops with the session open).
         case drainDeadline
     }
@@ -207,6 +210,21 @@ public struct TCPSession: Sendable {
 
     // MARK: - Connecting
 
+    /// Both sockets are up: relay, in userspace or (sockmap) in the kernel.
+    private mutating func established(_ backend: Int, _ now: UInt64, _ actions: inout [Action]) {
+        lastActivity = now
+        actions.append(.schedule(.idle, at: now.saturatingAdd(limits.idleTimeoutMilliseconds)))
+        let relay = Relay(backend: backend)
+        if path == .sockmap {
+            phase = .handingOver(relay)
+            actions.append(.handToKernel)
+        } else {
+            phase = .relaying(relay)
+            // Bytes the client sent while we connected are already waiting.
+            startRelaying(relay, &actions)
+        }
+    }
+
     private mutating func connecting(_ attempt: Attempt, _ event: Event, _ actions: inout [Action]) {
         var attempt = attempt
         switch event {
@@ -230,17 +248,11 @@ public struct TCPSession: Sendable {
         case .connected(let now):
             guard attempt.inFlight, let backend = attempt.tried.last else { return }
             actions.append(.cancel(.connect(attempt: attempt.number)))
-            lastActivity = now
-            actions.append(.schedule(.idle, at: now.saturatingAdd(limits.idleTimeoutMilliseconds)))
-            let relay = Relay(backend: backend)
-            if path == .sockmap {
-                phase = .handingOver(relay)
-                actions.append(.handToKernel)
-            } else {
-                phase = .relaying(relay)
-                // Bytes the client sent while we connected are already waiting.
-                startRelaying(relay, &actions)
-            }
+            established(backend, now, &actions)
+        case .tunnelled(let backend, let now):
+            guard attempt.tried.isEmpty else { return }
+            self.backend = backend
+            established(backend, now, &actions)
         case .connectFailed(let errno):
             guard attempt.inFlight, let backend = attempt.tried.last else { return }
             let blame = FailureBlame(errno: errno)

@@ -22,13 +22,15 @@ struct ConfigHTTPTests {
         let full = try decodeConfig(httpListener("""
             , http: { routes: [ { host: "*.example.com", path_prefix: /v1/, pool: api }, { path_prefix: /static/, pool: web } ],
                       head_timeout: 2s, response_timeout: 30s, max_head: 16384, forwarded: both,
-                      keep_alive_per_backend: 8, keep_alive_timeout: 5s }
+                      keep_alive_per_backend: 8, keep_alive_timeout: 5s, websocket: false, tunnel_idle_timeout: 90s }
             """))
         let http = try #require(full.config.listeners[0].http)
         #expect(http.routes == [HTTPRouteConfig(host: "*.example.com", pathPrefix: "/v1/", pool: "api"),
                                 HTTPRouteConfig(pathPrefix: "/static/", pool: "web")])
         #expect(http.headTimeout == .seconds(2) && http.responseTimeout == .seconds(30) && http.maxHead == 16384)
         #expect(http.forwarded == .both && http.keepAlivePerBackend == 8 && http.keepAliveTimeout == .seconds(5))
+        #expect(!http.websocket && http.tunnelIdleTimeout == .seconds(90))
+        #expect(plain.http?.websocket == true && plain.http?.tunnelIdleTimeout == .seconds(3600), "WebSocket on, tunnels idle up to an hour")
         #expect(!full.notices.contains { $0.contains("api") }, "a pool used by a route is used")
     }
 
@@ -42,6 +44,8 @@ struct ConfigHTTPTests {
               (", http: { head_timeout: 10ms }", "listeners[0].http.head_timeout", "100ms"),
               (", http: { forwarded: yes }", "listeners[0].http.forwarded", "off, xff, forwarded, both"),
               (", http: { colour: blue }", "listeners[0].http.colour", "unknown"),
+              (", http: { websocket: yes }", "listeners[0].http.websocket", "true or false"),
+              (", http: { tunnel_idle_timeout: 25h }", "listeners[0].http.tunnel_idle_timeout", "1ms"),
           ])
     func refused(extra: String, path: String, message: String) throws {
         let error = try #require(singleConfigError(httpListener(extra)))

@@ -5,11 +5,12 @@ import Testing
 struct HTTPDriver {
     var session: HTTPSession
 
-    init(routes: [HTTPRouter.Route] = [], fallback: Int? = 0, attempts: Int = 3, forwarded: HTTPForwardedFields = .off) {
-        session = HTTPSession(
-            limits: HTTPSessionLimits(headTimeoutMilliseconds: 10_000, responseTimeoutMilliseconds: 5_000,
-                                      maxAttempts: attempts, forwarded: forwarded),
-            router: HTTPRouter(routes: routes, fallback: fallback), client: "192.0.2.7")
+    init(routes: [HTTPRouter.Route] = [], fallback: Int? = 0, attempts: Int = 3, forwarded: HTTPForwardedFields = .off,
+         websocket: Bool = true) {
+        var limits = HTTPSessionLimits(headTimeoutMilliseconds: 10_000, responseTimeoutMilliseconds: 5_000,
+                                       maxAttempts: attempts, forwarded: forwarded)
+        limits.websocket = websocket
+        session = HTTPSession(limits: limits, router: HTTPRouter(routes: routes, fallback: fallback), client: "192.0.2.7")
     }
 
     @discardableResult
@@ -229,19 +230,6 @@ struct HTTPSessionTests {
         let answer = d.backend("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n")
         #expect(sent(answer, to: .client) == "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n")
         #expect(answer.contains(.release(reusable: true)) && d.session.phase == .idle)
-    }
-
-    @Test("101 Switching Protocols turns the connection into a tunnel both ways")
-    func upgrade() {
-        var d = HTTPDriver()
-        d.on(.accepted(now: 0))
-        d.client("GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-        #expect(sent(d.on(.acquired(backend: 0, reused: false, now: 1)), to: .backend).contains("Upgrade: websocket\r\nConnection: upgrade\r\n"))
-        let tunnel = d.backend("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nframe")
-        #expect(sent(tunnel, to: .client).hasSuffix("Connection: upgrade\r\n\r\nframe"))
-        #expect(tunnel.suffix(2) == [.move(.upstream, count: nil), .move(.downstream, count: nil)])
-        d.on(.moved(.downstream, now: 5))
-        #expect(d.on(.moved(.upstream, now: 6)) == [.close(.clientClosed)])
     }
 
     @Test("whatever happens, a session closes at most once and asks for nothing after")

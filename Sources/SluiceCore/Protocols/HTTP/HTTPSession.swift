@@ -45,6 +45,8 @@ public struct HTTPSession: Sendable {
         var response: Body = .done
         var backendKeepAlive = false
         var closeClient = false
+        /// A WebSocket handshake: the `Sec-WebSocket-Accept` a 101 must carry.
+        var websocketAccept: [UInt8]?
         var startedAt: UInt64
         var headSentAt: UInt64 = 0
     }
@@ -60,6 +62,8 @@ public struct HTTPSession: Sendable {
     private var backendBytes: [UInt8] = []
     private var exchange: Exchange?
     private var clientEOF = false
+    /// What the tunnel carries, once there is one: `websocket` or `connect`.
+    public private(set) var tunnelKind = ""
 
     public init(limits: HTTPSessionLimits, router: HTTPRouter, client: String) {
         self.limits = limits
@@ -75,6 +79,7 @@ public struct HTTPSession: Sendable {
     /// they are copied once, into the session's, with no array in between.
     public mutating func receive(_ side: Side, _ bytes: UnsafeRawBufferPointer, now: UInt64, into actions: inout [Action]) {
         if case .closing = phase { return }
+        if phase == .tunnel { return }
         if side == .client {
             clientBytes.append(contentsOf: bytes)
             if exchange != nil { fromClient(now, &actions) } else { nextRequest(now, &actions) }
@@ -87,6 +92,7 @@ public struct HTTPSession: Sendable {
     /// Appends what to do about `event` to `actions`.
     public mutating func handle(_ event: Event, into actions: inout [Action]) {
         if case .closing = phase { return }
+        if phase == .tunnel { return } // the relay has it now
         switch event {
         case .accepted(let now):
             actions.append(.schedule(.head, at: now + limits.headTimeoutMilliseconds))
@@ -145,6 +151,15 @@ public struct HTTPSession: Sendable {
     }
 
     private mutating func start(_ head: HTTPRequestHead, _ now: UInt64, _ actions: inout [Action]) {
+        var head = head
+        let upgrade = head.upgrade ? clientBytes.withUnsafeBytes { UpgradeRequest.classify(head, in: $0) } : .none
+        var accept: [UInt8]?, refusal: (status: Int, extra: String)?
+        switch upgrade {
+        case .none, .stripped: head.upgrade = false // Upgrade and Connection: upgrade are dropped
+        case .websocket(let expected) where limits.websocket: accept = expected
+        case .websocket: refusal = (403, "")
+        case .refused(let status, _): refusal = (status, status == 426 ? "Sec-WebSocket-Version: 13\r\n" : "")
+        }
         let (pool, record, rewritten) = clientBytes.withUnsafeBytes { bytes in
             var out: [UInt8] = []
             HTTPHeadRewriter.request(head, in: bytes, client: client, forwarded: limits.forwarded, into: &out)
@@ -163,7 +178,12 @@ public struct HTTPSession: Sendable {
                          requestFraming: head.framing, startedAt: now)
         e.head = rewritten
         e.record.route = pool
+        e.websocketAccept = accept
         exchange = e
+        if let refusal {
+            respond(refusal.status, close: true, extraFields: refusal.extra, now, &actions)
+            return
+        }
         guard pool != nil else {
             // No route: answer here; a body would have to be read and thrown away, so close instead.
             respond(404, close: head.framing != .none || !head.keepAlive, now, &actions)
@@ -245,7 +265,13 @@ public struct HTTPSession: Sendable {
                     fromBackend(now, &actions)
                     return
                 }
+                guard head.framing != .tunnel || tunnelAllowed(head, e) else {
+                    exchange = e
+                    fail(502, &actions)
+                    return
+                }
                 responseHead(head, &e, now, &actions)
+                if phase == .tunnel { return }
             }
         }
         if case .chunked(var decoder) = e.response {
@@ -264,6 +290,14 @@ public struct HTTPSession: Sendable {
         }
         exchange = e
         finishIfDone(now, &actions)
+    }
+
+    /// A tunnel only where one was asked for: a WebSocket handshake the
+    /// backend completed (its 101 carries the right accept value), or a
+    /// CONNECT it accepted. Any other 101 is the backend's error.
+    private func tunnelAllowed(_ head: HTTPResponseHead, _ e: Exchange) -> Bool {
+        guard let expected = e.websocketAccept else { return e.method == .connect && head.status != 101 }
+        return backendBytes.withUnsafeBytes { UpgradeRequest.accepts(head, in: $0, expected: expected) }
     }
 
     /// Sends on the part of `bytes` the decoder accepts (framing and data, verbatim).
@@ -289,6 +323,10 @@ public struct HTTPSession: Sendable {
         // The client's stream can go on only if its request was read to the end
         // and this response's end is marked.
         e.closeClient = !e.clientKeepAlive || head.framing == .untilClose || !requestDone || clientEOF
+        if head.framing != .tunnel && e.websocketAccept != nil && !clientBytes.isEmpty {
+            // Declined, but the client already sent frames: nothing after them can be read as HTTP.
+            e.closeClient = true
+        }
         var out: [UInt8] = []
         backendBytes.withUnsafeBytes { HTTPHeadRewriter.response(head, in: $0, close: e.closeClient, into: &out) }
         backendBytes.removeFirst(head.length)
@@ -315,12 +353,9 @@ public struct HTTPSession: Sendable {
             clientBytes.removeAll()
             actions.append(.log(e.record))
             phase = .tunnel
-            // Each way stays open until its `move` reaches the source's EOF.
-            e.request = .untilClose
-            e.response = .untilClose
-            exchange = e
-            actions.append(.move(.upstream, count: nil))
-            actions.append(.move(.downstream, count: nil))
+            tunnelKind = e.websocketAccept == nil ? "connect" : "websocket"
+            exchange = nil
+            actions.append(.tunnel)
             return
         }
         e.record.bytesToClient += UInt64(out.count)
@@ -333,15 +368,6 @@ public struct HTTPSession: Sendable {
     }
 
     private mutating func moved(_ flow: Flow, _ now: UInt64, _ actions: inout [Action]) {
-        if phase == .tunnel {
-            if flow == .upstream { clientEOF = true }
-            if var e = exchange {
-                if flow == .upstream { e.request = .done } else { e.response = .done }
-                exchange = e
-                if case .done = e.request, case .done = e.response { close(.clientClosed, &actions) }
-            }
-            return
-        }
         guard var e = exchange, phase == .exchanging else { return }
         if flow == .upstream, case .length(let left) = e.request {
             e.record.bytesFromClient += left
@@ -454,9 +480,10 @@ public struct HTTPSession: Sendable {
     }
 
     /// A response of the proxy's own on a request that was otherwise fine (404).
-    private mutating func respond(_ status: Int, close closing: Bool, _ now: UInt64, _ actions: inout [Action]) {
+    private mutating func respond(_ status: Int, close closing: Bool, extraFields: String = "", _ now: UInt64,
+                                  _ actions: inout [Action]) {
         guard var e = exchange else { return }
-        var bytes = HTTPErrorResponse.bytes(status: status)
+        var bytes = HTTPErrorResponse.bytes(status: status, extraFields: extraFields)
         if !closing {
             let keep = Array("Connection: close\r\n".utf8)
             if let at = bytes.firstRange(of: keep) { bytes.removeSubrange(at) }

@@ -15,6 +15,8 @@ public struct HTTPSessionLimits: Sendable {
     /// Whether records carry the method, host and path (for an access log);
     /// without one they are left empty, which saves three strings per request.
     public var namesRequests = true
+    /// WebSocket handshakes pass to the backend (false: 403 from the proxy).
+    public var websocket = true
 
     public init(head: HTTPLimits = HTTPLimits(), headTimeoutMilliseconds: UInt64 = 10_000,
                 responseTimeoutMilliseconds: UInt64 = 60_000, maxAttempts: Int = 3, forwarded: HTTPForwardedFields = .xff) {
@@ -87,6 +89,10 @@ extension HTTPSession {
         case schedule(HTTPTimer, at: UInt64)
         case cancel(HTTPTimer)
         case log(HTTPExchangeRecord)
+        /// The connection is a tunnel from here (a WebSocket, a CONNECT): once
+        /// what is queued on both sides is written, both sockets go to the
+        /// TCP relay; the session has nothing more to say.
+        case tunnel
         case close(CloseReason)
     }
 }
@@ -94,16 +100,16 @@ extension HTTPSession {
 /// The short responses the proxy itself sends.
 public enum HTTPErrorResponse {
     static let reasons: [Int: String] = [
-        400: "Bad Request", 404: "Not Found", 408: "Request Timeout", 414: "URI Too Long",
+        400: "Bad Request", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout", 414: "URI Too Long", 426: "Upgrade Required",
         431: "Request Header Fields Too Large", 501: "Not Implemented", 502: "Bad Gateway",
         503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported",
     ]
 
     /// A complete response with a one-line body; it closes the connection.
-    public static func bytes(status: Int) -> [UInt8] {
+    public static func bytes(status: Int, extraFields: String = "") -> [UInt8] {
         let reason = reasons[status] ?? "Error"
         let body = "\(status) \(reason)\n"
         return Array(("HTTP/1.1 \(status) \(reason)\r\nContent-Type: text/plain\r\nContent-Length: \(body.utf8.count)\r\n"
-            + "Connection: close\r\n\r\n" + body).utf8)
+            + extraFields + "Connection: close\r\n\r\n" + body).utf8)
     }
 }
