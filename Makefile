@@ -4,14 +4,14 @@
 SHELL := /bin/bash
 SWIFT ?= swift
 # Build and run-time needs, plus the real clients and servers the tests drive.
-APT_PACKAGES := pkg-config libbpf-dev libelf-dev libssl-dev bpftool iproute2 procps curl wrk util-linux systemd
+APT_PACKAGES := pkg-config libbpf-dev libelf-dev libssl-dev bpftool iproute2 procps curl wrk util-linux systemd haproxy
 # The tests parse /metrics with Prometheus' own parser, validate the Kubernetes
 # manifests, and speak WebSocket through the proxy (websockets, wsproto).
 PYTHON_PACKAGES := prometheus-client kubernetes-validate websockets wsproto
 BENCH_PACKAGES := haproxy nginx-light libnginx-mod-stream iperf3 wrk python3
 SLUICE := .build/debug/sluice
 # Fuzzers under Fuzz/Sources/Fuzz<Name>, each run for FUZZ_SECONDS by `make fuzz`.
-FUZZERS ?= config admin http
+FUZZERS ?= config admin http proxy
 FUZZ_SECONDS ?= 60
 
 .PHONY: setup build demo test bench-setup fuzz clean

@@ -71,7 +71,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SluiceEndToEndTests",
-            dependencies: ["sluice", "SluicePosix", "CSluice"]
+            dependencies: ["sluice", "SluiceCore", "SluicePosix", "CSluice"]
         ),
     ]
 )

@@ -20,6 +20,8 @@ final class HTTPConnection {
     let http: RuntimeHTTP
     let client: Int32
     let clientAddress: SocketAddress
+    /// The PROXY header the client's connection began with, if its listener takes one.
+    var receivedHeader: ProxyHeader?
     let startedNanoseconds = monotonicNanoseconds()
     var machine: HTTPSession
     var isClosed = false
@@ -35,6 +37,10 @@ final class HTTPConnection {
     var connecting = false
     /// The session made it a tunnel: handed to the TCP relay once both output queues are written.
     var becomesTunnel = false
+    /// The side's last read filled the buffer, so a packet may sit half read
+    /// on its socket (a shorter read drained the queue): see `safePath`.
+    var clientReadFilled = false
+    var backendReadFilled = false
 
     var clientOutput: [HTTPOutput] = []
     var backendOutput: [HTTPOutput] = []

@@ -149,14 +149,19 @@ final class HealthChecker: @unchecked Sendable {
 
     private func connectedProbe(_ i: Int) {
         let target = targets[i]
+        // A backend that expects a PROXY header gets v2 LOCAL (or v1 UNKNOWN): "this is the proxy itself".
+        let header = ProxyHeader.local(target.pool.config.proxyProtocol)
         guard target.check.kind == .http, let probe = probes[i] else {
+            if let probe = probes[i], !header.isEmpty {
+                _ = header.withUnsafeBytes { raw in try? Socket.write(probe.fd, from: raw) }
+            }
             finish(i, passed: true, why: "connected")
             return
         }
         let address = target.pool.addresses[target.index]
         let request = "GET \(target.check.path) HTTP/1.1\r\nHost: \(address)\r\nUser-Agent: sluice-health-check\r\n"
             + "Accept: */*\r\nConnection: close\r\n\r\n"
-        let bytes = Array(request.utf8)
+        let bytes = header + Array(request.utf8)
         let sent = bytes.withUnsafeBytes { raw in Result { () throws(SystemCallError) in try Socket.write(probe.fd, from: raw) } }
         guard case .success(.done(bytes.count)) = sent else {
             if case .failure(let error) = sent { failed(i, errno: error.errno, why: "sending the request failed") }

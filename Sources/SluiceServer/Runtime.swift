@@ -106,6 +106,8 @@ public final class RuntimeListener: Sendable {
     public let counters: ListenerLoadRecord
     /// For `mode: http`: the pools its routes lead to (the listener's own first).
     public let http: RuntimeHTTP?
+    /// Connections closed for a missing, malformed or late PROXY header.
+    public let proxyHeaderRejected = ManagedAtomic<UInt64>(0)
 
     public init(index: Int, config: ListenerConfig, pool: RuntimePool, address: SocketAddress, counters: ListenerLoadRecord,
                 pools: [String: RuntimePool] = [:]) {

@@ -166,6 +166,11 @@ extension Server {
                 }
             }
         }
+        let rejected = "sluice_listener_proxy_header_rejected_total"
+        out.family(rejected, "counter", "Connections closed for a missing, malformed or late PROXY header (no backend was asked).")
+        for listener in liveListeners where listener.config.proxyProtocol.accept != .off {
+            out.sample(rejected, ["listener": listener.name], Double(listener.proxyHeaderRejected.load(ordering: .relaxed)))
+        }
         let tunnels = "sluice_http_tunnels_open"
         out.family(tunnels, "gauge", "WebSocket (and CONNECT) tunnels open, per HTTP listener.")
         for listener in liveListeners {

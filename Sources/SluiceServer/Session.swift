@@ -32,6 +32,8 @@ final class Session {
     var tunnel: (http: RuntimeHTTP, kind: String)?
     let client: Int32
     let clientAddress: SocketAddress
+    /// The PROXY header the client's connection began with, if its listener takes one.
+    var receivedHeader: ProxyHeader?
     let clientKey: UInt64
     let startedNanoseconds: UInt64
     var machine: TCPSession

@@ -50,6 +50,8 @@ enum WorkerTimer {
     case httpConnect(connection: UInt64)
     /// A closing HTTP connection's last answer did not go out in time.
     case httpLinger(connection: UInt64)
+    /// A client's PROXY header did not come in time.
+    case proxyHeader(id: UInt64)
 }
 
 /// Shared, immutable settings for every worker of one server.
@@ -119,6 +121,9 @@ final class Worker: @unchecked Sendable {
     var idleBackends: [ObjectIdentifier: IdleConnections] = [:]
     /// The HTTP connection each backend descriptor serves (none while idle).
     var backendOwners = DescriptorOwners()
+    /// Clients whose PROXY header is still to come.
+    var awaitingHeaders: [UInt64: AwaitingHeader] = [:]
+    var lastHeaderRejectionLog: UInt64 = 0
     var nextSessionID: UInt64 = 1
     var timers: TimerWheel<WorkerTimer>
     var draining = false
@@ -145,6 +150,8 @@ final class Worker: @unchecked Sendable {
     /// A `mode: http` backend socket, by descriptor: a kept-alive one changes
     /// hands without an epoll_ctl.
     static let httpBackendKind: UInt64 = 4 << 56
+    /// A client whose PROXY header is awaited.
+    static let proxyHeaderKind: UInt64 = 5 << 56
     private static let kindMask: UInt64 = 0xFF << 56
 
     init(
@@ -217,7 +224,7 @@ final class Worker: @unchecked Sendable {
         }
         logger.debug("worker started")
 
-        while !(draining && sessions.isEmpty && httpConnections.isEmpty) {
+        while !(draining && sessions.isEmpty && httpConnections.isEmpty && awaitingHeaders.isEmpty) {
             let idleSince = monotonicNanoseconds()
             record.store(.heartbeatNanoseconds, idleSince)
             let now = idleSince / 1_000_000
@@ -276,6 +283,8 @@ final class Worker: @unchecked Sendable {
             } else {
                 idleBackendStirred(fd)
             }
+        case Self.proxyHeaderKind:
+            headerReadable(token & ~Self.kindMask)
         case Self.listenerKind:
             acceptConnections(listenerIndex: Int(token & ~Self.kindMask))
         default:
@@ -339,10 +348,13 @@ final class Worker: @unchecked Sendable {
             for session in Array(sessions.values) { drive(session, .drainDeadline) }
             for connection in Array(httpConnections.values) where !connection.isClosed { close(connection, reason: .drainTimeout) }
             for connection in Array(httpConnections.values) { lingerWritable(connection, force: true) }
+            for waiting in Array(awaitingHeaders.values) { rejectHeader(waiting, "the drain deadline passed") }
         case .http(let id, let timer):
             guard let connection = httpConnections[id], !connection.isClosed else { return }
             if timer == .head { connection.headTimer = nil } else { connection.responseTimer = nil }
             drive(connection, .timerFired(timer, now: monotonicMilliseconds()))
+        case .proxyHeader(let id):
+            headerTimedOut(id)
         case .httpConnect(let id):
             guard let connection = httpConnections[id], connection.connecting else { return }
             connection.connectTimer = nil

@@ -36,22 +36,45 @@ extension Worker {
                 continue
             }
             counters.accepted.wrappingIncrement(ordering: .relaxed) // TCP_NODELAY comes from the listener
-            if let http = listener.http {
-                acceptHTTP(listener, http, client: clientFD, address: clientAddress)
-                if pausedListeners.contains(listenerIndex) { return }
-                continue
+            if listener.config.proxyProtocol.accept != .off {
+                awaitHeader(listener, client: clientFD, peer: clientAddress)
+            } else {
+                start(listener, client: clientFD, address: clientAddress, header: nil)
             }
-            let session = Session(
-                id: nextSessionID, listener: listener, client: clientFD, clientAddress: clientAddress,
-                path: settings.dataPath, promotion: sockmapPairs == nil ? nil : settings.promotion,
-                flushTimeoutMilliseconds: settings.sockmapFlushTimeoutMilliseconds, now: monotonicMilliseconds()
-            )
-            nextSessionID += 1
-            sessions[session.id] = session
-            drive(session, .accepted)
             if pausedListeners.contains(listenerIndex) { return }
         }
         if !settings.sharedAccept { try? armListener(listenerIndex) }
+    }
+
+    /// An accepted client (its PROXY header read, where one comes first)
+    /// becomes an HTTP connection or a TCP session; `address` is the client's
+    /// as the header names it, else the socket's peer.
+    /// `sockmapSafe`: no partly read packet waits on the client socket (see
+    /// `safePath`).
+    func start(_ listener: RuntimeListener, client: Int32, address: SocketAddress, header: ProxyHeader?, sockmapSafe: Bool = true) {
+        if let http = listener.http {
+            acceptHTTP(listener, http, client: client, address: address, header: header)
+            return
+        }
+        let session = Session(
+            id: nextSessionID, listener: listener, client: client, clientAddress: address,
+            path: safePath(sockmapSafe), promotion: sockmapPairs == nil ? nil : settings.promotion,
+            flushTimeoutMilliseconds: settings.sockmapFlushTimeoutMilliseconds, now: monotonicMilliseconds()
+        )
+        session.receivedHeader = header
+        nextSessionID += 1
+        sessions[session.id] = session
+        drive(session, .accepted)
+    }
+
+    /// The data path for a connection userspace has already read from:
+    /// splice(2) instead of the sockmap when a packet may sit half read on
+    /// one of its sockets, since the kernel would hand the whole packet, the
+    /// bytes already read included, to the verdict program once the socket
+    /// joins the SOCKHASH. (A promotion under `auto` happens only when reads
+    /// have drained both sockets, so it stays safe.)
+    func safePath(_ sockmapSafe: Bool) -> DataPathKind {
+        settings.dataPath == .sockmap && !sockmapSafe ? .splice : settings.dataPath
     }
 
     /// One accepted connection is gone: take it off this worker's load.
@@ -170,6 +193,12 @@ extension Worker {
 
     func backendConnected(_ session: Session) {
         Socket.setNoDelay(session.backend)
+        // The pool's PROXY header goes first, before any client byte on any data path.
+        if let failure = sendProxyHeader(session.pool.config.proxyProtocol, to: session.backend, client: session.client,
+                                         address: session.clientAddress, received: session.receivedHeader) {
+            drive(session, .connectFailed(errno: failure))
+            return
+        }
         drive(session, .connected(now: monotonicMilliseconds()))
     }
 

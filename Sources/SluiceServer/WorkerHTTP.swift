@@ -9,9 +9,10 @@ import SluicePosix
 // Writes on one socket happen in the order asked (bytes, then a move, then
 // bytes...), through the socket's output queue.
 extension Worker {
-    func acceptHTTP(_ listener: RuntimeListener, _ http: RuntimeHTTP, client: Int32, address: SocketAddress) {
+    func acceptHTTP(_ listener: RuntimeListener, _ http: RuntimeHTTP, client: Int32, address: SocketAddress, header: ProxyHeader?) {
         let connection = HTTPConnection(id: nextSessionID, listener: listener, http: http, client: client, clientAddress: address,
                                         namesRequests: accessLogger != nil)
+        connection.receivedHeader = header
         nextSessionID += 1
         httpConnections[connection.id] = connection
         drive(connection, .accepted(now: monotonicMilliseconds()))
@@ -132,6 +133,7 @@ extension Worker {
             drive(c, .endOfFile(side, now: monotonicMilliseconds()))
         case .bytes(let n):
             c.setWantsRead(side, false)
+            if side == .client { c.clientReadFilled = n == buffer.count } else { c.backendReadFilled = n == buffer.count }
             record.add(side == .client ? .bytesIn : .bytesOut, UInt64(n))
             let bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
             drive(c) { $0.receive(side, bytes, now: monotonicMilliseconds(), into: &$1) }

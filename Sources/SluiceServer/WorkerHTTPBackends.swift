@@ -71,6 +71,11 @@ extension Worker {
         c.connecting = false
         if let timer = c.connectTimer { _ = timers.cancel(timer); c.connectTimer = nil }
         guard let index = c.backendIndex else { return }
+        if let failure = sendProxyHeader(c.http.pools[c.backendPoolIndex].config.proxyProtocol, to: c.backend, client: c.client,
+                                         address: c.clientAddress, received: c.receivedHeader) {
+            connectFailed(c, errno: failure)
+            return
+        }
         drive(c, .acquired(backend: index, reused: false, now: monotonicMilliseconds()))
     }
 
@@ -139,7 +144,9 @@ extension Worker {
         backendOwners[fd] = nil
         let key = ObjectIdentifier(c.http.pools[c.backendPoolIndex])
         if let timer = c.connectTimer { _ = timers.cancel(timer); c.connectTimer = nil }
+        // A connection that began with a PROXY header names this client: no other may reuse it.
         let clean = reusable && !c.connecting && c.backendOutput.isEmpty && c[move: .downstream].pending == 0
+            && c.http.pools[c.backendPoolIndex].config.proxyProtocol == .off
         if clean, let index = c.backendIndex, idleBackends[key] != nil, armIdle(fd, added: c.backendAdded, armed: c.backendArmed) {
             if let evicted = idleBackends[key]!.put(fd, backend: index, now: monotonicMilliseconds()) { closeDescriptor(evicted) }
         } else {
@@ -184,7 +191,7 @@ extension Worker {
         let now = monotonicMilliseconds()
         let session = Session(
             id: nextSessionID, listener: c.listener, pool: counted.pool, client: c.client, clientAddress: c.clientAddress,
-            path: settings.dataPath, promotion: sockmapPairs == nil ? nil : settings.promotion,
+            path: safePath(!c.clientReadFilled && !c.backendReadFilled), promotion: sockmapPairs == nil ? nil : settings.promotion,
             flushTimeoutMilliseconds: settings.sockmapFlushTimeoutMilliseconds,
             idleTimeoutMilliseconds: c.http.config.tunnelIdleTimeout.milliseconds, now: now)
         nextSessionID += 1

@@ -65,8 +65,8 @@ struct ConfigDecoder {
     static let rebalanceKeys = ["interval", "ratio"]
     static let logKeys = ["level", "access", "file"]
     static let adminKeys = ["socket", "metrics", "idle_timeout"]
-    static let listenerKeys = ["name", "bind", "pool", "max_connections", "connect_timeout", "idle_timeout", "mode", "http"]
-    static let poolKeys = ["name", "algorithm", "retries", "backends", "health_check", "passive", "min_healthy"]
+    static let listenerKeys = ["name", "bind", "pool", "max_connections", "connect_timeout", "idle_timeout", "mode", "http", "proxy_protocol"]
+    static let poolKeys = ["name", "algorithm", "retries", "backends", "health_check", "passive", "min_healthy", "proxy_protocol"]
     static let healthKeys = ["kind", "interval", "timeout", "rise", "fall", "path", "expect_status"]
     static let passiveKeys = ["failures", "ejection"]
     static let backendKeys = ["address", "weight"]
@@ -325,6 +325,9 @@ struct ConfigDecoder {
                let value = integer(entry.value, itemPath.key("min_healthy"), in: ConfigBounds.minHealthy) {
                 pool.minHealthy = value
             }
+            if let entry = map["proxy_protocol"], let value = choice(entry.value, itemPath.key("proxy_protocol"), ProxySend.self) {
+                pool.proxyProtocol = value
+            }
             pools.append(pool)
         }
         return (pools, allNamed ? names : nil)
@@ -501,6 +504,9 @@ struct ConfigDecoder {
                 listener.idleTimeout = value
             }
             decodeMode(map, itemPath, into: &listener, poolNames: poolNames)
+            if let entry = map["proxy_protocol"] {
+                listener.proxyProtocol = decodeProxyAccept(entry.value, itemPath.key("proxy_protocol"))
+            }
             listeners.append(listener)
         }
         return listeners

@@ -1,6 +1,6 @@
 import Yams
 
-// `mode` and `http:` of a listener.
+// `mode`, `http:` and `proxy_protocol:` of a listener.
 extension ConfigDecoder {
     static let httpKeys = ["routes", "head_timeout", "response_timeout", "max_head", "forwarded",
                            "keep_alive_per_backend", "keep_alive_timeout", "websocket", "tunnel_idle_timeout"]
@@ -60,6 +60,17 @@ extension ConfigDecoder {
             }
         }
         return http
+    }
+
+    mutating func decodeProxyAccept(_ node: Node, _ path: ConfigFieldPath) -> ProxyAcceptConfig {
+        var config = ProxyAcceptConfig()
+        guard let map = mapping(node, path, keys: ["accept", "timeout"], expected: "a mapping like { accept: v2, timeout: 3s }")
+        else { return config }
+        if let entry = map["accept"], let value = choice(entry.value, path.key("accept"), ProxyAccept.self) { config.accept = value }
+        if let entry = map["timeout"], let value = duration(entry.value, path.key("timeout"), in: ConfigBounds.proxyHeaderTimeout) {
+            config.timeout = value
+        }
+        return config
     }
 
     private mutating func decodeRoute(_ node: Node, _ path: ConfigFieldPath, poolNames: [String]?) -> HTTPRouteConfig? {

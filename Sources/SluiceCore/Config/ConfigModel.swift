@@ -97,6 +97,15 @@ public struct RebalanceConfig: Sendable, Equatable {
     }
 }
 
+/// `proxy_protocol:` of a listener.
+public struct ProxyAcceptConfig: Sendable, Equatable {
+    public var accept: ProxyAccept = .off
+    /// The header must be complete this long after the accept.
+    public var timeout: Duration = .seconds(3)
+
+    public init() {}
+}
+
 public struct ListenerConfig: Sendable, Equatable {
     public var name: String
     public var bind: SocketAddressSpec
@@ -108,6 +117,8 @@ public struct ListenerConfig: Sendable, Equatable {
     public var mode: ListenerMode = .tcp
     /// Set for `mode: http` (defaults when the key is absent), nil otherwise.
     public var http: HTTPListenerConfig?
+    /// A PROXY protocol header the load balancer in front sends first.
+    public var proxyProtocol = ProxyAcceptConfig()
 
     public init(
         name: String,
@@ -172,6 +183,8 @@ public struct PoolConfig: Sendable, Equatable {
     public var passive: PassiveConfig?
     /// Passive ejection never leaves fewer healthy backends than this.
     public var minHealthy = 1
+    /// The PROXY protocol header written to each backend connection first.
+    public var proxyProtocol: ProxySend = .off
 
     public init(
         name: String,

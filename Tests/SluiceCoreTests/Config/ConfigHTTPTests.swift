@@ -53,6 +53,28 @@ struct ConfigHTTPTests {
         #expect(error.message.contains(message), "\(error)")
     }
 
+    @Test("proxy_protocol: accept and timeout on listeners, off, v1 or v2 on pools; off by default; bad values refused with their path")
+    func proxyProtocol() throws {
+        let plain = try decodeConfig(httpListener("")).config
+        #expect(plain.listeners[0].proxyProtocol == ProxyAcceptConfig() && plain.pools[0].proxyProtocol == .off)
+        #expect(ProxyAcceptConfig().accept == .off && ProxyAcceptConfig().timeout == .seconds(3))
+        let yaml = httpListener(", proxy_protocol: { accept: any, timeout: 500ms }")
+            .replacing("{ name: api, backends", with: "{ name: api, proxy_protocol: v2, backends")
+        let config = try decodeConfig(yaml).config
+        #expect(config.listeners[0].proxyProtocol.accept == .any && config.listeners[0].proxyProtocol.timeout == .milliseconds(500))
+        #expect(config.pools[1].proxyProtocol == .v2)
+        for (extra, path, message) in [
+            (", proxy_protocol: { accept: v3 }", "listeners[0].proxy_protocol.accept", "off, v1, v2, any"),
+            (", proxy_protocol: { timeout: 2m }", "listeners[0].proxy_protocol.timeout", "10ms"),
+            (", proxy_protocol: v1", "listeners[0].proxy_protocol", "accept: v2"),
+        ] {
+            let error = try #require(singleConfigError(httpListener(extra)))
+            #expect(error.path == path && error.message.contains(message), "\(error)")
+        }
+        let pool = try #require(singleConfigError(httpListener("").replacing("{ name: api, backends", with: "{ name: api, proxy_protocol: any, backends")))
+        #expect(pool.path == "pools[1].proxy_protocol" && pool.message.contains("off, v1, v2"), "\(pool)")
+    }
+
     @Test("http settings on a tcp listener are an error, as is an unknown mode")
     func modeMismatch() throws {
         let yaml = minimalConfigYAML.replacing("pool: web }", with: "pool: web, http: { head_timeout: 1s } }")
