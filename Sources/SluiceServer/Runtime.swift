@@ -106,6 +106,10 @@ public final class RuntimeListener: Sendable {
     public let counters: ListenerLoadRecord
     /// For `mode: http`: the pools its routes lead to (the listener's own first).
     public let http: RuntimeHTTP?
+    /// The pool name status and metrics show: "-" for an HTTP listener
+    /// without a pool of its own (requests no route matches get 404).
+    public var poolLabel: String { config.http?.fallback == false ? "-" : pool.name }
+
     /// Connections closed for a missing, malformed or late PROXY header.
     public let proxyHeaderRejected = ManagedAtomic<UInt64>(0)
 
@@ -154,7 +158,7 @@ public final class RuntimeHTTP: Sendable {
         self.pools = pools
         self.config = config
         requests = pools.map { _ in (0..<5).map { _ in ManagedAtomic<UInt64>(0) } }
-        router = HTTPRouter(routes: routes, fallback: 0)
+        router = HTTPRouter(routes: routes, fallback: config.fallback ? 0 : nil)
         var limits = HTTPSessionLimits(
             head: HTTPLimits(maxHead: config.maxHead), headTimeoutMilliseconds: config.headTimeout.milliseconds,
             responseTimeoutMilliseconds: config.responseTimeout.milliseconds,

@@ -152,7 +152,7 @@ extension Server {
         for (name, type, help, field) in listenerFamilies {
             out.family(name, type, help)
             for listener in liveListeners {
-                out.sample(name, ["listener": listener.name, "pool": listener.pool.name], Double(listener.counters.load(field)))
+                out.sample(name, ["listener": listener.name, "pool": listener.poolLabel], Double(listener.counters.load(field)))
             }
         }
         let requests = "sluice_http_requests_total"

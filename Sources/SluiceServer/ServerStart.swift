@@ -198,7 +198,7 @@ extension Server {
     func logListening(_ listeners: [RuntimeListener]) {
         for listener in listeners {
             logger.info("listening", metadata: [
-                "listener": "\(listener.name)", "address": "\(listener.address)", "pool": "\(listener.pool.name)",
+                "listener": "\(listener.name)", "address": "\(listener.address)", "pool": "\(listener.poolLabel)",
                 "algorithm": "\(listener.pool.config.algorithm.rawValue)",
             ])
         }
@@ -212,7 +212,7 @@ extension Server {
             steering: config.steering.rawValue, dataPathConfigured: config.dataPath.rawValue, dataPath: dataPath.name,
             dataPathReason: dataPath.reason, workers: config.workers,
             stallThresholdMilliseconds: config.stallThreshold.milliseconds,
-            listeners: listeners.map { .init(name: $0.name, address: "\($0.address)", pool: $0.pool.name) },
+            listeners: listeners.map { .init(name: $0.name, address: "\($0.address)", pool: $0.poolLabel) },
             adminSocket: config.admin?.socket, metrics: config.admin?.metrics.map { "\($0)" })
         do { try info.write() } catch { logger.warning("cannot write \(path): \(error)") }
         owned.push { FileSystem.removeFile(path) }

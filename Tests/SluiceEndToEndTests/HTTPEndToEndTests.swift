@@ -145,6 +145,21 @@ struct HTTPEndToEndTests {
         #expect(try sluice.stop() == 0, "\(sluice.log)")
     }
 
+    @Test("a listener without a pool: routed requests are served, the rest get 404 on the same kept-alive connection")
+    func withoutPool() throws {
+        let (two, twoAddress) = try startHTTPBackend("two")
+        defer { _ = two }
+        let port = freePort()
+        let yaml = httpConfig(port: port, one: twoAddress, two: twoAddress)
+            .replacingOccurrences(of: "    pool: one\n", with: "")
+            .replacingOccurrences(of: "  - { name: one, retries: 1, backends: [ { address: \"\(twoAddress)\" } ] }\n", with: "")
+        #expect(!yaml.contains("pool: one"), "\(yaml)")
+        let sluice = try SluiceProcess.run(config: yaml)
+        let answer = try rawExchange(port: port, "GET /name HTTP/1.1\r\nHost: elsewhere\r\n\r\nGET /name HTTP/1.1\r\nHost: two.test\r\nConnection: close\r\n\r\n")
+        #expect(answer.hasPrefix("HTTP/1.1 404 Not Found\r\n") && answer.hasSuffix("\r\n\r\ntwo"), "\(answer)")
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+    }
+
     @Test("a kept-alive backend connection its backend closes while idle is closed at once; the next request gets a new one")
     func idleBackendClosed() throws {
         let (one, oneAddress) = try startHTTPBackend("one", idleSeconds: 0.3)

@@ -489,8 +489,6 @@ struct ConfigDecoder {
                     listener.pool = pool
                     if let poolNames { checkPoolReference(pool, entry.value, itemPath.key("pool"), poolNames: poolNames) }
                 }
-            } else {
-                missing(itemPath, key: "pool", in: map)
             }
 
             if let entry = map["max_connections"],
@@ -504,6 +502,17 @@ struct ConfigDecoder {
                 listener.idleTimeout = value
             }
             decodeMode(map, itemPath, into: &listener, poolNames: poolNames)
+            if map["pool"] == nil {
+                // A mode http listener may do without: requests no route matches get 404.
+                if listener.mode == .http, let first = listener.http?.routes.first {
+                    listener.pool = first.pool
+                    listener.http?.fallback = false
+                } else if listener.mode == .http {
+                    fail(itemPath, at: map.node, "a mode http listener needs a pool, or routes (then what none matches gets 404)")
+                } else {
+                    missing(itemPath, key: "pool", in: map)
+                }
+            }
             if let entry = map["proxy_protocol"] {
                 listener.proxyProtocol = decodeProxyAccept(entry.value, itemPath.key("proxy_protocol"))
             }

@@ -23,8 +23,12 @@ public struct HTTPRouteConfig: Sendable, Equatable {
 
 /// `http:` of a `mode: http` listener.
 public struct HTTPListenerConfig: Sendable, Equatable {
-    /// Tried in order; no match: the listener's pool.
+    /// Tried in order; no match: the listener's pool, or 404 without one.
     public var routes: [HTTPRouteConfig] = []
+    /// Whether requests no route matches go to the listener's pool (false:
+    /// the listener has no `pool` of its own and answers them 404; its
+    /// `ListenerConfig.pool` is then the first route's, for the counts).
+    public var fallback = true
     /// A request head must be complete this long after its first byte (408),
     /// and a keep-alive client may stay quiet this long between requests.
     public var headTimeout: Duration = .seconds(10)

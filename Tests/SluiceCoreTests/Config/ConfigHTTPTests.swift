@@ -75,6 +75,18 @@ struct ConfigHTTPTests {
         #expect(pool.path == "pools[1].proxy_protocol" && pool.message.contains("off, v1, v2"), "\(pool)")
     }
 
+    @Test("a mode http listener without a pool: routes only, what none matches is 404; without routes either, an error; tcp still needs one")
+    func withoutPool() throws {
+        let yaml = httpListener(", http: { routes: [ { host: api.example.com, pool: api } ] }").replacing("pool: web, mode: http", with: "mode: http")
+        let listener = try decodeConfig(yaml).config.listeners[0]
+        #expect(listener.http?.fallback == false && listener.pool == "api")
+        #expect(HTTPListenerConfig().fallback, "with a pool, no match goes to it")
+        let bare = try #require(singleConfigError(httpListener("").replacing("pool: web, mode: http", with: "mode: http")))
+        #expect(bare.path == "listeners[0]" && bare.message.contains("needs a pool, or routes"), "\(bare)")
+        let tcp = try #require(singleConfigError(minimalConfigYAML.replacing("pool: web }", with: "}")))
+        #expect(tcp.message.contains("missing required key \"pool\""), "\(tcp)")
+    }
+
     @Test("http settings on a tcp listener are an error, as is an unknown mode")
     func modeMismatch() throws {
         let yaml = minimalConfigYAML.replacing("pool: web }", with: "pool: web, http: { head_timeout: 1s } }")
