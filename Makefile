@@ -11,7 +11,7 @@ PYTHON_PACKAGES := prometheus-client kubernetes-validate websockets wsproto
 BENCH_PACKAGES := haproxy nginx-light libnginx-mod-stream iperf3 wrk python3
 SLUICE := .build/debug/sluice
 # Fuzzers under Fuzz/Sources/Fuzz<Name>, each run for FUZZ_SECONDS by `make fuzz`.
-FUZZERS ?= config admin http proxy
+FUZZERS ?= config admin http proxy resp
 FUZZ_SECONDS ?= 60
 
 .PHONY: setup build demo test bench-setup fuzz clean

@@ -1,0 +1,203 @@
+// RESP2, the Redis wire protocol: what a sharding proxy needs of it. Pure,
+// and bounded: every length and depth is checked before anything is
+// allocated, so hostile bytes get an error, never a trap or a huge buffer.
+
+/// Bounds on what a client or a server may send (Redis's own defaults where it has them).
+public struct RESPLimits: Sendable, Equatable {
+    /// One bulk string (Redis's proto-max-bulk-len: 512 MB).
+    public var maxBulk = 512 << 20
+    /// Elements of one array (a command's arguments, an MGET's reply).
+    public var maxArray = 1 << 20
+    /// Arrays nested in arrays (replies only; a command is one flat array).
+    public var maxDepth = 32
+    /// An inline command (`PING\r\n`) or a +/-/: line.
+    public var maxLine = 64 << 10
+
+    public init() {}
+}
+
+/// What reading one RESP value from the front of a buffer gave.
+public enum RESPScan: Sendable, Equatable {
+    case incomplete
+    /// A whole value, `length` bytes long.
+    case complete(length: Int)
+    case invalid(String)
+}
+
+/// A client's command: its arguments as ranges of the buffer it came in,
+/// and the bytes it took.
+public struct RESPCommand: Sendable, Equatable {
+    public var arguments: [Range<Int>]
+    public var length: Int
+    /// Sent as an inline line (`PING\r\n`) rather than an array of bulk strings.
+    public var inline: Bool
+}
+
+public enum RESPCommandParse: Sendable, Equatable {
+    case incomplete
+    case complete(RESPCommand)
+    case invalid(String)
+}
+
+public enum RESP {
+    static let cr: UInt8 = 13, lf: UInt8 = 10
+
+    /// The end of the line that starts at `start`: the index of its CR, if
+    /// the CRLF is in; a bare CR or LF is invalid.
+    static func lineEnd(_ b: UnsafeRawBufferPointer, from start: Int, limit: Int) -> Result<Int?, RESPError> {
+        var i = start
+        while i < b.count {
+            if b[i] == lf { return .failure(RESPError("LF without CR")) }
+            if b[i] == cr {
+                guard i + 1 < b.count else { return .success(nil) }
+                return b[i + 1] == lf ? .success(i) : .failure(RESPError("CR without LF"))
+            }
+            i += 1
+            if i - start > limit { return .failure(RESPError("line longer than \(limit) bytes")) }
+        }
+        return .success(nil)
+    }
+
+    /// A decimal from `b[range]`: an optional minus, 1 to 18 digits.
+    static func integer(_ b: UnsafeRawBufferPointer, _ range: Range<Int>) -> Int64? {
+        var i = range.lowerBound
+        let negative = i < range.upperBound && b[i] == UInt8(ascii: "-")
+        if negative { i += 1 }
+        guard i < range.upperBound, range.upperBound - i <= 18 else { return nil }
+        var value: Int64 = 0
+        while i < range.upperBound {
+            let d = b[i]
+            guard d >= 48 && d <= 57 else { return nil }
+            value = value * 10 + Int64(d - 48)
+            i += 1
+        }
+        return negative ? -value : value
+    }
+
+    /// Measures one whole value (a reply, say) without copying any of it:
+    /// nested arrays are walked with a counter per level.
+    public static func scan(_ b: UnsafeRawBufferPointer, limits: RESPLimits = RESPLimits()) -> RESPScan {
+        var pending: [Int] = [] // elements still to read, per open array
+        var i = 0
+        while true {
+            guard i < b.count else { return .incomplete }
+            let type = b[i]
+            let end: Int
+            switch lineEnd(b, from: i + 1, limit: limits.maxLine) {
+            case .failure(let error): return .invalid(error.reason)
+            case .success(nil): return .incomplete
+            case .success(let e?): end = e
+            }
+            switch type {
+            case UInt8(ascii: "+"), UInt8(ascii: "-"):
+                i = end + 2
+            case UInt8(ascii: ":"):
+                guard integer(b, i + 1..<end) != nil else { return .invalid("malformed integer") }
+                i = end + 2
+            case UInt8(ascii: "$"):
+                guard let n = integer(b, i + 1..<end), n >= -1 else { return .invalid("malformed bulk length") }
+                guard n <= limits.maxBulk else { return .invalid("bulk longer than \(limits.maxBulk) bytes") }
+                i = end + 2
+                if n >= 0 {
+                    guard b.count >= i + Int(n) + 2 else { return .incomplete }
+                    guard b[i + Int(n)] == cr, b[i + Int(n) + 1] == lf else { return .invalid("bulk not followed by CRLF") }
+                    i += Int(n) + 2
+                }
+            case UInt8(ascii: "*"):
+                guard let n = integer(b, i + 1..<end), n >= -1 else { return .invalid("malformed array length") }
+                guard n <= limits.maxArray else { return .invalid("array longer than \(limits.maxArray) elements") }
+                i = end + 2
+                if n > 0 {
+                    guard pending.count < limits.maxDepth else { return .invalid("arrays nested deeper than \(limits.maxDepth)") }
+                    pending.append(Int(n))
+                    continue // its first element is not a finished value yet
+                }
+            default:
+                return .invalid("unknown type byte \(type)")
+            }
+            // A value ended: it completes the arrays it closes.
+            while let last = pending.last {
+                if last > 1 { pending[pending.count - 1] = last - 1; break }
+                pending.removeLast()
+            }
+            if pending.isEmpty { return .complete(length: i) }
+        }
+    }
+
+    /// One command from a client: an array of bulk strings, or an inline
+    /// line of words (what `redis-cli` and telnet users send).
+    public static func command(_ b: UnsafeRawBufferPointer, limits: RESPLimits = RESPLimits()) -> RESPCommandParse {
+        guard !b.isEmpty else { return .incomplete }
+        guard b[0] == UInt8(ascii: "*") else { return inlineCommand(b, limits: limits) }
+        let header: Int
+        switch lineEnd(b, from: 1, limit: limits.maxLine) {
+        case .failure(let error): return .invalid(error.reason)
+        case .success(nil): return .incomplete
+        case .success(let e?): header = e
+        }
+        guard let count = integer(b, 1..<header), count >= 1 else { return .invalid("a command is a non-empty array") }
+        guard count <= limits.maxArray else { return .invalid("more than \(limits.maxArray) arguments") }
+        var arguments: [Range<Int>] = []
+        arguments.reserveCapacity(Int(min(count, 16)))
+        var i = header + 2
+        for _ in 0..<count {
+            guard i < b.count else { return .incomplete }
+            guard b[i] == UInt8(ascii: "$") else { return .invalid("a command's arguments are bulk strings") }
+            let end: Int
+            switch lineEnd(b, from: i + 1, limit: limits.maxLine) {
+            case .failure(let error): return .invalid(error.reason)
+            case .success(nil): return .incomplete
+            case .success(let e?): end = e
+            }
+            guard let n = integer(b, i + 1..<end), n >= 0 else { return .invalid("malformed argument length") }
+            guard n <= limits.maxBulk else { return .invalid("argument longer than \(limits.maxBulk) bytes") }
+            let start = end + 2
+            guard b.count >= start + Int(n) + 2 else { return .incomplete }
+            guard b[start + Int(n)] == cr, b[start + Int(n) + 1] == lf else { return .invalid("argument not followed by CRLF") }
+            arguments.append(start..<start + Int(n))
+            i = start + Int(n) + 2
+        }
+        return .complete(RESPCommand(arguments: arguments, length: i, inline: false))
+    }
+
+    private static func inlineCommand(_ b: UnsafeRawBufferPointer, limits: RESPLimits) -> RESPCommandParse {
+        var end = -1
+        for i in 0..<b.count {
+            if b[i] == lf { end = i; break }
+            if i >= limits.maxLine { return .invalid("inline command longer than \(limits.maxLine) bytes") }
+        }
+        guard end >= 0 else { return .incomplete }
+        let lineEnd = end > 0 && b[end - 1] == cr ? end - 1 : end // Redis takes a bare LF inline
+        var arguments: [Range<Int>] = []
+        var k = 0
+        while k < lineEnd {
+            while k < lineEnd && (b[k] == 32 || b[k] == 9) { k += 1 }
+            let start = k
+            while k < lineEnd && b[k] != 32 && b[k] != 9 { k += 1 }
+            if k > start { arguments.append(start..<k) }
+        }
+        guard !arguments.isEmpty else { return .invalid("empty inline command") }
+        return .complete(RESPCommand(arguments: arguments, length: end + 1, inline: true))
+    }
+
+    // MARK: - Writing
+
+    public static func simple(_ text: String) -> [UInt8] { Array("+\(text)\r\n".utf8) }
+    public static func error(_ text: String) -> [UInt8] { Array("-\(text)\r\n".utf8) }
+    public static func integer(_ value: Int64) -> [UInt8] { Array(":\(value)\r\n".utf8) }
+    public static func bulk(_ bytes: [UInt8]?) -> [UInt8] {
+        guard let bytes else { return Array("$-1\r\n".utf8) }
+        return Array("$\(bytes.count)\r\n".utf8) + bytes + [cr, lf]
+    }
+    /// A command (or an array reply) of bulk strings.
+    public static func array(_ items: [[UInt8]]) -> [UInt8] {
+        var out = Array("*\(items.count)\r\n".utf8)
+        for item in items { out += bulk(item) }
+        return out
+    }
+}
+
+public struct RESPError: Error, Sendable, Equatable {
+    public var reason: String
+    public init(_ reason: String) { self.reason = reason }
+}
