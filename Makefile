@@ -4,10 +4,10 @@
 SHELL := /bin/bash
 SWIFT ?= swift
 # Build and run-time needs, plus the real clients and servers the tests drive.
-APT_PACKAGES := pkg-config libbpf-dev libelf-dev libssl-dev bpftool iproute2 procps curl wrk util-linux systemd haproxy
+APT_PACKAGES := pkg-config libbpf-dev libelf-dev libssl-dev bpftool iproute2 procps curl wrk util-linux systemd haproxy redis-server redis-tools
 # The tests parse /metrics with Prometheus' own parser, validate the Kubernetes
-# manifests, and speak WebSocket through the proxy (websockets, wsproto).
-PYTHON_PACKAGES := prometheus-client kubernetes-validate websockets wsproto
+# manifests, and speak WebSocket (websockets, wsproto) and Redis (redis-py) through the proxy.
+PYTHON_PACKAGES := prometheus-client kubernetes-validate websockets wsproto redis
 BENCH_PACKAGES := haproxy nginx-light libnginx-mod-stream iperf3 wrk python3
 SLUICE := .build/debug/sluice
 # Fuzzers under Fuzz/Sources/Fuzz<Name>, each run for FUZZ_SECONDS by `make fuzz`.
@@ -22,7 +22,7 @@ setup:
 		echo "installing:" $$missing; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
-	@python3 -c "import prometheus_client, kubernetes_validate, websockets, wsproto" 2>/dev/null \
+	@python3 -c "import prometheus_client, kubernetes_validate, websockets, wsproto, redis" 2>/dev/null \
 		|| python3 -m pip install --quiet --disable-pip-version-check $(PYTHON_PACKAGES) 2>/dev/null \
 		|| python3 -m pip install --quiet --disable-pip-version-check --break-system-packages $(PYTHON_PACKAGES)
 	@if ! mountpoint -q /sys/fs/bpf; then \

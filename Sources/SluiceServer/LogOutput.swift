@@ -81,6 +81,8 @@ public struct AccessRecord: Sendable {
     public var closeReason: String
     /// Set for a tunnel an HTTP listener handed over (`websocket`, `connect`).
     public var tunnel: String?
+    /// A `mode: redis` client's commands and error replies.
+    public var redis: (commands: UInt64, errors: UInt64)?
 
     public func render(_ format: AccessLogFormat) -> String? {
         let ms = Double(durationMicroseconds) / 1000
@@ -91,13 +93,14 @@ public struct AccessRecord: Sendable {
         case .text:
             return "\(wallClockTimestamp()) access worker=\(worker) listener=\(listener) client=\(client) backend=\(backend ?? "-") "
                 + "bytes_in=\(bytesFromClient) bytes_out=\(bytesToClient) duration_ms=\(duration) path=\(dataPath) reason=\(closeReason)"
-                + (tunnel.map { " tunnel=\($0)" } ?? "")
+                + (tunnel.map { " tunnel=\($0)" } ?? "") + (redis.map { " commands=\($0.commands) errors=\($0.errors)" } ?? "")
         case .json:
             return "{\"time\":\"\(wallClockTimestamp())\",\"worker\":\(worker),\"listener\":\(jsonString(listener)),"
                 + "\"client\":\(jsonString(client)),\"backend\":\(backend.map(jsonString) ?? "null"),"
                 + "\"bytes_in\":\(bytesFromClient),\"bytes_out\":\(bytesToClient),\"duration_ms\":\(duration),"
                 + "\"path\":\(jsonString(dataPath)),\"reason\":\(jsonString(closeReason))"
-                + (tunnel.map { ",\"tunnel\":\(jsonString($0))" } ?? "") + "}"
+                + (tunnel.map { ",\"tunnel\":\(jsonString($0))" } ?? "")
+                + (redis.map { ",\"commands\":\($0.commands),\"errors\":\($0.errors)" } ?? "") + "}"
         }
     }
 }

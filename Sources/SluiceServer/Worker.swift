@@ -52,6 +52,8 @@ enum WorkerTimer {
     case httpLinger(connection: UInt64)
     /// A client's PROXY header did not come in time.
     case proxyHeader(id: UInt64)
+    /// A connect to a Redis backend takes too long.
+    case redisConnect(link: Int)
 }
 
 /// Shared, immutable settings for every worker of one server.
@@ -121,6 +123,12 @@ final class Worker: @unchecked Sendable {
     var idleBackends: [ObjectIdentifier: IdleConnections] = [:]
     /// The HTTP connection each backend descriptor serves (none while idle).
     var backendOwners = DescriptorOwners()
+    /// `mode: redis` clients, and this worker's connections to Redis backends.
+    var redisClients: [UInt64: RedisClient] = [:]
+    var redisLinks: [RedisLink] = []
+    var redisLinkIndex: [String: Int] = [:]
+    var redisDirtyClients: [RedisClient] = []
+    var redisDirtyLinks: [RedisLink] = []
     /// Clients whose PROXY header is still to come.
     var awaitingHeaders: [UInt64: AwaitingHeader] = [:]
     var lastHeaderRejectionLog: UInt64 = 0
@@ -152,6 +160,8 @@ final class Worker: @unchecked Sendable {
     static let httpBackendKind: UInt64 = 4 << 56
     /// A client whose PROXY header is awaited.
     static let proxyHeaderKind: UInt64 = 5 << 56
+    static let redisClientKind: UInt64 = 6 << 56
+    static let redisLinkKind: UInt64 = 7 << 56
     private static let kindMask: UInt64 = 0xFF << 56
 
     init(
@@ -224,7 +234,7 @@ final class Worker: @unchecked Sendable {
         }
         logger.debug("worker started")
 
-        while !(draining && sessions.isEmpty && httpConnections.isEmpty && awaitingHeaders.isEmpty) {
+        while !(draining && sessions.isEmpty && httpConnections.isEmpty && awaitingHeaders.isEmpty && redisClients.isEmpty) {
             let idleSince = monotonicNanoseconds()
             record.store(.heartbeatNanoseconds, idleSince)
             let now = idleSince / 1_000_000
@@ -249,6 +259,7 @@ final class Worker: @unchecked Sendable {
         }
         closeLeftoverAdoptions()
         closeIdleBackends()
+        for link in redisLinks where link.fd >= 0 { closeDescriptor(link.fd) }
         closeListeners()
         exited.store(true, ordering: .releasing)
         logger.debug("worker stopped", metadata: [
@@ -285,6 +296,10 @@ final class Worker: @unchecked Sendable {
             }
         case Self.proxyHeaderKind:
             headerReadable(token & ~Self.kindMask)
+        case Self.redisClientKind:
+            redisClientReady(token & ~Self.kindMask, events)
+        case Self.redisLinkKind:
+            redisLinkReady(Int(token & ~Self.kindMask), events)
         case Self.listenerKind:
             acceptConnections(listenerIndex: Int(token & ~Self.kindMask))
         default:
@@ -349,12 +364,15 @@ final class Worker: @unchecked Sendable {
             for connection in Array(httpConnections.values) where !connection.isClosed { close(connection, reason: .drainTimeout) }
             for connection in Array(httpConnections.values) { lingerWritable(connection, force: true) }
             for waiting in Array(awaitingHeaders.values) { rejectHeader(waiting, "the drain deadline passed") }
+            for client in Array(redisClients.values) { closeRedis(client) }
         case .http(let id, let timer):
             guard let connection = httpConnections[id], !connection.isClosed else { return }
             if timer == .head { connection.headTimer = nil } else { connection.responseTimer = nil }
             drive(connection, .timerFired(timer, now: monotonicMilliseconds()))
         case .proxyHeader(let id):
             headerTimedOut(id)
+        case .redisConnect(let index):
+            redisConnectTimedOut(index)
         case .httpConnect(let id):
             guard let connection = httpConnections[id], connection.connecting else { return }
             connection.connectTimer = nil

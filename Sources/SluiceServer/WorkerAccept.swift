@@ -56,6 +56,10 @@ extension Worker {
             acceptHTTP(listener, http, client: client, address: address, header: header)
             return
         }
+        if listener.config.mode == .redis {
+            acceptRedis(listener, client: client, address: address)
+            return
+        }
         let session = Session(
             id: nextSessionID, listener: listener, client: client, clientAddress: address,
             path: safePath(sockmapSafe), promotion: sockmapPairs == nil ? nil : settings.promotion,

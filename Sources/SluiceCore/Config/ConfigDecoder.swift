@@ -65,7 +65,7 @@ struct ConfigDecoder {
     static let rebalanceKeys = ["interval", "ratio"]
     static let logKeys = ["level", "access", "file"]
     static let adminKeys = ["socket", "metrics", "idle_timeout"]
-    static let listenerKeys = ["name", "bind", "pool", "max_connections", "connect_timeout", "idle_timeout", "mode", "http", "proxy_protocol"]
+    static let listenerKeys = ["name", "bind", "pool", "max_connections", "connect_timeout", "idle_timeout", "mode", "http", "redis", "proxy_protocol"]
     static let poolKeys = ["name", "algorithm", "retries", "backends", "health_check", "passive", "min_healthy", "proxy_protocol"]
     static let healthKeys = ["kind", "interval", "timeout", "rise", "fall", "path", "expect_status"]
     static let passiveKeys = ["failures", "ejection"]

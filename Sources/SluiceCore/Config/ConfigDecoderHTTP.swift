@@ -11,6 +11,13 @@ extension ConfigDecoder {
             listener.mode = mode
         }
         let entry = map["http"]
+        if let redis = map["redis"] {
+            if listener.mode == .redis { listener.redis = decodeRedis(redis.value, path.key("redis")) } else {
+                fail(path.key("redis"), at: redis.value, "redis settings need mode: redis")
+            }
+        } else if listener.mode == .redis {
+            listener.redis = RedisListenerConfig()
+        }
         guard listener.mode == .http else {
             if let entry { fail(path.key("http"), at: entry.value, "http settings need mode: http") }
             return
@@ -60,6 +67,21 @@ extension ConfigDecoder {
             }
         }
         return http
+    }
+
+    private mutating func decodeRedis(_ node: Node, _ path: ConfigFieldPath) -> RedisListenerConfig {
+        var config = RedisListenerConfig()
+        guard let map = mapping(node, path, keys: ["password", "connections_per_backend"],
+                                expected: "a mapping like { password: secret, connections_per_backend: 2 }")
+        else { return config }
+        if let entry = map["password"], let text = scalarText(entry.value, path.key("password"), expected: "a password") {
+            config.password = text
+        }
+        if let entry = map["connections_per_backend"],
+           let value = integer(entry.value, path.key("connections_per_backend"), in: ConfigBounds.redisConnectionsPerBackend) {
+            config.connectionsPerBackend = value
+        }
+        return config
     }
 
     mutating func decodeProxyAccept(_ node: Node, _ path: ConfigFieldPath) -> ProxyAcceptConfig {

@@ -4,6 +4,18 @@ public enum ListenerMode: String, Sendable, CaseIterable {
     case tcp
     /// An HTTP/1.1 reverse proxy: heads parsed, requests routed, backends kept alive.
     case http
+    /// A Redis proxy: keys sharded over the pool's servers by slot, commands pipelined.
+    case redis
+}
+
+/// `redis:` of a `mode: redis` listener.
+public struct RedisListenerConfig: Sendable, Equatable {
+    /// Clients must `AUTH` with it first, when set.
+    public var password: String?
+    /// Connections each worker keeps to each backend, shared by its clients.
+    public var connectionsPerBackend = 2
+
+    public init() {}
 }
 
 /// One `http.routes` entry: requests whose host and path match go to `pool`.

@@ -117,6 +117,8 @@ public struct ListenerConfig: Sendable, Equatable {
     public var mode: ListenerMode = .tcp
     /// Set for `mode: http` (defaults when the key is absent), nil otherwise.
     public var http: HTTPListenerConfig?
+    /// Set for `mode: redis` (defaults when the key is absent), nil otherwise.
+    public var redis: RedisListenerConfig?
     /// A PROXY protocol header the load balancer in front sends first.
     public var proxyProtocol = ProxyAcceptConfig()
 

@@ -87,12 +87,25 @@ struct ConfigHTTPTests {
         #expect(tcp.message.contains("missing required key \"pool\""), "\(tcp)")
     }
 
+    @Test("mode redis: redis settings decode with defaults; on another mode, or out of range, they are refused")
+    func redis() throws {
+        let yaml = httpListener("").replacing("mode: http", with: "mode: redis, redis: { password: pw, connections_per_backend: 4 }")
+        let listener = try decodeConfig(yaml).config.listeners[0]
+        #expect(listener.mode == .redis && listener.redis?.password == "pw" && listener.redis?.connectionsPerBackend == 4)
+        let plain = try decodeConfig(httpListener("").replacing("mode: http", with: "mode: redis")).config.listeners[0]
+        #expect(plain.redis == RedisListenerConfig() && plain.redis?.connectionsPerBackend == 2 && plain.http == nil)
+        let wrong = try #require(singleConfigError(httpListener(", redis: { password: pw }")))
+        #expect(wrong.path == "listeners[0].redis" && wrong.message.contains("mode: redis"), "\(wrong)")
+        let range = try #require(singleConfigError(httpListener("").replacing("mode: http", with: "mode: redis, redis: { connections_per_backend: 0 }")))
+        #expect(range.path == "listeners[0].redis.connections_per_backend", "\(range)")
+    }
+
     @Test("http settings on a tcp listener are an error, as is an unknown mode")
     func modeMismatch() throws {
         let yaml = minimalConfigYAML.replacing("pool: web }", with: "pool: web, http: { head_timeout: 1s } }")
         let error = try #require(singleConfigError(yaml))
         #expect(error.path == "listeners[0].http" && error.message.contains("mode: http"))
         let mode = try #require(singleConfigError(minimalConfigYAML.replacing("pool: web }", with: "pool: web, mode: udp }")))
-        #expect(mode.path == "listeners[0].mode" && mode.message.contains("tcp, http"))
+        #expect(mode.path == "listeners[0].mode" && mode.message.contains("tcp, http, redis"))
     }
 }

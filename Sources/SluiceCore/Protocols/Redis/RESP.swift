@@ -176,8 +176,25 @@ public enum RESP {
             while k < lineEnd && b[k] != 32 && b[k] != 9 { k += 1 }
             if k > start { arguments.append(start..<k) }
         }
-        guard !arguments.isEmpty else { return .invalid("empty inline command") }
+        // An empty line is skipped, as Redis does (redis-cli --pipe sends some).
         return .complete(RESPCommand(arguments: arguments, length: end + 1, inline: true))
+    }
+
+    /// The elements of a whole array reply (each any type), as ranges of
+    /// `bytes`; nil when `bytes` is not one array.
+    public static func elements(_ bytes: [UInt8], limits: RESPLimits = RESPLimits()) -> [Range<Int>]? {
+        bytes.withUnsafeBytes { b -> [Range<Int>]? in
+            guard b.first == UInt8(ascii: "*"), case .success(let end?) = lineEnd(b, from: 1, limit: limits.maxLine),
+                  let count = integer(b, 1..<end), count >= 0 else { return nil }
+            var out: [Range<Int>] = []
+            var i = end + 2
+            for _ in 0..<count {
+                guard case .complete(let length) = scan(UnsafeRawBufferPointer(rebasing: b[i...]), limits: limits) else { return nil }
+                out.append(i..<i + length)
+                i += length
+            }
+            return i == b.count ? out : nil
+        }
     }
 
     // MARK: - Writing

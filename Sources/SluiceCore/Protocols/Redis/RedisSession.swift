@@ -1,0 +1,259 @@
+/// One client connection of a `mode: redis` listener, as a state machine:
+/// commands in, sub-commands to backends out, replies back in the order the
+/// commands came. Many commands may be in flight (pipelining); a command
+/// whose keys live on several servers (MGET, MSET, DEL...) is split, and its
+/// replies merged. No sockets: the worker carries the actions out, and
+/// tells the session what each backend answered, by tag.
+public struct RedisSession: Sendable {
+    public enum Event: Sendable, Equatable {
+        /// One whole reply from a backend to the sub-command sent with `tag`.
+        case reply(tag: UInt64, [UInt8])
+        /// The sub-command sent with `tag` will get no reply (its backend failed).
+        case failed(tag: UInt64, reason: String)
+        case endOfFile
+    }
+
+    public enum Action: Sendable, Equatable {
+        /// Send `command` to backend `backend`; its reply comes back as `reply(tag:)`.
+        case forward(backend: Int, tag: UInt64, command: [UInt8])
+        case reply([UInt8])
+        /// Read more from the client (nothing else is in flight to wait for, or there is room).
+        case read
+        case close(CloseReason)
+    }
+
+    public struct Limits: Sendable {
+        public var resp = RESPLimits()
+        /// Commands in flight per client before the proxy stops reading it.
+        public var maxInFlight = 4096
+        /// `AUTH` must name this first, when set.
+        public var password: [UInt8]?
+
+        public init() {}
+    }
+
+    /// A command waiting for its parts' replies.
+    struct Pending: Sendable {
+        enum Merge: Sendable { case asIs, values(positions: [[Int]]), sum, allOK }
+        var parts: [[UInt8]?]
+        var merge: Merge
+        var ready: [UInt8]? // a reply the proxy made itself
+        var quit = false
+    }
+
+    public let limits: Limits
+    /// Which backend serves each of the 16,384 slots (the worker rebuilds it
+    /// when backends change health); empty: no backend at all.
+    public var slots: [Int]
+    private var buffer: [UInt8] = []
+    private var queue: [Pending] = []
+    /// The tag of `queue[0]`'s first part; tags count up from there.
+    private var firstTag: UInt64 = 1
+    private var nextTag: UInt64 = 1
+    /// Tag → (queue position offset by `firstTag`..., part index): tags are
+    /// handed out in order, so a tag's pending command is found by range.
+    private var tagStarts: [UInt64] = []
+    private var authenticated: Bool
+    private var closing = false
+    private var eof = false
+    public private(set) var commands: UInt64 = 0
+    public private(set) var errors: UInt64 = 0
+
+    public init(limits: Limits, slots: [Int]) {
+        self.limits = limits
+        self.slots = slots
+        self.authenticated = limits.password == nil
+    }
+
+    public var inFlight: Int { queue.count }
+
+    public mutating func start(into actions: inout [Action]) { actions.append(.read) }
+
+    /// Bytes from the client.
+    public mutating func receive(_ bytes: UnsafeRawBufferPointer, into actions: inout [Action]) {
+        guard !closing else { return }
+        buffer.append(contentsOf: bytes)
+        takeCommands(&actions)
+    }
+
+    public mutating func handle(_ event: Event, into actions: inout [Action]) {
+        guard !closing else { return }
+        switch event {
+        case .reply(let tag, let bytes):
+            settle(tag, bytes, &actions)
+            takeCommands(&actions) // room again for what the client sent meanwhile
+        case .failed(let tag, let reason):
+            settle(tag, RESP.error("ERR backend unavailable: \(reason)"), &actions)
+            takeCommands(&actions)
+        case .endOfFile:
+            eof = true
+            if queue.isEmpty { close(.clientClosed, &actions) }
+        }
+    }
+
+    // MARK: - Commands
+
+    private mutating func takeCommands(_ actions: inout [Action]) {
+        var offset = 0
+        defer { if offset > 0 { buffer.removeFirst(offset) } }
+        while queue.count < limits.maxInFlight && !closing {
+            let parsed = buffer.withUnsafeBytes { raw in RESP.command(UnsafeRawBufferPointer(rebasing: raw[offset...]), limits: limits.resp) }
+            switch parsed {
+            case .incomplete:
+                actions.append(.read)
+                flush(&actions)
+                return
+            case .invalid(let reason):
+                // The stream cannot be followed past this: answer what came before, then say why and close.
+                answer(RESP.error("ERR Protocol error: \(reason)"), quit: true)
+                flush(&actions)
+                return
+            case .complete(let command) where command.arguments.isEmpty:
+                offset += command.length // an empty inline line
+            case .complete(let command):
+                let args = command.arguments.map { Array(buffer[(offset + $0.lowerBound)..<(offset + $0.upperBound)]) }
+                let raw = command.inline ? RESP.array(args) : Array(buffer[offset..<offset + command.length])
+                offset += command.length
+                commands += 1
+                route(args, raw: raw, &actions)
+            }
+        }
+        flush(&actions)
+    }
+
+    private mutating func answer(_ bytes: [UInt8], quit: Bool = false) {
+        if bytes.first == UInt8(ascii: "-") { errors += 1 }
+        queue.append(Pending(parts: [], merge: .asIs, ready: bytes, quit: quit))
+        tagStarts.append(nextTag)
+    }
+
+    private mutating func route(_ args: [[UInt8]], raw: [UInt8], _ actions: inout [Action]) {
+        let kind = RedisCommands.kind(args[0])
+        let name = String(decoding: args[0].map { $0 >= 97 && $0 <= 122 ? $0 - 32 : $0 }, as: UTF8.self)
+        if case .local = kind { return local(name, args) }
+        if case .refused(let reason) = kind { return answer(RESP.error("ERR \(reason)")) }
+        guard authenticated else { return answer(RESP.error("NOAUTH Authentication required.")) }
+        guard !slots.isEmpty else { return answer(RESP.error("ERR no backend available")) }
+        let numkeys = kind == .script && args.count > 2 ? Int(String(decoding: args[2], as: UTF8.self)) : nil
+        guard let keys = RedisCommands.keyIndices(kind, argumentCount: args.count, numkeys: numkeys) else {
+            return answer(RESP.error("ERR wrong number of arguments for '\(name.lowercased())' command"))
+        }
+        let servers = keys.map { slots[RedisSlot.of(args[$0])] }
+        switch kind {
+        case .multiKey(let merge):
+            var order: [Int] = [] // backends in first-seen order
+            var byServer: [Int: [Int]] = [:]
+            for (k, server) in zip(keys, servers) {
+                if byServer[server] == nil { order.append(server) }
+                byServer[server, default: []].append(k)
+            }
+            if order.count == 1 { return forward([(order[0], raw)], merge: .asIs, &actions) }
+            let parts = order.map { s in (s, RESP.array([args[0]] + byServer[s]!.map { args[$0] })) }
+            let positions = order.map { s in byServer[s]!.map { $0 - 1 } }
+            forward(parts, merge: merge == .values ? .values(positions: positions) : .sum, &actions)
+        case .keyValuePairs:
+            var order: [Int] = []
+            var byServer: [Int: [Int]] = [:]
+            for (k, server) in zip(keys, servers) {
+                if byServer[server] == nil { order.append(server) }
+                byServer[server, default: []].append(k)
+            }
+            if order.count == 1 { return forward([(order[0], raw)], merge: .asIs, &actions) }
+            forward(order.map { s in (s, RESP.array([args[0]] + byServer[s]!.flatMap { [args[$0], args[$0 + 1]] })) }, merge: .allOK, &actions)
+        default:
+            guard let first = servers.first, servers.allSatisfy({ $0 == first }) else {
+                return answer(RESP.error("CROSSSLOT Keys in request don't hash to the same server"))
+            }
+            forward([(first, raw)], merge: .asIs, &actions)
+        }
+    }
+
+    private mutating func forward(_ parts: [(Int, [UInt8])], merge: Pending.Merge, _ actions: inout [Action]) {
+        tagStarts.append(nextTag)
+        queue.append(Pending(parts: Array(repeating: nil, count: parts.count), merge: merge))
+        for (backend, command) in parts {
+            actions.append(.forward(backend: backend, tag: nextTag, command: command))
+            nextTag += 1
+        }
+    }
+
+    private mutating func local(_ name: String, _ args: [[UInt8]]) {
+        switch name {
+        case "PING": answer(args.count > 1 ? RESP.bulk(args[1]) : RESP.simple("PONG"))
+        case "ECHO": answer(args.count == 2 ? RESP.bulk(args[1]) : RESP.error("ERR wrong number of arguments for 'echo' command"))
+        case "QUIT": answer(RESP.simple("OK"), quit: true)
+        case "SELECT": answer(args.count == 2 && args[1] == [48] ? RESP.simple("OK") : RESP.error("ERR only database 0 exists through the proxy"))
+        case "COMMAND": answer(Array("*0\r\n".utf8))
+        case "HELLO":
+            answer(args.count > 1 && args[1] != [50] ? RESP.error("NOPROTO this proxy speaks RESP2 only") : RESP.error("ERR HELLO is not supported; RESP2 needs none"))
+        default: // AUTH [user] password
+            guard let password = limits.password else { return answer(RESP.error("ERR AUTH called without any password configured")) }
+            guard args.count == 2 || args.count == 3 else { return answer(RESP.error("ERR wrong number of arguments for 'auth' command")) }
+            authenticated = args.last! == password
+            answer(authenticated ? RESP.simple("OK") : RESP.error("WRONGPASS invalid username-password pair"))
+        }
+    }
+
+    // MARK: - Replies
+
+    private mutating func settle(_ tag: UInt64, _ bytes: [UInt8], _ actions: inout [Action]) {
+        // The pending command holding `tag`: the last one whose first tag is not above it.
+        var index = queue.count - 1
+        while index > 0 && tagStarts[index] > tag { index -= 1 }
+        guard index >= 0, tag >= tagStarts[index] else { return }
+        let part = Int(tag - tagStarts[index])
+        guard part < queue[index].parts.count else { return }
+        queue[index].parts[part] = bytes
+        flush(&actions)
+    }
+
+    /// Sends every finished command at the head of the queue, in order.
+    private mutating func flush(_ actions: inout [Action]) {
+        while let head = queue.first {
+            let reply: [UInt8]
+            if let ready = head.ready {
+                reply = ready
+            } else {
+                guard head.parts.allSatisfy({ $0 != nil }) else { break }
+                reply = merged(head)
+                if reply.first == UInt8(ascii: "-") { errors += 1 }
+            }
+            actions.append(.reply(reply))
+            queue.removeFirst()
+            tagStarts.removeFirst()
+            if head.quit { return close(.clientClosed, &actions) }
+        }
+        if eof && queue.isEmpty { close(.clientClosed, &actions) }
+    }
+
+    private func merged(_ p: Pending) -> [UInt8] {
+        let parts = p.parts.map { $0! }
+        if let error = parts.first(where: { $0.first == UInt8(ascii: "-") }) { return error }
+        switch p.merge {
+        case .asIs:
+            return parts[0]
+        case .allOK:
+            return RESP.simple("OK")
+        case .sum:
+            let total = parts.reduce(Int64(0)) { sum, part in
+                sum + (part.withUnsafeBytes { RESP.integer($0, 1..<part.count - 2) } ?? 0)
+            }
+            return RESP.integer(total)
+        case .values(let positions):
+            var values = [[UInt8]](repeating: Array("$-1\r\n".utf8), count: positions.reduce(0) { $0 + $1.count })
+            for (part, places) in zip(parts, positions) {
+                guard let elements = RESP.elements(part), elements.count == places.count else {
+                    return RESP.error("ERR a backend answered MGET with something else")
+                }
+                for (range, place) in zip(elements, places) { values[place] = Array(part[range]) }
+            }
+            return Array("*\(values.count)\r\n".utf8) + values.flatMap { $0 }
+        }
+    }
+
+    private mutating func close(_ reason: CloseReason, _ actions: inout [Action]) {
+        guard !closing else { return }
+        closing = true
+        actions.append(.close(reason))
+    }
+}

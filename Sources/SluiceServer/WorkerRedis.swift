@@ -1,0 +1,324 @@
+import Atomics
+import Glibc
+import Logging
+import SluiceCore
+import SluicePosix
+
+/// A client of a `mode: redis` listener: its session and what is queued for it.
+final class RedisClient {
+    let id: UInt64
+    let listener: RuntimeListener
+    let fd: Int32
+    let address: SocketAddress
+    let startedNanoseconds = monotonicNanoseconds()
+    var session: RedisSession
+    var output: [UInt8] = []
+    var wantsRead = false
+    var closing = false
+    var added = false
+    var armed: EpollEvents?
+    var bytesIn: UInt64 = 0
+    var bytesOut: UInt64 = 0
+
+    init(id: UInt64, listener: RuntimeListener, fd: Int32, address: SocketAddress, session: RedisSession) {
+        self.id = id
+        self.listener = listener
+        self.fd = fd
+        self.address = address
+        self.session = session
+    }
+}
+
+/// One of a worker's connections to a Redis backend, shared by its clients:
+/// commands go out in order, and replies come back in that order, so the
+/// FIFO of (client, tag) says whose each reply is.
+final class RedisLink {
+    let index: Int
+    let pool: RuntimePool
+    let backend: Int
+    var fd: Int32 = -1
+    var connecting = false
+    var output: [UInt8] = []
+    var input: [UInt8] = []
+    var waiting: [(client: UInt64, tag: UInt64)] = []
+    var waitingHead = 0
+    var added = false
+    var armed: EpollEvents?
+    var connectTimer: TimerID?
+
+    init(index: Int, pool: RuntimePool, backend: Int) {
+        self.index = index
+        self.pool = pool
+        self.backend = backend
+    }
+}
+
+// `mode: redis`: clients' commands through their sessions, out over a few
+// shared connections per backend, replies back to whoever is owed them.
+extension Worker {
+    /// Slot → backend: the 16,384 slots in even, contiguous ranges over the pool's backends.
+    static func slotTable(backends: Int) -> [Int] {
+        guard backends > 0 else { return [] }
+        return (0..<RedisSlot.count).map { $0 * backends / RedisSlot.count }
+    }
+
+    func acceptRedis(_ listener: RuntimeListener, client fd: Int32, address: SocketAddress) {
+        var limits = RedisSession.Limits()
+        limits.password = listener.config.redis?.password.map { Array($0.utf8) }
+        let client = RedisClient(id: nextSessionID, listener: listener, fd: fd, address: address,
+                                 session: RedisSession(limits: limits, slots: Self.slotTable(backends: listener.pool.addresses.count)))
+        nextSessionID += 1
+        redisClients[client.id] = client
+        drive(client) { $0.start(into: &$1) }
+        flushRedis()
+    }
+
+    func drive(_ client: RedisClient, _ step: (inout RedisSession, inout [RedisSession.Action]) -> Void) {
+        var actions: [RedisSession.Action] = []
+        step(&client.session, &actions)
+        for action in actions where !client.closing || !isForward(action) {
+            switch action {
+            case .read: client.wantsRead = true
+            case .reply(let bytes):
+                client.output += bytes
+                client.bytesOut += UInt64(bytes.count)
+            case .forward(let backend, let tag, let command): forward(client, backend, tag, command)
+            case .close: client.closing = true
+            }
+        }
+        redisDirtyClients.append(client)
+    }
+
+    /// Writes what the last event queued, once per socket: a pipeline of
+    /// commands (or of replies) goes out in one write, not one per command.
+    func flushRedis() {
+        while !redisDirtyLinks.isEmpty || !redisDirtyClients.isEmpty {
+            let links = redisDirtyLinks, clients = redisDirtyClients
+            redisDirtyLinks.removeAll(keepingCapacity: true)
+            redisDirtyClients.removeAll(keepingCapacity: true)
+            for link in links where link.fd >= 0 && !link.connecting { flush(link) }
+            for client in clients where redisClients[client.id] === client { flush(client) }
+        }
+    }
+
+    private func isForward(_ action: RedisSession.Action) -> Bool { if case .forward = action { return true } else { return false } }
+
+    func redisClientReady(_ id: UInt64, _ events: EpollEvents) {
+        guard let client = redisClients[id] else { return }
+        defer { flushRedis() }
+        client.armed = nil
+        if events.contains(.writable) || !events.isDisjoint(with: [.error, .hangup]) { flush(client) }
+        guard redisClients[id] != nil, client.wantsRead, !client.closing,
+              events.contains(.readable) || !events.isDisjoint(with: [.error, .hangup]) else { return arm(client) }
+        let buffer = takeBuffer()
+        defer { var scratch = Carrier(buffer: buffer); releaseCarrier(&scratch) }
+        switch try? Socket.read(client.fd, into: buffer) {
+        case .bytes(let n)?:
+            client.wantsRead = false
+            client.bytesIn += UInt64(n)
+            let bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
+            drive(client) { $0.receive(bytes, into: &$1) }
+        case .wouldBlock?:
+            arm(client)
+        case .endOfFile?, nil:
+            client.wantsRead = false
+            drive(client) { $0.handle(.endOfFile, into: &$1) }
+        }
+    }
+
+    /// Writes what is queued; closes a closing client once it is all out.
+    private func flush(_ client: RedisClient) {
+        while !client.output.isEmpty {
+            let result = client.output.withUnsafeBytes { raw in Result { () throws(SystemCallError) in try Socket.write(client.fd, from: raw) } }
+            switch result {
+            case .success(.done(let n)): client.output.removeFirst(n)
+            case .success(.wouldBlock): return arm(client)
+            case .failure: return closeRedis(client)
+            }
+        }
+        if client.closing { return closeRedis(client) }
+        arm(client)
+    }
+
+    private func arm(_ client: RedisClient) {
+        var interest: EpollEvents = []
+        if client.wantsRead && !client.closing { interest.insert(.readable) }
+        if !client.output.isEmpty { interest.insert(.writable) }
+        guard !interest.isEmpty, client.armed != interest else { return }
+        let token = Self.redisClientKind | client.id
+        do {
+            if client.added { try epoll.modify(client.fd, interest.union(.oneShot), token: token) } else {
+                try epoll.add(client.fd, interest.union(.oneShot), token: token)
+                client.added = true
+            }
+            client.armed = interest
+        } catch {
+            closeRedis(client)
+        }
+    }
+
+    func closeRedis(_ client: RedisClient) {
+        guard redisClients.removeValue(forKey: client.id) != nil else { return }
+        closeDescriptor(client.fd)
+        client.listener.counters.release(.active)
+        releaseActive()
+        guard let accessLogger else { return }
+        let record = AccessRecord(
+            worker: id, listener: client.listener.name, client: client.address.description, backend: nil,
+            bytesFromClient: client.bytesIn, bytesToClient: client.bytesOut,
+            durationMicroseconds: (monotonicNanoseconds() &- client.startedNanoseconds) / 1000, dataPath: "redis",
+            closeReason: "client_closed", redis: (client.session.commands, client.session.errors))
+        if let line = record.render(settings.accessLog) { accessLogger.write(line: line) }
+    }
+
+    // MARK: - Backend links
+
+    private func link(_ pool: RuntimePool, _ backend: Int, tag: UInt64, count: Int) -> RedisLink {
+        let key = "\(pool.name)/\(backend)/\(tag % UInt64(count))"
+        if let index = redisLinkIndex[key] { return redisLinks[index] }
+        let link = RedisLink(index: redisLinks.count, pool: pool, backend: backend)
+        redisLinks.append(link)
+        redisLinkIndex[key] = link.index
+        return link
+    }
+
+    private func forward(_ client: RedisClient, _ backend: Int, _ tag: UInt64, _ command: [UInt8]) {
+        let count = client.listener.config.redis?.connectionsPerBackend ?? 1
+        let link = link(client.listener.pool, backend, tag: UInt64(client.id), count: count)
+        link.output += command
+        link.waiting.append((client.id, tag))
+        if link.fd < 0 { connect(link) } else if !link.connecting { redisDirtyLinks.append(link) }
+    }
+
+    private func connect(_ link: RedisLink) {
+        do {
+            link.fd = try Socket.tcp(family: link.pool.addresses[link.backend].family)
+            Socket.setNoDelay(link.fd)
+            link.added = false
+            link.armed = nil
+            switch try Socket.connect(link.fd, to: link.pool.addresses[link.backend]) {
+            case .connected: link.connecting = false; flush(link)
+            case .inProgress:
+                link.connecting = true
+                arm(link)
+                let deadline = monotonicMilliseconds().saturatingAdd(2000)
+                link.connectTimer = timers.schedule(at: deadline, .redisConnect(link: link.index))
+            }
+        } catch {
+            fail(link, "connect: \(errnoDescription(error.errno))")
+        }
+    }
+
+    func redisConnectTimedOut(_ index: Int) {
+        let link = redisLinks[index]
+        defer { flushRedis() }
+        link.connectTimer = nil
+        if link.connecting { fail(link, "connect timed out") }
+    }
+
+    func redisLinkReady(_ index: Int, _ events: EpollEvents) {
+        let link = redisLinks[index]
+        defer { flushRedis() }
+        link.armed = nil
+        guard link.fd >= 0 else { return }
+        if link.connecting {
+            guard events.contains(.writable), events.isDisjoint(with: [.error, .hangup]) else {
+                return fail(link, errnoDescription(Socket.pendingError(link.fd)))
+            }
+            link.connecting = false
+            if let timer = link.connectTimer { _ = timers.cancel(timer); link.connectTimer = nil }
+        }
+        if events.contains(.readable) || !events.isDisjoint(with: [.error, .hangup]) { read(link) }
+        if link.fd >= 0 { flush(link) }
+    }
+
+    private func read(_ link: RedisLink) {
+        let buffer = takeBuffer()
+        defer { var scratch = Carrier(buffer: buffer); releaseCarrier(&scratch) }
+        while link.fd >= 0 {
+            switch try? Socket.read(link.fd, into: buffer) {
+            case .bytes(let n)?:
+                link.input.append(contentsOf: UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+                deliver(link)
+                if n < buffer.count { return }
+            case .wouldBlock?: return
+            case .endOfFile?, nil: return fail(link, "the backend closed the connection")
+            }
+        }
+    }
+
+    /// Hands every whole reply in the link's input to the client it belongs to.
+    private func deliver(_ link: RedisLink) {
+        var offset = 0
+        while link.waitingHead < link.waiting.count {
+            let scan = link.input.withUnsafeBytes { RESP.scan(UnsafeRawBufferPointer(rebasing: $0[offset...])) }
+            guard case .complete(let length) = scan else {
+                if case .invalid(let reason) = scan { link.input.removeFirst(offset); return fail(link, "bad reply: \(reason)") }
+                break
+            }
+            let reply = Array(link.input[offset..<offset + length])
+            offset += length
+            let (owner, tag) = link.waiting[link.waitingHead]
+            link.waitingHead += 1
+            if let client = redisClients[owner] { drive(client) { $0.handle(.reply(tag: tag, reply), into: &$1) } }
+        }
+        link.input.removeFirst(offset)
+        if link.waitingHead > 1024 || link.waitingHead == link.waiting.count {
+            link.waiting.removeFirst(link.waitingHead)
+            link.waitingHead = 0
+        }
+    }
+
+    private func flush(_ link: RedisLink) {
+        while !link.output.isEmpty && link.fd >= 0 {
+            let result = link.output.withUnsafeBytes { raw in Result { () throws(SystemCallError) in try Socket.write(link.fd, from: raw) } }
+            switch result {
+            case .success(.done(let n)): link.output.removeFirst(n)
+            case .success(.wouldBlock): return arm(link)
+            case .failure(let error): return fail(link, errnoDescription(error.errno))
+            }
+        }
+        arm(link)
+    }
+
+    private func arm(_ link: RedisLink) {
+        guard link.fd >= 0 else { return }
+        var interest: EpollEvents = [.readable]
+        if link.connecting || !link.output.isEmpty { interest.insert(.writable) }
+        guard link.armed != interest else { return }
+        let token = Self.redisLinkKind | UInt64(link.index)
+        do {
+            if link.added { try epoll.modify(link.fd, interest.union(.oneShot), token: token) } else {
+                try epoll.add(link.fd, interest.union(.oneShot), token: token)
+                link.added = true
+            }
+            link.armed = interest
+        } catch {
+            fail(link, "epoll: \(error)")
+        }
+    }
+
+    /// The link is gone: every command waiting on it gets an error reply now
+    /// (no client hangs on a dead backend); the next command reconnects.
+    private func fail(_ link: RedisLink, _ reason: String) {
+        if link.fd >= 0 { closeDescriptor(link.fd) }
+        link.fd = -1
+        link.connecting = false
+        if let timer = link.connectTimer { _ = timers.cancel(timer); link.connectTimer = nil }
+        link.output.removeAll()
+        link.input.removeAll()
+        let owed = link.waiting[link.waitingHead...]
+        link.waiting.removeAll()
+        link.waitingHead = 0
+        let now = monotonicMilliseconds()
+        if link.pool.noteFailure(link.backend, now: now) != nil {
+            logger.warning("redis backend ejected after consecutive failures", metadata: ["backend": "\(link.pool.addresses[link.backend])"])
+        }
+        logger.warning("redis backend connection failed", metadata: [
+            "backend": "\(link.pool.addresses[link.backend])", "reason": "\(reason)", "commands_failed": "\(owed.count)",
+        ])
+        for (owner, tag) in owed {
+            if let client = redisClients[owner] { drive(client) { $0.handle(.failed(tag: tag, reason: reason), into: &$1) } }
+        }
+    }
+}

@@ -1,0 +1,145 @@
+import Foundation
+import Glibc
+import Testing
+
+let redisPeerScript = packageRoot.appendingPathComponent("Tests/SluiceEndToEndTests/Scripts/redispeer.py").path
+
+/// A `redis-server` on loopback, no persistence, stopped with the value.
+final class RedisServer {
+    let port = freePort()
+    let process = Process()
+
+    init() throws {
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/redis-server")
+        process.arguments = ["--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "no"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        try waitForPort(port)
+    }
+
+    var address: String { "127.0.0.1:\(port)" }
+
+    func kill() {
+        Glibc.kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    deinit { if process.isRunning { kill() } }
+}
+
+/// redis-cli against `port`, one command per call; its output, trimmed.
+func redisCLI(_ port: UInt16, _ arguments: [String]) throws -> String {
+    let (_, out) = try runCommand("/usr/bin/redis-cli", ["-p", "\(port)"] + arguments)
+    return out.trimmingCharacters(in: .whitespacesAndNewlines)
+}
+
+func redisConfig(port: UInt16, servers: [RedisServer], extra: String = "") -> String {
+    """
+    instance: e2e\(port)
+    workers: 2
+    log: { level: info, access: text, file: stderr }
+    admin: off
+    listeners:
+      - { name: cache, bind: "127.0.0.1:\(port)", pool: redis, mode: redis\(extra) }
+    pools:
+      - name: redis
+        backends: [ \(servers.map { "{ address: \"\($0.address)\" }" }.joined(separator: ", ")) ]
+    """
+}
+
+@Suite("mode: redis with real redis-server instances", .serialized)
+struct RedisEndToEndTests {
+    @Test("commands through the proxy: keys spread over 3 servers, MSET/MGET/DEL split and merged, hash tags, CROSSSLOT, local and refused commands")
+    func families() throws {
+        let servers = try (0..<3).map { _ in try RedisServer() }
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: redisConfig(port: port, servers: servers))
+        #expect(try redisCLI(port, ["PING"]) == "PONG" && redisCLI(port, ["ECHO", "hi"]) == "hi")
+        #expect(try redisCLI(port, ["SET", "foo", "bar"]) == "OK" && redisCLI(port, ["GET", "foo"]) == "bar")
+        let keys = (0..<30).map { "key:\($0)" }
+        #expect(try redisCLI(port, ["MSET"] + keys.flatMap { [$0, "v-\($0)"] }) == "OK")
+        let values = try redisCLI(port, ["MGET"] + keys).split(separator: "\n").map(String.init)
+        #expect(values == keys.map { "v-\($0)" }, "in the keys' order")
+        #expect(try redisCLI(port, ["MGET", "key:0", "missing", "key:1"]) == "v-key:0\n\nv-key:1", "a nil where a key is missing")
+        let counts = try servers.map { Int(try redisCLI($0.port, ["DBSIZE"])) ?? -1 }
+        #expect(counts.allSatisfy { $0 > 0 } && counts.reduce(0, +) == 31, "every server holds some: \(counts)")
+        #expect(try redisCLI(port, ["EXISTS"] + keys) == "30" && redisCLI(port, ["DEL"] + keys.prefix(10)) == "10")
+        // Tagged keys share a server: commands that need that work on them.
+        #expect(try redisCLI(port, ["SADD", "{u1}.a", "x", "y"]) == "2" && redisCLI(port, ["SADD", "{u1}.b", "y"]) == "1")
+        #expect(try redisCLI(port, ["SINTER", "{u1}.a", "{u1}.b"]) == "y")
+        let cross = try redisCLI(port, ["SINTER", "key:10", "key:11", "key:12", "key:13", "key:14", "foo"])
+        #expect(cross.hasPrefix("CROSSSLOT"), "\(cross)")
+        #expect(try redisCLI(port, ["BLPOP", "q", "1"]).contains("blocking commands are not supported"))
+        #expect(try redisCLI(port, ["FLUSHALL"]).contains("not supported"))
+        #expect(try redisCLI(port, ["SELECT", "0"]) == "OK")
+        // One connection: a refusal leaves it open for the next command.
+        let fd = try connectTCP("127.0.0.1", port)
+        #expect(sendAll(fd, Array("KEYS *\r\nGET foo\r\nQUIT\r\n".utf8)))
+        let replies = String(decoding: readToEnd(fd).bytes, as: UTF8.self)
+        close(fd)
+        #expect(replies.hasPrefix("-ERR KEYS across shards") && replies.hasSuffix("$3\r\nbar\r\n+OK\r\n"), "\(replies.debugDescription)")
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+        #expect(sluice.log.contains("path=redis reason=client_closed commands=3 errors=1"), "\(sluice.log)")
+    }
+
+    @Test("a pipeline of 10,000 commands (redis-cli --pipe), and 200 concurrent redis-py clients with checksummed values")
+    func pipelinesAndClients() throws {
+        let servers = try (0..<3).map { _ in try RedisServer() }
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: redisConfig(port: port, servers: servers)
+            .replacingOccurrences(of: "access: text", with: "access: off"))
+        let input = (0..<10_000).map { "SET pipe:\($0) \($0)\r\n" }.joined()
+        let file = NSTemporaryDirectory() + "sluice-pipe-\(port).txt"
+        try input.write(toFile: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let (_, piped) = try runCommand("/bin/sh", ["-c", "redis-cli -p \(port) --pipe < \(file)"])
+        #expect(piped.contains("errors: 0, replies: 10000"), "\(piped)")
+        let (_, out) = try runCommand("/usr/bin/env", ["python3", redisPeerScript, "load", "\(port)", "200", "20"])
+        let result = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any], "\(out)")
+        #expect(result["ok"] as? Int == 200 && result["bad"] as? Int == 0 && result["failed"] as? Int == 0, "\(result)")
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+    }
+
+    @Test("a backend killed mid-pipeline: its commands get -ERR at once, the other shards keep serving; malformed RESP gets an error and a close, no crash")
+    func failures() throws {
+        let servers = try (0..<3).map { _ in try RedisServer() }
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: redisConfig(port: port, servers: servers))
+        let keys = (0..<60).map { "k\($0)" }
+        #expect(try redisCLI(port, ["MSET"] + keys.flatMap { [$0, "v"] }) == "OK")
+        servers[1].kill()
+        let started = Date()
+        let fd = try connectTCP("127.0.0.1", port)
+        #expect(sendAll(fd, Array(keys.map { "GET \($0)\r\n" }.joined().utf8) + Array("QUIT\r\n".utf8)))
+        let replies = String(decoding: readToEnd(fd).bytes, as: UTF8.self)
+        close(fd)
+        #expect(Date().timeIntervalSince(started) < 3, "no hang on the dead shard")
+        let errors = replies.components(separatedBy: "-ERR backend unavailable").count - 1
+        let values = replies.components(separatedBy: "$1\r\nv\r\n").count - 1
+        #expect(errors > 0 && values > 0 && errors + values == 60, "\(errors) errors, \(values) values")
+        for bad in ["*1\r\n$-5\r\n", "*1\r\n$999999999999\r\n", "*1\r\n$3\r\nGET\n\r\n", String(repeating: "*1\r\n", count: 3) + "$4\r\nPING\r\n"] {
+            let fd = try connectTCP("127.0.0.1", port)
+            _ = sendAll(fd, Array(bad.utf8))
+            let answer = String(decoding: readToEnd(fd).bytes, as: UTF8.self)
+            close(fd)
+            #expect(answer.hasPrefix("-ERR Protocol error"), "\(bad.debugDescription): \(answer.debugDescription)")
+        }
+        #expect(try redisCLI(port, ["PING"]) == "PONG", "still serving")
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+    }
+
+    @Test("AUTH against redis.password: NOAUTH before it, WRONGPASS for a bad one")
+    func auth() throws {
+        let servers = [try RedisServer()]
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: redisConfig(port: port, servers: servers, extra: ", redis: { password: s3cret }"))
+        #expect(try redisCLI(port, ["GET", "a"]).hasPrefix("NOAUTH"))
+        let fd = try connectTCP("127.0.0.1", port)
+        #expect(sendAll(fd, Array("AUTH nope\r\nAUTH s3cret\r\nSET a 1\r\nGET a\r\nQUIT\r\n".utf8)))
+        let replies = String(decoding: readToEnd(fd).bytes, as: UTF8.self)
+        close(fd)
+        #expect(replies == "-WRONGPASS invalid username-password pair\r\n+OK\r\n+OK\r\n$1\r\n1\r\n+OK\r\n", "\(replies.debugDescription)")
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+    }
+}
