@@ -126,7 +126,7 @@ final class Worker: @unchecked Sendable {
     /// `mode: redis` clients, and this worker's connections to Redis backends.
     var redisClients: [UInt64: RedisClient] = [:]
     var redisLinks: [RedisLink] = []
-    var redisLinkIndex: [String: Int] = [:]
+    var redisLinkIndex: [RedisLinkKey: Int] = [:]
     var redisDirtyClients: [RedisClient] = []
     var redisDirtyLinks: [RedisLink] = []
     /// Clients whose PROXY header is still to come.
@@ -251,6 +251,9 @@ final class Worker: @unchecked Sendable {
             for (_, timer) in timers.advance(to: wokeAt / 1_000_000) {
                 fire(timer)
             }
+            // Redis writes wait for the whole batch of events: the commands of
+            // many clients go to a backend in one write.
+            if !redisDirtyLinks.isEmpty || !redisDirtyClients.isEmpty { flushRedis() }
             if commandsWaiting {
                 commandsWaiting = false
                 processCommands()

@@ -29,6 +29,15 @@ final class RedisClient {
     }
 }
 
+/// Which of a worker's links a command takes: the pool's backend, and one
+/// of its `connections_per_backend` lanes (by client, so that one client's
+/// commands to a server stay on one connection, in order).
+struct RedisLinkKey: Hashable {
+    let pool: ObjectIdentifier
+    let backend: Int
+    let lane: Int
+}
+
 /// One of a worker's connections to a Redis backend, shared by its clients:
 /// commands go out in order, and replies come back in that order, so the
 /// FIFO of (client, tag) says whose each reply is.
@@ -70,7 +79,6 @@ extension Worker {
         nextSessionID += 1
         redisClients[client.id] = client
         drive(client) { $0.start(into: &$1) }
-        flushRedis()
     }
 
     func drive(_ client: RedisClient, _ step: (inout RedisSession, inout [RedisSession.Action]) -> Void) {
@@ -89,8 +97,8 @@ extension Worker {
         redisDirtyClients.append(client)
     }
 
-    /// Writes what the last event queued, once per socket: a pipeline of
-    /// commands (or of replies) goes out in one write, not one per command.
+    /// Writes what a batch of events queued, once per socket: the commands of
+    /// a pipeline, or of many clients, go out in one write, not one each.
     func flushRedis() {
         while !redisDirtyLinks.isEmpty || !redisDirtyClients.isEmpty {
             let links = redisDirtyLinks, clients = redisDirtyClients
@@ -105,7 +113,6 @@ extension Worker {
 
     func redisClientReady(_ id: UInt64, _ events: EpollEvents) {
         guard let client = redisClients[id] else { return }
-        defer { flushRedis() }
         client.armed = nil
         if events.contains(.writable) || !events.isDisjoint(with: [.error, .hangup]) { flush(client) }
         guard redisClients[id] != nil, client.wantsRead, !client.closing,
@@ -174,7 +181,7 @@ extension Worker {
     // MARK: - Backend links
 
     private func link(_ pool: RuntimePool, _ backend: Int, tag: UInt64, count: Int) -> RedisLink {
-        let key = "\(pool.name)/\(backend)/\(tag % UInt64(count))"
+        let key = RedisLinkKey(pool: ObjectIdentifier(pool), backend: backend, lane: Int(tag % UInt64(count)))
         if let index = redisLinkIndex[key] { return redisLinks[index] }
         let link = RedisLink(index: redisLinks.count, pool: pool, backend: backend)
         redisLinks.append(link)
@@ -218,7 +225,6 @@ extension Worker {
 
     func redisLinkReady(_ index: Int, _ events: EpollEvents) {
         let link = redisLinks[index]
-        defer { flushRedis() }
         link.armed = nil
         guard link.fd >= 0 else { return }
         if link.connecting {

@@ -46,7 +46,10 @@ public struct RedisSession: Sendable {
     /// when backends change health); empty: no backend at all.
     public var slots: [Int]
     private var buffer: [UInt8] = []
+    /// Commands in flight from `head` on (those before it are answered and
+    /// dropped in batches: no shifting of the whole queue per reply).
     private var queue: [Pending] = []
+    private var head = 0
     /// The tag of `queue[0]`'s first part; tags count up from there.
     private var firstTag: UInt64 = 1
     private var nextTag: UInt64 = 1
@@ -65,7 +68,7 @@ public struct RedisSession: Sendable {
         self.authenticated = limits.password == nil
     }
 
-    public var inFlight: Int { queue.count }
+    public var inFlight: Int { queue.count - head }
 
     public mutating func start(into actions: inout [Action]) { actions.append(.read) }
 
@@ -87,7 +90,7 @@ public struct RedisSession: Sendable {
             takeCommands(&actions)
         case .endOfFile:
             eof = true
-            if queue.isEmpty { close(.clientClosed, &actions) }
+            if inFlight == 0 { close(.clientClosed, &actions) }
         }
     }
 
@@ -96,7 +99,7 @@ public struct RedisSession: Sendable {
     private mutating func takeCommands(_ actions: inout [Action]) {
         var offset = 0
         defer { if offset > 0 { buffer.removeFirst(offset) } }
-        while queue.count < limits.maxInFlight && !closing {
+        while inFlight < limits.maxInFlight && !closing {
             let parsed = buffer.withUnsafeBytes { raw in RESP.command(UnsafeRawBufferPointer(rebasing: raw[offset...]), limits: limits.resp) }
             switch parsed {
             case .incomplete:
@@ -199,8 +202,8 @@ public struct RedisSession: Sendable {
     private mutating func settle(_ tag: UInt64, _ bytes: [UInt8], _ actions: inout [Action]) {
         // The pending command holding `tag`: the last one whose first tag is not above it.
         var index = queue.count - 1
-        while index > 0 && tagStarts[index] > tag { index -= 1 }
-        guard index >= 0, tag >= tagStarts[index] else { return }
+        while index > head && tagStarts[index] > tag { index -= 1 }
+        guard index >= head, tag >= tagStarts[index] else { return }
         let part = Int(tag - tagStarts[index])
         guard part < queue[index].parts.count else { return }
         queue[index].parts[part] = bytes
@@ -209,21 +212,29 @@ public struct RedisSession: Sendable {
 
     /// Sends every finished command at the head of the queue, in order.
     private mutating func flush(_ actions: inout [Action]) {
-        while let head = queue.first {
+        defer {
+            if head > 64 && head * 2 > queue.count {
+                queue.removeFirst(head)
+                tagStarts.removeFirst(head)
+                head = 0
+            }
+        }
+        while head < queue.count {
+            let first = queue[head]
             let reply: [UInt8]
-            if let ready = head.ready {
+            if let ready = first.ready {
                 reply = ready
             } else {
-                guard head.parts.allSatisfy({ $0 != nil }) else { break }
-                reply = merged(head)
+                guard first.parts.allSatisfy({ $0 != nil }) else { break }
+                reply = merged(first)
                 if reply.first == UInt8(ascii: "-") { errors += 1 }
             }
             actions.append(.reply(reply))
-            queue.removeFirst()
-            tagStarts.removeFirst()
-            if head.quit { return close(.clientClosed, &actions) }
+            queue[head] = Pending(parts: [], merge: .asIs) // its bytes go now
+            head += 1
+            if first.quit { return close(.clientClosed, &actions) }
         }
-        if eof && queue.isEmpty { close(.clientClosed, &actions) }
+        if eof && inFlight == 0 { close(.clientClosed, &actions) }
     }
 
     private func merged(_ p: Pending) -> [UInt8] {
