@@ -135,12 +135,19 @@ final class HealthChecker: @unchecked Sendable {
             switch outcome {
             case .bytes(let n)?:
                 probe.response += chunk[0..<n]
+                if targets[i].check.kind == .redis {
+                    guard probe.response.contains(10) else { continue }
+                    let pong = probe.response.starts(with: Array("+PONG\r\n".utf8))
+                    finish(i, passed: pong, why: pong ? "PONG" : "the answer to PING is not +PONG")
+                    return
+                }
                 if let verdict = httpStatusCode(probe.response) { judge(i, status: verdict); return }
             case .wouldBlock?:
                 return
             default:
                 if let verdict = httpStatusCode(probe.response + [10]) { judge(i, status: verdict) } else {
-                    finish(i, passed: false, why: "the connection closed before a status line")
+                    finish(i, passed: false, why: targets[i].check.kind == .redis ? "the connection closed before +PONG"
+                        : "the connection closed before a status line")
                 }
                 return
             }
@@ -151,7 +158,7 @@ final class HealthChecker: @unchecked Sendable {
         let target = targets[i]
         // A backend that expects a PROXY header gets v2 LOCAL (or v1 UNKNOWN): "this is the proxy itself".
         let header = ProxyHeader.local(target.pool.config.proxyProtocol)
-        guard target.check.kind == .http, let probe = probes[i] else {
+        guard target.check.kind != .tcp, let probe = probes[i] else {
             if let probe = probes[i], !header.isEmpty {
                 _ = header.withUnsafeBytes { raw in try? Socket.write(probe.fd, from: raw) }
             }
@@ -159,7 +166,8 @@ final class HealthChecker: @unchecked Sendable {
             return
         }
         let address = target.pool.addresses[target.index]
-        let request = "GET \(target.check.path) HTTP/1.1\r\nHost: \(address)\r\nUser-Agent: sluice-health-check\r\n"
+        let request = target.check.kind == .redis ? "PING\r\n"
+            : "GET \(target.check.path) HTTP/1.1\r\nHost: \(address)\r\nUser-Agent: sluice-health-check\r\n"
             + "Accept: */*\r\nConnection: close\r\n\r\n"
         let bytes = header + Array(request.utf8)
         let sent = bytes.withUnsafeBytes { raw in Result { () throws(SystemCallError) in try Socket.write(probe.fd, from: raw) } }

@@ -12,6 +12,8 @@ public final class RuntimePool: Sendable {
     public let addresses: [SocketAddress]
     public let active: [ManagedAtomic<Int>]
     public let connectFailures: [ManagedAtomic<Int>]
+    /// `mode: redis`: commands (and split parts) sent to each backend.
+    public let redisCommands: [ManagedAtomic<UInt64>]
     /// Drained by the admin socket: no new connections, existing ones finish.
     public let drained: [ManagedAtomic<Bool>]
     /// The active health checks' verdict (true without checks).
@@ -39,6 +41,7 @@ public final class RuntimePool: Sendable {
         let n = config.backends.count
         active = (0..<n).map { _ in ManagedAtomic(0) }
         connectFailures = (0..<n).map { _ in ManagedAtomic(0) }
+        redisCommands = (0..<n).map { _ in ManagedAtomic(0) }
         drained = (0..<n).map { _ in ManagedAtomic(false) }
         checkedUp = (0..<n).map { _ in ManagedAtomic(true) }
         ejectedUntil = (0..<n).map { _ in ManagedAtomic(0) }
@@ -109,6 +112,9 @@ public final class RuntimeListener: Sendable {
     /// The pool name status and metrics show: "-" for an HTTP listener
     /// without a pool of its own (requests no route matches get 404).
     public var poolLabel: String { config.http?.fallback == false ? "-" : pool.name }
+
+    /// `mode: redis`: commands by `RedisFamily`.
+    public let redisFamilies = RedisFamily.allCases.map { _ in ManagedAtomic<UInt64>(0) }
 
     /// Connections closed for a missing, malformed or late PROXY header.
     public let proxyHeaderRejected = ManagedAtomic<UInt64>(0)

@@ -171,6 +171,21 @@ extension Server {
         for listener in liveListeners where listener.config.proxyProtocol.accept != .off {
             out.sample(rejected, ["listener": listener.name], Double(listener.proxyHeaderRejected.load(ordering: .relaxed)))
         }
+        let families = "sluice_redis_commands_total"
+        out.family(families, "counter", "Commands from clients of mode redis listeners, per family.")
+        for listener in liveListeners where listener.config.mode == .redis {
+            for family in RedisFamily.allCases {
+                out.sample(families, ["listener": listener.name, "family": family.name],
+                           Double(listener.redisFamilies[family.rawValue].load(ordering: .relaxed)))
+            }
+        }
+        let sent = "sluice_redis_backend_commands_total"
+        out.family(sent, "counter", "Commands (and parts of split ones) sent to each Redis backend.")
+        for pool in livePools where liveListeners.contains(where: { $0.config.mode == .redis && $0.pool === pool }) {
+            for (i, address) in pool.addresses.enumerated() {
+                out.sample(sent, ["pool": pool.name, "backend": "\(address)"], Double(pool.redisCommands[i].load(ordering: .relaxed)))
+            }
+        }
         let tunnels = "sluice_http_tunnels_open"
         out.family(tunnels, "gauge", "WebSocket (and CONNECT) tunnels open, per HTTP listener.")
         for listener in liveListeners {

@@ -19,6 +19,8 @@ final class RedisClient {
     var armed: EpollEvents?
     var bytesIn: UInt64 = 0
     var bytesOut: UInt64 = 0
+    /// The session's per-family counts already added to the listener's.
+    var countedFamilies = [UInt64](repeating: 0, count: RedisFamily.allCases.count)
 
     init(id: UInt64, listener: RuntimeListener, fd: Int32, address: SocketAddress, session: RedisSession) {
         self.id = id
@@ -84,6 +86,10 @@ extension Worker {
     func drive(_ client: RedisClient, _ step: (inout RedisSession, inout [RedisSession.Action]) -> Void) {
         var actions: [RedisSession.Action] = []
         step(&client.session, &actions)
+        for (k, count) in client.session.byFamily.enumerated() where count != client.countedFamilies[k] {
+            client.listener.redisFamilies[k].wrappingIncrement(by: count &- client.countedFamilies[k], ordering: .relaxed)
+            client.countedFamilies[k] = count
+        }
         for action in actions where !client.closing || !isForward(action) {
             switch action {
             case .read: client.wantsRead = true
@@ -194,6 +200,7 @@ extension Worker {
         let link = link(client.listener.pool, backend, tag: UInt64(client.id), count: count)
         link.output += command
         link.waiting.append((client.id, tag))
+        link.pool.redisCommands[backend].wrappingIncrement(ordering: .relaxed)
         if link.fd < 0 { connect(link) } else if !link.connecting { redisDirtyLinks.append(link) }
     }
 

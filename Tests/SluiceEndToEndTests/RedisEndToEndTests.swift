@@ -34,16 +34,16 @@ func redisCLI(_ port: UInt16, _ arguments: [String]) throws -> String {
     return out.trimmingCharacters(in: .whitespacesAndNewlines)
 }
 
-func redisConfig(port: UInt16, servers: [RedisServer], extra: String = "") -> String {
+func redisConfig(port: UInt16, servers: [RedisServer], extra: String = "", admin: String = "admin: off", pool: String = "") -> String {
     """
     instance: e2e\(port)
     workers: 2
     log: { level: info, access: text, file: stderr }
-    admin: off
+    \(admin)
     listeners:
       - { name: cache, bind: "127.0.0.1:\(port)", pool: redis, mode: redis\(extra) }
     pools:
-      - name: redis
+      - name: redis\(pool)
         backends: [ \(servers.map { "{ address: \"\($0.address)\" }" }.joined(separator: ", ")) ]
     """
 }
@@ -53,8 +53,9 @@ struct RedisEndToEndTests {
     @Test("commands through the proxy: keys spread over 3 servers, MSET/MGET/DEL split and merged, hash tags, CROSSSLOT, local and refused commands")
     func families() throws {
         let servers = try (0..<3).map { _ in try RedisServer() }
-        let port = freePort()
-        let sluice = try SluiceProcess.run(config: redisConfig(port: port, servers: servers))
+        let port = freePort(), metricsPort = freePort()
+        let sluice = try SluiceProcess.run(config: redisConfig(port: port, servers: servers,
+                                                               admin: "admin: { metrics: \"127.0.0.1:\(metricsPort)\" }"))
         #expect(try redisCLI(port, ["PING"]) == "PONG" && redisCLI(port, ["ECHO", "hi"]) == "hi")
         #expect(try redisCLI(port, ["SET", "foo", "bar"]) == "OK" && redisCLI(port, ["GET", "foo"]) == "bar")
         let keys = (0..<30).map { "key:\($0)" }
@@ -79,6 +80,15 @@ struct RedisEndToEndTests {
         let replies = String(decoding: readToEnd(fd).bytes, as: UTF8.self)
         close(fd)
         #expect(replies.hasPrefix("-ERR KEYS across shards") && replies.hasSuffix("$3\r\nbar\r\n+OK\r\n"), "\(replies.debugDescription)")
+        let (_, metrics) = try curl(["http://127.0.0.1:\(metricsPort)/metrics"])
+        func sample(_ name: String, _ labels: String...) -> Double? {
+            metrics.split(separator: "\n").first { line in line.hasPrefix(name + "{") && labels.allSatisfy { line.contains($0) } }
+                .flatMap { Double($0.split(separator: " ").last ?? "") }
+        }
+        #expect(sample("sluice_redis_commands_total", "family=\"multi_key\"") == 5, "MSET, 2 MGET, EXISTS, DEL: \(metrics)")
+        #expect(sample("sluice_redis_commands_total", "family=\"refused\"") == 3, "BLPOP, FLUSHALL, KEYS")
+        let perBackend = servers.compactMap { sample("sluice_redis_backend_commands_total", "backend=\"\($0.address)\"") }
+        #expect(perBackend.count == 3 && perBackend.allSatisfy { $0 > 0 }, "\(perBackend)")
         #expect(try sluice.stop() == 0, "\(sluice.log)")
         #expect(sluice.log.contains("path=redis reason=client_closed commands=3 errors=1"), "\(sluice.log)")
     }
@@ -105,7 +115,9 @@ struct RedisEndToEndTests {
     func failures() throws {
         let servers = try (0..<3).map { _ in try RedisServer() }
         let port = freePort()
-        let sluice = try SluiceProcess.run(config: redisConfig(port: port, servers: servers))
+        let sluice = try SluiceProcess.run(config: redisConfig(
+            port: port, servers: servers, admin: "admin: { metrics: off }",
+            pool: "\n    health_check: { kind: redis, interval: 200ms, timeout: 150ms, rise: 1, fall: 1 }"))
         let keys = (0..<60).map { "k\($0)" }
         #expect(try redisCLI(port, ["MSET"] + keys.flatMap { [$0, "v"] }) == "OK")
         servers[1].kill()
@@ -126,6 +138,15 @@ struct RedisEndToEndTests {
             #expect(answer.hasPrefix("-ERR Protocol error"), "\(bad.debugDescription): \(answer.debugDescription)")
         }
         #expect(try redisCLI(port, ["PING"]) == "PONG", "still serving")
+        // The PING health check sees the dead one go, and only that one.
+        try waitUntil(5, "the killed server checked down") {
+            let states = ((try? statusJSON("e2e\(port)")["backends"] as? [[String: Any]]) ?? []).map { $0["state"] as? String ?? "" }
+            return states.count == 3 && states[1] != "up" && states[0] == "up" && states[2] == "up"
+        }
+        try sluice.waitForLog("backend down")
+        usleep(500_000) // a few more rounds of checks
+        let downs = sluice.log.split(separator: "\n").filter { $0.contains("backend down") }
+        #expect(downs.count == 1 && downs[0].contains(servers[1].address) && downs[0].contains("check=redis"), "\(downs)")
         #expect(try sluice.stop() == 0, "\(sluice.log)")
     }
 

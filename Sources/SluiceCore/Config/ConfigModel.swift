@@ -149,7 +149,8 @@ public struct BackendConfig: Sendable, Equatable {
     }
 }
 
-public enum HealthCheckKind: String, Sendable, CaseIterable { case tcp, http }
+/// tcp: the connect; http: a GET and its status; redis: a PING answered +PONG.
+public enum HealthCheckKind: String, Sendable, CaseIterable { case tcp, http, redis }
 
 /// Active checks of a pool's backends, run off the workers' hot path.
 public struct HealthCheckConfig: Sendable, Equatable {

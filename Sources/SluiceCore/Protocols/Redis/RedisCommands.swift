@@ -50,6 +50,33 @@ public enum RedisCommandKind: Sendable, Equatable {
     case refused(String)
 }
 
+/// The families `/metrics` counts commands by.
+public enum RedisFamily: Int, Sendable, CaseIterable {
+    case single, split, sameServer, script, local, refused
+
+    public init(_ kind: RedisCommandKind) {
+        switch kind {
+        case .single: self = .single
+        case .multiKey, .keyValuePairs: self = .split
+        case .sameServer: self = .sameServer
+        case .script: self = .script
+        case .local: self = .local
+        case .refused: self = .refused
+        }
+    }
+
+    public var name: String {
+        switch self {
+        case .single: "single_key"
+        case .split: "multi_key"
+        case .sameServer: "same_server"
+        case .script: "script"
+        case .local: "local"
+        case .refused: "refused"
+        }
+    }
+}
+
 public enum RedisMerge: Sendable, Equatable {
     case values
     case sum

@@ -61,6 +61,8 @@ public struct RedisSession: Sendable {
     private var eof = false
     public private(set) var commands: UInt64 = 0
     public private(set) var errors: UInt64 = 0
+    /// Commands by family, as `RedisFamily.allCases` orders them.
+    public private(set) var byFamily = [UInt64](repeating: 0, count: RedisFamily.allCases.count)
 
     public init(limits: Limits, slots: [Int]) {
         self.limits = limits
@@ -132,6 +134,7 @@ public struct RedisSession: Sendable {
 
     private mutating func route(_ args: [[UInt8]], raw: [UInt8], _ actions: inout [Action]) {
         let kind = RedisCommands.kind(args[0])
+        byFamily[RedisFamily(kind).rawValue] += 1
         let name = String(decoding: args[0].map { $0 >= 97 && $0 <= 122 ? $0 - 32 : $0 }, as: UTF8.self)
         if case .local = kind { return local(name, args) }
         if case .refused(let reason) = kind { return answer(RESP.error("ERR \(reason)")) }
