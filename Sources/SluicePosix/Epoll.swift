@@ -12,6 +12,7 @@ public struct EpollEvents: OptionSet, Sendable, Hashable {
     public static let hangup = EpollEvents(rawValue: SLUICE_EPOLLHUP)
     public static let readHangup = EpollEvents(rawValue: SLUICE_EPOLLRDHUP)
     public static let oneShot = EpollEvents(rawValue: SLUICE_EPOLLONESHOT)
+    public static let edgeTriggered = EpollEvents(rawValue: SLUICE_EPOLLET)
     public static let exclusive = EpollEvents(rawValue: SLUICE_EPOLLEXCLUSIVE)
 }
 

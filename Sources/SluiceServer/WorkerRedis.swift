@@ -14,9 +14,9 @@ final class RedisClient {
     var session: RedisSession
     var output: [UInt8] = []
     var wantsRead = false
+    /// An edge said there are bytes to read, and no read has said EAGAIN since.
+    var readable = false
     var closing = false
-    var added = false
-    var armed: EpollEvents?
     var bytesIn: UInt64 = 0
     var bytesOut: UInt64 = 0
     /// The session's per-family counts already added to the listener's.
@@ -80,6 +80,16 @@ extension Worker {
                                  session: RedisSession(limits: limits, slots: Self.slotTable(backends: listener.pool.addresses.count)))
         nextSessionID += 1
         redisClients[client.id] = client
+        // Edge-triggered and registered once: a command costs no epoll_ctl.
+        // Reads go on until EAGAIN (or until the session has enough in flight,
+        // and then resume when replies make room, without waiting for an edge).
+        do {
+            try epoll.add(fd, [.readable, .writable, .readHangup, .edgeTriggered], token: Self.redisClientKind | client.id)
+        } catch {
+            closeRedis(client)
+            return
+        }
+        client.readable = true
         drive(client) { $0.start(into: &$1) }
     }
 
@@ -111,7 +121,10 @@ extension Worker {
             redisDirtyLinks.removeAll(keepingCapacity: true)
             redisDirtyClients.removeAll(keepingCapacity: true)
             for link in links where link.fd >= 0 && !link.connecting { flush(link) }
-            for client in clients where redisClients[client.id] === client { flush(client) }
+            for client in clients where redisClients[client.id] === client {
+                pump(client)
+                if redisClients[client.id] === client { flush(client) }
+            }
         }
     }
 
@@ -119,55 +132,46 @@ extension Worker {
 
     func redisClientReady(_ id: UInt64, _ events: EpollEvents) {
         guard let client = redisClients[id] else { return }
-        client.armed = nil
-        if events.contains(.writable) || !events.isDisjoint(with: [.error, .hangup]) { flush(client) }
-        guard redisClients[id] != nil, client.wantsRead, !client.closing,
-              events.contains(.readable) || !events.isDisjoint(with: [.error, .hangup]) else { return arm(client) }
+        if !events.isDisjoint(with: [.readable, .readHangup, .error, .hangup]) { client.readable = true }
+        redisDirtyClients.append(client) // written, and read, at the end of the batch
+    }
+
+    /// Reads while there is something to read and the session wants it.
+    private func pump(_ client: RedisClient) {
         let buffer = takeBuffer()
         defer { var scratch = Carrier(buffer: buffer); releaseCarrier(&scratch) }
-        switch try? Socket.read(client.fd, into: buffer) {
-        case .bytes(let n)?:
-            client.wantsRead = false
-            client.bytesIn += UInt64(n)
-            let bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
-            drive(client) { $0.receive(bytes, into: &$1) }
-        case .wouldBlock?:
-            arm(client)
-        case .endOfFile?, nil:
-            client.wantsRead = false
-            drive(client) { $0.handle(.endOfFile, into: &$1) }
+        while client.readable && client.wantsRead && !client.closing && redisClients[client.id] === client {
+            switch try? Socket.read(client.fd, into: buffer) {
+            case .bytes(let n)?:
+                client.wantsRead = false
+                // A short read emptied the socket: the next bytes bring a new
+                // edge, so no read is spent on the EAGAIN.
+                if n < buffer.count { client.readable = false }
+                client.bytesIn += UInt64(n)
+                let bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
+                drive(client) { $0.receive(bytes, into: &$1) }
+            case .wouldBlock?:
+                client.readable = false
+            case .endOfFile?, nil:
+                client.readable = false
+                client.wantsRead = false
+                drive(client) { $0.handle(.endOfFile, into: &$1) }
+            }
         }
     }
 
-    /// Writes what is queued; closes a closing client once it is all out.
+    /// Writes what is queued (the rest when the next writable edge comes);
+    /// closes a closing client once it is all out.
     private func flush(_ client: RedisClient) {
         while !client.output.isEmpty {
             let result = client.output.withUnsafeBytes { raw in Result { () throws(SystemCallError) in try Socket.write(client.fd, from: raw) } }
             switch result {
             case .success(.done(let n)): client.output.removeFirst(n)
-            case .success(.wouldBlock): return arm(client)
+            case .success(.wouldBlock): return
             case .failure: return closeRedis(client)
             }
         }
-        if client.closing { return closeRedis(client) }
-        arm(client)
-    }
-
-    private func arm(_ client: RedisClient) {
-        var interest: EpollEvents = []
-        if client.wantsRead && !client.closing { interest.insert(.readable) }
-        if !client.output.isEmpty { interest.insert(.writable) }
-        guard !interest.isEmpty, client.armed != interest else { return }
-        let token = Self.redisClientKind | client.id
-        do {
-            if client.added { try epoll.modify(client.fd, interest.union(.oneShot), token: token) } else {
-                try epoll.add(client.fd, interest.union(.oneShot), token: token)
-                client.added = true
-            }
-            client.armed = interest
-        } catch {
-            closeRedis(client)
-        }
+        if client.closing { closeRedis(client) }
     }
 
     func closeRedis(_ client: RedisClient) {

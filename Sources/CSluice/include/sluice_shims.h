@@ -52,6 +52,7 @@ static const uint32_t SLUICE_EPOLLERR = EPOLLERR;
 static const uint32_t SLUICE_EPOLLHUP = EPOLLHUP;
 static const uint32_t SLUICE_EPOLLRDHUP = EPOLLRDHUP;
 static const uint32_t SLUICE_EPOLLONESHOT = EPOLLONESHOT;
+static const uint32_t SLUICE_EPOLLET = EPOLLET;
 static const uint32_t SLUICE_EPOLLEXCLUSIVE = EPOLLEXCLUSIVE;
 static const unsigned int SLUICE_SPLICE_F_MOVE = 1;
 static const unsigned int SLUICE_SPLICE_F_NONBLOCK = 2;
