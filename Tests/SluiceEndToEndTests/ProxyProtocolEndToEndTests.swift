@@ -61,13 +61,7 @@ final class HeaderEchoBackend: @unchecked Sendable {
             var byte: UInt8 = 0
             while line.suffix(2) != [13, 10], recv(fd, &byte, 1, 0) == 1 { line.append(byte) }
             lines.withLock { $0.append(String(decoding: line, as: UTF8.self)) }
-            var chunk = [UInt8](repeating: 0, count: 256 * 1024)
-            while true {
-                let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-                if n <= 0 { break }
-                if !chunk.withUnsafeBytes({ sendAll(fd, UnsafeRawBufferPointer(rebasing: $0[0..<n])) }) { break }
-            }
-            shutdown(fd, Int32(SHUT_WR))
+            echoUntilEOF(fd)
         }
     }
 }

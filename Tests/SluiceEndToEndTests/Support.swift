@@ -268,16 +268,19 @@ final class TestServer: @unchecked Sendable {
 
     /// Echoes everything back; half-closes its write side on EOF.
     static func echo(host: String = "127.0.0.1") throws -> TestServer {
-        try TestServer(host: host) { fd in
-            var chunk = [UInt8](repeating: 0, count: 256 * 1024)
-            while true {
-                let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-                if n <= 0 { break }
-                if !chunk.withUnsafeBytes({ sendAll(fd, UnsafeRawBufferPointer(rebasing: $0[0..<n])) }) { break }
-            }
-            shutdown(fd, Int32(SHUT_WR))
-        }
+        try TestServer(host: host) { fd in echoUntilEOF(fd) }
     }
+}
+
+/// Echoes what `fd` sends until its EOF, then half-closes it.
+func echoUntilEOF(_ fd: Int32) {
+    var chunk = [UInt8](repeating: 0, count: 256 * 1024)
+    while true {
+        let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        if n <= 0 { break }
+        if !chunk.withUnsafeBytes({ sendAll(fd, UnsafeRawBufferPointer(rebasing: $0[0..<n])) }) { break }
+    }
+    shutdown(fd, Int32(SHUT_WR))
 }
 
 func proxyConfig(
