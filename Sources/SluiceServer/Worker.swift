@@ -54,6 +54,8 @@ enum WorkerTimer {
     case proxyHeader(id: UInt64)
     /// A connect to a Redis backend takes too long.
     case redisConnect(link: Int)
+    /// A Redis backend's oldest command may have waited too long for its reply.
+    case redisReply(link: Int)
 }
 
 /// Shared, immutable settings for every worker of one server.
@@ -376,6 +378,8 @@ final class Worker: @unchecked Sendable {
             headerTimedOut(id)
         case .redisConnect(let index):
             redisConnectTimedOut(index)
+        case .redisReply(let index):
+            redisReplyTimedOut(index)
         case .httpConnect(let id):
             guard let connection = httpConnections[id], connection.connecting else { return }
             connection.connectTimer = nil

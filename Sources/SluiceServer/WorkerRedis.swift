@@ -51,16 +51,20 @@ final class RedisLink {
     var connecting = false
     var output: [UInt8] = []
     var input: [UInt8] = []
-    var waiting: [(client: UInt64, tag: UInt64)] = []
+    var waiting: [(client: UInt64, tag: UInt64, sentAt: UInt64)] = []
     var waitingHead = 0
     var added = false
     var armed: EpollEvents?
     var connectTimer: TimerID?
+    /// Fires when the oldest command waiting has had no reply for `replyTimeout`.
+    var replyTimer: TimerID?
+    let replyTimeout: UInt64
 
-    init(index: Int, pool: RuntimePool, backend: Int) {
+    init(index: Int, pool: RuntimePool, backend: Int, replyTimeout: UInt64) {
         self.index = index
         self.pool = pool
         self.backend = backend
+        self.replyTimeout = replyTimeout
     }
 }
 
@@ -190,20 +194,23 @@ extension Worker {
 
     // MARK: - Backend links
 
-    private func link(_ pool: RuntimePool, _ backend: Int, tag: UInt64, count: Int) -> RedisLink {
+    private func link(_ pool: RuntimePool, _ backend: Int, tag: UInt64, count: Int, replyTimeout: UInt64) -> RedisLink {
         let key = RedisLinkKey(pool: ObjectIdentifier(pool), backend: backend, lane: Int(tag % UInt64(count)))
         if let index = redisLinkIndex[key] { return redisLinks[index] }
-        let link = RedisLink(index: redisLinks.count, pool: pool, backend: backend)
+        let link = RedisLink(index: redisLinks.count, pool: pool, backend: backend, replyTimeout: replyTimeout)
         redisLinks.append(link)
         redisLinkIndex[key] = link.index
         return link
     }
 
     private func forward(_ client: RedisClient, _ backend: Int, _ tag: UInt64, _ command: [UInt8]) {
-        let count = client.listener.config.redis?.connectionsPerBackend ?? 1
-        let link = link(client.listener.pool, backend, tag: UInt64(client.id), count: count)
+        let config = client.listener.config.redis ?? RedisListenerConfig()
+        let link = link(client.listener.pool, backend, tag: UInt64(client.id), count: config.connectionsPerBackend,
+                        replyTimeout: config.replyTimeout.milliseconds)
         link.output += command
-        link.waiting.append((client.id, tag))
+        let now = monotonicMilliseconds()
+        link.waiting.append((client.id, tag, now))
+        if link.replyTimer == nil { link.replyTimer = timers.schedule(at: now.saturatingAdd(link.replyTimeout), .redisReply(link: link.index)) }
         link.pool.redisCommands[backend].wrappingIncrement(ordering: .relaxed)
         if link.fd < 0 { connect(link) } else if !link.connecting { redisDirtyLinks.append(link) }
     }
@@ -275,7 +282,7 @@ extension Worker {
             }
             let reply = Array(link.input[offset..<offset + length])
             offset += length
-            let (owner, tag) = link.waiting[link.waitingHead]
+            let (owner, tag, _) = link.waiting[link.waitingHead]
             link.waitingHead += 1
             if let client = redisClients[owner] { drive(client) { $0.handle(.reply(tag: tag, reply), into: &$1) } }
         }
@@ -283,6 +290,23 @@ extension Worker {
         if link.waitingHead > 1024 || link.waitingHead == link.waiting.count {
             link.waiting.removeFirst(link.waitingHead)
             link.waitingHead = 0
+        }
+        if let timer = link.replyTimer { _ = timers.cancel(timer); link.replyTimer = nil }
+        if link.waitingHead < link.waiting.count {
+            let oldest = link.waiting[link.waitingHead].sentAt
+            link.replyTimer = timers.schedule(at: oldest.saturatingAdd(link.replyTimeout), .redisReply(link: link.index))
+        }
+    }
+
+    func redisReplyTimedOut(_ index: Int) {
+        let link = redisLinks[index]
+        link.replyTimer = nil
+        guard link.waitingHead < link.waiting.count else { return }
+        let oldest = link.waiting[link.waitingHead].sentAt
+        if monotonicMilliseconds() &- oldest >= link.replyTimeout {
+            fail(link, "no reply within \(link.replyTimeout) ms")
+        } else {
+            link.replyTimer = timers.schedule(at: oldest.saturatingAdd(link.replyTimeout), .redisReply(link: link.index))
         }
     }
 
@@ -322,6 +346,7 @@ extension Worker {
         link.fd = -1
         link.connecting = false
         if let timer = link.connectTimer { _ = timers.cancel(timer); link.connectTimer = nil }
+        if let timer = link.replyTimer { _ = timers.cancel(timer); link.replyTimer = nil }
         link.output.removeAll()
         link.input.removeAll()
         let owed = link.waiting[link.waitingHead...]
@@ -334,7 +359,7 @@ extension Worker {
         logger.warning("redis backend connection failed", metadata: [
             "backend": "\(link.pool.addresses[link.backend])", "reason": "\(reason)", "commands_failed": "\(owed.count)",
         ])
-        for (owner, tag) in owed {
+        for (owner, tag, _) in owed {
             if let client = redisClients[owner] { drive(client) { $0.handle(.failed(tag: tag, reason: reason), into: &$1) } }
         }
     }

@@ -150,6 +150,27 @@ struct RedisEndToEndTests {
         #expect(try sluice.stop() == 0, "\(sluice.log)")
     }
 
+    @Test("a backend that accepts and never answers: its commands get -ERR after reply_timeout, the other shard serves meanwhile")
+    func silentBackend() throws {
+        let real = try RedisServer()
+        let silent = try TestServer { fd in
+            var sink = [UInt8](repeating: 0, count: 4096)
+            while recv(fd, &sink, sink.count, 0) > 0 {}
+        }
+        let port = freePort()
+        let yaml = redisConfig(port: port, servers: [real], extra: ", redis: { reply_timeout: 300ms }")
+            .replacingOccurrences(of: "{ address: \"\(real.address)\" } ]", with: "{ address: \"\(real.address)\" }, { address: \"\(silent.address)\" } ]")
+        let sluice = try SluiceProcess.run(config: yaml)
+        // Slots below 8192 are the first backend's: foo{hash_tag} is 2515, foo 12182.
+        let started = Date()
+        let stuck = try redisCLI(port, ["GET", "foo"])
+        let waited = Date().timeIntervalSince(started)
+        #expect(stuck.contains("backend unavailable: no reply within 300 ms") && waited >= 0.25 && waited < 2, "\(waited) s: \(stuck)")
+        #expect(try redisCLI(port, ["SET", "foo{hash_tag}", "1"]) == "OK", "the live shard serves")
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+        silent.stop()
+    }
+
     @Test("AUTH against redis.password: NOAUTH before it, WRONGPASS for a bad one")
     func auth() throws {
         let servers = [try RedisServer()]

@@ -71,8 +71,8 @@ extension ConfigDecoder {
 
     private mutating func decodeRedis(_ node: Node, _ path: ConfigFieldPath) -> RedisListenerConfig {
         var config = RedisListenerConfig()
-        guard let map = mapping(node, path, keys: ["password", "connections_per_backend"],
-                                expected: "a mapping like { password: secret, connections_per_backend: 2 }")
+        guard let map = mapping(node, path, keys: ["password", "connections_per_backend", "reply_timeout"],
+                                expected: "a mapping like { password: secret, connections_per_backend: 2, reply_timeout: 3s }")
         else { return config }
         if let entry = map["password"], let text = scalarText(entry.value, path.key("password"), expected: "a password") {
             config.password = text
@@ -80,6 +80,9 @@ extension ConfigDecoder {
         if let entry = map["connections_per_backend"],
            let value = integer(entry.value, path.key("connections_per_backend"), in: ConfigBounds.redisConnectionsPerBackend) {
             config.connectionsPerBackend = value
+        }
+        if let entry = map["reply_timeout"], let value = duration(entry.value, path.key("reply_timeout"), in: ConfigBounds.redisReplyTimeout) {
+            config.replyTimeout = value
         }
         return config
     }

@@ -14,6 +14,9 @@ public struct RedisListenerConfig: Sendable, Equatable {
     public var password: String?
     /// Connections each worker keeps to each backend, shared by its clients.
     public var connectionsPerBackend = 2
+    /// A backend connection whose oldest command has had no reply for this
+    /// long is given up: its commands get `-ERR`, the next one reconnects.
+    public var replyTimeout: Duration = .seconds(3)
 
     public init() {}
 }
