@@ -74,6 +74,12 @@ struct RedisEndToEndTests {
         #expect(try redisCLI(port, ["BLPOP", "q", "1"]).contains("blocking commands are not supported"))
         #expect(try redisCLI(port, ["FLUSHALL"]).contains("not supported"))
         #expect(try redisCLI(port, ["SELECT", "0"]) == "OK")
+        // A transaction on tagged keys runs on their server, atomically.
+        let tx = try connectTCP("127.0.0.1", port)
+        #expect(sendAll(tx, Array("MULTI\r\nSET {u2}.n 41\r\nINCR {u2}.n\r\nEXEC\r\nQUIT\r\n".utf8)))
+        let txReplies = String(decoding: readToEnd(tx).bytes, as: UTF8.self)
+        close(tx)
+        #expect(txReplies == "+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n+OK\r\n:42\r\n+OK\r\n", "\(txReplies.debugDescription)")
         // One connection: a refusal leaves it open for the next command.
         let fd = try connectTCP("127.0.0.1", port)
         #expect(sendAll(fd, Array("KEYS *\r\nGET foo\r\nQUIT\r\n".utf8)))

@@ -108,6 +108,27 @@ struct RedisSessionTests {
         #expect(forwards(more).count == 1 && replies(more) == ["$-1\r\n"])
     }
 
+    @Test("MULTI/EXEC on one server: QUEUED locally, then MULTI, the commands and EXEC back to back to it, EXEC's reply alone back")
+    func transactions() {
+        var d = RedisDriver()
+        let queued = d.client(command("MULTI") + command("SET", "{t}a", "1") + command("INCR", "{t}b"))
+        #expect(replies(queued) == ["+OK\r\n", "+QUEUED\r\n", "+QUEUED\r\n"] && forwards(queued).isEmpty)
+        let sent = forwards(d.client(command("EXEC")))
+        #expect(sent.map(\.command) == [command("MULTI"), command("SET", "{t}a", "1"), command("INCR", "{t}b"), command("EXEC")])
+        #expect(Set(sent.map(\.backend)).count == 1 && sent.map(\.tag) == Array(sent[0].tag...sent[0].tag + 3))
+        var out: [RedisSession.Action] = []
+        for (part, reply) in zip(sent, ["+OK\r\n", "+QUEUED\r\n", "+QUEUED\r\n", "*2\r\n+OK\r\n:1\r\n"]) {
+            out += d.on(.reply(tag: part.tag, Array(reply.utf8)))
+        }
+        #expect(replies(out) == ["*2\r\n+OK\r\n:1\r\n"])
+        // Keys on two servers, or a refused command: EXECABORT, nothing sent.
+        let far = (0..<100).map { "z\($0)" }.first { Self.slot($0) != Self.slot("a") }!
+        let aborted = d.client(command("MULTI") + command("SET", "a", "1") + command("SET", far, "2") + command("EXEC"))
+        #expect(replies(aborted).last == "-EXECABORT Transaction discarded because of previous errors.\r\n" && forwards(aborted).isEmpty)
+        #expect(replies(d.client(command("EXEC") + command("DISCARD"))) == ["-ERR EXEC without MULTI\r\n", "-ERR DISCARD without MULTI\r\n"])
+        #expect(replies(d.client(command("MULTI") + command("DISCARD") + command("PING"))) == ["+OK\r\n", "+OK\r\n", "+PONG\r\n"])
+    }
+
     @Test("a protocol error answers what came before it, then says why and closes")
     func protocolError() {
         var d = RedisDriver()

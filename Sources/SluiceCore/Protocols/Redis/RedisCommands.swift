@@ -116,7 +116,7 @@ public enum RedisCommands {
         for name in ["RPOPLPUSH", "LMOVE", "SMOVE", "RENAME", "RENAMENX", "COPY"] { t[name] = .sameServer(firstKey: 1, lastKey: 2, step: 1) }
         t["MSETNX"] = .sameServer(firstKey: 1, lastKey: nil, step: 2)
         for name in ["EVAL", "EVALSHA"] { t[name] = .script }
-        for name in ["PING", "ECHO", "QUIT", "SELECT", "COMMAND", "AUTH", "HELLO"] { t[name] = .local }
+        for name in ["PING", "ECHO", "QUIT", "SELECT", "COMMAND", "AUTH", "HELLO", "MULTI", "EXEC", "DISCARD"] { t[name] = .local }
         let refusals: [(String, String)] = [
             ("BLPOP", "blocking commands are not supported through the proxy"), ("BRPOP", "blocking commands are not supported through the proxy"),
             ("BLMOVE", "blocking commands are not supported through the proxy"), ("BRPOPLPUSH", "blocking commands are not supported through the proxy"),
@@ -130,8 +130,8 @@ public enum RedisCommands {
             ("FLUSHDB", "FLUSHDB is not supported through the proxy"), ("SHUTDOWN", "SHUTDOWN is not supported through the proxy"),
             ("DEBUG", "DEBUG is not supported through the proxy"), ("CLIENT", "CLIENT is not supported through the proxy"),
             ("CLUSTER", "CLUSTER is not supported through the proxy"), ("SCRIPT", "SCRIPT is not supported through the proxy"),
-            ("MULTI", "MULTI/EXEC is not supported through the proxy yet"), ("EXEC", "MULTI/EXEC is not supported through the proxy yet"),
-            ("WATCH", "WATCH is not supported through the proxy"), ("MOVE", "MOVE is not supported through the proxy"),
+            ("WATCH", "WATCH is not supported through the proxy"), ("UNWATCH", "WATCH is not supported through the proxy"),
+            ("MOVE", "MOVE is not supported through the proxy"),
         ]
         for (name, reason) in refusals { t[name] = .refused(reason) }
         return t

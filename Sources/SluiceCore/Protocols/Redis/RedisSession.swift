@@ -34,7 +34,8 @@ public struct RedisSession: Sendable {
 
     /// A command waiting for its parts' replies.
     struct Pending: Sendable {
-        enum Merge: Sendable { case asIs, values(positions: [[Int]]), sum, allOK }
+        /// `last`: a transaction's MULTI ... EXEC, answered by EXEC's reply alone.
+        enum Merge: Sendable { case asIs, values(positions: [[Int]]), sum, allOK, last }
         var parts: [[UInt8]?]
         var merge: Merge
         var ready: [UInt8]? // a reply the proxy made itself
@@ -56,6 +57,14 @@ public struct RedisSession: Sendable {
     /// Tag → (queue position offset by `firstTag`..., part index): tags are
     /// handed out in order, so a tag's pending command is found by range.
     private var tagStarts: [UInt64] = []
+    /// Between MULTI and EXEC: the commands queued, the one server they all
+    /// go to, and whether one was refused (then EXEC answers EXECABORT).
+    private struct Transaction: Sendable {
+        var commands: [[UInt8]] = []
+        var server: Int?
+        var aborted = false
+    }
+    private var transaction: Transaction?
     private var authenticated: Bool
     private var closing = false
     private var eof = false
@@ -136,6 +145,9 @@ public struct RedisSession: Sendable {
         let kind = RedisCommands.kind(args[0])
         byFamily[RedisFamily(kind).rawValue] += 1
         let name = String(decoding: args[0].map { $0 >= 97 && $0 <= 122 ? $0 - 32 : $0 }, as: UTF8.self)
+        if transaction != nil || name == "MULTI" || name == "EXEC" || name == "DISCARD" {
+            return transact(name, kind, args, raw: raw, &actions)
+        }
         if case .local = kind { return local(name, args) }
         if case .refused(let reason) = kind { return answer(RESP.error("ERR \(reason)")) }
         guard authenticated else { return answer(RESP.error("NOAUTH Authentication required.")) }
@@ -171,6 +183,50 @@ public struct RedisSession: Sendable {
                 return answer(RESP.error("CROSSSLOT Keys in request don't hash to the same server"))
             }
             forward([(first, raw)], merge: .asIs, &actions)
+        }
+    }
+
+    /// MULTI starts queueing here; the queued commands must all be on one
+    /// server; EXEC sends MULTI, them and EXEC to it back to back (one
+    /// connection, nothing in between) and answers EXEC's reply.
+    private mutating func transact(_ name: String, _ kind: RedisCommandKind, _ args: [[UInt8]], raw: [UInt8], _ actions: inout [Action]) {
+        switch name {
+        case "MULTI":
+            guard authenticated else { return answer(RESP.error("NOAUTH Authentication required.")) }
+            guard transaction == nil else { return answer(RESP.error("ERR MULTI calls can not be nested")) }
+            transaction = Transaction()
+            answer(RESP.simple("OK"))
+        case "DISCARD":
+            guard transaction != nil else { return answer(RESP.error("ERR DISCARD without MULTI")) }
+            transaction = nil
+            answer(RESP.simple("OK"))
+        case "EXEC":
+            guard let tx = transaction else { return answer(RESP.error("ERR EXEC without MULTI")) }
+            transaction = nil
+            if tx.aborted { return answer(RESP.error("EXECABORT Transaction discarded because of previous errors.")) }
+            if tx.commands.isEmpty { return answer(Array("*0\r\n".utf8)) }
+            let batch = [RESP.array([Array("MULTI".utf8)])] + tx.commands + [RESP.array([Array("EXEC".utf8)])]
+            forward(batch.map { (tx.server ?? 0, $0) }, merge: .last, &actions)
+        default:
+            var tx = transaction!
+            defer { transaction = tx }
+            func refuse(_ error: String) { tx.aborted = true; answer(RESP.error(error)) }
+            switch kind {
+            case .refused(let reason): return refuse("ERR \(reason)")
+            case .local: return refuse("ERR \(name.lowercased()) inside MULTI is not supported through the proxy")
+            default: break
+            }
+            guard !slots.isEmpty else { return refuse("ERR no backend available") }
+            let numkeys = kind == .script && args.count > 2 ? Int(String(decoding: args[2], as: UTF8.self)) : nil
+            guard let keys = RedisCommands.keyIndices(kind, argumentCount: args.count, numkeys: numkeys) else {
+                return refuse("ERR wrong number of arguments for '\(name.lowercased())' command")
+            }
+            for server in keys.map({ slots[RedisSlot.of(args[$0])] }) {
+                if tx.server == nil { tx.server = server }
+                guard tx.server == server else { return refuse("CROSSSLOT Keys in a transaction must all be on one server") }
+            }
+            tx.commands.append(raw)
+            answer(RESP.simple("QUEUED"))
         }
     }
 
@@ -242,12 +298,15 @@ public struct RedisSession: Sendable {
 
     private func merged(_ p: Pending) -> [UInt8] {
         let parts = p.parts.map { $0! }
+        if case .last = p.merge { return parts[parts.count - 1] }
         if let error = parts.first(where: { $0.first == UInt8(ascii: "-") }) { return error }
         switch p.merge {
         case .asIs:
             return parts[0]
         case .allOK:
             return RESP.simple("OK")
+        case .last:
+            return parts[parts.count - 1]
         case .sum:
             let total = parts.reduce(Int64(0)) { sum, part in
                 sum + (part.withUnsafeBytes { RESP.integer($0, 1..<part.count - 2) } ?? 0)
