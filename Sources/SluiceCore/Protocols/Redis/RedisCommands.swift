@@ -117,23 +117,19 @@ public enum RedisCommands {
         t["MSETNX"] = .sameServer(firstKey: 1, lastKey: nil, step: 2)
         for name in ["EVAL", "EVALSHA"] { t[name] = .script }
         for name in ["PING", "ECHO", "QUIT", "SELECT", "COMMAND", "AUTH", "HELLO", "MULTI", "EXEC", "DISCARD"] { t[name] = .local }
-        let refusals: [(String, String)] = [
-            ("BLPOP", "blocking commands are not supported through the proxy"), ("BRPOP", "blocking commands are not supported through the proxy"),
-            ("BLMOVE", "blocking commands are not supported through the proxy"), ("BRPOPLPUSH", "blocking commands are not supported through the proxy"),
-            ("BZPOPMIN", "blocking commands are not supported through the proxy"), ("BZPOPMAX", "blocking commands are not supported through the proxy"),
-            ("XREAD", "blocking commands are not supported through the proxy"), ("WAIT", "blocking commands are not supported through the proxy"),
-            ("SUBSCRIBE", "pub/sub is not supported through the proxy"), ("PSUBSCRIBE", "pub/sub is not supported through the proxy"),
-            ("PUBLISH", "pub/sub is not supported through the proxy"), ("MONITOR", "MONITOR is not supported through the proxy"),
-            ("KEYS", "KEYS across shards is not supported through the proxy"), ("SCAN", "SCAN across shards is not supported through the proxy"),
-            ("RANDOMKEY", "RANDOMKEY across shards is not supported through the proxy"), ("DBSIZE", "DBSIZE across shards is not supported through the proxy"),
-            ("CONFIG", "CONFIG is not supported through the proxy"), ("FLUSHALL", "FLUSHALL is not supported through the proxy"),
-            ("FLUSHDB", "FLUSHDB is not supported through the proxy"), ("SHUTDOWN", "SHUTDOWN is not supported through the proxy"),
-            ("DEBUG", "DEBUG is not supported through the proxy"), ("CLIENT", "CLIENT is not supported through the proxy"),
-            ("CLUSTER", "CLUSTER is not supported through the proxy"), ("SCRIPT", "SCRIPT is not supported through the proxy"),
-            ("WATCH", "WATCH is not supported through the proxy"), ("UNWATCH", "WATCH is not supported through the proxy"),
-            ("MOVE", "MOVE is not supported through the proxy"),
+        // Refused, by why: blocking, pub/sub and the rest that a sharding proxy cannot do.
+        let refusals: [(names: [String], reason: String)] = [
+            (["BLPOP", "BRPOP", "BLMOVE", "BRPOPLPUSH", "BZPOPMIN", "BZPOPMAX", "XREAD", "WAIT"], "blocking commands are"),
+            (["SUBSCRIBE", "PSUBSCRIBE", "PUBLISH"], "pub/sub is"),
+            (["KEYS", "SCAN", "RANDOMKEY", "DBSIZE"], "{name} across shards is"),
+            (["MONITOR", "CONFIG", "FLUSHALL", "FLUSHDB", "SHUTDOWN", "DEBUG", "CLIENT", "CLUSTER", "SCRIPT", "MOVE"], "{name} is"),
+            (["WATCH", "UNWATCH"], "WATCH is"),
         ]
-        for (name, reason) in refusals { t[name] = .refused(reason) }
+        for (names, reason) in refusals {
+            for name in names {
+                t[name] = .refused(reason.replacing("{name}", with: name) + " not supported through the proxy")
+            }
+        }
         return t
     }()
 
