@@ -97,6 +97,8 @@ struct RESPTests {
         #expect(RedisCommands.keyIndices(RedisCommands.kind("RPOPLPUSH".utf8), argumentCount: 3) == [1, 2])
         #expect(RedisCommands.keyIndices(.script, argumentCount: 6, numkeys: 2) == [3, 4])
         #expect(RedisCommands.keyIndices(.script, argumentCount: 4, numkeys: 2) == nil)
+        #expect(RedisCommands.keyIndices(.script, argumentCount: 4, numkeys: Int.max) == nil, "a hostile numkeys: refused, no overflow")
+        #expect(RedisCommands.keyIndices(.script, argumentCount: 4, numkeys: -1) == nil)
         #expect(RedisCommands.kind("PING".utf8) == .local)
         guard case .refused(let why) = RedisCommands.kind("blpop".utf8) else { Issue.record("BLPOP passed"); return }
         #expect(why.contains("blocking"))

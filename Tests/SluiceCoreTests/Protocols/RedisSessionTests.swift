@@ -93,6 +93,9 @@ struct RedisSessionTests {
         let far = (0..<100).map { "z\($0)" }.first { Self.slot($0) != Self.slot("a") }!
         #expect(replies(d.client(command("RENAME", "a", far))).first?.hasPrefix("-CROSSSLOT") == true)
         #expect(forwards(d.client(command("RENAME", "{t}a", "{t}b"))).count == 1, "tagged keys share a server")
+        var hostile = RedisDriver()
+        #expect(replies(hostile.client(command("EVAL", "return 1", "9223372036854775807", "k"))).first?.hasPrefix("-ERR wrong number") == true,
+                "a numkeys near Int.max: an arity error, not an overflow trap")
         var q = RedisDriver()
         let out = q.client(command("QUIT") + command("PING"))
         #expect(replies(out) == ["+OK\r\n"] && out.last == .close(.clientClosed))

@@ -146,7 +146,8 @@ public enum RedisCommands {
             guard last == nil || end == last else { return nil }
             return Array(stride(from: first, through: end, by: step))
         case .script:
-            guard let numkeys, numkeys >= 0, n >= 3 + numkeys else { return nil }
+            // numkeys comes from the client: bounded before any arithmetic.
+            guard let numkeys, numkeys >= 0, numkeys <= n, n >= 3 + numkeys else { return nil }
             return Array(3..<3 + numkeys)
         case .local, .refused: return []
         }
