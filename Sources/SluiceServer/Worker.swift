@@ -131,6 +131,7 @@ final class Worker: @unchecked Sendable {
     var redisLinkIndex: [RedisLinkKey: Int] = [:]
     var redisDirtyClients: [RedisClient] = []
     var redisDirtyLinks: [RedisLink] = []
+    var redisSlotTables: [ObjectIdentifier: [Int]] = [:]
     /// Clients whose PROXY header is still to come.
     var awaitingHeaders: [UInt64: AwaitingHeader] = [:]
     var lastHeaderRejectionLog: UInt64 = 0

@@ -58,12 +58,15 @@ final class RedisLink {
     var connectTimer: TimerID?
     /// Fires when the oldest command waiting has had no reply for `replyTimeout`.
     var replyTimer: TimerID?
+    /// From the listener that made the link: its `connect_timeout` and `redis.reply_timeout`.
+    let connectTimeout: UInt64
     let replyTimeout: UInt64
 
-    init(index: Int, pool: RuntimePool, backend: Int, replyTimeout: UInt64) {
+    init(index: Int, pool: RuntimePool, backend: Int, connectTimeout: UInt64, replyTimeout: UInt64) {
         self.index = index
         self.pool = pool
         self.backend = backend
+        self.connectTimeout = connectTimeout
         self.replyTimeout = replyTimeout
     }
 }
@@ -77,11 +80,19 @@ extension Worker {
         return (0..<RedisSlot.count).map { $0 * backends / RedisSlot.count }
     }
 
+    /// The pool's slot table, built once per worker and shared (copy on write) by its clients.
+    private func slotTable(_ pool: RuntimePool) -> [Int] {
+        if let table = redisSlotTables[ObjectIdentifier(pool)] { return table }
+        let table = Self.slotTable(backends: pool.addresses.count)
+        redisSlotTables[ObjectIdentifier(pool)] = table
+        return table
+    }
+
     func acceptRedis(_ listener: RuntimeListener, client fd: Int32, address: SocketAddress) {
         var limits = RedisSession.Limits()
         limits.password = listener.config.redis?.password.map { Array($0.utf8) }
         let client = RedisClient(id: nextSessionID, listener: listener, fd: fd, address: address,
-                                 session: RedisSession(limits: limits, slots: Self.slotTable(backends: listener.pool.addresses.count)))
+                                 session: RedisSession(limits: limits, slots: slotTable(listener.pool)))
         nextSessionID += 1
         redisClients[client.id] = client
         // Edge-triggered and registered once: a command costs no epoll_ctl.
@@ -194,19 +205,20 @@ extension Worker {
 
     // MARK: - Backend links
 
-    private func link(_ pool: RuntimePool, _ backend: Int, tag: UInt64, count: Int, replyTimeout: UInt64) -> RedisLink {
+    private func link(_ listener: RuntimeListener, _ backend: Int, tag: UInt64) -> RedisLink {
+        let pool = listener.pool, config = listener.config.redis ?? RedisListenerConfig()
+        let count = config.connectionsPerBackend
         let key = RedisLinkKey(pool: ObjectIdentifier(pool), backend: backend, lane: Int(tag % UInt64(count)))
         if let index = redisLinkIndex[key] { return redisLinks[index] }
-        let link = RedisLink(index: redisLinks.count, pool: pool, backend: backend, replyTimeout: replyTimeout)
+        let link = RedisLink(index: redisLinks.count, pool: pool, backend: backend,
+                             connectTimeout: listener.config.connectTimeout.milliseconds, replyTimeout: config.replyTimeout.milliseconds)
         redisLinks.append(link)
         redisLinkIndex[key] = link.index
         return link
     }
 
     private func forward(_ client: RedisClient, _ backend: Int, _ tag: UInt64, _ command: [UInt8]) {
-        let config = client.listener.config.redis ?? RedisListenerConfig()
-        let link = link(client.listener.pool, backend, tag: UInt64(client.id), count: config.connectionsPerBackend,
-                        replyTimeout: config.replyTimeout.milliseconds)
+        let link = link(client.listener, backend, tag: UInt64(client.id))
         link.output += command
         let now = monotonicMilliseconds()
         link.waiting.append((client.id, tag, now))
@@ -226,7 +238,7 @@ extension Worker {
             case .inProgress:
                 link.connecting = true
                 arm(link)
-                let deadline = monotonicMilliseconds().saturatingAdd(2000)
+                let deadline = monotonicMilliseconds().saturatingAdd(link.connectTimeout)
                 link.connectTimer = timers.schedule(at: deadline, .redisConnect(link: link.index))
             }
         } catch {
@@ -352,8 +364,13 @@ extension Worker {
         let owed = link.waiting[link.waitingHead...]
         link.waiting.removeAll()
         link.waitingHead = 0
-        let now = monotonicMilliseconds()
-        if link.pool.noteFailure(link.backend, now: now) != nil {
+        // A backend closing an idle connection (Redis's own `timeout`) owes
+        // nothing and did nothing wrong: the next command reconnects.
+        guard !owed.isEmpty else {
+            logger.debug("redis backend closed an idle connection", metadata: ["backend": "\(link.pool.addresses[link.backend])"])
+            return
+        }
+        if link.pool.noteFailure(link.backend, now: monotonicMilliseconds()) != nil {
             logger.warning("redis backend ejected after consecutive failures", metadata: ["backend": "\(link.pool.addresses[link.backend])"])
         }
         logger.warning("redis backend connection failed", metadata: [

@@ -85,8 +85,16 @@ public enum RedisMerge: Sendable, Equatable {
 public enum RedisCommands {
     /// The kind of a command, by its name in any case; unknown names are refused.
     public static func kind(_ name: some Collection<UInt8>) -> RedisCommandKind {
-        let upper = String(decoding: name.map { $0 >= 97 && $0 <= 122 ? $0 - 32 : $0 }, as: UTF8.self)
-        return table[upper] ?? .refused("unknown or unsupported command '\(String(decoding: name, as: UTF8.self))'")
+        kind(upper: upper(name), as: name)
+    }
+
+    /// The same, for a name already upper-cased (`upper`); `name` as sent, for the message.
+    static func kind(upper: String, as name: some Collection<UInt8>) -> RedisCommandKind {
+        table[upper] ?? .refused("unknown or unsupported command '\(String(decoding: name, as: UTF8.self))'")
+    }
+
+    static func upper(_ name: some Collection<UInt8>) -> String {
+        String(decoding: name.map { $0 >= 97 && $0 <= 122 ? $0 - 32 : $0 }, as: UTF8.self)
     }
 
     static let single = [

@@ -142,9 +142,9 @@ public struct RedisSession: Sendable {
     }
 
     private mutating func route(_ args: [[UInt8]], raw: [UInt8], _ actions: inout [Action]) {
-        let kind = RedisCommands.kind(args[0])
+        let name = RedisCommands.upper(args[0]) // once per command: the table's key and the messages'
+        let kind = RedisCommands.kind(upper: name, as: args[0])
         byFamily[RedisFamily(kind).rawValue] += 1
-        let name = String(decoding: args[0].map { $0 >= 97 && $0 <= 122 ? $0 - 32 : $0 }, as: UTF8.self)
         if transaction != nil || name == "MULTI" || name == "EXEC" || name == "DISCARD" {
             return transact(name, kind, args, raw: raw, &actions)
         }
