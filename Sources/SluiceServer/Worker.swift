@@ -56,6 +56,8 @@ enum WorkerTimer {
     case redisConnect(link: Int)
     /// A Redis backend's oldest command may have waited too long for its reply.
     case redisReply(link: Int)
+    /// Time to see whether Redis key placement must follow a health change.
+    case redisShards
 }
 
 /// Shared, immutable settings for every worker of one server.
@@ -131,7 +133,7 @@ final class Worker: @unchecked Sendable {
     var redisLinkIndex: [RedisLinkKey: Int] = [:]
     var redisDirtyClients: [RedisClient] = []
     var redisDirtyLinks: [RedisLink] = []
-    var redisSlotTables: [ObjectIdentifier: [Int]] = [:]
+    var redisShardStates: [RedisShardKey: RedisShardState] = [:]
     /// Clients whose PROXY header is still to come.
     var awaitingHeaders: [UInt64: AwaitingHeader] = [:]
     var lastHeaderRejectionLog: UInt64 = 0
@@ -381,6 +383,8 @@ final class Worker: @unchecked Sendable {
             redisConnectTimedOut(index)
         case .redisReply(let index):
             redisReplyTimedOut(index)
+        case .redisShards:
+            checkRedisShards()
         case .httpConnect(let id):
             guard let connection = httpConnections[id], connection.connecting else { return }
             connection.connectTimer = nil

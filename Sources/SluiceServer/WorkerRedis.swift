@@ -74,25 +74,11 @@ final class RedisLink {
 // `mode: redis`: clients' commands through their sessions, out over a few
 // shared connections per backend, replies back to whoever is owed them.
 extension Worker {
-    /// Slot → backend: the 16,384 slots in even, contiguous ranges over the pool's backends.
-    static func slotTable(backends: Int) -> [Int] {
-        guard backends > 0 else { return [] }
-        return (0..<RedisSlot.count).map { $0 * backends / RedisSlot.count }
-    }
-
-    /// The pool's slot table, built once per worker and shared (copy on write) by its clients.
-    private func slotTable(_ pool: RuntimePool) -> [Int] {
-        if let table = redisSlotTables[ObjectIdentifier(pool)] { return table }
-        let table = Self.slotTable(backends: pool.addresses.count)
-        redisSlotTables[ObjectIdentifier(pool)] = table
-        return table
-    }
-
     func acceptRedis(_ listener: RuntimeListener, client fd: Int32, address: SocketAddress) {
         var limits = RedisSession.Limits()
         limits.password = listener.config.redis?.password.map { Array($0.utf8) }
         let client = RedisClient(id: nextSessionID, listener: listener, fd: fd, address: address,
-                                 session: RedisSession(limits: limits, slots: slotTable(listener.pool)))
+                                 session: RedisSession(limits: limits, shards: redisShards(listener)))
         nextSessionID += 1
         redisClients[client.id] = client
         // Edge-triggered and registered once: a command costs no epoll_ctl.

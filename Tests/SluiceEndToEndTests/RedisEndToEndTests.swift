@@ -6,10 +6,11 @@ let redisPeerScript = packageRoot.appendingPathComponent("Tests/SluiceEndToEndTe
 
 /// A `redis-server` on loopback, no persistence, stopped with the value.
 final class RedisServer {
-    let port = freePort()
+    let port: UInt16
     let process = Process()
 
-    init() throws {
+    init(port: UInt16 = freePort()) throws {
+        self.port = port
         process.executableURL = URL(fileURLWithPath: "/usr/bin/redis-server")
         process.arguments = ["--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "no"]
         process.standardOutput = FileHandle.nullDevice
@@ -123,7 +124,7 @@ struct RedisEndToEndTests {
         let port = freePort()
         let sluice = try SluiceProcess.run(config: redisConfig(
             port: port, servers: servers, admin: "admin: { metrics: off }",
-            pool: "\n    health_check: { kind: redis, interval: 200ms, timeout: 150ms, rise: 1, fall: 1 }"))
+            pool: "\n    health_check: { kind: redis, interval: 200ms, timeout: 150ms, rise: 1, fall: 2 }"))
         let keys = (0..<60).map { "k\($0)" }
         #expect(try redisCLI(port, ["MSET"] + keys.flatMap { [$0, "v"] }) == "OK")
         servers[1].kill()

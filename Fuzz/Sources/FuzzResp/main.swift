@@ -2,17 +2,18 @@
 // with Redis's bounds and with tight ones: never a trap, never a length
 // past the input, a prefix of a whole value is incomplete, and a command
 // written back out parses to the same arguments. The same bytes then go
-// through a Redis session over 3 backends, each forwarded part answered:
+// through a Redis session over 3 backends (crc16 or ketama, by the first byte), each forwarded part answered:
 // whatever the commands (hostile arities, numkeys, transactions), no trap,
 // and every command gets exactly one reply, in order.
 import SluiceCore
 
-private let slots = (0..<RedisSlot.count).map { $0 * 3 / RedisSlot.count }
+private let servers = (0..<3).map { RedisShardServer(name: "127.0.0.1:700\($0)", weight: 1) }
+private let shards = RedisHash.allCases.map { RedisShards($0, servers: servers) }
 
 private func drive(_ bytes: [UInt8]) {
     var limits = RedisSession.Limits()
     limits.maxInFlight = 64
-    var session = RedisSession(limits: limits, slots: slots)
+    var session = RedisSession(limits: limits, shards: shards[Int(bytes.first ?? 0) % shards.count])
     var actions: [RedisSession.Action] = []
     bytes.withUnsafeBytes { session.receive($0, into: &actions) }
     var rounds = 0

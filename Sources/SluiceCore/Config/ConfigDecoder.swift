@@ -66,7 +66,7 @@ struct ConfigDecoder {
     static let logKeys = ["level", "access", "file"]
     static let adminKeys = ["socket", "metrics", "idle_timeout"]
     static let listenerKeys = ["name", "bind", "pool", "max_connections", "connect_timeout", "idle_timeout", "mode", "http", "redis", "proxy_protocol"]
-    static let poolKeys = ["name", "algorithm", "retries", "backends", "health_check", "passive", "min_healthy", "proxy_protocol"]
+    static let poolKeys = ["name", "algorithm", "retries", "backends", "health_check", "passive", "min_healthy", "proxy_protocol", "redis"]
     static let healthKeys = ["kind", "interval", "timeout", "rise", "fall", "path", "expect_status"]
     static let passiveKeys = ["failures", "ejection"]
     static let backendKeys = ["address", "weight"]
@@ -328,6 +328,7 @@ struct ConfigDecoder {
             if let entry = map["proxy_protocol"], let value = choice(entry.value, itemPath.key("proxy_protocol"), ProxySend.self) {
                 pool.proxyProtocol = value
             }
+            if let entry = map["redis"], let hash = decodePoolRedis(entry.value, itemPath.key("redis")) { pool.redisHash = hash }
             pools.append(pool)
         }
         return (pools, allNamed ? names : nil)

@@ -87,6 +87,13 @@ extension ConfigDecoder {
         return config
     }
 
+    /// A pool's `redis:`: how `mode: redis` listeners place keys on its servers.
+    mutating func decodePoolRedis(_ node: Node, _ path: ConfigFieldPath) -> RedisHash? {
+        guard let map = mapping(node, path, keys: ["hash"], expected: "a mapping like { hash: ketama }") else { return nil }
+        guard let entry = map["hash"] else { return nil }
+        return choice(entry.value, path.key("hash"), RedisHash.self)
+    }
+
     mutating func decodeProxyAccept(_ node: Node, _ path: ConfigFieldPath) -> ProxyAcceptConfig {
         var config = ProxyAcceptConfig()
         guard let map = mapping(node, path, keys: ["accept", "timeout"], expected: "a mapping like { accept: v2, timeout: 3s }")

@@ -188,6 +188,9 @@ public struct PoolConfig: Sendable, Equatable {
     public var minHealthy = 1
     /// The PROXY protocol header written to each backend connection first.
     public var proxyProtocol: ProxySend = .off
+    /// How `mode: redis` listeners place keys on the servers (`redis.hash`):
+    /// the pool's, so that every listener on it finds a key in one place.
+    public var redisHash: RedisHash = .crc16
 
     public init(
         name: String,

@@ -98,6 +98,10 @@ struct ConfigHTTPTests {
         #expect(wrong.path == "listeners[0].redis" && wrong.message.contains("mode: redis"), "\(wrong)")
         let range = try #require(singleConfigError(httpListener("").replacing("mode: http", with: "mode: redis, redis: { connections_per_backend: 0 }")))
         #expect(range.path == "listeners[0].redis.connections_per_backend", "\(range)")
+        let placed = try decodeConfig(httpListener("").replacing("{ name: api,", with: "{ name: api, redis: { hash: ketama },"))
+        #expect(placed.config.pools[1].redisHash == .ketama && placed.config.pools[0].redisHash == .crc16)
+        let hash = try #require(singleConfigError(httpListener("").replacing("{ name: api,", with: "{ name: api, redis: { hash: ketma },")))
+        #expect(hash.path == "pools[1].redis.hash" && hash.message.contains("crc16, ketama") && hash.message.contains("did you mean \"ketama\""), "\(hash)")
     }
 
     @Test("http settings on a tcp listener are an error, as is an unknown mode")

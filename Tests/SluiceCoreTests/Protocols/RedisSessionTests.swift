@@ -9,7 +9,7 @@ private struct RedisDriver {
         var limits = RedisSession.Limits()
         limits.password = password.map { Array($0.utf8) }
         limits.maxInFlight = maxInFlight
-        session = RedisSession(limits: limits, slots: (0..<RedisSlot.count).map { $0 * 3 / RedisSlot.count })
+        session = RedisSession(limits: limits, shards: RedisShards(.crc16, servers: (0..<3).map { RedisShardServer(name: "s\($0)", weight: 1) }))
     }
 
     mutating func client(_ text: String) -> [RedisSession.Action] {

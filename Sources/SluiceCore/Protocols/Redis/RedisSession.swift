@@ -43,9 +43,9 @@ public struct RedisSession: Sendable {
     }
 
     public let limits: Limits
-    /// Which backend serves each of the 16,384 slots (the worker rebuilds it
-    /// when backends change health); empty: no backend at all.
-    public var slots: [Int]
+    /// Which backend holds each key (the worker replaces it when backends
+    /// change health); empty: no backend at all.
+    public var shards: RedisShards
     private var buffer: [UInt8] = []
     /// Commands in flight from `head` on (those before it are answered and
     /// dropped in batches: no shifting of the whole queue per reply).
@@ -73,9 +73,9 @@ public struct RedisSession: Sendable {
     /// Commands by family, as `RedisFamily.allCases` orders them.
     public private(set) var byFamily = [UInt64](repeating: 0, count: RedisFamily.allCases.count)
 
-    public init(limits: Limits, slots: [Int]) {
+    public init(limits: Limits, shards: RedisShards) {
         self.limits = limits
-        self.slots = slots
+        self.shards = shards
         self.authenticated = limits.password == nil
     }
 
@@ -151,12 +151,12 @@ public struct RedisSession: Sendable {
         if case .local = kind { return local(name, args) }
         if case .refused(let reason) = kind { return answer(RESP.error("ERR \(reason)")) }
         guard authenticated else { return answer(RESP.error("NOAUTH Authentication required.")) }
-        guard !slots.isEmpty else { return answer(RESP.error("ERR no backend available")) }
+        guard !shards.isEmpty else { return answer(RESP.error("ERR no backend available")) }
         let numkeys = kind == .script && args.count > 2 ? Int(String(decoding: args[2], as: UTF8.self)) : nil
         guard let keys = RedisCommands.keyIndices(kind, argumentCount: args.count, numkeys: numkeys) else {
             return answer(RESP.error("ERR wrong number of arguments for '\(name.lowercased())' command"))
         }
-        let servers = keys.map { slots[RedisSlot.of(args[$0])] }
+        let servers = keys.map { shards.server(of: args[$0]) }
         switch kind {
         case .multiKey(let merge):
             var order: [Int] = [] // backends in first-seen order
@@ -216,12 +216,12 @@ public struct RedisSession: Sendable {
             case .local: return refuse("ERR \(name.lowercased()) inside MULTI is not supported through the proxy")
             default: break
             }
-            guard !slots.isEmpty else { return refuse("ERR no backend available") }
+            guard !shards.isEmpty else { return refuse("ERR no backend available") }
             let numkeys = kind == .script && args.count > 2 ? Int(String(decoding: args[2], as: UTF8.self)) : nil
             guard let keys = RedisCommands.keyIndices(kind, argumentCount: args.count, numkeys: numkeys) else {
                 return refuse("ERR wrong number of arguments for '\(name.lowercased())' command")
             }
-            for server in keys.map({ slots[RedisSlot.of(args[$0])] }) {
+            for server in keys.map({ shards.server(of: args[$0]) }) {
                 if tx.server == nil { tx.server = server }
                 guard tx.server == server else { return refuse("CROSSSLOT Keys in a transaction must all be on one server") }
             }
