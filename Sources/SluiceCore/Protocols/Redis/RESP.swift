@@ -206,11 +206,28 @@ public enum RESP {
         guard let bytes else { return Array("$-1\r\n".utf8) }
         return Array("$\(bytes.count)\r\n".utf8) + bytes + [cr, lf]
     }
-    /// A command (or an array reply) of bulk strings.
+    /// A command (or an array reply) of bulk strings, written in one buffer
+    /// (split commands are made per command: no string formatting here).
     public static func array(_ items: [[UInt8]]) -> [UInt8] {
-        var out = Array("*\(items.count)\r\n".utf8)
-        for item in items { out += bulk(item) }
+        var out: [UInt8] = []
+        out.reserveCapacity(items.reduce(16) { $0 + $1.count + 16 })
+        appendHeader(UInt8(ascii: "*"), items.count, to: &out)
+        for item in items {
+            appendHeader(UInt8(ascii: "$"), item.count, to: &out)
+            out += item
+            out.append(cr)
+            out.append(lf)
+        }
         return out
+    }
+
+    /// `*12\r\n`, `$5\r\n`: a type marker, a count, CRLF (the count's
+    /// digits fit a small string: no allocation).
+    static func appendHeader(_ marker: UInt8, _ count: Int, to out: inout [UInt8]) {
+        out.append(marker)
+        out += String(count).utf8
+        out.append(cr)
+        out.append(lf)
     }
 }
 

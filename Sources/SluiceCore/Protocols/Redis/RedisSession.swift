@@ -159,31 +159,35 @@ public struct RedisSession: Sendable {
         let servers = keys.map { shards.server(of: args[$0]) }
         switch kind {
         case .multiKey(let merge):
-            var order: [Int] = [] // backends in first-seen order
-            var byServer: [Int: [Int]] = [:]
-            for (k, server) in zip(keys, servers) {
-                if byServer[server] == nil { order.append(server) }
-                byServer[server, default: []].append(k)
-            }
+            let (order, groups) = Self.grouped(keys, servers)
             if order.count == 1 { return forward([(order[0], raw)], merge: .asIs, &actions) }
-            let parts = order.map { s in (s, RESP.array([args[0]] + byServer[s]!.map { args[$0] })) }
-            let positions = order.map { s in byServer[s]!.map { $0 - 1 } }
+            let parts = zip(order, groups).map { s, group in (s, RESP.array([args[0]] + group.map { args[$0] })) }
+            let positions = groups.map { group in group.map { $0 - 1 } }
             forward(parts, merge: merge == .values ? .values(positions: positions) : .sum, &actions)
         case .keyValuePairs:
-            var order: [Int] = []
-            var byServer: [Int: [Int]] = [:]
-            for (k, server) in zip(keys, servers) {
-                if byServer[server] == nil { order.append(server) }
-                byServer[server, default: []].append(k)
-            }
+            let (order, groups) = Self.grouped(keys, servers)
             if order.count == 1 { return forward([(order[0], raw)], merge: .asIs, &actions) }
-            forward(order.map { s in (s, RESP.array([args[0]] + byServer[s]!.flatMap { [args[$0], args[$0 + 1]] })) }, merge: .allOK, &actions)
+            forward(zip(order, groups).map { s, group in (s, RESP.array([args[0]] + group.flatMap { [args[$0], args[$0 + 1]] })) },
+                    merge: .allOK, &actions)
         default:
             guard let first = servers.first, servers.allSatisfy({ $0 == first }) else {
                 return answer(RESP.error("CROSSSLOT Keys in request don't hash to the same server"))
             }
             forward([(first, raw)], merge: .asIs, &actions)
         }
+    }
+
+    /// Keys by server: the servers in first-seen order, and each one's keys
+    /// (a few servers: a linear search beats hashing).
+    private static func grouped(_ keys: [Int], _ servers: [Int]) -> (order: [Int], groups: [[Int]]) {
+        var order: [Int] = [], groups: [[Int]] = []
+        for (k, server) in zip(keys, servers) {
+            if let g = order.firstIndex(of: server) { groups[g].append(k) } else {
+                order.append(server)
+                groups.append([k])
+            }
+        }
+        return (order, groups)
     }
 
     /// MULTI starts queueing here; the queued commands must all be on one
@@ -313,14 +317,21 @@ public struct RedisSession: Sendable {
             }
             return RESP.integer(total)
         case .values(let positions):
-            var values = [[UInt8]](repeating: Array("$-1\r\n".utf8), count: positions.reduce(0) { $0 + $1.count })
-            for (part, places) in zip(parts, positions) {
-                guard let elements = RESP.elements(part), elements.count == places.count else {
+            // Where each value is (part, range), then one buffer written in the keys' order.
+            var places = [(part: Int, range: Range<Int>)](repeating: (0, 0..<0), count: positions.reduce(0) { $0 + $1.count })
+            var size = 16
+            for (p, (part, keys)) in zip(parts, positions).enumerated() {
+                guard let elements = RESP.elements(part), elements.count == keys.count else {
                     return RESP.error("ERR a backend answered MGET with something else")
                 }
-                for (range, place) in zip(elements, places) { values[place] = Array(part[range]) }
+                for (range, key) in zip(elements, keys) { places[key] = (p, range) }
+                size += part.count
             }
-            return Array("*\(values.count)\r\n".utf8) + values.flatMap { $0 }
+            var out: [UInt8] = []
+            out.reserveCapacity(size)
+            RESP.appendHeader(UInt8(ascii: "*"), places.count, to: &out)
+            for place in places { out += parts[place.part][place.range] }
+            return out
         }
     }
 
