@@ -5,6 +5,7 @@
  * by reusing the first copy's map fds. Layout lives in sluice_abi.h. */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
 #include "sluice_abi.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -57,6 +58,18 @@ struct {
     __type(key, __u32);
     __type(value, __u32);
 } syn_owners SEC(".maps");
+
+/* Client address → worker, for the flows of a `mode: udp` listener: every
+ * datagram of a flow reaches the worker that holds its backend socket.
+ * Entries are added here and removed by the worker when the flow expires;
+ * the LRU drops the oldest if the worker never saw a flow's datagram.
+ * Sized at open time (1 for stream listeners). */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 1);
+    __type(key, struct sluice_flow_key);
+    __type(value, __u32);
+} udp_flows SEC(".maps");
 
 /* Rotates the starting point of the scan so ties do not always go to worker 0. */
 __u32 rotor = 0;
@@ -209,5 +222,80 @@ int select_worker(struct sk_reuseport_md *ctx)
     charge(best);
     remember(ctx, best, is_syn);
     count(SLUICE_STEER_SELECTED);
+    return SK_PASS;
+}
+
+/* The client's address and port of a datagram: the network header through
+ * load_bytes_relative, the UDP header at the context's data. */
+static __always_inline int flow_key(struct sk_reuseport_md *ctx, struct sluice_flow_key *key)
+{
+    if (ctx->eth_protocol == bpf_htons(0x0800 /* ETH_P_IP */)) {
+        key->family = 4;
+        if (bpf_skb_load_bytes_relative(ctx, 12, &key->addr[0], 4, BPF_HDR_START_NET) < 0)
+            return -1;
+    } else if (ctx->eth_protocol == bpf_htons(0x86DD /* ETH_P_IPV6 */)) {
+        key->family = 6;
+        if (bpf_skb_load_bytes_relative(ctx, 8, &key->addr[0], 16, BPF_HDR_START_NET) < 0)
+            return -1;
+    } else {
+        return -1;
+    }
+    return bpf_skb_load_bytes(ctx, 0, &key->port, 2);
+}
+
+SEC("sk_reuseport")
+int select_flow(struct sk_reuseport_md *ctx)
+{
+    struct sluice_flow_key key = {};
+    if (ctx->ip_protocol != 17 /* UDP */ || flow_key(ctx, &key) < 0) {
+        count(SLUICE_STEER_PASSED);
+        return SK_PASS;
+    }
+    /* A known flow stays on its worker, stalled or not: that worker holds
+     * its backend socket. Only a worker that is gone (its socket out of the
+     * array) loses it. */
+    __u32 *owner = bpf_map_lookup_elem(&udp_flows, &key);
+    if (owner) {
+        __u32 k = *owner;
+        if (k < SLUICE_MAX_WORKERS && bpf_sk_select_reuseport(ctx, &worker_socks, &k, 0) == 0) {
+            count(SLUICE_STEER_FLOW_FOLLOWED);
+            return SK_PASS;
+        }
+    }
+    __u32 n = nr_workers;
+    if (n > SLUICE_MAX_WORKERS)
+        n = SLUICE_MAX_WORKERS;
+    __u64 now = bpf_ktime_get_ns();
+    __u32 start = __sync_fetch_and_add(&rotor, 1);
+    __u32 best = SLUICE_MAX_WORKERS;
+    __u64 best_flows = ~0ULL;
+    for (__u32 i = 0; i < SLUICE_MAX_WORKERS; i++) {
+        if (i >= n)
+            break;
+        __u32 k = (start + i) % n;
+        struct sluice_worker *w = bpf_map_lookup_elem(&worker_load, &k);
+        if (!w)
+            continue;
+        if (!is_live(w, now)) {
+            count(SLUICE_STEER_STALL_SKIP);
+            continue;
+        }
+        if (w->flows < best_flows) {
+            best_flows = w->flows;
+            best = k;
+        }
+    }
+    /* Nobody live, or the chosen socket gone: the kernel's hash decides,
+     * and the flow is not remembered (its next datagram is placed anew). */
+    if (best == SLUICE_MAX_WORKERS) {
+        count(SLUICE_STEER_ALL_STALLED);
+        return SK_PASS;
+    }
+    if (bpf_sk_select_reuseport(ctx, &worker_socks, &best, 0) < 0) {
+        count(SLUICE_STEER_FALLBACK);
+        return SK_PASS;
+    }
+    bpf_map_update_elem(&udp_flows, &key, &best, BPF_ANY);
+    count(SLUICE_STEER_FLOW_PLACED);
     return SK_PASS;
 }

@@ -7,6 +7,8 @@ import CSluice
 public enum BPFProgram: String, Sendable, CaseIterable {
     /// SK_REUSEPORT: picks the least-loaded live worker (bpf/sluice.bpf.c).
     case selectWorker = "select_worker"
+    /// SK_REUSEPORT for UDP: a flow's datagrams to its worker, a new flow to the one with the fewest.
+    case selectFlow = "select_flow"
     /// SK_SKB stream verdict: redirects a paired socket's bytes to its peer (bpf/sockmap.bpf.c).
     case redirectPeer = "redirect_peer"
 }
@@ -24,6 +26,8 @@ public enum BPFMap: String, Sendable, CaseIterable {
     case steerStats = "steer_stats"
     /// One u64: SLUICE_ABI_VERSION of the daemon that created the maps.
     case abi = "abi"
+    /// LRU hash: a UDP client's address → the worker that holds its flow.
+    case udpFlows = "udp_flows"
     /// SOCKHASH of paired sockets, keyed by socket cookie.
     case sockmapSocks = "sockmap_socks"
     /// cookie → `struct sluice_sockmap_peer`.
@@ -33,8 +37,8 @@ public enum BPFMap: String, Sendable, CaseIterable {
 /// The programs and maps of the steering object (bpf/sluice.bpf.c); checked
 /// after open so a mismatched build fails loudly instead of at attach time.
 public enum SluiceBPFLayout {
-    public static let programs: [BPFProgram] = [.selectWorker]
-    public static let maps: [BPFMap] = [.workerLoad, .listenerLoad, .workerSocks, .synOwners, .steerStats, .abi]
+    public static let programs: [BPFProgram] = [.selectWorker, .selectFlow]
+    public static let maps: [BPFMap] = [.workerLoad, .listenerLoad, .workerSocks, .synOwners, .steerStats, .abi, .udpFlows]
     public static let abiVersion = UInt64(SLUICE_ABI_VERSION)
 }
 

@@ -15,6 +15,10 @@ public struct SteeringStats: Sendable, Equatable {
     public var acks: UInt64 = 0
     /// ... of which placed on the worker their SYN was charged to.
     public var acksFollowed: UInt64 = 0
+    /// UDP: new flows placed on the live worker with the fewest, and
+    /// datagrams of known flows sent to their worker.
+    public var flowsPlaced: UInt64 = 0
+    public var flowsFollowed: UInt64 = 0
 
     public init() {}
 
@@ -33,6 +37,8 @@ public struct SteeringStats: Sendable, Equatable {
         passed = sum(SLUICE_STEER_PASSED)
         acks = sum(SLUICE_STEER_ACK)
         acksFollowed = sum(SLUICE_STEER_ACK_FOLLOWED)
+        flowsPlaced = sum(SLUICE_STEER_FLOW_PLACED)
+        flowsFollowed = sum(SLUICE_STEER_FLOW_FOLLOWED)
     }
 }
 
@@ -51,8 +57,10 @@ public final class KernelSteering {
 
     /// Loads one object per listener. With `attachPrograms` false only the
     /// maps matter (counters for status in `hash` and `shared_accept` modes).
+    /// `flowCapacity[i]`: the size of UDP listener i's flow map (absent for
+    /// stream listeners, whose map stays at one entry).
     public init(instance: String, workers: Int, listeners: Int, stallThresholdNanoseconds: UInt64,
-                attachPrograms: Bool, pinRoot: String = PinLayout.root) throws(BPFError) {
+                attachPrograms: Bool, flowCapacity: [Int: UInt32] = [:], pinRoot: String = PinLayout.root) throws(BPFError) {
         precondition(workers >= 1 && workers <= Int(SLUICE_MAX_WORKERS))
         self.attachPrograms = attachPrograms
         pinDirectory = PinLayout.directory(instance: instance, root: pinRoot)
@@ -66,6 +74,7 @@ public final class KernelSteering {
                 if index > 0 {
                     for name in PinLayout.pinnedMaps { try object.reuseMap(name, fd: try objects[0].mapFD(name)) }
                 }
+                if let capacity = flowCapacity[index] { try object.setMaxEntries(.udpFlows, capacity) }
                 try object.load()
             }
             do {
@@ -91,8 +100,9 @@ public final class KernelSteering {
     public var workerLoadFD: Int32? { try? objects.first?.mapFD(.workerLoad) }
 
     /// Puts listener `index`'s per-worker sockets in its `worker_socks` array
-    /// (slot k = worker k) and attaches its program to the reuseport group.
-    public func attach(listener index: Int, workerSockets: [Int32]) throws(BPFError) {
+    /// (slot k = worker k) and attaches its program to the reuseport group:
+    /// select_flow for datagram sockets, select_worker for stream ones.
+    public func attach(listener index: Int, workerSockets: [Int32], datagrams: Bool = false) throws(BPFError) {
         guard attachPrograms else { return }
         let object = objects[index]
         let socks = try object.mapFD(.workerSocks)
@@ -103,11 +113,18 @@ public final class KernelSteering {
                 throw BPFError("adding worker \(worker)'s socket to worker_socks failed: \(errnoDescription(errno))")
             }
         }
-        let prog = try object.programFD(.selectWorker)
+        let program: BPFProgram = datagrams ? .selectFlow : .selectWorker
+        let prog = try object.programFD(program)
         // Attaching through any member socket attaches to the whole group.
         do { try Socket.setOption(workerSockets[0], SOL_SOCKET, 52, prog, "SO_ATTACH_REUSEPORT_EBPF") } catch {
-            throw BPFError("attaching select_worker to the reuseport group failed: \(errnoDescription(error.errno))")
+            throw BPFError("attaching \(program.rawValue) to the reuseport group failed: \(errnoDescription(error.errno))")
         }
+    }
+
+    /// UDP listener `index`'s flow map (to forget a flow's entry when it expires).
+    public func flowMapFD(listener index: Int) -> Int32? {
+        guard attachPrograms, index < objects.count else { return nil }
+        return try? objects[index].mapFD(.udpFlows)
     }
 
     public var stats: SteeringStats {

@@ -14,7 +14,7 @@ public protocol CounterField: Sendable {
 /// compiler gave them in sluice_abi.h.
 public enum WorkerField: CounterField, CaseIterable {
     case active, accepted, heartbeatNanoseconds, busyNanoseconds, flags, bytesIn, bytesOut
-    case pending, charged, underflows
+    case pending, charged, underflows, flows
 
     public var offset: Int {
         switch self {
@@ -28,6 +28,7 @@ public enum WorkerField: CounterField, CaseIterable {
         case .pending: Self.offsets.pending
         case .charged: Self.offsets.charged
         case .underflows: Self.offsets.underflows
+        case .flows: Self.offsets.flows
         }
     }
 
@@ -41,7 +42,8 @@ public enum WorkerField: CounterField, CaseIterable {
         bytesOut: MemoryLayout<sluice_worker>.offset(of: \.bytes_out)!,
         pending: MemoryLayout<sluice_worker>.offset(of: \.pending)!,
         charged: MemoryLayout<sluice_worker>.offset(of: \.charged)!,
-        underflows: MemoryLayout<sluice_worker>.offset(of: \.underflows)!
+        underflows: MemoryLayout<sluice_worker>.offset(of: \.underflows)!,
+        flows: MemoryLayout<sluice_worker>.offset(of: \.flows)!
     )
 
     public static var stride: Int { MemoryLayout<sluice_worker>.stride }

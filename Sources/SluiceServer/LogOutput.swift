@@ -83,6 +83,8 @@ public struct AccessRecord: Sendable {
     public var tunnel: String?
     /// A `mode: redis` client's commands and error replies.
     public var redis: (commands: UInt64, errors: UInt64)?
+    /// A `mode: udp` flow's datagrams each way.
+    public var datagrams: (fromClient: UInt64, toClient: UInt64)?
 
     public func render(_ format: AccessLogFormat) -> String? {
         let ms = Double(durationMicroseconds) / 1000
@@ -94,13 +96,15 @@ public struct AccessRecord: Sendable {
             return "\(wallClockTimestamp()) access worker=\(worker) listener=\(listener) client=\(client) backend=\(backend ?? "-") "
                 + "bytes_in=\(bytesFromClient) bytes_out=\(bytesToClient) duration_ms=\(duration) path=\(dataPath) reason=\(closeReason)"
                 + (tunnel.map { " tunnel=\($0)" } ?? "") + (redis.map { " commands=\($0.commands) errors=\($0.errors)" } ?? "")
+                + (datagrams.map { " datagrams_in=\($0.fromClient) datagrams_out=\($0.toClient)" } ?? "")
         case .json:
             return "{\"time\":\"\(wallClockTimestamp())\",\"worker\":\(worker),\"listener\":\(jsonString(listener)),"
                 + "\"client\":\(jsonString(client)),\"backend\":\(backend.map(jsonString) ?? "null"),"
                 + "\"bytes_in\":\(bytesFromClient),\"bytes_out\":\(bytesToClient),\"duration_ms\":\(duration),"
                 + "\"path\":\(jsonString(dataPath)),\"reason\":\(jsonString(closeReason))"
                 + (tunnel.map { ",\"tunnel\":\(jsonString($0))" } ?? "")
-                + (redis.map { ",\"commands\":\($0.commands),\"errors\":\($0.errors)" } ?? "") + "}"
+                + (redis.map { ",\"commands\":\($0.commands),\"errors\":\($0.errors)" } ?? "")
+                + (datagrams.map { ",\"datagrams_in\":\($0.fromClient),\"datagrams_out\":\($0.toClient)" } ?? "") + "}"
         }
     }
 }

@@ -119,6 +119,9 @@ public final class RuntimeListener: Sendable {
     /// Connections closed for a missing, malformed or late PROXY header.
     public let proxyHeaderRejected = ManagedAtomic<UInt64>(0)
 
+    /// `mode: udp`: datagrams and bytes each way, and datagrams dropped by reason.
+    public let udp = UDPCounters()
+
     public init(index: Int, config: ListenerConfig, pool: RuntimePool, address: SocketAddress, counters: ListenerLoadRecord,
                 pools: [String: RuntimePool] = [:]) {
         self.index = index
@@ -192,4 +195,34 @@ public final class WorkerCounters: Sendable {
     public let promotions = ManagedAtomic<UInt64>(0)
 
     public init() {}
+}
+
+/// A `mode: udp` listener's traffic (flows open and opened are in `counters`).
+public final class UDPCounters: Sendable {
+    public enum Drop: String, Sendable, CaseIterable {
+        /// A new flow while `max_flows` were open.
+        case maxFlows = "max_flows"
+        /// No eligible backend, or no socket for the flow.
+        case noBackend = "no_backend"
+        /// The backend refused (ICMP port unreachable) or a send failed.
+        case backendError = "backend_error"
+        /// The client's socket buffer was full for a reply.
+        case clientError = "client_error"
+        /// Larger than the 64 KiB a datagram can be.
+        case truncated
+    }
+
+    public let datagramsIn = ManagedAtomic<UInt64>(0)
+    public let datagramsOut = ManagedAtomic<UInt64>(0)
+    public let bytesIn = ManagedAtomic<UInt64>(0)
+    public let bytesOut = ManagedAtomic<UInt64>(0)
+    public let drops = Drop.allCases.map { _ in ManagedAtomic<UInt64>(0) }
+
+    public init() {}
+
+    public func drop(_ reason: Drop, _ count: UInt64 = 1) {
+        drops[Drop.allCases.firstIndex(of: reason)!].wrappingIncrement(by: count, ordering: .relaxed)
+    }
+
+    public func drops(_ reason: Drop) -> UInt64 { drops[Drop.allCases.firstIndex(of: reason)!].load(ordering: .relaxed) }
 }

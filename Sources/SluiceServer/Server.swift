@@ -115,7 +115,8 @@ public final class Server: AdminHandler {
             try dropPrivileges(to: user, keepsSockmap: dataPath.sockmap != nil, pinDirectory: steering?.pinDirectory,
                                adminSocket: config.admin?.socket, lock: lock)
         }
-        let settings = workerSettings(dataPath: dataPath)
+        var settings = workerSettings(dataPath: dataPath)
+        settings.flowMaps = listeners.map { $0.config.mode == .udp ? steering?.flowMapFD(listener: $0.index) : nil }
         let workers = try startWorkers(listeners: listeners, bound: bound, settings: settings, table: table,
                                        sockmapPairs: dataPath.sockmap, onExit: loop.workerExited)
         owned.push { workers.stop() }

@@ -57,11 +57,17 @@ extension Server {
     /// Loads the BPF object and pins the per-worker counters. `least_loaded`
     /// cannot run without it; the other modes run with process memory instead.
     func setUpSteering(mode: SteeringMode, pinning: Bool) throws(ServerError) -> KernelSteering? {
+        // Room for every flow a UDP listener may have, twice over: the LRU
+        // then never drops a live flow's entry for a stale one's.
+        var flowCapacity: [Int: UInt32] = [:]
+        for (index, listener) in config.listeners.enumerated() {
+            if let udp = listener.udp { flowCapacity[index] = UInt32(min(udp.maxFlows * 2, 1 << 21)) }
+        }
         do {
             let steering = try KernelSteering(
                 instance: config.instance, workers: config.workers, listeners: config.listeners.count,
                 stallThresholdNanoseconds: config.stallThreshold.nanoseconds,
-                attachPrograms: mode == .leastLoaded)
+                attachPrograms: mode == .leastLoaded, flowCapacity: flowCapacity)
             if pinning {
                 do {
                     if try steering.pin(daemonUser: config.user.flatMap { UserEntry.named($0)?.uid }) {
@@ -127,6 +133,9 @@ extension Server {
         }
     }
 
+    /// Socket buffers of UDP sockets: a burst of 64 KiB datagrams fits.
+    static let udpBufferBytes: Int32 = 4 << 20
+
     /// Binds every listener into `bound`: one SO_REUSEPORT socket per
     /// worker, or, for shared_accept, one socket that every worker gets a
     /// duplicate of. On failure, what is bound stays in `bound` to be closed.
@@ -140,7 +149,14 @@ extension Server {
                 throw ServerError("listener \(listener.name): bad address \(listener.bind)")
             }
             do throws(SystemCallError) {
-                if shared {
+                if listener.mode == .udp {
+                    // One socket per worker even with shared_accept: datagrams are not accepted.
+                    for worker in 0..<config.workers {
+                        let fd = try Socket.udpListen(on: address, reusePort: true, bufferBytes: Self.udpBufferBytes)
+                        bound.add(fd, worker: worker)
+                        if address.port == 0 { address = try Socket.localAddress(fd) }
+                    }
+                } else if shared {
                     let fd = try Socket.listen(on: address, reusePort: false, noDelay: true)
                     defer { closeDescriptor(fd) }
                     address = try Socket.localAddress(fd)
@@ -189,7 +205,10 @@ extension Server {
     func attachSteering(_ steering: KernelSteering?, listeners: [RuntimeListener], bound: BoundListeners) throws(ServerError) {
         guard let steering, config.steering == .leastLoaded else { return }
         for listener in listeners {
-            do { try steering.attach(listener: listener.index, workerSockets: bound.sockets(listener: listener.index)) } catch {
+            do {
+                try steering.attach(listener: listener.index, workerSockets: bound.sockets(listener: listener.index),
+                                    datagrams: listener.config.mode == .udp)
+            } catch {
                 throw ServerError("listener \(listener.name): \(error)")
             }
         }

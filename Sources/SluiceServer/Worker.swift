@@ -58,6 +58,8 @@ enum WorkerTimer {
     case redisReply(link: Int)
     /// Time to see whether Redis key placement must follow a health change.
     case redisShards
+    /// A UDP flow may have been idle for its timeout.
+    case udpFlow(id: UInt64)
 }
 
 /// Shared, immutable settings for every worker of one server.
@@ -98,6 +100,8 @@ struct WorkerSettings: Sendable {
     /// After an EOF, how long the kernel's redirect backlog may make no
     /// progress before the EOF is passed on anyway.
     var sockmapFlushTimeoutMilliseconds: UInt64 = 5000
+    /// Per listener: the `udp_flows` map of a UDP listener steered in BPF.
+    var flowMaps: [Int32?] = []
 }
 
 /// A worker thread: its own epoll instance, its own listening socket per
@@ -134,6 +138,11 @@ final class Worker: @unchecked Sendable {
     var redisDirtyClients: [RedisClient] = []
     var redisDirtyLinks: [RedisLink] = []
     var redisShardStates: [RedisShardKey: RedisShardState] = [:]
+    /// `mode: udp`: flows by client (per_packet ones only by id), and the
+    /// batch the worker receives datagrams into.
+    var udpFlows: [UDPFlowKey: UDPFlow] = [:]
+    var udpFlowsByID: [UInt64: UDPFlow] = [:]
+    lazy var udpBatch = DatagramBatch(count: 32)
     /// Clients whose PROXY header is still to come.
     var awaitingHeaders: [UInt64: AwaitingHeader] = [:]
     var lastHeaderRejectionLog: UInt64 = 0
@@ -167,6 +176,7 @@ final class Worker: @unchecked Sendable {
     static let proxyHeaderKind: UInt64 = 5 << 56
     static let redisClientKind: UInt64 = 6 << 56
     static let redisLinkKind: UInt64 = 7 << 56
+    static let udpFlowKind: UInt64 = 8 << 56
     private static let kindMask: UInt64 = 0xFF << 56
 
     init(
@@ -239,7 +249,8 @@ final class Worker: @unchecked Sendable {
         }
         logger.debug("worker started")
 
-        while !(draining && sessions.isEmpty && httpConnections.isEmpty && awaitingHeaders.isEmpty && redisClients.isEmpty) {
+        while !(draining && sessions.isEmpty && httpConnections.isEmpty && awaitingHeaders.isEmpty && redisClients.isEmpty
+                && udpFlowsByID.isEmpty) {
             let idleSince = monotonicNanoseconds()
             record.store(.heartbeatNanoseconds, idleSince)
             let now = idleSince / 1_000_000
@@ -308,8 +319,11 @@ final class Worker: @unchecked Sendable {
             redisClientReady(token & ~Self.kindMask, events)
         case Self.redisLinkKind:
             redisLinkReady(Int(token & ~Self.kindMask), events)
+        case Self.udpFlowKind:
+            udpBackendReadable(token & ~Self.kindMask)
         case Self.listenerKind:
-            acceptConnections(listenerIndex: Int(token & ~Self.kindMask))
+            let index = Int(token & ~Self.kindMask)
+            if listeners[index].config.mode == .udp { udpListenerReadable(index) } else { acceptConnections(listenerIndex: index) }
         default:
             wakeup.drain()
             commandsWaiting = true
@@ -325,7 +339,7 @@ final class Worker: @unchecked Sendable {
                 guard !draining else { continue }
                 draining = true
                 record.setBits(.flags, UInt64(SLUICE_WORKER_DRAINING))
-                closeListeners()
+                closeListeners(keepingDatagramSockets: true)
                 for connection in Array(httpConnections.values) where connection.machine.isWaiting {
                     close(connection, reason: .clientClosed)
                 }
@@ -373,6 +387,7 @@ final class Worker: @unchecked Sendable {
             for connection in Array(httpConnections.values) { lingerWritable(connection, force: true) }
             for waiting in Array(awaitingHeaders.values) { rejectHeader(waiting, "the drain deadline passed") }
             for client in Array(redisClients.values) { closeRedis(client) }
+            for flow in Array(udpFlowsByID.values) { closeFlow(flow, reason: "drain_timeout") }
         case .http(let id, let timer):
             guard let connection = httpConnections[id], !connection.isClosed else { return }
             if timer == .head { connection.headTimer = nil } else { connection.responseTimer = nil }
@@ -385,6 +400,8 @@ final class Worker: @unchecked Sendable {
             redisReplyTimedOut(index)
         case .redisShards:
             checkRedisShards()
+        case .udpFlow(let id):
+            udpFlowTimerFired(id)
         case .httpConnect(let id):
             guard let connection = httpConnections[id], connection.connecting else { return }
             connection.connectTimer = nil
@@ -401,6 +418,11 @@ final class Worker: @unchecked Sendable {
     func armListener(_ index: Int, firstTime: Bool = false) throws(SystemCallError) {
         guard let fd = listenerFDs[index] else { return }
         let token = Self.listenerKind | UInt64(index)
+        if listeners[index].config.mode == .udp {
+            // Level-triggered and never re-armed: a worker takes a few batches per turn.
+            if firstTime { try epoll.add(fd, .readable, token: token) }
+            return
+        }
         if firstTime || settings.sharedAccept {
             try epoll.add(fd, listenerInterest, token: token)
         } else {
@@ -408,10 +430,13 @@ final class Worker: @unchecked Sendable {
         }
     }
 
-    private func closeListeners() {
+    /// Draining keeps a UDP listener's socket (out of epoll: no new
+    /// datagrams are read) so that its flows' replies can still go out.
+    private func closeListeners(keepingDatagramSockets: Bool = false) {
         for (index, fd) in listenerFDs.enumerated() {
             if let fd {
                 epoll.remove(fd)
+                if keepingDatagramSockets && listeners[index].config.mode == .udp { continue }
                 closeDescriptor(fd)
                 listenerFDs[index] = nil
             }

@@ -10,8 +10,9 @@
  * map and checked when a pin directory is opened, so pins from another
  * version are refused (libbpf's pinned-map reuse check compares sizes only).
  * 3: splice_socks/splice_peers/splice_verdict renamed sockmap_socks/
- * sockmap_peers/redirect_peer. */
-#define SLUICE_ABI_VERSION 3
+ * sockmap_peers/redirect_peer. 4: sluice_worker.flows, the flow steering
+ * stats and udp_flows. */
+#define SLUICE_ABI_VERSION 4
 
 #define SLUICE_MAX_WORKERS 64
 #define SLUICE_MAX_LISTENERS 64
@@ -36,6 +37,7 @@ struct sluice_worker {
     __u64 pending;
     __u64 charged;      /* charges taken, total */
     __u64 underflows;   /* decrements of `active` that would have gone below zero */
+    __u64 flows;        /* open UDP flows: what select_flow compares */
 };
 
 /* One entry per listener in the mmap-able `listener_load` array, written by
@@ -57,7 +59,17 @@ enum sluice_steer_stat {
     SLUICE_STEER_PASSED = 4,     /* neither a SYN nor a pure ACK: kernel hash, uncharged */
     SLUICE_STEER_ACK = 5,        /* a pure ACK reached the listener: a syncookie completion or a stray */
     SLUICE_STEER_ACK_FOLLOWED = 6,/* ... placed on the worker its SYN was charged to (no new charge) */
-    SLUICE_STEER_NSTATS = 7,
+    SLUICE_STEER_FLOW_PLACED = 7, /* a new UDP flow placed on the live worker with the fewest flows */
+    SLUICE_STEER_FLOW_FOLLOWED = 8,/* a datagram of a known flow sent to its worker */
+    SLUICE_STEER_NSTATS = 9,
+};
+
+/* Key of `udp_flows`: a client's source address as it arrived (an IPv4
+ * address in addr[0], the rest zero), port in network order. */
+struct sluice_flow_key {
+    __u32 addr[4];
+    __u16 port;
+    __u16 family; /* 4 or 6 */
 };
 
 /* Value of the `sockmap_peers` map, keyed by a paired socket's cookie. */

@@ -21,6 +21,7 @@
 #include "sluice_abi.h"
 #include "sluice_tcpinfo.h"
 #include "sluice_privileges.h"
+#include "sluice_datagrams.h"
 
 /* Calls that need _GNU_SOURCE or are variadic, declared here so Swift sees them. */
 int sluice_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
@@ -59,5 +60,6 @@ static const unsigned int SLUICE_SPLICE_F_NONBLOCK = 2;
 static const int SLUICE_SOCK_NONBLOCK = SOCK_NONBLOCK;
 static const int SLUICE_SOCK_CLOEXEC = SOCK_CLOEXEC;
 static const int SLUICE_SOCK_STREAM = SOCK_STREAM;
+static const int SLUICE_SOCK_DGRAM = SOCK_DGRAM;
 
 #endif

@@ -27,6 +27,8 @@ public enum ConfigBounds {
     public static let httpKeepAliveTimeout: ClosedRange<Duration> = .milliseconds(1) ... .seconds(3600)
     public static let redisConnectionsPerBackend: ClosedRange<Int> = 1...64
     public static let redisReplyTimeout: ClosedRange<Duration> = .milliseconds(1) ... .seconds(3600)
+    public static let udpFlowIdleTimeout: ClosedRange<Duration> = .milliseconds(10) ... day
+    public static let udpMaxFlows: ClosedRange<Int> = 1...1_000_000
     public static let proxyHeaderTimeout: ClosedRange<Duration> = .milliseconds(10) ... .seconds(60)
     public static let httpTunnelIdleTimeout: ClosedRange<Duration> = .milliseconds(1) ... day
     public static let drainTimeout: ClosedRange<Duration> = .milliseconds(1) ... day

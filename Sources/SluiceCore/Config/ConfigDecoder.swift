@@ -65,7 +65,7 @@ struct ConfigDecoder {
     static let rebalanceKeys = ["interval", "ratio"]
     static let logKeys = ["level", "access", "file"]
     static let adminKeys = ["socket", "metrics", "idle_timeout"]
-    static let listenerKeys = ["name", "bind", "pool", "max_connections", "connect_timeout", "idle_timeout", "mode", "http", "redis", "proxy_protocol"]
+    static let listenerKeys = ["name", "bind", "pool", "max_connections", "connect_timeout", "idle_timeout", "mode", "http", "redis", "udp", "proxy_protocol"]
     static let poolKeys = ["name", "algorithm", "retries", "backends", "health_check", "passive", "min_healthy", "proxy_protocol", "redis"]
     static let healthKeys = ["kind", "interval", "timeout", "rise", "fall", "path", "expect_status"]
     static let passiveKeys = ["failures", "ejection"]
@@ -516,6 +516,9 @@ struct ConfigDecoder {
             }
             if let entry = map["proxy_protocol"] {
                 listener.proxyProtocol = decodeProxyAccept(entry.value, itemPath.key("proxy_protocol"))
+                if listener.mode == .udp && listener.proxyProtocol.accept != .off {
+                    fail(itemPath.key("proxy_protocol"), at: entry.value, "a mode udp listener takes no PROXY header (it is a TCP protocol)")
+                }
             }
             listeners.append(listener)
         }

@@ -18,6 +18,13 @@ extension ConfigDecoder {
         } else if listener.mode == .redis {
             listener.redis = RedisListenerConfig()
         }
+        if let udp = map["udp"] {
+            if listener.mode == .udp { listener.udp = decodeUDP(udp.value, path.key("udp")) } else {
+                fail(path.key("udp"), at: udp.value, "udp settings need mode: udp")
+            }
+        } else if listener.mode == .udp {
+            listener.udp = UDPListenerConfig()
+        }
         guard listener.mode == .http else {
             if let entry { fail(path.key("http"), at: entry.value, "http settings need mode: http") }
             return
@@ -83,6 +90,22 @@ extension ConfigDecoder {
         }
         if let entry = map["reply_timeout"], let value = duration(entry.value, path.key("reply_timeout"), in: ConfigBounds.redisReplyTimeout) {
             config.replyTimeout = value
+        }
+        return config
+    }
+
+    private mutating func decodeUDP(_ node: Node, _ path: ConfigFieldPath) -> UDPListenerConfig {
+        var config = UDPListenerConfig()
+        guard let map = mapping(node, path, keys: ["flow_idle_timeout", "per_packet", "max_flows"],
+                                expected: "a mapping like { flow_idle_timeout: 30s, per_packet: false, max_flows: 10000 }")
+        else { return config }
+        if let entry = map["flow_idle_timeout"],
+           let value = duration(entry.value, path.key("flow_idle_timeout"), in: ConfigBounds.udpFlowIdleTimeout) {
+            config.flowIdleTimeout = value
+        }
+        if let entry = map["per_packet"], let value = boolean(entry.value, path.key("per_packet")) { config.perPacket = value }
+        if let entry = map["max_flows"], let value = integer(entry.value, path.key("max_flows"), in: ConfigBounds.udpMaxFlows) {
+            config.maxFlows = value
         }
         return config
     }

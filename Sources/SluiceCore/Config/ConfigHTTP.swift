@@ -6,6 +6,22 @@ public enum ListenerMode: String, Sendable, CaseIterable {
     case http
     /// A Redis proxy: keys sharded over the pool's servers by slot, commands pipelined.
     case redis
+    /// UDP: flows steered to workers in BPF, datagrams relayed over one
+    /// connected socket per flow.
+    case udp
+}
+
+/// `udp:` of a `mode: udp` listener.
+public struct UDPListenerConfig: Sendable, Equatable {
+    /// A flow with no datagram either way for this long is closed.
+    public var flowIdleTimeout: Duration = .seconds(30)
+    /// A backend per datagram (DNS style): each datagram gets a socket of
+    /// its own, closed after the first reply or the idle timeout.
+    public var perPacket = false
+    /// Flows open at once; a new flow beyond is dropped (and counted).
+    public var maxFlows = 10_000
+
+    public init() {}
 }
 
 /// `redis:` of a `mode: redis` listener.

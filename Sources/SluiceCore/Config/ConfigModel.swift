@@ -119,6 +119,8 @@ public struct ListenerConfig: Sendable, Equatable {
     public var http: HTTPListenerConfig?
     /// Set for `mode: redis` (defaults when the key is absent), nil otherwise.
     public var redis: RedisListenerConfig?
+    /// Set for `mode: udp` (defaults when the key is absent), nil otherwise.
+    public var udp: UDPListenerConfig?
     /// A PROXY protocol header the load balancer in front sends first.
     public var proxyProtocol = ProxyAcceptConfig()
 

@@ -24,6 +24,8 @@ extension ConfigDecoder {
 public struct DescriptorBudget: Sendable, Equatable {
     /// Client and backend socket of each proxied connection.
     public static let perConnection = 2
+    /// A UDP flow's connected socket (its client's datagrams share the listener's).
+    public static let perFlow = 1
     /// Per worker: its epoll and eventfd, a socket per listener, and a few
     /// pipes of its splice(2) pool in flight.
     static func perWorker(listeners: Int) -> Int { 2 + listeners + 8 }
@@ -32,25 +34,28 @@ public struct DescriptorBudget: Sendable, Equatable {
     public static let fixedMargin = 64
 
     public var connections: Int
+    public var flows: Int
     public var margin: Int
 
     public init(config: SluiceConfig) {
-        connections = config.listeners.reduce(0) { $0.addingClamped($1.maxConnections) }
+        connections = config.listeners.filter { $0.mode != .udp }.reduce(0) { $0.addingClamped($1.maxConnections) }
+        flows = config.listeners.compactMap(\.udp).reduce(0) { $0.addingClamped($1.maxFlows) }
         let checkedBackends = config.pools.reduce(0) { $0 + ($1.healthCheck == nil ? 0 : $1.backends.count) }
         margin = Self.fixedMargin + config.workers * Self.perWorker(listeners: config.listeners.count) + checkedBackends
     }
 
     /// Descriptors needed with every listener at its `max_connections`.
     public var required: Int {
-        connections.multipliedClamped(Self.perConnection).addingClamped(margin)
+        connections.multipliedClamped(Self.perConnection).addingClamped(flows.multipliedClamped(Self.perFlow)).addingClamped(margin)
     }
 
     /// A warning naming the numbers when `openFilesLimit` is too small; nil when it fits.
     public func warning(openFilesLimit: Int) -> String? {
         guard required > openFilesLimit else { return nil }
-        let fitting = max(0, (openFilesLimit - margin) / Self.perConnection)
-        return "the listeners' max_connections add up to \(connections), which needs about \(required) descriptors "
-            + "(\(Self.perConnection) per connection + \(margin) for listeners, epoll, pipes and the rest), "
+        let fitting = max(0, (openFilesLimit - margin - flows * Self.perFlow) / Self.perConnection)
+        let udp = flows > 0 ? " and the udp listeners' max_flows to \(flows)" : ""
+        return "the listeners' max_connections add up to \(connections)\(udp), which needs about \(required) descriptors "
+            + "(\(Self.perConnection) per connection, \(Self.perFlow) per flow + \(margin) for listeners, epoll, pipes and the rest), "
             + "but the open-files limit (RLIMIT_NOFILE) is \(openFilesLimit): about \(fitting) connections fit; "
             + "raise the limit (LimitNOFILE= in the unit) or lower max_connections"
     }

@@ -109,7 +109,7 @@ struct ConfigHTTPTests {
         let yaml = minimalConfigYAML.replacing("pool: web }", with: "pool: web, http: { head_timeout: 1s } }")
         let error = try #require(singleConfigError(yaml))
         #expect(error.path == "listeners[0].http" && error.message.contains("mode: http"))
-        let mode = try #require(singleConfigError(minimalConfigYAML.replacing("pool: web }", with: "pool: web, mode: udp }")))
-        #expect(mode.path == "listeners[0].mode" && mode.message.contains("tcp, http, redis"))
+        let mode = try #require(singleConfigError(minimalConfigYAML.replacing("pool: web }", with: "pool: web, mode: quic }")))
+        #expect(mode.path == "listeners[0].mode" && mode.message.contains("tcp, http, redis, udp"))
     }
 }

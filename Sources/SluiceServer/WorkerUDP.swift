@@ -1,0 +1,213 @@
+import Atomics
+import CSluice
+import Glibc
+import Logging
+import SluiceBPF
+import SluiceCore
+import SluicePosix
+
+/// One client's flow through a `mode: udp` listener: a socket connected to
+/// the backend it was given, kept while datagrams pass either way.
+final class UDPFlow {
+    let id: UInt64
+    let key: UDPFlowKey
+    let listener: RuntimeListener
+    let client: SocketAddress
+    /// The local address the client sent to (wildcard binds); family 0: none.
+    let local: sockaddr_storage
+    let backend: Int
+    let fd: Int32
+    let perPacket: Bool
+    let startedNanoseconds = monotonicNanoseconds()
+    var lastActive: UInt64
+    var timer: TimerID?
+    var answered = false
+    var datagramsIn: UInt64 = 0
+    var datagramsOut: UInt64 = 0
+    var bytesIn: UInt64 = 0
+    var bytesOut: UInt64 = 0
+
+    init(id: UInt64, key: UDPFlowKey, listener: RuntimeListener, client: SocketAddress, local: sockaddr_storage,
+         backend: Int, fd: Int32, perPacket: Bool, now: UInt64) {
+        self.id = id
+        self.key = key
+        self.listener = listener
+        self.client = client
+        self.local = local
+        self.backend = backend
+        self.fd = fd
+        self.perPacket = perPacket
+        lastActive = now
+    }
+}
+
+// `mode: udp`: datagrams from the listener's socket go out on their flow's
+// connected socket; replies come back on it and go to the client from the
+// listener's socket (and from the address the client used). select_flow
+// keeps a flow's datagrams on this worker; the worker drops its entry when
+// the flow ends.
+extension Worker {
+    /// Batches taken from a listener per wake-up, so that one busy listener
+    /// does not starve the flows' replies.
+    static let udpBatchesPerTurn = 4
+    static let udpFlowBufferBytes: Int32 = 1 << 20
+
+    func udpListenerReadable(_ index: Int) {
+        guard let fd = listenerFDs[index] else { return }
+        let listener = listeners[index], batch = udpBatch
+        for _ in 0..<Self.udpBatchesPerTurn {
+            guard case .success(let count) = batch.receive(fd), count > 0 else { return }
+            let now = monotonicMilliseconds()
+            for i in 0..<count { clientDatagram(listener, batch, i, now: now) }
+            if count < batch.count { return }
+        }
+    }
+
+    private func clientDatagram(_ listener: RuntimeListener, _ batch: DatagramBatch, _ i: Int, now: UInt64) {
+        let entry = batch.entries[i]
+        if entry.truncated != 0 { return listener.udp.drop(.truncated) }
+        let config = listener.config.udp ?? UDPListenerConfig()
+        let client = batch.peer(i)
+        let key = UDPFlowKey(client)
+        guard let flow = (config.perPacket ? nil : udpFlows[key]) ?? openFlow(listener, config, key, client, entry.local, now: now)
+        else { return }
+        flow.lastActive = now
+        flow.datagramsIn += 1
+        flow.bytesIn += UInt64(entry.length)
+        listener.udp.datagramsIn.wrappingIncrement(ordering: .relaxed)
+        listener.udp.bytesIn.wrappingIncrement(by: UInt64(entry.length), ordering: .relaxed)
+        record.add(.bytesIn, UInt64(entry.length))
+        if Glibc.send(flow.fd, entry.data, entry.length, Int32(MSG_DONTWAIT)) < 0 {
+            let code = errno
+            listener.udp.drop(.backendError)
+            // An ICMP error for an earlier datagram surfaces here: the backend is not listening.
+            if code == ECONNREFUSED { backendRefused(flow) }
+        }
+    }
+
+    private func openFlow(_ listener: RuntimeListener, _ config: UDPListenerConfig, _ key: UDPFlowKey, _ client: SocketAddress,
+                          _ local: sockaddr_storage, now: UInt64) -> UDPFlow? {
+        let open = listener.counters.atomic(.active).loadThenWrappingIncrement(ordering: .relaxed)
+        if open >= UInt64(config.maxFlows) {
+            listener.counters.release(.active)
+            listener.counters.add(.rejected, 1)
+            listener.udp.drop(.maxFlows)
+            return nil
+        }
+        let pool = listener.pool
+        guard let backend = balancers[pool.name]!.pick(
+            clientKey: UInt64(truncatingIfNeeded: key.hashValue),
+            active: { pool.active[$0].load(ordering: .relaxed) },
+            eligible: { pool.isEligible($0, now: now) }
+        ) else {
+            return refuseFlow(listener, .noBackend)
+        }
+        let fd: Int32
+        do { fd = try Socket.udpConnect(to: pool.addresses[backend], bufferBytes: Self.udpFlowBufferBytes) } catch {
+            logger.warning("cannot open a flow socket", metadata: ["backend": "\(pool.addresses[backend])", "error": "\(error)"])
+            return refuseFlow(listener, .noBackend)
+        }
+        let flow = UDPFlow(id: nextSessionID, key: key, listener: listener, client: client, local: local,
+                           backend: backend, fd: fd, perPacket: config.perPacket, now: now)
+        nextSessionID += 1
+        do { try epoll.add(fd, .readable, token: Self.udpFlowKind | flow.id) } catch {
+            closeDescriptor(fd)
+            return refuseFlow(listener, .noBackend)
+        }
+        udpFlowsByID[flow.id] = flow
+        if !flow.perPacket { udpFlows[key] = flow }
+        listener.counters.add(.accepted, 1)
+        record.add(.flows, 1)
+        pool.active[backend].wrappingIncrement(ordering: .relaxed)
+        flow.timer = timers.schedule(at: now + config.flowIdleTimeout.milliseconds, .udpFlow(id: flow.id))
+        return flow
+    }
+
+    private func refuseFlow(_ listener: RuntimeListener, _ reason: UDPCounters.Drop) -> UDPFlow? {
+        listener.counters.release(.active)
+        listener.counters.add(.noBackend, 1)
+        listener.udp.drop(reason)
+        return nil
+    }
+
+    /// Replies from a flow's backend, to its client in one sendmmsg.
+    func udpBackendReadable(_ id: UInt64) {
+        guard let flow = udpFlowsByID[id] else { return }
+        guard let listenerFD = listenerFDs[flow.listener.index] else { return closeFlow(flow, reason: "listener_closed") }
+        let batch = udpBatch
+        let count: Int
+        switch batch.receive(flow.fd) {
+        case .failure(let error):
+            if error.errno == ECONNREFUSED { backendRefused(flow) }
+            return
+        case .success(let n):
+            count = n
+        }
+        guard count > 0 else { return }
+        var bytes = 0
+        for i in 0..<count {
+            batch.entries[i].peer = flow.client.storage
+            batch.entries[i].peer_length = flow.client.length
+            batch.entries[i].local = flow.local
+            bytes += batch.entries[i].length
+        }
+        let sent: Int
+        switch batch.send(listenerFD, 0..<count, addressed: true) {
+        case .success(let n): sent = n
+        case .failure: sent = 0
+        }
+        if sent < count { flow.listener.udp.drop(.clientError, UInt64(count - sent)) }
+        flow.lastActive = monotonicMilliseconds()
+        flow.datagramsOut += UInt64(count)
+        flow.bytesOut += UInt64(bytes)
+        flow.listener.udp.datagramsOut.wrappingIncrement(by: UInt64(count), ordering: .relaxed)
+        flow.listener.udp.bytesOut.wrappingIncrement(by: UInt64(bytes), ordering: .relaxed)
+        record.add(.bytesOut, UInt64(bytes))
+        if !flow.answered {
+            flow.answered = true
+            flow.listener.pool.noteSuccess(flow.backend)
+        }
+        if flow.perPacket { closeFlow(flow, reason: "answered") }
+    }
+
+    /// ICMP port unreachable: a passive failure, and the flow ends so that
+    /// its next datagram finds a backend that is there.
+    private func backendRefused(_ flow: UDPFlow) {
+        noteBackendFailure(flow.listener.pool, flow.backend)
+        closeFlow(flow, reason: "backend_refused")
+    }
+
+    func udpFlowTimerFired(_ id: UInt64) {
+        guard let flow = udpFlowsByID[id] else { return }
+        flow.timer = nil
+        let deadline = flow.lastActive + (flow.listener.config.udp ?? UDPListenerConfig()).flowIdleTimeout.milliseconds
+        if monotonicMilliseconds() >= deadline {
+            closeFlow(flow, reason: flow.perPacket ? "unanswered" : "idle")
+        } else {
+            flow.timer = timers.schedule(at: deadline, .udpFlow(id: id))
+        }
+    }
+
+    func closeFlow(_ flow: UDPFlow, reason: String) {
+        guard udpFlowsByID.removeValue(forKey: flow.id) != nil else { return }
+        if !flow.perPacket, udpFlows[flow.key] === flow { udpFlows.removeValue(forKey: flow.key) }
+        if let timer = flow.timer { _ = timers.cancel(timer) }
+        epoll.remove(flow.fd)
+        closeDescriptor(flow.fd)
+        // The next datagram from this client is placed anew (least flows).
+        if let map = settings.flowMaps.indices.contains(flow.listener.index) ? settings.flowMaps[flow.listener.index] : nil {
+            flow.key.forget(inMap: map)
+        }
+        record.subtract(.flows, 1)
+        flow.listener.pool.active[flow.backend].wrappingDecrement(ordering: .relaxed)
+        flow.listener.counters.release(.active)
+        guard let accessLogger else { return }
+        var line = AccessRecord(
+            worker: id, listener: flow.listener.name, client: flow.client.description,
+            backend: flow.listener.pool.addresses[flow.backend].description,
+            bytesFromClient: flow.bytesIn, bytesToClient: flow.bytesOut,
+            durationMicroseconds: (monotonicNanoseconds() &- flow.startedNanoseconds) / 1000, dataPath: "udp", closeReason: reason)
+        line.datagrams = (flow.datagramsIn, flow.datagramsOut)
+        if let text = line.render(settings.accessLog) { accessLogger.write(line: text) }
+    }
+}
