@@ -4,10 +4,10 @@
 SHELL := /bin/bash
 SWIFT ?= swift
 # Build and run-time needs, plus the real clients and servers the tests drive.
-APT_PACKAGES := pkg-config libbpf-dev libelf-dev libssl-dev bpftool iproute2 procps curl wrk util-linux systemd haproxy redis-server redis-tools nutcracker
+APT_PACKAGES := pkg-config libbpf-dev libelf-dev libssl-dev bpftool iproute2 procps curl wrk util-linux systemd haproxy redis-server redis-tools nutcracker dnsmasq-base dnsutils
 # The tests parse /metrics with Prometheus' own parser, validate the Kubernetes
 # manifests, and speak WebSocket (websockets, wsproto) and Redis (redis-py) through the proxy.
-PYTHON_PACKAGES := prometheus-client kubernetes-validate websockets wsproto redis
+PYTHON_PACKAGES := prometheus-client kubernetes-validate websockets wsproto redis dnspython
 BENCH_PACKAGES := haproxy nginx-light libnginx-mod-stream iperf3 wrk python3 nutcracker redis-server redis-tools
 SLUICE := .build/debug/sluice
 # Fuzzers under Fuzz/Sources/Fuzz<Name>, each run for FUZZ_SECONDS by `make fuzz`.

@@ -15,6 +15,7 @@ public struct WorkerLoadSample: Sendable, Equatable {
     public var pending: UInt64
     public var charged: UInt64
     public var underflows: UInt64
+    public var flows: UInt64
 
     public var isDraining: Bool { flags & UInt64(SLUICE_WORKER_DRAINING) != 0 }
 
@@ -29,6 +30,7 @@ public struct WorkerLoadSample: Sendable, Equatable {
         pending = record.pending
         charged = record.charged
         underflows = record.underflows
+        flows = record.flows
     }
 }
 

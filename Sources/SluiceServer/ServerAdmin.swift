@@ -98,6 +98,7 @@ extension Server {
                 ("sluice_worker_pending_charges", "gauge", "Handshakes steered to the worker and not yet accepted.", { Double($0.load(.pending)) }),
                 ("sluice_worker_load_underflows_total", "counter", "Decrements refused because the count would have gone below zero.", { Double($0.load(.underflows)) }),
                 ("sluice_worker_accepted_total", "counter", "Connections accepted by the worker.", { Double($0.load(.accepted)) }),
+                ("sluice_worker_udp_flows", "gauge", "Open UDP flows per worker (what select_flow compares).", { Double($0.load(.flows)) }),
                 ("sluice_worker_bytes_in_total", "counter", "Bytes from clients.", { Double($0.load(.bytesIn)) }),
                 ("sluice_worker_bytes_out_total", "counter", "Bytes to clients.", { Double($0.load(.bytesOut)) }),
                 ("sluice_worker_busy_seconds_total", "counter", "Time spent handling events.", { Double($0.load(.busyNanoseconds)) / 1e9 }),
@@ -186,6 +187,7 @@ extension Server {
                 out.sample(sent, ["pool": pool.name, "backend": "\(address)"], Double(pool.redisCommands[i].load(ordering: .relaxed)))
             }
         }
+        appendUDPMetrics(to: &out)
         let tunnels = "sluice_http_tunnels_open"
         out.family(tunnels, "gauge", "WebSocket (and CONNECT) tunnels open, per HTTP listener.")
         for listener in liveListeners {
@@ -223,5 +225,37 @@ extension Server {
             .admin: .init(maxConnections: 64, idleTimeoutMilliseconds: milliseconds(ConfigDefaults.adminIdleTimeout)),
             .metrics: .init(maxConnections: 32, idleTimeoutMilliseconds: milliseconds(ConfigDefaults.metricsIdleTimeout)),
         ]
+    }
+}
+
+extension Server {
+    /// `mode: udp` listeners: datagrams and bytes each way, drops by reason
+    /// (flows open and opened are the listener families above).
+    func appendUDPMetrics(to out: inout MetricsText) {
+        let listeners = liveListeners.filter { $0.config.mode == .udp }
+        guard !listeners.isEmpty else { return }
+        let families: [(String, String, (UDPCounters) -> (UInt64, UInt64))] = [
+            ("sluice_udp_datagrams_total", "Datagrams relayed, from clients (in) and to them (out).", {
+                ($0.datagramsIn.load(ordering: .relaxed), $0.datagramsOut.load(ordering: .relaxed))
+            }),
+            ("sluice_udp_bytes_total", "Datagram bytes relayed, from clients (in) and to them (out).", {
+                ($0.bytesIn.load(ordering: .relaxed), $0.bytesOut.load(ordering: .relaxed))
+            }),
+        ]
+        for (name, help, value) in families {
+            out.family(name, "counter", help)
+            for listener in listeners {
+                let (inbound, outbound) = value(listener.udp)
+                out.sample(name, ["listener": listener.name, "direction": "in"], Double(inbound))
+                out.sample(name, ["listener": listener.name, "direction": "out"], Double(outbound))
+            }
+        }
+        let dropped = "sluice_udp_dropped_total"
+        out.family(dropped, "counter", "Datagrams dropped, by reason (max_flows, no_backend, backend_error, client_error, truncated).")
+        for listener in listeners {
+            for reason in UDPCounters.Drop.allCases {
+                out.sample(dropped, ["listener": listener.name, "reason": reason.rawValue], Double(listener.udp.drops(reason)))
+            }
+        }
     }
 }

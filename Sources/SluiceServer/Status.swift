@@ -72,9 +72,11 @@ public struct StatusSnapshot: Codable, Sendable, Equatable {
         public var bytesOut: UInt64
         public var heartbeatAgeMilliseconds: UInt64
         public var busyPercent: Double
+        /// Open UDP flows (what select_flow compares).
+        public var flows: UInt64 = 0
 
         enum CodingKeys: String, CodingKey {
-            case id, state, active, pending, underflows, accepted
+            case id, state, active, pending, underflows, accepted, flows
             case connectionsPerSecond = "connections_per_second", bytesIn = "bytes_in", bytesOut = "bytes_out"
             case heartbeatAgeMilliseconds = "heartbeat_age_ms", busyPercent = "busy_percent"
         }
@@ -126,10 +128,14 @@ public struct StatusSnapshot: Codable, Sendable, Equatable {
         public var acks: UInt64
         public var acksFollowed: UInt64
         public var moves: UInt64?
+        /// UDP: new flows placed by select_flow, and datagrams that followed their flow.
+        public var flowsPlaced: UInt64 = 0
+        public var flowsFollowed: UInt64 = 0
 
         enum CodingKeys: String, CodingKey {
             case mode, selected, fallback, moves
             case allStalled = "all_stalled", stallSkips = "stall_skips", passed, acks, acksFollowed = "acks_followed"
+            case flowsPlaced = "flows_placed", flowsFollowed = "flows_followed"
         }
     }
 
@@ -213,7 +219,7 @@ public enum StatusReader {
                 connectionsPerSecond: elapsed > 0 ? Double(now.accepted &- before.accepted) / elapsed : 0,
                 bytesIn: now.bytesIn, bytesOut: now.bytesOut,
                 heartbeatAgeMilliseconds: age / 1_000_000,
-                busyPercent: elapsed > 0 ? min(100, Double(busy) / 1e9 / elapsed * 100) : 0))
+                busyPercent: elapsed > 0 ? min(100, Double(busy) / 1e9 / elapsed * 100) : 0, flows: now.flows))
         }
         for (listener, record) in zip(info?.listeners ?? [], pins.listeners(count: listenerCount)) {
             snapshot.listeners.append(.init(
@@ -272,7 +278,8 @@ public enum StatusReader {
 
     static func steering(_ stats: SteeringStats, mode: String) -> StatusSnapshot.Steering {
         .init(mode: mode, selected: stats.selected, fallback: stats.fallback, allStalled: stats.allStalled,
-              stallSkips: stats.stallSkips, passed: stats.passed, acks: stats.acks, acksFollowed: stats.acksFollowed, moves: nil)
+              stallSkips: stats.stallSkips, passed: stats.passed, acks: stats.acks, acksFollowed: stats.acksFollowed, moves: nil,
+              flowsPlaced: stats.flowsPlaced, flowsFollowed: stats.flowsFollowed)
     }
 
     /// The state letter of /proc/<pid>/stat, nil when there is no such process.

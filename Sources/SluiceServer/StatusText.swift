@@ -37,6 +37,10 @@ public enum StatusText {
         var steering = "steered \(group(s.steering.selected))  fallbacks \(group(s.steering.fallback))"
             + "  all stalled \(group(s.steering.allStalled))  stalled skipped \(group(s.steering.stallSkips))"
         if let moves = s.steering.moves { steering += "  moved \(group(moves))" }
+        if s.steering.flowsPlaced > 0 || s.workers.contains(where: { $0.flows > 0 }) {
+            steering += "  udp flows \(s.workers.map { group($0.flows) }.joined(separator: "/"))"
+                + " (placed \(group(s.steering.flowsPlaced)), followed \(group(s.steering.flowsFollowed)))"
+        }
         lines.append(fit(steering))
         if let paths = s.dataPaths {
             lines.append(fit("closed by path: copy \(group(paths.copy))  splice \(group(paths.splice))"

@@ -340,6 +340,7 @@ final class Worker: @unchecked Sendable {
                 draining = true
                 record.setBits(.flags, UInt64(SLUICE_WORKER_DRAINING))
                 closeListeners(keepingDatagramSockets: true)
+                drainFlows()
                 for connection in Array(httpConnections.values) where connection.machine.isWaiting {
                     close(connection, reason: .clientClosed)
                 }

@@ -51,6 +51,18 @@ extension Worker {
     /// does not starve the flows' replies.
     static let udpBatchesPerTurn = 4
     static let udpFlowBufferBytes: Int32 = 1 << 20
+    /// Draining, a flow lives this long past its last datagram (its replies
+    /// in flight get out), not its whole idle timeout.
+    static let udpDrainGraceMilliseconds: UInt64 = 500
+
+    /// Draining: no datagram is read any more; each flow closes once quiet
+    /// for the grace period.
+    func drainFlows() {
+        for flow in udpFlowsByID.values {
+            if let timer = flow.timer { _ = timers.cancel(timer) }
+            flow.timer = timers.schedule(at: flow.lastActive + Self.udpDrainGraceMilliseconds, .udpFlow(id: flow.id))
+        }
+    }
 
     func udpListenerReadable(_ index: Int) {
         guard let fd = listenerFDs[index] else { return }
@@ -180,9 +192,10 @@ extension Worker {
     func udpFlowTimerFired(_ id: UInt64) {
         guard let flow = udpFlowsByID[id] else { return }
         flow.timer = nil
-        let deadline = flow.lastActive + (flow.listener.config.udp ?? UDPListenerConfig()).flowIdleTimeout.milliseconds
+        let idle = draining ? Self.udpDrainGraceMilliseconds : (flow.listener.config.udp ?? UDPListenerConfig()).flowIdleTimeout.milliseconds
+        let deadline = flow.lastActive + idle
         if monotonicMilliseconds() >= deadline {
-            closeFlow(flow, reason: flow.perPacket ? "unanswered" : "idle")
+            closeFlow(flow, reason: draining ? "drained" : (flow.perPacket ? "unanswered" : "idle"))
         } else {
             flow.timer = timers.schedule(at: deadline, .udpFlow(id: id))
         }

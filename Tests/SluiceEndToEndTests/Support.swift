@@ -574,6 +574,12 @@ final class BackgroundProcess {
         process.waitUntilExit()
     }
 
+    /// For a server that runs until killed: SIGKILL, and reaped.
+    func stop() {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+    }
+
     /// SIGKILL: children inherit the test process's blocked stop signals.
     deinit {
         if process.isRunning { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() }

@@ -1,0 +1,182 @@
+import Foundation
+import Glibc
+import Testing
+
+let udpPeerScript = packageRoot.appendingPathComponent("Tests/SluiceEndToEndTests/Scripts/udppeer.py").path
+
+/// dnsmasq on loopback answering `example.test` with `answer` (A) and
+/// `answer6` (AAAA), IPv4 and IPv6, stopped with the value. Left to
+/// daemonize (its pid in a file): Foundation's Process, waiting on a
+/// foreground dnsmasq, stopped reaping the test's other children (a dig
+/// that had exited was never seen to, and the test hung).
+final class DNSServer {
+    let port = freePort()
+    let pidFile = NSTemporaryDirectory() + "sluice-dnsmasq-\(UUID().uuidString).pid"
+
+    init(answer: String, answer6: String) throws {
+        let (status, out) = try runCommand("/usr/sbin/dnsmasq", [
+            "--no-resolv", "--no-hosts", "--port=\(port)", "--bind-interfaces", "--listen-address=127.0.0.1",
+            "--listen-address=::1", "--user=root", "--pid-file=\(pidFile)",
+            "--address=/example.test/\(answer)", "--address=/example.test/\(answer6)",
+        ])
+        guard status == 0 else { throw TimedOut(description: "dnsmasq did not start: \(out)") }
+        try waitUntil(10, "dnsmasq answering on \(port)") {
+            let reply = try? runCommand("/usr/bin/dig", ["@127.0.0.1", "-p", "\(port)", "+short", "+tries=1", "+time=1", "example.test", "A"])
+            return reply?.1.contains(answer) ?? false
+        }
+    }
+
+    deinit {
+        if let text = try? String(contentsOfFile: pidFile, encoding: .utf8), let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
+            kill(pid, SIGTERM)
+        }
+        try? FileManager.default.removeItem(atPath: pidFile)
+    }
+}
+
+/// A UDP echo (Scripts/udppeer.py) that names itself when asked "WHO?".
+func udpEcho(_ name: String, host: String = "127.0.0.1") throws -> (BackgroundProcess, String) {
+    let port = freePort()
+    let echo = try BackgroundProcess(["/usr/bin/python3", udpPeerScript, "echo", "\(port)", "--id", name, "--host", host], readyLine: "ready")
+    return (echo, host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)")
+}
+
+func udpPeer(_ arguments: [String]) throws -> [String: Any] {
+    let (_, out) = try runCommand("/usr/bin/env", ["python3", udpPeerScript] + arguments)
+    return try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any], "\(out)")
+}
+
+func udpConfig(port: UInt16, backends: [String], bind: String = "127.0.0.1", udp: String = "", workers: Int = 2,
+               pool: String = "", top: String = "") -> String {
+    let host = bind.contains(":") ? "[\(bind)]" : bind
+    return """
+        instance: e2e\(port)
+        workers: \(workers)
+        log: { level: info, access: text, file: stderr }
+        admin: { metrics: off }
+        \(top)
+        listeners:
+          - { name: dns, bind: "\(host):\(port)", pool: udp, mode: udp\(udp.isEmpty ? "" : ", udp: { \(udp) }") }
+        pools:
+          - name: udp\(pool)
+            backends: [ \(backends.map { "{ address: \"\($0)\" }" }.joined(separator: ", ")) ]
+        """
+}
+
+@Suite("mode udp: flows steered in BPF, datagrams relayed", .serialized)
+struct UDPEndToEndTests {
+    @Test("dnsmasq behind Sluice, over IPv4 and IPv6: dig and a Python resolver (dnspython) get answers from both servers")
+    func dns() throws {
+        guard requireRoot() else { return }
+        let one = try DNSServer(answer: "10.0.0.1", answer6: "fd00::1"), two = try DNSServer(answer: "10.0.0.2", answer6: "fd00::2")
+        for bind in ["127.0.0.1", "::1"] {
+            let port = freePort()
+            let sluice = try SluiceProcess.run(config: udpConfig(port: port, backends: ["127.0.0.1:\(one.port)", "[::1]:\(two.port)"],
+                                                                 bind: bind, udp: "per_packet: true"))
+            var answers: Set<String> = []
+            for _ in 0..<6 {
+                let (_, a) = try runCommand("/usr/bin/dig", ["@\(bind)", "-p", "\(port)", "+short", "+tries=1", "+time=2", "example.test", "A"])
+                answers.insert(a.trimmingCharacters(in: .whitespacesAndNewlines))
+            }
+            #expect(answers == ["10.0.0.1", "10.0.0.2"], "\(bind): \(answers)")
+            let script = """
+                import dns.resolver, sys
+                r = dns.resolver.Resolver(configure=False); r.nameservers = [sys.argv[1]]; r.port = int(sys.argv[2]); r.lifetime = 3
+                print(sorted({a.address for _ in range(6) for a in r.resolve('example.test', 'AAAA')}))
+                """
+            let (_, six) = try runCommand("/usr/bin/env", ["python3", "-c", script, bind, "\(port)"])
+            #expect(six.contains("fd00::1") && six.contains("fd00::2"), "\(bind): \(six)")
+            #expect(try sluice.stop() == 0, "\(sluice.log)")
+            #expect(sluice.log.contains("path=udp reason=answered datagrams_in=1 datagrams_out=1"), "\(sluice.log)")
+        }
+    }
+
+    @Test("200 concurrent flows × 1,000 datagrams of random sizes up to 64 KiB, each echoed byte-exact")
+    func echoLoad() throws {
+        guard requireRoot() else { return }
+        let (a, first) = try udpEcho("a"), (b, second) = try udpEcho("b")
+        defer { a.stop(); b.stop() }
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: udpConfig(port: port, backends: [first, second])
+            .replacingOccurrences(of: "access: text", with: "access: off"))
+        let result = try udpPeer(["load", "127.0.0.1", "\(port)", "200", "1000", "--max-size", "65507"])
+        #expect(result["ok_flows"] as? Int == 200 && result["mismatched"] as? Int == 0, "\(result)")
+        #expect((result["lost"] as? Int ?? -1) == 0, "\(result)")
+        let status = try statusJSON("e2e\(port)")
+        #expect(workerField(status, "flows").reduce(0, +) == 200, "every flow open on one worker: \(workerField(status, "flows"))")
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+    }
+
+    @Test("affinity: every datagram of a flow reaches one backend; flows spread evenly over the workers; idle flows expire and leave no map entry")
+    func affinityAndExpiry() throws {
+        guard requireRoot() else { return }
+        let (a, first) = try udpEcho("a"), (b, second) = try udpEcho("b")
+        defer { a.stop(); b.stop() }
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: udpConfig(port: port, backends: [first, second], udp: "flow_idle_timeout: 700ms"))
+        let who = try udpPeer(["who", "127.0.0.1", "\(port)", "100", "--per-flow", "5"])
+        #expect(who["affine"] as? Int == 100, "\(who)")
+        let names = try #require(who["names"] as? [String: Int])
+        #expect(names["a"] == 50 && names["b"] == 50, "least_conn over two backends: \(names)")
+        let flows = workerField(try statusJSON("e2e\(port)"), "flows")
+        // The counts are the workers' own (a flow counts once its worker has
+        // opened it): a burst is spread by the tie-breaking rotor first, then
+        // by counts that trail the burst a little.
+        #expect(flows.count == 2 && flows.allSatisfy { abs($0 - 50) <= 8 }, "even over the workers: \(flows)")
+        try waitUntil(5, "the flows expired") { workerField((try? statusJSON("e2e\(port)")) ?? [:], "flows") == [0, 0] }
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+        let idle = sluice.log.split(separator: "\n").filter { $0.contains("path=udp reason=idle datagrams_in=5 datagrams_out=5") }
+        #expect(idle.count == 100, "\(idle.count) idle closes")
+    }
+
+    @Test("the listener bound to 0.0.0.0 and [::]: replies leave from the address the client sent to")
+    func repliesFromTheAddressUsed() throws {
+        guard requireRoot() else { return }
+        let (a, first) = try udpEcho("a")
+        defer { a.stop() }
+        for (bind, target) in [("0.0.0.0", "127.0.0.2"), ("::", "::1")] {
+            let port = freePort()
+            let sluice = try SluiceProcess.run(config: udpConfig(port: port, backends: [first], bind: bind))
+            // udppeer's sockets are connected to the target: an answer from another address is never seen.
+            let who = try udpPeer(["who", target, "\(port)", "4", "--per-flow", "2"])
+            #expect(who["affine"] as? Int == 4 && (who["names"] as? [String: Int])?["a"] == 4, "\(bind): \(who)")
+            #expect(try sluice.stop() == 0, "\(sluice.log)")
+        }
+    }
+
+    @Test("a backend that is not listening (ICMP port unreachable) is ejected; flows then go to the live one")
+    func deadBackend() throws {
+        guard requireRoot() else { return }
+        let (a, live) = try udpEcho("a")
+        defer { a.stop() }
+        let dead = "127.0.0.1:\(freePort())"
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: udpConfig(port: port, backends: [live, dead],
+                                                             pool: "\n    passive: { failures: 1, ejection: 30s }"))
+        _ = try udpPeer(["who", "127.0.0.1", "\(port)", "10", "--per-flow", "3", "--timeout", "0.3"])
+        try sluice.waitForLog("backend ejected")
+        let after = try udpPeer(["who", "127.0.0.1", "\(port)", "20", "--per-flow", "2"])
+        #expect(after["affine"] as? Int == 20 && (after["names"] as? [String: Int])?["a"] == 20, "\(after)")
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+        #expect(sluice.log.contains("reason=backend_refused"), "\(sluice.log)")
+    }
+
+    @Test("a stalled worker gets no new flows; its own flows stay with it")
+    func stalledWorker() throws {
+        guard requireRoot() else { return }
+        let (a, first) = try udpEcho("a")
+        defer { a.stop() }
+        let port = freePort(), instance = "e2e\(port)"
+        let yaml = udpConfig(port: port, backends: [first], workers: 2, top: "stall_threshold: 300ms")
+        let sluice = try SluiceProcess(arguments: ["run", "--stall-on-sigusr1", "1:4000"], configYAML: yaml)
+        try sluice.waitForLog("ready", seconds: 20)
+        sluice.signal(SIGUSR1)
+        try waitUntil(5, "worker 1 seen stalled") {
+            ((try? statusJSON(instance))?["workers"] as? [[String: Any]])?[1]["state"] as? String == "stalled"
+        }
+        let who = try udpPeer(["who", "127.0.0.1", "\(port)", "30", "--per-flow", "2"])
+        #expect(who["affine"] as? Int == 30, "every new flow answered at once: \(who)")
+        #expect(workerField(try statusJSON(instance), "flows") == [30, 0], "all on the live worker")
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+    }
+}
