@@ -280,8 +280,9 @@ int select_flow(struct sk_reuseport_md *ctx)
             count(SLUICE_STEER_STALL_SKIP);
             continue;
         }
-        if (w->flows < best_flows) {
-            best_flows = w->flows;
+        __u64 flows = w->flows + w->flows_unseen;
+        if (flows < best_flows) {
+            best_flows = flows;
             best = k;
         }
     }
@@ -296,6 +297,9 @@ int select_flow(struct sk_reuseport_md *ctx)
         return SK_PASS;
     }
     bpf_map_update_elem(&udp_flows, &key, &best, BPF_ANY);
+    struct sluice_worker *chosen = bpf_map_lookup_elem(&worker_load, &best);
+    if (chosen)
+        __sync_fetch_and_add(&chosen->flows_unseen, 1);
     count(SLUICE_STEER_FLOW_PLACED);
     return SK_PASS;
 }

@@ -87,7 +87,9 @@ int sluice_datagram_send(int fd, struct sluice_datagram *d, unsigned count, int 
             m->msg_name = &d[i].peer;
             m->msg_namelen = d[i].peer_length;
         }
-        if (d[i].local.ss_family == AF_INET) {
+        /* Unaddressed (a connected socket): the source is the socket's own. */
+        if (!addressed) {
+        } else if (d[i].local.ss_family == AF_INET) {
             m->msg_control = control[i];
             m->msg_controllen = CMSG_SPACE(sizeof(struct in_pktinfo));
             struct cmsghdr *c = CMSG_FIRSTHDR(m);

@@ -14,7 +14,7 @@ public protocol CounterField: Sendable {
 /// compiler gave them in sluice_abi.h.
 public enum WorkerField: CounterField, CaseIterable {
     case active, accepted, heartbeatNanoseconds, busyNanoseconds, flags, bytesIn, bytesOut
-    case pending, charged, underflows, flows
+    case pending, charged, underflows, flows, flowsUnseen
 
     public var offset: Int {
         switch self {
@@ -29,6 +29,7 @@ public enum WorkerField: CounterField, CaseIterable {
         case .charged: Self.offsets.charged
         case .underflows: Self.offsets.underflows
         case .flows: Self.offsets.flows
+        case .flowsUnseen: Self.offsets.flowsUnseen
         }
     }
 
@@ -43,7 +44,8 @@ public enum WorkerField: CounterField, CaseIterable {
         pending: MemoryLayout<sluice_worker>.offset(of: \.pending)!,
         charged: MemoryLayout<sluice_worker>.offset(of: \.charged)!,
         underflows: MemoryLayout<sluice_worker>.offset(of: \.underflows)!,
-        flows: MemoryLayout<sluice_worker>.offset(of: \.flows)!
+        flows: MemoryLayout<sluice_worker>.offset(of: \.flows)!,
+        flowsUnseen: MemoryLayout<sluice_worker>.offset(of: \.flows_unseen)!
     )
 
     public static var stride: Int { MemoryLayout<sluice_worker>.stride }

@@ -82,10 +82,11 @@ public final class DatagramBatch {
         storage.deallocate()
     }
 
-    /// Datagrams waiting on `fd`, up to `count`: how many (0: none), or the error.
-    public func receive(_ fd: Int32) -> Result<Int, SystemCallError> {
-        for i in 0..<count { entries[i].capacity = Self.datagramCapacity }
-        let n = sluice_datagram_receive(fd, entries, UInt32(count))
+    /// Datagrams waiting on `fd`, into entries `start...` (up to the end):
+    /// how many (0: none), or the error.
+    public func receive(_ fd: Int32, at start: Int = 0) -> Result<Int, SystemCallError> {
+        for i in start..<count { entries[i].capacity = Self.datagramCapacity }
+        let n = sluice_datagram_receive(fd, entries + start, UInt32(count - start))
         return n < 0 ? .failure(SystemCallError(call: "recvmmsg", errno: Glibc.errno)) : .success(Int(n))
     }
 

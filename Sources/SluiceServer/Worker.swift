@@ -143,6 +143,12 @@ final class Worker: @unchecked Sendable {
     var udpFlows: [UDPFlowKey: UDPFlow] = [:]
     var udpFlowsByID: [UInt64: UDPFlow] = [:]
     lazy var udpBatch = DatagramBatch(count: 32)
+    /// Replies gathered per UDP listener during a batch of events, and how
+    /// many each holds: they go to their clients in one sendmmsg.
+    var udpReplies: [Int: DatagramBatch] = [:]
+    var udpReplyCounts: [Int: Int] = [:]
+    /// When `flows_unseen` may next be reset (see `seenAllFlows`).
+    var udpUnseenResetAt: UInt64 = 0
     /// Clients whose PROXY header is still to come.
     var awaitingHeaders: [UInt64: AwaitingHeader] = [:]
     var lastHeaderRejectionLog: UInt64 = 0
@@ -270,6 +276,7 @@ final class Worker: @unchecked Sendable {
             // Redis writes wait for the whole batch of events: the commands of
             // many clients go to a backend in one write.
             if !redisDirtyLinks.isEmpty || !redisDirtyClients.isEmpty { flushRedis() }
+            if !udpReplyCounts.isEmpty { flushReplies() }
             if commandsWaiting {
                 commandsWaiting = false
                 processCommands()

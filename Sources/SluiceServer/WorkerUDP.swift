@@ -64,36 +64,68 @@ extension Worker {
         }
     }
 
+    /// A flow's consecutive datagrams in a batch go out in one sendmmsg.
     func udpListenerReadable(_ index: Int) {
         guard let fd = listenerFDs[index] else { return }
         let listener = listeners[index], batch = udpBatch
         for _ in 0..<Self.udpBatchesPerTurn {
-            guard case .success(let count) = batch.receive(fd), count > 0 else { return }
+            guard case .success(let count) = batch.receive(fd), count > 0 else { return seenAllFlows() }
             let now = monotonicMilliseconds()
-            for i in 0..<count { clientDatagram(listener, batch, i, now: now) }
+            var run: (flow: UDPFlow, start: Int)?
+            for i in 0..<count {
+                let flow = clientDatagram(listener, batch, i, now: now)
+                if let current = run, current.flow !== flow || flow == nil {
+                    forward(current.flow, batch, current.start..<i)
+                    run = nil
+                }
+                if let flow, run == nil { run = (flow, i) }
+            }
+            if let run { forward(run.flow, batch, run.start..<count) }
             if count < batch.count { return }
         }
     }
 
-    private func clientDatagram(_ listener: RuntimeListener, _ batch: DatagramBatch, _ i: Int, now: UInt64) {
+    /// The socket was found empty: every datagram select_flow placed here is
+    /// read, its flow opened. Placements the kernel dropped (a full socket
+    /// buffer) are never opened: forgotten here, at most every 100 ms.
+    private func seenAllFlows() {
+        let now = monotonicMilliseconds()
+        guard now >= udpUnseenResetAt, record.load(.flowsUnseen) != 0 else { return }
+        udpUnseenResetAt = now + 100
+        record.store(.flowsUnseen, 0)
+    }
+
+    /// The flow a client's datagram belongs to (opened if new), its counts
+    /// taken; nil when it is dropped.
+    private func clientDatagram(_ listener: RuntimeListener, _ batch: DatagramBatch, _ i: Int, now: UInt64) -> UDPFlow? {
         let entry = batch.entries[i]
-        if entry.truncated != 0 { return listener.udp.drop(.truncated) }
+        if entry.truncated != 0 {
+            listener.udp.drop(.truncated)
+            return nil
+        }
         let config = listener.config.udp ?? UDPListenerConfig()
         let client = batch.peer(i)
         let key = UDPFlowKey(client)
         guard let flow = (config.perPacket ? nil : udpFlows[key]) ?? openFlow(listener, config, key, client, entry.local, now: now)
-        else { return }
+        else { return nil }
         flow.lastActive = now
         flow.datagramsIn += 1
         flow.bytesIn += UInt64(entry.length)
         listener.udp.datagramsIn.wrappingIncrement(ordering: .relaxed)
         listener.udp.bytesIn.wrappingIncrement(by: UInt64(entry.length), ordering: .relaxed)
         record.add(.bytesIn, UInt64(entry.length))
-        if Glibc.send(flow.fd, entry.data, entry.length, Int32(MSG_DONTWAIT)) < 0 {
-            let code = errno
-            listener.udp.drop(.backendError)
+        return flow
+    }
+
+    private func forward(_ flow: UDPFlow, _ batch: DatagramBatch, _ range: Range<Int>) {
+        guard udpFlowsByID[flow.id] === flow else { return } // refused and closed meanwhile
+        switch batch.send(flow.fd, range, addressed: false) {
+        case .success(let sent):
+            if sent < range.count { flow.listener.udp.drop(.backendError, UInt64(range.count - sent)) }
+        case .failure(let error):
+            flow.listener.udp.drop(.backendError, UInt64(range.count))
             // An ICMP error for an earlier datagram surfaces here: the backend is not listening.
-            if code == ECONNREFUSED { backendRefused(flow) }
+            if error.errno == ECONNREFUSED { backendRefused(flow) }
         }
     }
 
@@ -130,6 +162,7 @@ extension Worker {
         if !flow.perPacket { udpFlows[key] = flow }
         listener.counters.add(.accepted, 1)
         record.add(.flows, 1)
+        record.release(.flowsUnseen)
         pool.active[backend].wrappingIncrement(ordering: .relaxed)
         flow.timer = timers.schedule(at: now + config.flowIdleTimeout.milliseconds, .udpFlow(id: flow.id))
         return flow
@@ -142,13 +175,19 @@ extension Worker {
         return nil
     }
 
-    /// Replies from a flow's backend, to its client in one sendmmsg.
+    /// Replies from a flow's backend, received straight into the listener's
+    /// reply batch: the replies of many flows go out in one sendmmsg at the
+    /// end of the worker's batch of events (or when the batch is full).
     func udpBackendReadable(_ id: UInt64) {
         guard let flow = udpFlowsByID[id] else { return }
-        guard let listenerFD = listenerFDs[flow.listener.index] else { return closeFlow(flow, reason: "listener_closed") }
-        let batch = udpBatch
+        let index = flow.listener.index
+        guard listenerFDs[index] != nil else { return closeFlow(flow, reason: "listener_closed") }
+        if udpReplyCounts[index, default: 0] == udpBatch.count { flushReplies(index) }
+        let batch = udpReplies[index] ?? DatagramBatch(count: udpBatch.count)
+        udpReplies[index] = batch
+        let start = udpReplyCounts[index, default: 0]
         let count: Int
-        switch batch.receive(flow.fd) {
+        switch batch.receive(flow.fd, at: start) {
         case .failure(let error):
             if error.errno == ECONNREFUSED { backendRefused(flow) }
             return
@@ -157,18 +196,13 @@ extension Worker {
         }
         guard count > 0 else { return }
         var bytes = 0
-        for i in 0..<count {
+        for i in start..<start + count {
             batch.entries[i].peer = flow.client.storage
             batch.entries[i].peer_length = flow.client.length
             batch.entries[i].local = flow.local
             bytes += batch.entries[i].length
         }
-        let sent: Int
-        switch batch.send(listenerFD, 0..<count, addressed: true) {
-        case .success(let n): sent = n
-        case .failure: sent = 0
-        }
-        if sent < count { flow.listener.udp.drop(.clientError, UInt64(count - sent)) }
+        udpReplyCounts[index] = start + count
         flow.lastActive = monotonicMilliseconds()
         flow.datagramsOut += UInt64(count)
         flow.bytesOut += UInt64(bytes)
@@ -180,6 +214,26 @@ extension Worker {
             flow.listener.pool.noteSuccess(flow.backend)
         }
         if flow.perPacket { closeFlow(flow, reason: "answered") }
+    }
+
+    func flushReplies() {
+        for index in Array(udpReplyCounts.keys) { flushReplies(index) }
+    }
+
+    private func flushReplies(_ index: Int) {
+        guard let count = udpReplyCounts.removeValue(forKey: index), count > 0, let batch = udpReplies[index] else { return }
+        guard let fd = listenerFDs[index] else { return }
+        var done = 0
+        while done < count {
+            switch batch.send(fd, done..<count, addressed: true) {
+            case .success(let sent) where sent > 0:
+                done += sent
+            default:
+                // A client's buffer full (or gone): that reply is dropped, the others still go.
+                listeners[index].udp.drop(.clientError)
+                done += 1
+            }
+        }
     }
 
     /// ICMP port unreachable: a passive failure, and the flow ends so that

@@ -119,10 +119,8 @@ struct UDPEndToEndTests {
         let names = try #require(who["names"] as? [String: Int])
         #expect(names["a"] == 50 && names["b"] == 50, "least_conn over two backends: \(names)")
         let flows = workerField(try statusJSON("e2e\(port)"), "flows")
-        // The counts are the workers' own (a flow counts once its worker has
-        // opened it): a burst is spread by the tie-breaking rotor first, then
-        // by counts that trail the burst a little.
-        #expect(flows.count == 2 && flows.allSatisfy { abs($0 - 50) <= 8 }, "even over the workers: \(flows)")
+        // A burst of new flows: placed ones a worker has not read yet count too (flows_unseen).
+        #expect(flows.count == 2 && flows.allSatisfy { abs($0 - 50) <= 3 }, "even over the workers: \(flows)")
         try waitUntil(5, "the flows expired") { workerField((try? statusJSON("e2e\(port)")) ?? [:], "flows") == [0, 0] }
         #expect(try sluice.stop() == 0, "\(sluice.log)")
         let idle = sluice.log.split(separator: "\n").filter { $0.contains("path=udp reason=idle datagrams_in=5 datagrams_out=5") }

@@ -37,7 +37,13 @@ struct sluice_worker {
     __u64 pending;
     __u64 charged;      /* charges taken, total */
     __u64 underflows;   /* decrements of `active` that would have gone below zero */
-    __u64 flows;        /* open UDP flows: what select_flow compares */
+    __u64 flows;        /* open UDP flows (the worker's count) */
+    /* New flows select_flow placed here that the worker has not opened
+     * yet: one off per flow it opens (never below zero), and back to zero
+     * now and then when its sockets are found empty (a placed datagram the
+     * kernel dropped is never opened). Compared with `flows` added, so that
+     * a burst spreads before any worker has run. */
+    __u64 flows_unseen;
 };
 
 /* One entry per listener in the mmap-able `listener_load` array, written by

@@ -26,8 +26,9 @@ int sluice_datagram_want_local(int fd, int family);
  * (0 when none is waiting), or -1 with errno. */
 int sluice_datagram_receive(int fd, struct sluice_datagram *datagrams, unsigned count);
 
-/* sendmmsg of `count` datagrams: to each one's peer when `addressed`, from
- * its local address when it has one. Returns how many were sent, or -1
+/* sendmmsg of `count` datagrams: to each one's peer, and from its local
+ * address when it has one, when `addressed`; as they are on a connected
+ * socket otherwise. Returns how many were sent, or -1
  * with errno (for the first). */
 int sluice_datagram_send(int fd, struct sluice_datagram *datagrams, unsigned count, int addressed);
 
