@@ -82,11 +82,14 @@ public final class DatagramBatch {
         storage.deallocate()
     }
 
-    /// Datagrams waiting on `fd`, into entries `start...` (up to the end):
-    /// how many (0: none), or the error.
-    public func receive(_ fd: Int32, at start: Int = 0) -> Result<Int, SystemCallError> {
-        for i in start..<count { entries[i].capacity = Self.datagramCapacity }
-        let n = sluice_datagram_receive(fd, entries + start, UInt32(count - start))
+    /// Datagrams waiting on `fd`, into entries `start...`, at most `limit`:
+    /// how many (0: none), or the error. A recvmmsg that finds fewer than
+    /// it asked for pays for one more (empty) receive: callers that usually
+    /// get one ask for few.
+    public func receive(_ fd: Int32, at start: Int = 0, limit: Int = .max) -> Result<Int, SystemCallError> {
+        let end = min(count, start.addingReportingOverflow(limit).overflow ? count : start + limit)
+        for i in start..<end { entries[i].capacity = Self.datagramCapacity }
+        let n = sluice_datagram_receive(fd, entries + start, UInt32(end - start))
         return n < 0 ? .failure(SystemCallError(call: "recvmmsg", errno: Glibc.errno)) : .success(Int(n))
     }
 

@@ -147,6 +147,8 @@ final class Worker: @unchecked Sendable {
     /// many each holds: they go to their clients in one sendmmsg.
     var udpReplies: [Int: DatagramBatch] = [:]
     var udpReplyCounts: [Int: Int] = [:]
+    /// Datagrams to ask each UDP listener's recvmmsg for (see `DatagramBatch.receive`).
+    var udpListenerWindows: [Int: Int] = [:]
     /// When `flows_unseen` may next be reset (see `seenAllFlows`).
     var udpUnseenResetAt: UInt64 = 0
     /// Clients whose PROXY header is still to come.

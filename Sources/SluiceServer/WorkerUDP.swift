@@ -22,6 +22,8 @@ final class UDPFlow {
     var lastActive: UInt64
     var timer: TimerID?
     var answered = false
+    /// Replies to ask recvmmsg for: doubled while it fills them, back to what came when it does not.
+    var window = 1
     var datagramsIn: UInt64 = 0
     var datagramsOut: UInt64 = 0
     var bytesIn: UInt64 = 0
@@ -69,7 +71,9 @@ extension Worker {
         guard let fd = listenerFDs[index] else { return }
         let listener = listeners[index], batch = udpBatch
         for _ in 0..<Self.udpBatchesPerTurn {
-            guard case .success(let count) = batch.receive(fd), count > 0 else { return seenAllFlows() }
+            let window = udpListenerWindows[index, default: 1]
+            guard case .success(let count) = batch.receive(fd, limit: window), count > 0 else { return seenAllFlows() }
+            udpListenerWindows[index] = count == window ? min(window * 2, batch.count) : count
             let now = monotonicMilliseconds()
             var run: (flow: UDPFlow, start: Int)?
             for i in 0..<count {
@@ -81,7 +85,7 @@ extension Worker {
                 if let flow, run == nil { run = (flow, i) }
             }
             if let run { forward(run.flow, batch, run.start..<count) }
-            if count < batch.count { return }
+            if count < window { return }
         }
     }
 
@@ -187,7 +191,7 @@ extension Worker {
         udpReplies[index] = batch
         let start = udpReplyCounts[index, default: 0]
         let count: Int
-        switch batch.receive(flow.fd, at: start) {
+        switch batch.receive(flow.fd, at: start, limit: flow.window) {
         case .failure(let error):
             if error.errno == ECONNREFUSED { backendRefused(flow) }
             return
@@ -195,6 +199,7 @@ extension Worker {
             count = n
         }
         guard count > 0 else { return }
+        flow.window = count == flow.window ? min(flow.window * 2, udpBatch.count) : max(count, 1)
         var bytes = 0
         for i in start..<start + count {
             batch.entries[i].peer = flow.client.storage
