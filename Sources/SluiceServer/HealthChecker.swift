@@ -1,13 +1,15 @@
 import Atomics
+import Glibc
 import Logging
 import SluiceCore
 import SluicePosix
 import Synchronization
 
 /// Active health checks, on a thread of their own (never on a worker's hot
-/// path): one non-blocking probe at a time per backend, tcp (connect) or
-/// http (a GET whose status line must match), each with a timeout, spread in
-/// time by jitter so that checks of many pools do not line up.
+/// path): one non-blocking probe at a time per backend, tcp (connect), http
+/// (a GET whose status line must match), redis (PING) or dns (a query over
+/// UDP), each with a timeout, spread in time by jitter so that checks of many
+/// pools do not line up.
 final class HealthChecker: @unchecked Sendable {
     private struct Target {
         let pool: RuntimePool
@@ -21,6 +23,8 @@ final class HealthChecker: @unchecked Sendable {
         let fd: Int32
         var connected = false
         var response: [UInt8] = []
+        /// kind dns: the query sent, to match the answer against.
+        var query: [UInt8] = []
         var timer: TimerID?
         init(target: Int, fd: Int32) {
             self.target = target
@@ -94,6 +98,7 @@ final class HealthChecker: @unchecked Sendable {
 
     private func begin(_ i: Int) {
         let target = targets[i]
+        if target.check.kind == .dns { return beginDNS(i) }
         let address = target.pool.addresses[target.index]
         let fd: Int32
         do {
@@ -117,8 +122,43 @@ final class HealthChecker: @unchecked Sendable {
         }
     }
 
+    /// A query on a UDP socket connected to the backend: an ICMP port
+    /// unreachable comes back as ECONNREFUSED on the receive.
+    private func beginDNS(_ i: Int) {
+        let target = targets[i]
+        let address = target.pool.addresses[target.index]
+        let fd: Int32
+        do { fd = try Socket.udpConnect(to: address, bufferBytes: 1 << 16) } catch {
+            failed(i, errno: error.errno, why: "\(error)")
+            return
+        }
+        let probe = Probe(target: i, fd: fd)
+        probe.connected = true
+        probe.query = DNSProbe.query(name: target.check.query, id: UInt16.random(in: 0...UInt16.max, using: &random)) ?? []
+        probes[i] = probe
+        probe.timer = timers.schedule(at: deadline(after: target.check.timeout, from: monotonicMilliseconds()), .timeout(i))
+        let sent = probe.query.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+        guard sent == probe.query.count else { return failed(i, errno: errno, why: "sending the query failed") }
+        do { try epoll.add(fd, .readable, token: UInt64(i)) } catch { finish(i, passed: false, why: "\(error)") }
+    }
+
+    private func answeredDNS(_ i: Int, _ probe: Probe) {
+        var answer = [UInt8](repeating: 0, count: 4096)
+        let n = answer.withUnsafeMutableBytes { Glibc.recv(probe.fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+        if n < 0 {
+            let code = errno
+            if code == EAGAIN || code == EWOULDBLOCK { return }
+            return finish(i, passed: false, why: code == ECONNREFUSED ? "port unreachable" : errnoDescription(code))
+        }
+        switch DNSProbe.verdict(Array(answer[0..<n]), to: probe.query) {
+        case .passed(let why): finish(i, passed: true, why: why)
+        case .failed(let why): finish(i, passed: false, why: why)
+        }
+    }
+
     private func progress(_ i: Int, events: EpollEvents) {
         guard let probe = probes[i] else { return }
+        if targets[i].check.kind == .dns { return answeredDNS(i, probe) }
         if !probe.connected {
             let error = Socket.pendingError(probe.fd)
             guard error == 0 else {

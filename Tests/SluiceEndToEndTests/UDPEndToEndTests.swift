@@ -26,12 +26,14 @@ final class DNSServer {
         }
     }
 
-    deinit {
+    func stop() {
         if let text = try? String(contentsOfFile: pidFile, encoding: .utf8), let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
-            kill(pid, SIGTERM)
+            kill(pid, SIGKILL) // SIGTERM stays blocked: children inherit the test process's blocked stop signals
         }
         try? FileManager.default.removeItem(atPath: pidFile)
     }
+
+    deinit { stop() }
 }
 
 /// A UDP echo (Scripts/udppeer.py) that names itself when asked "WHO?".
@@ -89,6 +91,26 @@ struct UDPEndToEndTests {
             #expect(try sluice.stop() == 0, "\(sluice.log)")
             #expect(sluice.log.contains("path=udp reason=answered datagrams_in=1 datagrams_out=1"), "\(sluice.log)")
         }
+    }
+
+    @Test("health_check kind dns: a server that stops answering is checked down, and every query goes to the other")
+    func dnsHealthCheck() throws {
+        guard requireRoot() else { return }
+        let one = try DNSServer(answer: "10.0.0.1", answer6: "fd00::1"), two = try DNSServer(answer: "10.0.0.2", answer6: "fd00::2")
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: udpConfig(
+            port: port, backends: ["127.0.0.1:\(one.port)", "127.0.0.1:\(two.port)"], udp: "per_packet: true",
+            pool: "\n    health_check: { kind: dns, query: example.test, interval: 100ms, timeout: 100ms, rise: 1, fall: 1 }"))
+        one.stop()
+        try sluice.waitForLog("backend down")
+        for _ in 0..<4 {
+            let (_, a) = try runCommand("/usr/bin/dig", ["@127.0.0.1", "-p", "\(port)", "+short", "+tries=1", "+time=2", "example.test", "A"])
+            #expect(a.trimmingCharacters(in: .whitespacesAndNewlines) == "10.0.0.2")
+        }
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+        let downs = sluice.log.split(separator: "\n").filter { $0.contains("backend down") }
+        #expect(downs.count == 1 && downs[0].contains("127.0.0.1:\(one.port)") && downs[0].contains("check=dns")
+                && downs[0].contains("port unreachable"), "\(downs)")
     }
 
     @Test("200 concurrent flows × 1,000 datagrams of random sizes up to 64 KiB, each echoed byte-exact")

@@ -67,7 +67,7 @@ struct ConfigDecoder {
     static let adminKeys = ["socket", "metrics", "idle_timeout"]
     static let listenerKeys = ["name", "bind", "pool", "max_connections", "connect_timeout", "idle_timeout", "mode", "http", "redis", "udp", "proxy_protocol"]
     static let poolKeys = ["name", "algorithm", "retries", "backends", "health_check", "passive", "min_healthy", "proxy_protocol", "redis"]
-    static let healthKeys = ["kind", "interval", "timeout", "rise", "fall", "path", "expect_status"]
+    static let healthKeys = ["kind", "interval", "timeout", "rise", "fall", "path", "expect_status", "query"]
     static let passiveKeys = ["failures", "ejection"]
     static let backendKeys = ["address", "weight"]
 
@@ -361,8 +361,19 @@ struct ConfigDecoder {
                 }
             }
         }
-        if check.kind == .tcp, map["path"] != nil || map["expect_status"] != nil {
+        if check.kind != .http, map["path"] != nil || map["expect_status"] != nil {
             fail(path.key("kind"), at: map["kind"]?.value ?? node, "path and expect_status need kind: http")
+        }
+        if let entry = map["query"] {
+            if check.kind != .dns {
+                fail(path.key("query"), at: entry.value, "query needs kind: dns")
+            } else if let text = scalarText(entry.value, path.key("query"), expected: "a DNS name") {
+                if DNSProbe.query(name: text, id: 0) == nil {
+                    fail(path.key("query"), at: entry.value, "expected a DNS name (labels of 1 to 63 bytes, 255 in all); found \(configQuoted(text))")
+                } else {
+                    check.query = text
+                }
+            }
         }
         if check.timeout > check.interval {
             fail(path.key("timeout"), at: map["timeout"]?.value ?? node, "expected a timeout no longer than the interval (\(formatDuration(check.interval)))")

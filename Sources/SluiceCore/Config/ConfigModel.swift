@@ -151,8 +151,9 @@ public struct BackendConfig: Sendable, Equatable {
     }
 }
 
-/// tcp: the connect; http: a GET and its status; redis: a PING answered +PONG.
-public enum HealthCheckKind: String, Sendable, CaseIterable { case tcp, http, redis }
+/// tcp: the connect; http: a GET and its status; redis: a PING answered
+/// +PONG; dns: a query over UDP answered NOERROR or NXDOMAIN.
+public enum HealthCheckKind: String, Sendable, CaseIterable { case tcp, http, redis, dns }
 
 /// Active checks of a pool's backends, run off the workers' hot path.
 public struct HealthCheckConfig: Sendable, Equatable {
@@ -166,6 +167,8 @@ public struct HealthCheckConfig: Sendable, Equatable {
     /// For http: the request path and the status that counts as healthy.
     public var path = "/"
     public var expectStatus = 200
+    /// For dns: the name asked (type A).
+    public var query = "."
 
     public init() {}
 }

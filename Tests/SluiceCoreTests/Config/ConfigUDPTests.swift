@@ -36,6 +36,21 @@ struct ConfigUDPTests {
         #expect(proxy.path == "listeners[0].proxy_protocol" && proxy.message.contains("udp"), "\(proxy)")
     }
 
+    @Test("health_check kind dns takes a query name; query elsewhere, or a name DNS cannot carry, is refused")
+    func dnsCheck() throws {
+        let pool = "{ name: dns, backends: [ { address: \"127.0.0.1:5301\" }, { address: \"127.0.0.1:5302\" } ] }"
+        func with(_ check: String) -> String { udpListener().replacing(pool, with: pool.replacing("name: dns,", with: "name: dns, health_check: \(check),")) }
+        let config = try decodeConfig(with("{ kind: dns, query: example.test, interval: 1s }")).config
+        #expect(config.pools[0].healthCheck?.kind == .dns && config.pools[0].healthCheck?.query == "example.test")
+        #expect(try decodeConfig(with("{ kind: dns }")).config.pools[0].healthCheck?.query == ".")
+        let elsewhere = try #require(singleConfigError(with("{ kind: tcp, query: example.test }")))
+        #expect(elsewhere.path == "pools[0].health_check.query" && elsewhere.message.contains("kind: dns"), "\(elsewhere)")
+        let bad = try #require(singleConfigError(with("{ kind: dns, query: \"a..b\" }")))
+        #expect(bad.path == "pools[0].health_check.query" && bad.message.contains("DNS name"), "\(bad)")
+        let path = try #require(singleConfigError(with("{ kind: dns, path: /x }")))
+        #expect(path.message.contains("need kind: http"), "\(path)")
+    }
+
     @Test("the descriptor budget counts one per flow for udp listeners, not their max_connections")
     func budget() throws {
         let config = try decodeConfig("""
