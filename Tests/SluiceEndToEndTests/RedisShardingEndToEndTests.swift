@@ -60,6 +60,7 @@ struct RedisShardingEndToEndTests {
         let deadPort = servers[1].port
         servers[1].kill()
         try sluice.waitForLog("redis keys placed anew")
+        usleep(300_000) // worker 0 logs it; the other one follows within its 100 ms
         // A key of the dead server is now another's (not there yet: nil); a survivor's key is where it was.
         let moved = try #require(home[1].first), stayed = try #require(home[0].first)
         #expect(try redisCLI(port, ["GET", moved]) == "", "nil from its new server")
@@ -70,6 +71,7 @@ struct RedisShardingEndToEndTests {
         // Back up (an empty server on the same port): its keys go to it again.
         servers[1] = try RedisServer(port: deadPort)
         try waitUntil(5, "placement back") { (try? redisCLI(port, ["GET", moved])) == "" }
+        usleep(300_000) // each worker looks every 100 ms: the other one follows within that
         #expect(try redisCLI(port, ["SET", moved, "x"]) == "OK" && redisCLI(servers[1].port, ["GET", moved]) == "x")
         #expect(try redisCLI(port, ["GET", stayed]) == "v")
         let notes = sluice.log.split(separator: "\n").filter { $0.contains("redis keys placed anew") }

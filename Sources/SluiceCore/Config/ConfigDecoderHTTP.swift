@@ -79,7 +79,7 @@ extension ConfigDecoder {
     private mutating func decodeRedis(_ node: Node, _ path: ConfigFieldPath) -> RedisListenerConfig {
         var config = RedisListenerConfig()
         guard let map = mapping(node, path, keys: ["password", "connections_per_backend", "reply_timeout"],
-                                expected: "a mapping like { password: secret, connections_per_backend: 2, reply_timeout: 3s }")
+                                expected: "a mapping like { password: secret, connections_per_backend: 1, reply_timeout: 3s }")
         else { return config }
         if let entry = map["password"], let text = scalarText(entry.value, path.key("password"), expected: "a password") {
             config.password = text

@@ -29,7 +29,9 @@ public struct RedisListenerConfig: Sendable, Equatable {
     /// Clients must `AUTH` with it first, when set.
     public var password: String?
     /// Connections each worker keeps to each backend, shared by its clients.
-    public var connectionsPerBackend = 2
+    /// One batches the most commands per write (a Redis server runs them
+    /// one at a time anyway): measured ahead of two at one command per client.
+    public var connectionsPerBackend = 1
     /// A backend connection whose oldest command has had no reply for this
     /// long is given up: its commands get `-ERR`, the next one reconnects.
     public var replyTimeout: Duration = .seconds(3)

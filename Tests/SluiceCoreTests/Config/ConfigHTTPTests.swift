@@ -93,7 +93,7 @@ struct ConfigHTTPTests {
         let listener = try decodeConfig(yaml).config.listeners[0]
         #expect(listener.mode == .redis && listener.redis?.password == "pw" && listener.redis?.connectionsPerBackend == 4)
         let plain = try decodeConfig(httpListener("").replacing("mode: http", with: "mode: redis")).config.listeners[0]
-        #expect(plain.redis == RedisListenerConfig() && plain.redis?.connectionsPerBackend == 2 && plain.http == nil)
+        #expect(plain.redis == RedisListenerConfig() && plain.redis?.connectionsPerBackend == 1 && plain.http == nil)
         let wrong = try #require(singleConfigError(httpListener(", redis: { password: pw }")))
         #expect(wrong.path == "listeners[0].redis" && wrong.message.contains("mode: redis"), "\(wrong)")
         let range = try #require(singleConfigError(httpListener("").replacing("mode: http", with: "mode: redis, redis: { connections_per_backend: 0 }")))
