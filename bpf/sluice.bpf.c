@@ -150,6 +150,42 @@ static __always_inline int place_by_hash(struct sk_reuseport_md *ctx, __u32 n, i
     return SK_PASS;
 }
 
+static __always_inline __u32 worker_count(void)
+{
+    __u32 n = nr_workers;
+    return n > SLUICE_MAX_WORKERS ? SLUICE_MAX_WORKERS : n;
+}
+
+/* The live worker with the least load (open connections and pending
+ * charges, or, `by_flows`, UDP flows and placements not opened yet),
+ * starting the scan at a rotating place so that ties spread;
+ * SLUICE_MAX_WORKERS when none is live. */
+static __always_inline __u32 least_loaded(__u64 now, int by_flows)
+{
+    __u32 n = worker_count();
+    __u32 start = __sync_fetch_and_add(&rotor, 1);
+    __u32 best = SLUICE_MAX_WORKERS;
+    __u64 best_load = ~0ULL;
+    for (__u32 i = 0; i < SLUICE_MAX_WORKERS; i++) {
+        if (i >= n)
+            break;
+        __u32 k = (start + i) % n;
+        struct sluice_worker *w = bpf_map_lookup_elem(&worker_load, &k);
+        if (!w)
+            continue;
+        if (!is_live(w, now)) {
+            count(SLUICE_STEER_STALL_SKIP);
+            continue;
+        }
+        __u64 load = by_flows ? w->flows + w->flows_unseen : w->active;
+        if (load < best_load) {
+            best_load = load;
+            best = k;
+        }
+    }
+    return best;
+}
+
 /* TCP flags at offset 13 of the header; the reuseport context's data
  * starts at the transport header. */
 #define TCP_FIN 0x01
@@ -185,39 +221,16 @@ int select_worker(struct sk_reuseport_md *ctx)
             return SK_PASS;
     }
 
-    __u32 n = nr_workers;
-    if (n > SLUICE_MAX_WORKERS)
-        n = SLUICE_MAX_WORKERS;
-    __u32 start = __sync_fetch_and_add(&rotor, 1);
-    __u32 best = SLUICE_MAX_WORKERS;
-    __u64 best_active = ~0ULL;
-
-    for (__u32 i = 0; i < SLUICE_MAX_WORKERS; i++) {
-        if (i >= n)
-            break;
-        __u32 k = (start + i) % n;
-        struct sluice_worker *w = bpf_map_lookup_elem(&worker_load, &k);
-        if (!w)
-            continue;
-        if (!is_live(w, now)) {
-            count(SLUICE_STEER_STALL_SKIP);
-            continue;
-        }
-        if (w->active < best_active) {
-            best_active = w->active;
-            best = k;
-        }
-    }
-
+    __u32 best = least_loaded(now, 0);
     if (best == SLUICE_MAX_WORKERS) {
         /* Nobody is live: spread by the connection's hash, as the kernel would. */
         count(SLUICE_STEER_ALL_STALLED);
-        return place_by_hash(ctx, n, is_syn);
+        return place_by_hash(ctx, worker_count(), is_syn);
     }
     if (bpf_sk_select_reuseport(ctx, &worker_socks, &best, 0) < 0) {
         /* The chosen worker's socket is gone (closed listener, empty slot). */
         count(SLUICE_STEER_FALLBACK);
-        return place_by_hash(ctx, n, is_syn);
+        return place_by_hash(ctx, worker_count(), is_syn);
     }
     charge(best);
     remember(ctx, best, is_syn);
@@ -262,30 +275,7 @@ int select_flow(struct sk_reuseport_md *ctx)
             return SK_PASS;
         }
     }
-    __u32 n = nr_workers;
-    if (n > SLUICE_MAX_WORKERS)
-        n = SLUICE_MAX_WORKERS;
-    __u64 now = bpf_ktime_get_ns();
-    __u32 start = __sync_fetch_and_add(&rotor, 1);
-    __u32 best = SLUICE_MAX_WORKERS;
-    __u64 best_flows = ~0ULL;
-    for (__u32 i = 0; i < SLUICE_MAX_WORKERS; i++) {
-        if (i >= n)
-            break;
-        __u32 k = (start + i) % n;
-        struct sluice_worker *w = bpf_map_lookup_elem(&worker_load, &k);
-        if (!w)
-            continue;
-        if (!is_live(w, now)) {
-            count(SLUICE_STEER_STALL_SKIP);
-            continue;
-        }
-        __u64 flows = w->flows + w->flows_unseen;
-        if (flows < best_flows) {
-            best_flows = flows;
-            best = k;
-        }
-    }
+    __u32 best = least_loaded(bpf_ktime_get_ns(), 1);
     /* Nobody live, or the chosen socket gone: the kernel's hash decides,
      * and the flow is not remembered (its next datagram is placed anew). */
     if (best == SLUICE_MAX_WORKERS) {

@@ -49,13 +49,13 @@ func udpPeer(_ arguments: [String]) throws -> [String: Any] {
 }
 
 func udpConfig(port: UInt16, backends: [String], bind: String = "127.0.0.1", udp: String = "", workers: Int = 2,
-               pool: String = "", top: String = "") -> String {
+               pool: String = "", top: String = "", admin: String = "admin: { metrics: off }") -> String {
     let host = bind.contains(":") ? "[\(bind)]" : bind
     return """
         instance: e2e\(port)
         workers: \(workers)
         log: { level: info, access: text, file: stderr }
-        admin: { metrics: off }
+        \(admin)
         \(top)
         listeners:
           - { name: dns, bind: "\(host):\(port)", pool: udp, mode: udp\(udp.isEmpty ? "" : ", udp: { \(udp) }") }
@@ -111,6 +111,30 @@ struct UDPEndToEndTests {
         let downs = sluice.log.split(separator: "\n").filter { $0.contains("backend down") }
         #expect(downs.count == 1 && downs[0].contains("127.0.0.1:\(one.port)") && downs[0].contains("check=dns")
                 && downs[0].contains("port unreachable"), "\(downs)")
+    }
+
+    @Test("max_flows: new flows beyond it are dropped and counted, open ones keep flowing; /metrics counts datagrams, bytes and drops")
+    func maxFlowsAndMetrics() throws {
+        guard requireRoot() else { return }
+        let (a, first) = try udpEcho("a")
+        defer { a.stop() }
+        let port = freePort(), metricsPort = freePort()
+        let sluice = try SluiceProcess.run(config: udpConfig(port: port, backends: [first], udp: "max_flows: 6",
+                                                             admin: "admin: { metrics: \"127.0.0.1:\(metricsPort)\" }"))
+        let who = try udpPeer(["who", "127.0.0.1", "\(port)", "10", "--per-flow", "2", "--timeout", "0.3"])
+        let answered = ((who["flows"] as? [[Any]]) ?? []).filter { flow in flow.contains { $0 is String } }.count
+        #expect(answered == 6 && who["affine"] as? Int == 6, "6 flows fit, 4 do not: \(who)")
+        let (_, metrics) = try curl(["http://127.0.0.1:\(metricsPort)/metrics"])
+        func sample(_ name: String, _ labels: String...) -> Double? {
+            metrics.split(separator: "\n").first { line in line.hasPrefix(name + "{") && labels.allSatisfy { line.contains($0) } }
+                .flatMap { Double($0.split(separator: " ").last ?? "") }
+        }
+        let dropped = try #require(sample("sluice_udp_dropped_total", "reason=\"max_flows\""), "\(metrics)")
+        #expect(dropped >= 8, "4 flows' datagrams and retries: \(dropped)")
+        #expect(sample("sluice_udp_datagrams_total", "direction=\"in\"") == 12 && sample("sluice_udp_datagrams_total", "direction=\"out\"") == 12)
+        #expect(sample("sluice_udp_bytes_total", "direction=\"out\"") == 12, "WHO? answered with a 1-byte name")
+        #expect(sample("sluice_listener_rejected_total") == dropped && sample("sluice_listener_active_connections") == 6, "\(metrics)")
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
     }
 
     @Test("200 concurrent flows × 1,000 datagrams of random sizes up to 64 KiB, each echoed byte-exact")
