@@ -31,13 +31,16 @@ final class RedisClient {
     }
 }
 
-/// Which of a worker's links a command takes: the pool's backend, and one
-/// of its `connections_per_backend` lanes (by client, so that one client's
-/// commands to a server stay on one connection, in order).
+/// Which of a worker's links a command takes: the pool's backend, one of
+/// its `connections_per_backend` lanes (by client, so that one client's
+/// commands to a server stay on one connection, in order), and the protocol
+/// the client asked for (RESP3 clients' commands go over links that said
+/// HELLO 3, so their replies come in RESP3).
 struct RedisLinkKey: Hashable {
     let pool: ObjectIdentifier
     let backend: Int
     let lane: Int
+    let resp3: Bool
 }
 
 /// One of a worker's connections to a Redis backend, shared by its clients:
@@ -62,10 +65,14 @@ final class RedisLink {
     let connectTimeout: UInt64
     let replyTimeout: UInt64
 
-    init(index: Int, pool: RuntimePool, backend: Int, connectTimeout: UInt64, replyTimeout: UInt64) {
+    /// Says HELLO 3 first on every connection.
+    let resp3: Bool
+
+    init(index: Int, pool: RuntimePool, backend: Int, resp3: Bool, connectTimeout: UInt64, replyTimeout: UInt64) {
         self.index = index
         self.pool = pool
         self.backend = backend
+        self.resp3 = resp3
         self.connectTimeout = connectTimeout
         self.replyTimeout = replyTimeout
     }
@@ -191,12 +198,12 @@ extension Worker {
 
     // MARK: - Backend links
 
-    private func link(_ listener: RuntimeListener, _ backend: Int, tag: UInt64) -> RedisLink {
+    private func link(_ listener: RuntimeListener, _ backend: Int, tag: UInt64, resp3: Bool) -> RedisLink {
         let pool = listener.pool, config = listener.config.redis ?? RedisListenerConfig()
         let count = config.connectionsPerBackend
-        let key = RedisLinkKey(pool: ObjectIdentifier(pool), backend: backend, lane: Int(tag % UInt64(count)))
+        let key = RedisLinkKey(pool: ObjectIdentifier(pool), backend: backend, lane: Int(tag % UInt64(count)), resp3: resp3)
         if let index = redisLinkIndex[key] { return redisLinks[index] }
-        let link = RedisLink(index: redisLinks.count, pool: pool, backend: backend,
+        let link = RedisLink(index: redisLinks.count, pool: pool, backend: backend, resp3: resp3,
                              connectTimeout: listener.config.connectTimeout.milliseconds, replyTimeout: config.replyTimeout.milliseconds)
         redisLinks.append(link)
         redisLinkIndex[key] = link.index
@@ -204,7 +211,7 @@ extension Worker {
     }
 
     private func forward(_ client: RedisClient, _ backend: Int, _ tag: UInt64, _ command: [UInt8]) {
-        let link = link(client.listener, backend, tag: UInt64(client.id))
+        let link = link(client.listener, backend, tag: UInt64(client.id), resp3: client.session.protocolVersion == 3)
         link.output += command
         let now = monotonicMilliseconds()
         link.waiting.append((client.id, tag, now))
@@ -214,6 +221,11 @@ extension Worker {
     }
 
     private func connect(_ link: RedisLink) {
+        if link.resp3 {
+            // Its reply goes to nobody (client ids start at 1).
+            link.output = Array("HELLO 3\r\n".utf8) + link.output
+            link.waiting.insert((0, 0, monotonicMilliseconds()), at: link.waitingHead)
+        }
         do {
             link.fd = try Socket.tcp(family: link.pool.addresses[link.backend].family)
             Socket.setNoDelay(link.fd)

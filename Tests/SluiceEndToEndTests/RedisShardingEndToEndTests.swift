@@ -46,6 +46,33 @@ struct RedisShardingEndToEndTests {
         #expect(try sluice.stop() == 0, "\(sluice.log)")
     }
 
+    @Test("redis-py 8 as it comes (RESP3 by HELLO 3): strings, MSET/MGET over 3 servers, a hash as a dict, counts, a pipeline")
+    func resp3Client() throws {
+        let servers = try (0..<3).map { _ in try RedisServer() }
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: redisConfig(port: port, servers: servers))
+        let script = """
+            import redis, sys
+            r = redis.Redis(port=int(sys.argv[1]), socket_timeout=5)
+            assert r.set('a', '1') and r.get('a') == b'1'
+            r.mset({'k%d' % i: i for i in range(30)})
+            assert r.mget(['k%d' % i for i in range(30)] + ['none']) == [str(i).encode() for i in range(30)] + [None]
+            r.hset('h', mapping={'x': 1, 'y': 2})
+            assert r.hgetall('h') == {b'x': b'1', b'y': b'2'}, r.hgetall('h')
+            assert r.incr('n') == 1 and r.delete('a', 'k1', 'k2', 'none') == 3 and r.exists('k3', 'k4') == 2
+            p = r.pipeline(transaction=False)
+            for i in range(200): p.set('p%d' % i, i)
+            assert all(p.execute())
+            c = r.connection_pool.get_connection()
+            print('proto', c.handshake_metadata.get(b'proto', c.handshake_metadata.get('proto')))
+            """
+        let (status, out) = try runCommand("/usr/bin/env", ["python3", "-c", script, "\(port)"])
+        #expect(status == 0 && out.contains("proto 3"), "\(out)")
+        let counts = try servers.map { Int(try redisCLI($0.port, ["DBSIZE"])) ?? -1 }
+        #expect(counts.allSatisfy { $0 > 40 }, "spread over the servers: \(counts)")
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+    }
+
     @Test("a server checked down: its keys go to the others (GET nil, SET lands there), the others' keys stay; checked up again: its keys come back", arguments: ["crc16", "ketama"])
     func followsHealth(hash: String) throws {
         var servers = try (0..<3).map { _ in try RedisServer() }

@@ -19,6 +19,11 @@ struct RESPTests {
     static let replies: [String] = [
         "+OK\r\n", "-ERR wrong\r\n", ":-42\r\n", "$5\r\nhello\r\n", "$0\r\n\r\n", "$-1\r\n", "*-1\r\n", "*0\r\n",
         "*3\r\n$3\r\nfoo\r\n$-1\r\n:7\r\n", "*2\r\n*2\r\n+a\r\n*1\r\n:1\r\n$2\r\nhi\r\n",
+        // RESP3, from backend connections that said HELLO 3.
+        "_\r\n", "#t\r\n", "#f\r\n", ",3.14\r\n", ",-inf\r\n", "(3492890328409238509324850943850943825024385\r\n", "(-1\r\n",
+        "!21\r\nSYNTAX invalid syntax\r\n", "=15\r\ntxt:Some string\r\n", "%2\r\n+first\r\n:1\r\n+second\r\n_\r\n",
+        "~2\r\n+a\r\n#f\r\n", ">2\r\n+message\r\n$2\r\nhi\r\n", "|1\r\n+ttl\r\n:3600\r\n$5\r\nvalue\r\n",
+        "*2\r\n%1\r\n+k\r\n~1\r\n,1.5\r\n%0\r\n", "%0\r\n", "~0\r\n",
     ]
 
     @Test("every type measured whole, with bytes after it left alone; incomplete at every shorter prefix and random split")
@@ -43,7 +48,8 @@ struct RESPTests {
           arguments: [
               ("$-2\r\n", "bulk length"), ("*-5\r\n", "array length"), ("$9999999999\r\n", "longer than"),
               (String(repeating: "*1\r\n", count: 40) + ":1\r\n", "deeper"), ("+OK\n", "LF without CR"), ("+O\rK\r\n", "CR without LF"),
-              ("!3\r\nabc\r\n", "unknown type"), ("$3\r\nabcd\r\n", "CRLF"), (":12a\r\n", "integer"), ("*99999999\r\n", "longer than"),
+              ("@3\r\nabc\r\n", "unknown type"), ("$3\r\nabcd\r\n", "CRLF"), ("_x\r\n", "null"), ("#y\r\n", "boolean"),
+              ("(12x\r\n", "big number"), ("!-1\r\n", "bulk length"), ("%-1\r\n", "array length"), ("~-1\r\n", "array length"), (":12a\r\n", "integer"), ("*99999999\r\n", "longer than"),
           ])
     func hostile(text: String, reason: String) {
         guard case .invalid(let why) = scan(Array(text.utf8)) else {

@@ -101,6 +101,22 @@ struct RedisSessionTests {
         #expect(replies(out) == ["+OK\r\n"] && out.last == .close(.clientClosed))
     }
 
+    @Test("HELLO: 3 switches to RESP3 (a map back), 2 or none answers an array; other versions NOPROTO; AUTH inside HELLO")
+    func hello() {
+        var d = RedisDriver()
+        let three = replies(d.client(command("HELLO", "3")))
+        #expect(three.count == 1 && three[0].hasPrefix("%7\r\n$6\r\nserver\r\n$6\r\nsluice\r\n") && three[0].contains("$5\r\nproto\r\n:3\r\n"), "\(three)")
+        #expect(d.session.protocolVersion == 3)
+        #expect(replies(d.client(command("HELLO", "2"))).first?.hasPrefix("*14\r\n") == true && d.session.protocolVersion == 2)
+        #expect(replies(d.client(command("HELLO", "4"))) == ["-NOPROTO unsupported protocol version\r\n"] && d.session.protocolVersion == 2)
+        #expect(replies(d.client(command("HELLO", "x"))).first?.hasPrefix("-ERR Protocol version") == true)
+        var locked = RedisDriver(password: "pw")
+        #expect(replies(locked.client(command("HELLO", "3"))).first?.hasPrefix("-NOAUTH") == true && locked.session.protocolVersion == 2)
+        #expect(replies(locked.client(command("HELLO", "3", "AUTH", "default", "no"))).first?.hasPrefix("-WRONGPASS") == true)
+        #expect(replies(locked.client(command("HELLO", "3", "AUTH", "default", "pw", "SETNAME", "app"))).first?.hasPrefix("%7") == true)
+        #expect(locked.session.protocolVersion == 3 && forwards(locked.client(command("GET", "a"))).count == 1, "authenticated by HELLO")
+    }
+
     @Test("at maxInFlight the session stops asking for reads, and takes the rest once replies make room")
     func backpressure() {
         var d = RedisDriver(maxInFlight: 2)

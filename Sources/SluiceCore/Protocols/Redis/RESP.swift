@@ -1,5 +1,5 @@
-// RESP2, the Redis wire protocol: what a sharding proxy needs of it. Pure,
-// and bounded: every length and depth is checked before anything is
+// RESP, the Redis wire protocol: what a sharding proxy needs of it (RESP2
+// commands; RESP2 and RESP3 replies, measured whole). Pure, and bounded: every length and depth is checked before anything is
 // allocated, so hostile bytes get an error, never a trap or a huge buffer.
 
 /// Bounds on what a client or a server may send (Redis's own defaults where it has them).
@@ -89,13 +89,24 @@ public enum RESP {
             case .success(let e?): end = e
             }
             switch type {
-            case UInt8(ascii: "+"), UInt8(ascii: "-"):
+            case UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: ","):
+                i = end + 2
+            case UInt8(ascii: "_"):
+                guard end == i + 1 else { return .invalid("malformed null") }
+                i = end + 2
+            case UInt8(ascii: "#"):
+                guard end == i + 2, b[i + 1] == UInt8(ascii: "t") || b[i + 1] == UInt8(ascii: "f") else { return .invalid("malformed boolean") }
+                i = end + 2
+            case UInt8(ascii: "("):
+                guard end > i + 1, (i + 1..<end).allSatisfy({ b[$0] >= 48 && b[$0] <= 57 || ($0 == i + 1 && b[$0] == UInt8(ascii: "-")) })
+                else { return .invalid("malformed big number") }
                 i = end + 2
             case UInt8(ascii: ":"):
                 guard integer(b, i + 1..<end) != nil else { return .invalid("malformed integer") }
                 i = end + 2
-            case UInt8(ascii: "$"):
-                guard let n = integer(b, i + 1..<end), n >= -1 else { return .invalid("malformed bulk length") }
+            case UInt8(ascii: "$"), UInt8(ascii: "!"), UInt8(ascii: "="):
+                // RESP3's blob error and verbatim string are bulk-shaped (and never null).
+                guard let n = integer(b, i + 1..<end), n >= (type == UInt8(ascii: "$") ? -1 : 0) else { return .invalid("malformed bulk length") }
                 guard n <= limits.maxBulk else { return .invalid("bulk longer than \(limits.maxBulk) bytes") }
                 i = end + 2
                 if n >= 0 {
@@ -103,13 +114,16 @@ public enum RESP {
                     guard b[i + Int(n)] == cr, b[i + Int(n) + 1] == lf else { return .invalid("bulk not followed by CRLF") }
                     i += Int(n) + 2
                 }
-            case UInt8(ascii: "*"):
-                guard let n = integer(b, i + 1..<end), n >= -1 else { return .invalid("malformed array length") }
+            case UInt8(ascii: "*"), UInt8(ascii: "~"), UInt8(ascii: ">"), UInt8(ascii: "%"), UInt8(ascii: "|"):
+                // RESP3: a set or a push is an array; a map has two values per
+                // entry; an attribute's entries come before the value they describe.
+                guard let n = integer(b, i + 1..<end), n >= (type == UInt8(ascii: "*") ? -1 : 0) else { return .invalid("malformed array length") }
                 guard n <= limits.maxArray else { return .invalid("array longer than \(limits.maxArray) elements") }
+                let elements = type == UInt8(ascii: "%") ? 2 * Int(n) : type == UInt8(ascii: "|") ? 2 * Int(n) + 1 : Int(n)
                 i = end + 2
-                if n > 0 {
+                if elements > 0 {
                     guard pending.count < limits.maxDepth else { return .invalid("arrays nested deeper than \(limits.maxDepth)") }
-                    pending.append(Int(n))
+                    pending.append(elements)
                     continue // its first element is not a finished value yet
                 }
             default:
@@ -201,6 +215,8 @@ public enum RESP {
 
     public static func simple(_ text: String) -> [UInt8] { Array("+\(text)\r\n".utf8) }
     public static func error(_ text: String) -> [UInt8] { Array("-\(text)\r\n".utf8) }
+    /// A simple error, or RESP3's blob error.
+    static func isError(_ reply: [UInt8]) -> Bool { reply.first == UInt8(ascii: "-") || reply.first == UInt8(ascii: "!") }
     public static func integer(_ value: Int64) -> [UInt8] { Array(":\(value)\r\n".utf8) }
     public static func bulk(_ bytes: [UInt8]?) -> [UInt8] {
         guard let bytes else { return Array("$-1\r\n".utf8) }

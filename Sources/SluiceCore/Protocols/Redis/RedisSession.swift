@@ -66,6 +66,9 @@ public struct RedisSession: Sendable {
     }
     private var transaction: Transaction?
     private var authenticated: Bool
+    /// 3 after `HELLO 3`: the worker then sends this client's commands over
+    /// backend connections that said HELLO 3 too, so replies come in RESP3.
+    public private(set) var protocolVersion = 2
     private var closing = false
     private var eof = false
     public private(set) var commands: UInt64 = 0
@@ -136,7 +139,7 @@ public struct RedisSession: Sendable {
     }
 
     private mutating func answer(_ bytes: [UInt8], quit: Bool = false) {
-        if bytes.first == UInt8(ascii: "-") { errors += 1 }
+        if RESP.isError(bytes) { errors += 1 }
         queue.append(Pending(parts: [], merge: .asIs, ready: bytes, quit: quit))
         tagStarts.append(nextTag)
     }
@@ -250,14 +253,51 @@ public struct RedisSession: Sendable {
         case "QUIT": answer(RESP.simple("OK"), quit: true)
         case "SELECT": answer(args.count == 2 && args[1] == [48] ? RESP.simple("OK") : RESP.error("ERR only database 0 exists through the proxy"))
         case "COMMAND": answer(Array("*0\r\n".utf8))
-        case "HELLO":
-            answer(args.count > 1 && args[1] != [50] ? RESP.error("NOPROTO this proxy speaks RESP2 only") : RESP.error("ERR HELLO is not supported; RESP2 needs none"))
+        case "HELLO": hello(args)
         default: // AUTH [user] password
             guard let password = limits.password else { return answer(RESP.error("ERR AUTH called without any password configured")) }
             guard args.count == 2 || args.count == 3 else { return answer(RESP.error("ERR wrong number of arguments for 'auth' command")) }
             authenticated = args.last! == password
             answer(authenticated ? RESP.simple("OK") : RESP.error("WRONGPASS invalid username-password pair"))
         }
+    }
+
+    /// HELLO [2|3 [AUTH user password] [SETNAME name]]: the protocol for
+    /// this client's replies from now on, and the server's description.
+    private mutating func hello(_ args: [[UInt8]]) {
+        var version = protocolVersion
+        if args.count > 1 {
+            guard let asked = Int(String(decoding: args[1], as: UTF8.self)) else {
+                return answer(RESP.error("ERR Protocol version is not an integer or out of range"))
+            }
+            guard asked == 2 || asked == 3 else { return answer(RESP.error("NOPROTO unsupported protocol version")) }
+            version = asked
+        }
+        var i = 2
+        while i < args.count {
+            let option = RedisCommands.upper(args[i])
+            if option == "AUTH", i + 2 < args.count {
+                guard let password = limits.password else { return answer(RESP.error("ERR AUTH called without any password configured")) }
+                authenticated = args[i + 2] == password
+                guard authenticated else { return answer(RESP.error("WRONGPASS invalid username-password pair")) }
+                i += 3
+            } else if option == "SETNAME", i + 1 < args.count {
+                i += 2
+            } else {
+                return answer(RESP.error("ERR Syntax error in HELLO option '\(String(decoding: args[i], as: UTF8.self))'"))
+            }
+        }
+        guard authenticated else { return answer(RESP.error("NOAUTH HELLO must be called with the client already authenticated")) }
+        protocolVersion = version
+        let fields: [([UInt8], [UInt8])] = [
+            (Array("server".utf8), RESP.bulk(Array("sluice".utf8))), (Array("version".utf8), RESP.bulk(Array("7.0.0".utf8))),
+            (Array("proto".utf8), RESP.integer(Int64(version))), (Array("id".utf8), RESP.integer(1)),
+            (Array("mode".utf8), RESP.bulk(Array("standalone".utf8))), (Array("role".utf8), RESP.bulk(Array("master".utf8))),
+            (Array("modules".utf8), Array("*0\r\n".utf8)),
+        ]
+        var reply = Array((version == 3 ? "%\(fields.count)\r\n" : "*\(fields.count * 2)\r\n").utf8)
+        for (key, value) in fields { reply += RESP.bulk(key) + value }
+        answer(reply)
     }
 
     // MARK: - Replies
@@ -290,7 +330,7 @@ public struct RedisSession: Sendable {
             } else {
                 guard first.parts.allSatisfy({ $0 != nil }) else { break }
                 reply = merged(first)
-                if reply.first == UInt8(ascii: "-") { errors += 1 }
+                if RESP.isError(reply) { errors += 1 }
             }
             actions.append(.reply(reply))
             queue[head] = Pending(parts: [], merge: .asIs) // its bytes go now
@@ -303,7 +343,7 @@ public struct RedisSession: Sendable {
     private func merged(_ p: Pending) -> [UInt8] {
         let parts = p.parts.map { $0! }
         if case .last = p.merge { return parts[parts.count - 1] }
-        if let error = parts.first(where: { $0.first == UInt8(ascii: "-") }) { return error }
+        if let error = parts.first(where: RESP.isError) { return error }
         switch p.merge {
         case .asIs:
             return parts[0]
