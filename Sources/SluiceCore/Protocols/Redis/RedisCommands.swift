@@ -29,7 +29,10 @@ public enum RedisSlot {
     /// CRC-16/XMODEM, as Redis Cluster computes it.
     public static func crc16(_ bytes: ArraySlice<UInt8>) -> UInt16 {
         var crc: UInt16 = 0
-        for b in bytes { crc = (crc << 8) ^ table[Int((crc >> 8) ^ UInt16(b))] }
+        // The table's buffer once, not the global's accessor per byte.
+        table.withUnsafeBufferPointer { table in
+            for b in bytes { crc = (crc << 8) ^ table[Int((crc >> 8) ^ UInt16(b))] }
+        }
         return crc
     }
 }

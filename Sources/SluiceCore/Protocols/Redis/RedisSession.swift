@@ -129,7 +129,7 @@ public struct RedisSession: Sendable {
                 offset += command.length // an empty inline line
             case .complete(let command):
                 let args = command.arguments.map { Array(buffer[(offset + $0.lowerBound)..<(offset + $0.upperBound)]) }
-                let raw = command.inline ? RESP.array(args) : Array(buffer[offset..<offset + command.length])
+                let raw = Raw(range: command.inline ? nil : offset..<offset + command.length)
                 offset += command.length
                 commands += 1
                 route(args, raw: raw, &actions)
@@ -144,7 +144,17 @@ public struct RedisSession: Sendable {
         tagStarts.append(nextTag)
     }
 
-    private mutating func route(_ args: [[UInt8]], raw: [UInt8], _ actions: inout [Action]) {
+    /// Where a command's bytes are in the buffer (nil: it came inline), copied
+    /// out only when it goes to a server as it came (a split one never is).
+    struct Raw {
+        let range: Range<Int>?
+    }
+
+    private func bytes(_ raw: Raw, _ args: [[UInt8]]) -> [UInt8] {
+        raw.range.map { Array(buffer[$0]) } ?? RESP.array(args)
+    }
+
+    private mutating func route(_ args: [[UInt8]], raw: Raw, _ actions: inout [Action]) {
         let name = RedisCommands.upper(args[0]) // once per command: the table's key and the messages'
         let kind = RedisCommands.kind(upper: name, as: args[0])
         byFamily[RedisFamily(kind).rawValue] += 1
@@ -163,20 +173,20 @@ public struct RedisSession: Sendable {
         switch kind {
         case .multiKey(let merge):
             let (order, groups) = Self.grouped(keys, servers)
-            if order.count == 1 { return forward([(order[0], raw)], merge: .asIs, &actions) }
+            if order.count == 1 { return forward([(order[0], bytes(raw, args))], merge: .asIs, &actions) }
             let parts = zip(order, groups).map { s, group in (s, RESP.array([args[0]] + group.map { args[$0] })) }
             let positions = groups.map { group in group.map { $0 - 1 } }
             forward(parts, merge: merge == .values ? .values(positions: positions) : .sum, &actions)
         case .keyValuePairs:
             let (order, groups) = Self.grouped(keys, servers)
-            if order.count == 1 { return forward([(order[0], raw)], merge: .asIs, &actions) }
+            if order.count == 1 { return forward([(order[0], bytes(raw, args))], merge: .asIs, &actions) }
             forward(zip(order, groups).map { s, group in (s, RESP.array([args[0]] + group.flatMap { [args[$0], args[$0 + 1]] })) },
                     merge: .allOK, &actions)
         default:
             guard let first = servers.first, servers.allSatisfy({ $0 == first }) else {
                 return answer(RESP.error("CROSSSLOT Keys in request don't hash to the same server"))
             }
-            forward([(first, raw)], merge: .asIs, &actions)
+            forward([(first, bytes(raw, args))], merge: .asIs, &actions)
         }
     }
 
@@ -196,7 +206,7 @@ public struct RedisSession: Sendable {
     /// MULTI starts queueing here; the queued commands must all be on one
     /// server; EXEC sends MULTI, them and EXEC to it back to back (one
     /// connection, nothing in between) and answers EXEC's reply.
-    private mutating func transact(_ name: String, _ kind: RedisCommandKind, _ args: [[UInt8]], raw: [UInt8], _ actions: inout [Action]) {
+    private mutating func transact(_ name: String, _ kind: RedisCommandKind, _ args: [[UInt8]], raw: Raw, _ actions: inout [Action]) {
         switch name {
         case "MULTI":
             guard authenticated else { return answer(RESP.error("NOAUTH Authentication required.")) }
@@ -232,7 +242,7 @@ public struct RedisSession: Sendable {
                 if tx.server == nil { tx.server = server }
                 guard tx.server == server else { return refuse("CROSSSLOT Keys in a transaction must all be on one server") }
             }
-            tx.commands.append(raw)
+            tx.commands.append(bytes(raw, args))
             answer(RESP.simple("QUEUED"))
         }
     }
