@@ -60,6 +60,8 @@ enum WorkerTimer {
     case redisShards
     /// A UDP flow may have been idle for its timeout.
     case udpFlow(id: UInt64)
+    /// Time to end the UDP flows whose backend is no longer healthy.
+    case udpSweep
 }
 
 /// Shared, immutable settings for every worker of one server.
@@ -149,6 +151,7 @@ final class Worker: @unchecked Sendable {
     var udpReplyCounts: [Int: Int] = [:]
     /// Datagrams to ask each UDP listener's recvmmsg for (see `DatagramBatch.receive`).
     var udpListenerWindows: [Int: Int] = [:]
+    var udpSweepScheduled = false
     /// When `flows_unseen` may next be reset (see `seenAllFlows`).
     var udpUnseenResetAt: UInt64 = 0
     /// Clients whose PROXY header is still to come.
@@ -412,6 +415,8 @@ final class Worker: @unchecked Sendable {
             checkRedisShards()
         case .udpFlow(let id):
             udpFlowTimerFired(id)
+        case .udpSweep:
+            sweepFlows()
         case .httpConnect(let id):
             guard let connection = httpConnections[id], connection.connecting else { return }
             connection.connectTimer = nil

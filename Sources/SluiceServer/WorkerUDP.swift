@@ -169,6 +169,10 @@ extension Worker {
         record.release(.flowsUnseen)
         pool.active[backend].wrappingIncrement(ordering: .relaxed)
         flow.timer = timers.schedule(at: now + config.flowIdleTimeout.milliseconds, .udpFlow(id: flow.id))
+        if !udpSweepScheduled {
+            udpSweepScheduled = true
+            _ = timers.schedule(at: now + Self.udpSweepMilliseconds, .udpSweep)
+        }
         return flow
     }
 
@@ -239,6 +243,20 @@ extension Worker {
                 done += 1
             }
         }
+    }
+
+    static let udpSweepMilliseconds: UInt64 = 1000
+
+    /// A flow stays on its backend for its life, but not past the backend's
+    /// health: one checked down or ejected (a host that went silent sends no
+    /// ICMP error) loses its flows, and their next datagrams find a healthy one.
+    func sweepFlows() {
+        let now = monotonicMilliseconds()
+        for flow in Array(udpFlowsByID.values) where !flow.listener.pool.isHealthy(flow.backend, now: now) {
+            closeFlow(flow, reason: "backend_down")
+        }
+        udpSweepScheduled = !udpFlowsByID.isEmpty
+        if udpSweepScheduled { _ = timers.schedule(at: now + Self.udpSweepMilliseconds, .udpSweep) }
     }
 
     /// ICMP port unreachable: a passive failure, and the flow ends so that

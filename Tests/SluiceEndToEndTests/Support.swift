@@ -552,6 +552,8 @@ final class BackgroundProcess {
     let process = Process()
     private let input = Pipe()
     private let output = Pipe()
+    /// Printed and not yet taken by `ask`.
+    private var pending = ""
 
     init(_ command: [String], readyLine: String) throws {
         process.executableURL = URL(fileURLWithPath: command[0])
@@ -572,6 +574,24 @@ final class BackgroundProcess {
     func finish() {
         try? input.fileHandleForWriting.close()
         process.waitUntilExit()
+    }
+
+    /// Writes `line` to its stdin and returns the next line it prints (for
+    /// a client that answers each line with one).
+    func ask(_ line: String, seconds: Double = 10) throws -> String {
+        input.fileHandleForWriting.write(Data((line + "\n").utf8))
+        let handle = output.fileHandleForReading
+        let deadline = Date().addingTimeInterval(seconds)
+        while !pending.contains("\n") {
+            guard Date() < deadline, process.isRunning || !pending.isEmpty else { throw TimedOut(description: "no answer to \(line)") }
+            let data = handle.availableData
+            if data.isEmpty { break }
+            pending += String(decoding: data, as: UTF8.self)
+        }
+        guard let newline = pending.firstIndex(of: "\n") else { throw TimedOut(description: "no answer to \(line): \(pending)") }
+        let answer = String(pending[..<newline])
+        pending = String(pending[pending.index(after: newline)...])
+        return answer
     }
 
     /// For a server that runs until killed: SIGKILL, and reaped.

@@ -26,10 +26,12 @@ final class DNSServer {
         }
     }
 
+    var pid: Int32? {
+        (try? String(contentsOfFile: pidFile, encoding: .utf8)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+    }
+
     func stop() {
-        if let text = try? String(contentsOfFile: pidFile, encoding: .utf8), let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
-            kill(pid, SIGKILL) // SIGTERM stays blocked: children inherit the test process's blocked stop signals
-        }
+        if let pid { kill(pid, SIGKILL) } // SIGTERM stays blocked: children inherit the test process's blocked stop signals
         try? FileManager.default.removeItem(atPath: pidFile)
     }
 
@@ -135,6 +137,41 @@ struct UDPEndToEndTests {
         #expect(sample("sluice_udp_bytes_total", "direction=\"out\"") == 12, "WHO? answered with a 1-byte name")
         #expect(sample("sluice_listener_rejected_total") == dropped && sample("sluice_listener_active_connections") == 6, "\(metrics)")
         #expect(try sluice.stop() == 0, "\(sluice.log)")
+    }
+
+    @Test("a flow's backend gone silent (stopped: no ICMP error) and checked down: the flow ends, its next datagram reaches the other")
+    func flowLeavesADeadBackend() throws {
+        guard requireRoot() else { return }
+        let servers = [try DNSServer(answer: "10.0.0.1", answer6: "fd00::1"), try DNSServer(answer: "10.0.0.2", answer6: "fd00::2")]
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: udpConfig(
+            port: port, backends: servers.map { "127.0.0.1:\($0.port)" },
+            pool: "\n    health_check: { kind: dns, query: example.test, interval: 100ms, timeout: 100ms, rise: 1, fall: 1 }"))
+        // One client socket, one source port: one flow, on one backend.
+        let script = """
+            import dns.message, dns.query, socket, sys
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('127.0.0.1', 0))
+            print('ready', flush=True)
+            for line in sys.stdin:
+                try:
+                    r = dns.query.udp(dns.message.make_query('example.test', 'A'), '127.0.0.1', port=int(sys.argv[1]), sock=s, timeout=1)
+                    print(r.answer[0][0].address, flush=True)
+                except Exception as e:
+                    print('timeout', flush=True)
+            """
+        let client = try BackgroundProcess(["/usr/bin/env", "python3", "-u", "-c", script, "\(port)"], readyLine: "ready\n")
+        defer { client.stop() }
+        let first = try client.ask("query")
+        let served = try #require(["10.0.0.1", "10.0.0.2"].firstIndex(of: first), "\(first)")
+        #expect(try client.ask("query") == first, "the flow stays on its backend")
+        let silent = try #require(servers[served].pid)
+        kill(silent, SIGSTOP)
+        defer { kill(silent, SIGCONT) }
+        try sluice.waitForLog("backend down")
+        usleep(1_200_000) // the workers' sweep runs every second
+        #expect(try client.ask("query") == (served == 0 ? "10.0.0.2" : "10.0.0.1"), "the same client port, now on the other backend")
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+        #expect(sluice.log.contains("reason=backend_down"), "\(sluice.log)")
     }
 
     @Test("200 concurrent flows × 1,000 datagrams of random sizes up to 64 KiB, each echoed byte-exact")
