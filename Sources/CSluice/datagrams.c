@@ -68,6 +68,29 @@ int sluice_datagram_receive(int fd, struct sluice_datagram *d, unsigned count)
     return n;
 }
 
+/* Sends from `local` (the address the client used), when it has one. */
+static void set_source(struct msghdr *m, char *control, const struct sockaddr_storage *local)
+{
+    int v6 = local->ss_family == AF_INET6;
+    if (local->ss_family != AF_INET && !v6)
+        return;
+    size_t size = v6 ? sizeof(struct in6_pktinfo) : sizeof(struct in_pktinfo);
+    m->msg_control = control;
+    m->msg_controllen = CMSG_SPACE(size);
+    struct cmsghdr *c = CMSG_FIRSTHDR(m);
+    c->cmsg_level = v6 ? IPPROTO_IPV6 : IPPROTO_IP;
+    c->cmsg_type = v6 ? IPV6_PKTINFO : IP_PKTINFO;
+    c->cmsg_len = CMSG_LEN(size);
+    if (v6) {
+        struct in6_pktinfo info = { .ipi6_addr = ((const struct sockaddr_in6 *)local)->sin6_addr,
+                                    .ipi6_ifindex = ((const struct sockaddr_in6 *)local)->sin6_scope_id };
+        memcpy(CMSG_DATA(c), &info, sizeof(info));
+    } else {
+        struct in_pktinfo info = { .ipi_spec_dst = ((const struct sockaddr_in *)local)->sin_addr };
+        memcpy(CMSG_DATA(c), &info, sizeof(info));
+    }
+}
+
 int sluice_datagram_send(int fd, struct sluice_datagram *d, unsigned count, int addressed)
 {
     struct mmsghdr msgs[BATCH];
@@ -83,35 +106,11 @@ int sluice_datagram_send(int fd, struct sluice_datagram *d, unsigned count, int 
         struct msghdr *m = &msgs[i].msg_hdr;
         m->msg_iov = &iov[i];
         m->msg_iovlen = 1;
+        /* Unaddressed (a connected socket): the peer and source are the socket's own. */
         if (addressed) {
             m->msg_name = &d[i].peer;
             m->msg_namelen = d[i].peer_length;
-        }
-        /* Unaddressed (a connected socket): the source is the socket's own. */
-        if (!addressed) {
-        } else if (d[i].local.ss_family == AF_INET) {
-            m->msg_control = control[i];
-            m->msg_controllen = CMSG_SPACE(sizeof(struct in_pktinfo));
-            struct cmsghdr *c = CMSG_FIRSTHDR(m);
-            c->cmsg_level = IPPROTO_IP;
-            c->cmsg_type = IP_PKTINFO;
-            c->cmsg_len = CMSG_LEN(sizeof(struct in_pktinfo));
-            struct in_pktinfo info;
-            memset(&info, 0, sizeof(info));
-            info.ipi_spec_dst = ((struct sockaddr_in *)&d[i].local)->sin_addr;
-            memcpy(CMSG_DATA(c), &info, sizeof(info));
-        } else if (d[i].local.ss_family == AF_INET6) {
-            m->msg_control = control[i];
-            m->msg_controllen = CMSG_SPACE(sizeof(struct in6_pktinfo));
-            struct cmsghdr *c = CMSG_FIRSTHDR(m);
-            c->cmsg_level = IPPROTO_IPV6;
-            c->cmsg_type = IPV6_PKTINFO;
-            c->cmsg_len = CMSG_LEN(sizeof(struct in6_pktinfo));
-            struct in6_pktinfo info;
-            memset(&info, 0, sizeof(info));
-            info.ipi6_addr = ((struct sockaddr_in6 *)&d[i].local)->sin6_addr;
-            info.ipi6_ifindex = ((struct sockaddr_in6 *)&d[i].local)->sin6_scope_id;
-            memcpy(CMSG_DATA(c), &info, sizeof(info));
+            set_source(m, control[i], &d[i].local);
         }
     }
     return sendmmsg(fd, msgs, count, MSG_DONTWAIT);
