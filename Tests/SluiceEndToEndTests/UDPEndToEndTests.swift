@@ -133,8 +133,10 @@ struct UDPEndToEndTests {
         }
         let dropped = try #require(sample("sluice_udp_dropped_total", "reason=\"max_flows\""), "\(metrics)")
         #expect(dropped >= 8, "4 flows' datagrams and retries: \(dropped)")
-        #expect(sample("sluice_udp_datagrams_total", "direction=\"in\"") == 12 && sample("sluice_udp_datagrams_total", "direction=\"out\"") == 12)
-        #expect(sample("sluice_udp_bytes_total", "direction=\"out\"") == 12, "WHO? answered with a 1-byte name")
+        // 6 flows × 2 WHO? (more if one was sent again, its answer late), each answered with a 1-byte name.
+        let inbound = try #require(sample("sluice_udp_datagrams_total", "direction=\"in\""))
+        #expect(inbound >= 12 && sample("sluice_udp_datagrams_total", "direction=\"out\"") == inbound, "\(metrics)")
+        #expect(sample("sluice_udp_bytes_total", "direction=\"out\"") == inbound && sample("sluice_udp_bytes_total", "direction=\"in\"") == inbound * 4)
         #expect(sample("sluice_listener_rejected_total") == dropped && sample("sluice_listener_active_connections") == 6, "\(metrics)")
         #expect(try sluice.stop() == 0, "\(sluice.log)")
     }
@@ -196,7 +198,7 @@ struct UDPEndToEndTests {
         let (a, first) = try udpEcho("a"), (b, second) = try udpEcho("b")
         defer { a.stop(); b.stop() }
         let port = freePort()
-        let sluice = try SluiceProcess.run(config: udpConfig(port: port, backends: [first, second], udp: "flow_idle_timeout: 700ms"))
+        let sluice = try SluiceProcess.run(config: udpConfig(port: port, backends: [first, second], udp: "flow_idle_timeout: 3s"))
         let who = try udpPeer(["who", "127.0.0.1", "\(port)", "100", "--per-flow", "5"])
         #expect(who["affine"] as? Int == 100, "\(who)")
         let names = try #require(who["names"] as? [String: Int])
@@ -204,10 +206,11 @@ struct UDPEndToEndTests {
         let flows = workerField(try statusJSON("e2e\(port)"), "flows")
         // A burst of new flows: placed ones a worker has not read yet count too (flows_unseen).
         #expect(flows.count == 2 && flows.allSatisfy { abs($0 - 50) <= 3 }, "even over the workers: \(flows)")
-        try waitUntil(5, "the flows expired") { workerField((try? statusJSON("e2e\(port)")) ?? [:], "flows") == [0, 0] }
+        try waitUntil(15, "the flows expired") { workerField((try? statusJSON("e2e\(port)")) ?? [:], "flows") == [0, 0] }
         #expect(try sluice.stop() == 0, "\(sluice.log)")
-        let idle = sluice.log.split(separator: "\n").filter { $0.contains("path=udp reason=idle datagrams_in=5 datagrams_out=5") }
-        #expect(idle.count == 100, "\(idle.count) idle closes")
+        // 5 each way, or one more where the client sent a WHO? again (its answer late under load).
+        let idle = sluice.log.split(separator: "\n").filter { $0.contains("path=udp reason=idle datagrams_in=") }
+        #expect(idle.count == 100 && idle.allSatisfy { $0.contains("datagrams_in=5") || $0.contains("datagrams_in=6") }, "\(idle.count) idle closes")
     }
 
     @Test("the listener bound to 0.0.0.0 and [::]: replies leave from the address the client sent to")
