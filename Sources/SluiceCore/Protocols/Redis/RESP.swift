@@ -224,7 +224,7 @@ public enum RESP {
     }
     /// A command (or an array reply) of bulk strings, written in one buffer
     /// (split commands are made per command: no string formatting here).
-    public static func array(_ items: [[UInt8]]) -> [UInt8] {
+    public static func array<Item: Collection<UInt8>>(_ items: [Item]) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(items.reduce(16) { $0 + $1.count + 16 })
         appendHeader(UInt8(ascii: "*"), items.count, to: &out)

@@ -7,17 +7,16 @@
 public enum RedisSlot {
     public static let count = 16_384
 
-    public static func of(_ key: some Collection<UInt8>) -> Int {
-        Int(crc16(hashed(Array(key))) % UInt16(count))
-    }
+    public static func of(_ key: ArraySlice<UInt8>) -> Int { Int(crc16(hashed(key)) % UInt16(count)) }
+    public static func of(_ key: some Collection<UInt8>) -> Int { of(Array(key)[...]) }
 
     /// What of a key is hashed: its tag, when it has a non-empty one.
-    public static func hashed(_ bytes: [UInt8]) -> ArraySlice<UInt8> {
+    public static func hashed(_ bytes: ArraySlice<UInt8>) -> ArraySlice<UInt8> {
         if let open = bytes.firstIndex(of: UInt8(ascii: "{")),
            let close = bytes[(open + 1)...].firstIndex(of: UInt8(ascii: "}")), close > open + 1 {
             return bytes[(open + 1)..<close]
         }
-        return bytes[...]
+        return bytes
     }
 
     static let table: [UInt16] = (0..<256).map { n in

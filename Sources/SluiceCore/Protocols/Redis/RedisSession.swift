@@ -128,7 +128,8 @@ public struct RedisSession: Sendable {
             case .complete(let command) where command.arguments.isEmpty:
                 offset += command.length // an empty inline line
             case .complete(let command):
-                let args = command.arguments.map { Array(buffer[(offset + $0.lowerBound)..<(offset + $0.upperBound)]) }
+                // Slices of the buffer, not copies (gone before the buffer is trimmed).
+                let args = command.arguments.map { buffer[(offset + $0.lowerBound)..<(offset + $0.upperBound)] }
                 let raw = Raw(range: command.inline ? nil : offset..<offset + command.length)
                 offset += command.length
                 commands += 1
@@ -150,11 +151,11 @@ public struct RedisSession: Sendable {
         let range: Range<Int>?
     }
 
-    private func bytes(_ raw: Raw, _ args: [[UInt8]]) -> [UInt8] {
+    private func bytes(_ raw: Raw, _ args: [ArraySlice<UInt8>]) -> [UInt8] {
         raw.range.map { Array(buffer[$0]) } ?? RESP.array(args)
     }
 
-    private mutating func route(_ args: [[UInt8]], raw: Raw, _ actions: inout [Action]) {
+    private mutating func route(_ args: [ArraySlice<UInt8>], raw: Raw, _ actions: inout [Action]) {
         let name = RedisCommands.upper(args[0]) // once per command: the table's key and the messages'
         let kind = RedisCommands.kind(upper: name, as: args[0])
         byFamily[RedisFamily(kind).rawValue] += 1
@@ -206,7 +207,7 @@ public struct RedisSession: Sendable {
     /// MULTI starts queueing here; the queued commands must all be on one
     /// server; EXEC sends MULTI, them and EXEC to it back to back (one
     /// connection, nothing in between) and answers EXEC's reply.
-    private mutating func transact(_ name: String, _ kind: RedisCommandKind, _ args: [[UInt8]], raw: Raw, _ actions: inout [Action]) {
+    private mutating func transact(_ name: String, _ kind: RedisCommandKind, _ args: [ArraySlice<UInt8>], raw: Raw, _ actions: inout [Action]) {
         switch name {
         case "MULTI":
             guard authenticated else { return answer(RESP.error("NOAUTH Authentication required.")) }
@@ -256,10 +257,10 @@ public struct RedisSession: Sendable {
         }
     }
 
-    private mutating func local(_ name: String, _ args: [[UInt8]]) {
+    private mutating func local(_ name: String, _ args: [ArraySlice<UInt8>]) {
         switch name {
-        case "PING": answer(args.count > 1 ? RESP.bulk(args[1]) : RESP.simple("PONG"))
-        case "ECHO": answer(args.count == 2 ? RESP.bulk(args[1]) : RESP.error("ERR wrong number of arguments for 'echo' command"))
+        case "PING": answer(args.count > 1 ? RESP.bulk(Array(args[1])) : RESP.simple("PONG"))
+        case "ECHO": answer(args.count == 2 ? RESP.bulk(Array(args[1])) : RESP.error("ERR wrong number of arguments for 'echo' command"))
         case "QUIT": answer(RESP.simple("OK"), quit: true)
         case "SELECT": answer(args.count == 2 && args[1] == [48] ? RESP.simple("OK") : RESP.error("ERR only database 0 exists through the proxy"))
         case "COMMAND": answer(Array("*0\r\n".utf8))
@@ -267,14 +268,14 @@ public struct RedisSession: Sendable {
         default: // AUTH [user] password
             guard let password = limits.password else { return answer(RESP.error("ERR AUTH called without any password configured")) }
             guard args.count == 2 || args.count == 3 else { return answer(RESP.error("ERR wrong number of arguments for 'auth' command")) }
-            authenticated = args.last! == password
+            authenticated = args.last!.elementsEqual(password)
             answer(authenticated ? RESP.simple("OK") : RESP.error("WRONGPASS invalid username-password pair"))
         }
     }
 
     /// HELLO [2|3 [AUTH user password] [SETNAME name]]: the protocol for
     /// this client's replies from now on, and the server's description.
-    private mutating func hello(_ args: [[UInt8]]) {
+    private mutating func hello(_ args: [ArraySlice<UInt8>]) {
         var version = protocolVersion
         if args.count > 1 {
             guard let asked = Int(String(decoding: args[1], as: UTF8.self)) else {
@@ -288,7 +289,7 @@ public struct RedisSession: Sendable {
             let option = RedisCommands.upper(args[i])
             if option == "AUTH", i + 2 < args.count {
                 guard let password = limits.password else { return answer(RESP.error("ERR AUTH called without any password configured")) }
-                authenticated = args[i + 2] == password
+                authenticated = args[i + 2].elementsEqual(password)
                 guard authenticated else { return answer(RESP.error("WRONGPASS invalid username-password pair")) }
                 i += 3
             } else if option == "SETNAME", i + 1 < args.count {

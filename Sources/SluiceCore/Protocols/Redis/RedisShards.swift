@@ -59,9 +59,9 @@ public struct RedisShards: Sendable, Equatable {
     public var isEmpty: Bool { hash == .crc16 ? slots.isEmpty : points.isEmpty }
 
     /// The server of `key` (or of its `{hash tag}`); the table must not be empty.
-    public func server(of key: some Collection<UInt8>) -> Int {
+    public func server(of key: ArraySlice<UInt8>) -> Int {
         if hash == .crc16 { return slots[RedisSlot.of(key)] }
-        let hashed = Self.md5Word(RedisSlot.hashed(Array(key)), word: 0)
+        let hashed = Self.md5Word(RedisSlot.hashed(key), word: 0)
         // The first point at or after the hash, wrapping past the last.
         var low = 0, high = points.count
         while low < high {
@@ -93,6 +93,8 @@ public struct RedisShards: Sendable, Equatable {
         for slot in owners.indices where !live[owners[slot]] { owners[slot] = survivors[slot % survivors.count] }
         return owners
     }
+
+    public func server(of key: some Collection<UInt8>) -> Int { server(of: Array(key)[...]) }
 
     /// libketama's continuum: 160 points per server at equal weights (in
     /// fours, from the MD5 of "name-i"), sorted; only live servers have points.
