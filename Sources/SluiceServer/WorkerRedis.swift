@@ -57,7 +57,6 @@ final class RedisLink {
     var waiting: [(client: UInt64, tag: UInt64, sentAt: UInt64)] = []
     var waitingHead = 0
     var added = false
-    var armed: EpollEvents?
     var connectTimer: TimerID?
     /// Fires when the oldest command waiting has had no reply for `replyTimeout`.
     var replyTimer: TimerID?
@@ -230,7 +229,6 @@ extension Worker {
             link.fd = try Socket.tcp(family: link.pool.addresses[link.backend].family)
             Socket.setNoDelay(link.fd)
             link.added = false
-            link.armed = nil
             switch try Socket.connect(link.fd, to: link.pool.addresses[link.backend]) {
             case .connected: link.connecting = false; flush(link)
             case .inProgress:
@@ -253,7 +251,6 @@ extension Worker {
 
     func redisLinkReady(_ index: Int, _ events: EpollEvents) {
         let link = redisLinks[index]
-        link.armed = nil
         guard link.fd >= 0 else { return }
         if link.connecting {
             guard events.contains(.writable), events.isDisjoint(with: [.error, .hangup]) else {
@@ -332,18 +329,14 @@ extension Worker {
         arm(link)
     }
 
+    /// Edge-triggered and registered once per connection, as client sockets
+    /// are: a read or a write costs no epoll_ctl (reads go on to a short read,
+    /// writes until EAGAIN, and the next edge says when to go on).
     private func arm(_ link: RedisLink) {
-        guard link.fd >= 0 else { return }
-        var interest: EpollEvents = [.readable]
-        if link.connecting || !link.output.isEmpty { interest.insert(.writable) }
-        guard link.armed != interest else { return }
-        let token = Self.redisLinkKind | UInt64(link.index)
+        guard link.fd >= 0, !link.added else { return }
         do {
-            if link.added { try epoll.modify(link.fd, interest.union(.oneShot), token: token) } else {
-                try epoll.add(link.fd, interest.union(.oneShot), token: token)
-                link.added = true
-            }
-            link.armed = interest
+            try epoll.add(link.fd, [.readable, .writable, .readHangup, .edgeTriggered], token: Self.redisLinkKind | UInt64(link.index))
+            link.added = true
         } catch {
             fail(link, "epoll: \(error)")
         }
