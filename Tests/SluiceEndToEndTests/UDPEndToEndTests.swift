@@ -213,6 +213,19 @@ struct UDPEndToEndTests {
         #expect(idle.count == 100 && idle.allSatisfy { $0.contains("datagrams_in=5") || $0.contains("datagrams_in=6") }, "\(idle.count) idle closes")
     }
 
+    @Test("steering: hash (no BPF): the kernel's reuseport hash keeps every flow on one worker, and so on one backend")
+    func kernelHashSteering() throws {
+        let (a, first) = try udpEcho("a"), (b, second) = try udpEcho("b")
+        defer { a.stop(); b.stop() }
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: udpConfig(port: port, backends: [first, second], top: "steering: hash"))
+        let who = try udpPeer(["who", "127.0.0.1", "\(port)", "40", "--per-flow", "4"])
+        #expect(who["affine"] as? Int == 40, "\(who)")
+        let names = try #require(who["names"] as? [String: Int])
+        #expect(names["a"] ?? 0 > 0 && names["b"] ?? 0 > 0, "\(names)")
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+    }
+
     @Test("the listener bound to 0.0.0.0 and [::]: replies leave from the address the client sent to")
     func repliesFromTheAddressUsed() throws {
         guard requireRoot() else { return }
