@@ -8,7 +8,7 @@ APT_PACKAGES := pkg-config libbpf-dev libelf-dev libssl-dev bpftool iproute2 pro
 # The tests parse /metrics with Prometheus' own parser, validate the Kubernetes
 # manifests, and speak WebSocket (websockets, wsproto) and Redis (redis-py) through the proxy.
 PYTHON_PACKAGES := prometheus-client kubernetes-validate websockets wsproto redis dnspython
-BENCH_PACKAGES := haproxy nginx-light libnginx-mod-stream iperf3 wrk python3 nutcracker redis-server redis-tools gcc
+BENCH_PACKAGES := haproxy nginx-light libnginx-mod-stream iperf3 wrk python3 nutcracker redis-server redis-tools gcc libssl-dev
 SLUICE := .build/debug/sluice
 # Fuzzers under Fuzz/Sources/Fuzz<Name>, each run for FUZZ_SECONDS by `make fuzz`.
 FUZZERS ?= config admin http proxy resp
