@@ -130,7 +130,7 @@ public struct RedisSession: Sendable {
             case .complete(let command):
                 // Slices of the buffer, not copies (gone before the buffer is trimmed).
                 let args = command.arguments.map { buffer[(offset + $0.lowerBound)..<(offset + $0.upperBound)] }
-                let raw = Raw(range: command.inline ? nil : offset..<offset + command.length)
+                let raw = command.inline ? nil : offset..<offset + command.length
                 offset += command.length
                 commands += 1
                 route(args, raw: raw, &actions)
@@ -145,17 +145,14 @@ public struct RedisSession: Sendable {
         tagStarts.append(nextTag)
     }
 
-    /// Where a command's bytes are in the buffer (nil: it came inline), copied
-    /// out only when it goes to a server as it came (a split one never is).
-    struct Raw {
-        let range: Range<Int>?
+    /// A command's bytes as it came, from where they are in the buffer (nil:
+    /// it came inline): copied out only when it goes to a server whole (a
+    /// split one never does).
+    private func bytes(_ raw: Range<Int>?, _ args: [ArraySlice<UInt8>]) -> [UInt8] {
+        raw.map { Array(buffer[$0]) } ?? RESP.array(args)
     }
 
-    private func bytes(_ raw: Raw, _ args: [ArraySlice<UInt8>]) -> [UInt8] {
-        raw.range.map { Array(buffer[$0]) } ?? RESP.array(args)
-    }
-
-    private mutating func route(_ args: [ArraySlice<UInt8>], raw: Raw, _ actions: inout [Action]) {
+    private mutating func route(_ args: [ArraySlice<UInt8>], raw: Range<Int>?, _ actions: inout [Action]) {
         let name = RedisCommands.upper(args[0]) // once per command: the table's key and the messages'
         let kind = RedisCommands.kind(upper: name, as: args[0])
         byFamily[RedisFamily(kind).rawValue] += 1
@@ -207,7 +204,7 @@ public struct RedisSession: Sendable {
     /// MULTI starts queueing here; the queued commands must all be on one
     /// server; EXEC sends MULTI, them and EXEC to it back to back (one
     /// connection, nothing in between) and answers EXEC's reply.
-    private mutating func transact(_ name: String, _ kind: RedisCommandKind, _ args: [ArraySlice<UInt8>], raw: Raw, _ actions: inout [Action]) {
+    private mutating func transact(_ name: String, _ kind: RedisCommandKind, _ args: [ArraySlice<UInt8>], raw: Range<Int>?, _ actions: inout [Action]) {
         switch name {
         case "MULTI":
             guard authenticated else { return answer(RESP.error("NOAUTH Authentication required.")) }
