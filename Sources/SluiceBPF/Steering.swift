@@ -51,8 +51,14 @@ public final class KernelSteering {
     public let table: WorkerLoadTable
     public let listenerTable: ListenerLoadTable
     public let pinDirectory: String
-    var objects: [BPFObject] = []
+    /// One object per listener slot; slot 0's also holds the shared maps
+    /// (pinned, and reused by every other copy), so it is never replaced.
+    var objects: [BPFObject?] = []
+    /// The flow map size each slot's object was loaded with (nil: a stream listener's).
+    private var flowCapacities: [UInt32?] = []
     private let attachPrograms: Bool
+    private let workers: Int
+    private let stallThresholdNanoseconds: UInt64
     private var pinned = false
 
     /// Loads one object per listener. With `attachPrograms` false only the
@@ -63,48 +69,80 @@ public final class KernelSteering {
                 attachPrograms: Bool, flowCapacity: [Int: UInt32] = [:], pinRoot: String = PinLayout.root) throws(BPFError) {
         precondition(workers >= 1 && workers <= Int(SLUICE_MAX_WORKERS))
         self.attachPrograms = attachPrograms
+        self.workers = workers
+        self.stallThresholdNanoseconds = stallThresholdNanoseconds
         pinDirectory = PinLayout.directory(instance: instance, root: pinRoot)
-        var objects: [BPFObject] = []
         do throws(BPFError) {
             for index in 0..<max(1, listeners) {
-                let object = try BPFObject(bytes: embeddedSluiceObject)
-                objects.append(object)
-                try object.setReadOnly("nr_workers", UInt32(workers))
-                try object.setReadOnly("stall_threshold_ns", stallThresholdNanoseconds)
-                if index > 0 {
-                    for name in PinLayout.pinnedMaps { try object.reuseMap(name, fd: try objects[0].mapFD(name)) }
-                }
-                if let capacity = flowCapacity[index] { try object.setMaxEntries(.udpFlows, capacity) }
-                try object.load()
+                objects.append(try Self.loadObject(shared: objects.first ?? nil, flowCapacity: flowCapacity[index],
+                                                   workers: workers, stallThresholdNanoseconds: stallThresholdNanoseconds))
+                flowCapacities.append(flowCapacity[index])
             }
             do {
-                table = try WorkerLoadTable(mapFD: try objects[0].mapFD(.workerLoad), count: workers)
-                listenerTable = try ListenerLoadTable(mapFD: try objects[0].mapFD(.listenerLoad), count: max(1, listeners))
+                table = try WorkerLoadTable(mapFD: try objects[0]!.mapFD(.workerLoad), count: workers)
+                // Every slot: listeners added by a reload take unused ones.
+                listenerTable = try ListenerLoadTable(mapFD: try objects[0]!.mapFD(.listenerLoad), count: ListenerField.capacity)
             } catch {
                 throw BPFError("cannot map the counter tables: \(error)")
             }
         } catch {
-            for object in objects { object.close() }
+            for object in objects { object?.close() }
+            objects.removeAll()
             throw error
         }
-        self.objects = objects
+    }
+
+    /// Makes sure listener slot `index` has an object loaded with a flow map
+    /// of `flowCapacity` entries (nil: a stream listener's one entry). A
+    /// slot taken again by a listener of another kind gets a fresh object.
+    public func prepare(listener index: Int, flowCapacity: UInt32?) throws(BPFError) {
+        precondition(index < ListenerField.capacity)
+        while objects.count <= index { objects.append(nil); flowCapacities.append(nil) }
+        if let object = objects[index] {
+            guard flowCapacities[index] != flowCapacity else { return }
+            guard index > 0 else { throw BPFError("listener slot 0 holds the shared maps and cannot change kind without a restart") }
+            object.close()
+            objects[index] = nil
+        }
+        objects[index] = try Self.loadObject(shared: index > 0 ? objects[0] : nil, flowCapacity: flowCapacity,
+                                             workers: workers, stallThresholdNanoseconds: stallThresholdNanoseconds)
+        flowCapacities[index] = flowCapacity
+    }
+
+    /// A loaded copy of the object; `shared`: the copy whose pinned maps it reuses.
+    private static func loadObject(shared: BPFObject?, flowCapacity: UInt32?, workers: Int,
+                                   stallThresholdNanoseconds: UInt64) throws(BPFError) -> BPFObject {
+        let object = try BPFObject(bytes: embeddedSluiceObject)
+        do throws(BPFError) {
+            try object.setReadOnly("nr_workers", UInt32(workers))
+            try object.setReadOnly("stall_threshold_ns", stallThresholdNanoseconds)
+            if let shared {
+                for name in PinLayout.pinnedMaps { try object.reuseMap(name, fd: try shared.mapFD(name)) }
+            }
+            if let flowCapacity { try object.setMaxEntries(.udpFlows, flowCapacity) }
+            try object.load()
+        } catch {
+            object.close()
+            throw error
+        }
+        return object
     }
 
     deinit { close() }
 
     public var programIDs: [UInt32] {
-        attachPrograms ? objects.compactMap { try? $0.programID(.selectWorker) } : []
+        attachPrograms ? objects.compactMap { try? $0?.programID(.selectWorker) } : []
     }
 
     /// worker_load's fd, for other objects that add to the same records.
-    public var workerLoadFD: Int32? { try? objects.first?.mapFD(.workerLoad) }
+    public var workerLoadFD: Int32? { try? objects.first??.mapFD(.workerLoad) }
 
     /// Puts listener `index`'s per-worker sockets in its `worker_socks` array
     /// (slot k = worker k) and attaches its program to the reuseport group:
     /// select_flow for datagram sockets, select_worker for stream ones.
     public func attach(listener index: Int, workerSockets: [Int32], datagrams: Bool = false) throws(BPFError) {
         guard attachPrograms else { return }
-        let object = objects[index]
+        guard index < objects.count, let object = objects[index] else { throw BPFError("listener slot \(index) has no object") }
         let socks = try object.mapFD(.workerSocks)
         for (worker, fd) in workerSockets.enumerated() {
             var key = UInt32(worker)
@@ -124,11 +162,11 @@ public final class KernelSteering {
     /// UDP listener `index`'s flow map (to forget a flow's entry when it expires).
     public func flowMapFD(listener index: Int) -> Int32? {
         guard attachPrograms, index < objects.count else { return nil }
-        return try? objects[index].mapFD(.udpFlows)
+        return try? objects[index]?.mapFD(.udpFlows)
     }
 
     public var stats: SteeringStats {
-        guard let fd = try? objects.first?.mapFD(.steerStats) else { return SteeringStats() }
+        guard let fd = try? objects.first??.mapFD(.steerStats) else { return SteeringStats() }
         return SteeringStats(readingMap: fd)
     }
 
@@ -189,7 +227,7 @@ public final class KernelSteering {
     private func pinMaps(into directory: String) throws(BPFError) {
         for name in PinLayout.pinnedMaps {
             let path = "\(directory)/\(name.rawValue)"
-            if bpf_obj_pin(try objects[0].mapFD(name), path) != 0 {
+            if bpf_obj_pin(try objects[0]!.mapFD(name), path) != 0 {
                 throw BPFError("pinning \(name.rawValue) failed: \(errnoDescription(errno))")
             }
             // Steering state: readable by root's group (status), writable by root alone.
@@ -205,7 +243,7 @@ public final class KernelSteering {
             removePinDirectory(pinDirectory)
             pinned = false
         }
-        for object in objects { object.close() }
+        for object in objects { object?.close() }
         objects.removeAll()
     }
 }

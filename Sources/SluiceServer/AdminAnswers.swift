@@ -8,6 +8,7 @@ protocol AdminHandler: AnyObject {
     func adminBackends() -> AdminBackendsReply
     func adminDrainBackend(pool: String, backend: String, drained: Bool) -> String?  // nil = done, else why not
     func adminDrainWorker(_ worker: Int, drained: Bool) -> String?
+    func adminReload() -> ReloadOutcome
     func metricsText() -> String
 }
 
@@ -53,6 +54,11 @@ struct AdminAnswers {
             }
             logger.notice("admin: \(drained ? "drain_worker" : "undrain_worker")", metadata: ["worker": "\(worker)"])
             return Self.json(["ok": true])
+        case .reload:
+            let outcome = handler.adminReload()
+            if outcome.applied { return Self.json(["ok": true, "generation": outcome.generation, "changes": outcome.changes]) }
+            return Self.json(["error": "reload refused: the running configuration stays", "errors": outcome.errors,
+                              "generation": outcome.generation])
         }
     }
 

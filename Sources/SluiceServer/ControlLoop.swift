@@ -60,13 +60,13 @@ final class ControlLoop {
 
 extension Server {
     /// SIGINT/SIGTERM: drain (a second one exits at once). SIGQUIT is a stop
-    /// too. SIGHUP, SIGUSR1 and SIGUSR2 are held by the signalfd so they
-    /// cannot kill the daemon without cleanup; SIGUSR1 is the benchmark's
-    /// stall knob when it is set.
+    /// too. SIGHUP reloads the configuration file. SIGUSR1 and SIGUSR2 are
+    /// held by the signalfd so they cannot kill the daemon without cleanup;
+    /// SIGUSR1 is the benchmark's stall knob when it is set.
     func handle(signal: Int32, workers: [Worker], loop: ControlLoop, names: RuntimeNames) {
         switch signal {
         case SIGHUP:
-            logger.notice("SIGHUP: configuration reload is not available yet; nothing changed")
+            _ = reload(trigger: "SIGHUP")
         case SIGUSR1:
             if let stall = options.stallOnSIGUSR1, stall.worker < workers.count {
                 workers[stall.worker].send(.stall(milliseconds: stall.milliseconds))

@@ -16,8 +16,9 @@ enum HTTPOutput {
 /// (its `machine`) decides about. Owned and touched by one worker thread only.
 final class HTTPConnection {
     let id: UInt64
-    let listener: RuntimeListener
-    let http: RuntimeHTTP
+    /// Replaced between requests when a reload changes the listener.
+    var listener: RuntimeListener
+    var http: RuntimeHTTP
     let client: Int32
     let clientAddress: SocketAddress
     /// The PROXY header the client's connection began with, if its listener takes one.

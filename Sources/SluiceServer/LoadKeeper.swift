@@ -25,7 +25,8 @@ final class LoadKeeper {
     let settleWindowMilliseconds: UInt64
     private let workers: [Worker]
     private let table: WorkerLoadTable
-    private let rebalance: RebalanceConfig?
+    /// A reload may change it; the tick stays the one chosen at start.
+    var rebalance: RebalanceConfig?
     private var windows: [ChargeWindow]
     private var nextRebalance: UInt64 = 0
     /// Reclaimed connections no worker would take yet (every candidate had

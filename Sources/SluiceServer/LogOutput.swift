@@ -1,3 +1,4 @@
+import Atomics
 import Logging
 import SluiceCore
 import SluicePosix
@@ -6,14 +7,19 @@ import SluicePosix
 public struct SluiceLogHandler: LogHandler {
     public var metadata: Logger.Metadata = [:]
     public var metadataProvider: Logger.MetadataProvider?
-    public var logLevel: Logger.Level
+    /// The daemon's level, which a reload may change under every logger.
+    public var logLevel: Logger.Level {
+        get { level.value }
+        set { level.value = newValue }
+    }
     private let sink: LogSink
     private let label: String
+    private let level: LogLevelSetting
 
-    public init(label: String, sink: LogSink, level: Logger.Level) {
+    public init(label: String, sink: LogSink, level: LogLevelSetting) {
         self.label = label
         self.sink = sink
-        self.logLevel = level
+        self.level = level
     }
 
     public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
@@ -49,14 +55,29 @@ extension LogLevelName {
     }
 }
 
-/// Builds the loggers of one daemon: every logger shares one sink.
+/// The minimum level of every logger of one daemon, shared so that a
+/// reload changes it everywhere at once.
+public final class LogLevelSetting: Sendable {
+    private let raw: ManagedAtomic<Int>
+
+    public init(_ level: Logger.Level) { raw = ManagedAtomic(Self.levels.firstIndex(of: level)!) }
+
+    public var value: Logger.Level {
+        get { Self.levels[raw.load(ordering: .relaxed)] }
+        set { raw.store(Self.levels.firstIndex(of: newValue)!, ordering: .relaxed) }
+    }
+
+    private static let levels = Logger.Level.allCases
+}
+
+/// Builds the loggers of one daemon: every logger shares one sink and one level.
 public struct LogFactory: Sendable {
     public let sink: LogSink
-    public let level: Logger.Level
+    public let level: LogLevelSetting
 
     public init(sink: LogSink, level: Logger.Level) {
         self.sink = sink
-        self.level = level
+        self.level = LogLevelSetting(level)
     }
 
     public func logger(_ label: String, worker: Int? = nil) -> Logger {

@@ -30,7 +30,12 @@ public final class RuntimePool: Sendable {
     private let failuresInARow: [ManagedAtomic<Int>]
     private let passive: Mutex<[PassiveEjectionState]>
 
-    public init(_ config: PoolConfig) {
+    /// `previous`: the pool of the same name before a reload (or a DNS
+    /// change). A backend it had, at the same address, keeps its state:
+    /// connection counts, health, ejection, drain, counters. The two pools
+    /// share those atomics, so that connections opened before the reload
+    /// and after it are counted together.
+    public init(_ config: PoolConfig, carryingOver previous: RuntimePool? = nil) {
         self.config = config
         addresses = config.backends.map { backend in
             guard let address = SocketAddress(ip: backend.address.host, port: backend.address.port) else {
@@ -38,20 +43,29 @@ public final class RuntimePool: Sendable {
             }
             return address
         }
-        let n = config.backends.count
-        active = (0..<n).map { _ in ManagedAtomic(0) }
-        connectFailures = (0..<n).map { _ in ManagedAtomic(0) }
-        redisCommands = (0..<n).map { _ in ManagedAtomic(0) }
-        drained = (0..<n).map { _ in ManagedAtomic(false) }
-        checkedUp = (0..<n).map { _ in ManagedAtomic(true) }
-        ejectedUntil = (0..<n).map { _ in ManagedAtomic(0) }
-        healthTransitions = (0..<n).map { _ in ManagedAtomic(0) }
-        ejections = (0..<n).map { _ in ManagedAtomic(0) }
-        lastCheckAt = (0..<n).map { _ in ManagedAtomic(0) }
-        lastCheckPassed = (0..<n).map { _ in ManagedAtomic(false) }
-        failuresInARow = (0..<n).map { _ in ManagedAtomic(0) }
-        passive = Mutex(Array(repeating: PassiveEjectionState(), count: n))
+        let before: [Int?] = config.backends.map { backend in
+            previous?.config.backends.firstIndex { $0.address == backend.address }
+        }
+        func carried<T: AtomicValue>(_ old: [ManagedAtomic<T>]?, _ initial: T) -> [ManagedAtomic<T>] {
+            before.map { j in j.flatMap { old?[$0] } ?? ManagedAtomic(initial) }
+        }
+        active = carried(previous?.active, 0)
+        connectFailures = carried(previous?.connectFailures, 0)
+        redisCommands = carried(previous?.redisCommands, 0)
+        drained = carried(previous?.drained, false)
+        checkedUp = carried(previous?.checkedUp, true)
+        ejectedUntil = carried(previous?.ejectedUntil, 0)
+        healthTransitions = carried(previous?.healthTransitions, 0)
+        ejections = carried(previous?.ejections, 0)
+        lastCheckAt = carried(previous?.lastCheckAt, 0)
+        lastCheckPassed = carried(previous?.lastCheckPassed, false)
+        failuresInARow = carried(previous?.failuresInARow, 0)
+        let states = previous?.passive.withLock { $0 } ?? []
+        passive = Mutex(before.map { j in j.map { states[$0] } ?? PassiveEjectionState() })
     }
+
+    /// Whether `address` is one of this pool's backends.
+    public func has(_ address: SocketAddress) -> Bool { addresses.contains(address) }
 
     public var name: String { config.name }
 
@@ -114,22 +128,29 @@ public final class RuntimeListener: Sendable {
     public var poolLabel: String { config.http?.fallback == false ? "-" : pool.name }
 
     /// `mode: redis`: commands by `RedisFamily`.
-    public let redisFamilies = RedisFamily.allCases.map { _ in ManagedAtomic<UInt64>(0) }
+    public let redisFamilies: [ManagedAtomic<UInt64>]
 
     /// Connections closed for a missing, malformed or late PROXY header.
-    public let proxyHeaderRejected = ManagedAtomic<UInt64>(0)
+    public let proxyHeaderRejected: ManagedAtomic<UInt64>
 
     /// `mode: udp`: datagrams and bytes each way, and datagrams dropped by reason.
-    public let udp = UDPCounters()
+    public let udp: UDPCounters
 
+    /// `index`: the listener's slot (its listener_load record, its BPF
+    /// object, its place in each worker's tables), kept across reloads.
+    /// `previous`: the listener it replaces at a reload, whose counters it
+    /// continues.
     public init(index: Int, config: ListenerConfig, pool: RuntimePool, address: SocketAddress, counters: ListenerLoadRecord,
-                pools: [String: RuntimePool] = [:]) {
+                pools: [String: RuntimePool] = [:], previous: RuntimeListener? = nil) {
         self.index = index
         self.config = config
         self.pool = pool
         self.address = address
         self.counters = counters
-        http = config.http.map { RuntimeHTTP($0, listenerPool: pool, pools: pools) }
+        redisFamilies = previous?.redisFamilies ?? RedisFamily.allCases.map { _ in ManagedAtomic<UInt64>(0) }
+        proxyHeaderRejected = previous?.proxyHeaderRejected ?? ManagedAtomic<UInt64>(0)
+        udp = previous?.udp ?? UDPCounters()
+        http = config.http.map { RuntimeHTTP($0, listenerPool: pool, pools: pools, previous: previous?.http) }
     }
 
     public var name: String { config.name }
@@ -145,7 +166,7 @@ public final class RuntimeHTTP: Sendable {
     /// Requests answered, per pool (as `pools`) and status class (1xx...5xx at 0...4).
     public let requests: [[ManagedAtomic<UInt64>]]
     /// Tunnels (WebSocket, CONNECT) open now, handed from this listener to the TCP relay.
-    public let openTunnels = ManagedAtomic<Int>(0)
+    public let openTunnels: ManagedAtomic<Int>
 
     /// Requests answered so far, all pools and classes.
     var answered: UInt64 { requests.reduce(0) { $0 + $1.reduce(0) { $0 + $1.load(ordering: .relaxed) } } }
@@ -156,7 +177,7 @@ public final class RuntimeHTTP: Sendable {
         requests[pool ?? 0][status / 100 - 1].wrappingIncrement(ordering: .relaxed)
     }
 
-    init(_ config: HTTPListenerConfig, listenerPool: RuntimePool, pools byName: [String: RuntimePool]) {
+    init(_ config: HTTPListenerConfig, listenerPool: RuntimePool, pools byName: [String: RuntimePool], previous: RuntimeHTTP? = nil) {
         var pools = [listenerPool]
         var routes: [HTTPRouter.Route] = []
         for route in config.routes {
@@ -166,7 +187,11 @@ public final class RuntimeHTTP: Sendable {
         }
         self.pools = pools
         self.config = config
-        requests = pools.map { _ in (0..<5).map { _ in ManagedAtomic<UInt64>(0) } }
+        requests = pools.map { pool in
+            previous.flatMap { old in old.pools.firstIndex { $0.name == pool.name }.map { old.requests[$0] } }
+                ?? (0..<5).map { _ in ManagedAtomic<UInt64>(0) }
+        }
+        openTunnels = previous?.openTunnels ?? ManagedAtomic<Int>(0)
         router = HTTPRouter(routes: routes, fallback: config.fallback ? 0 : nil)
         var limits = HTTPSessionLimits(
             head: HTTPLimits(maxHead: config.maxHead), headTimeoutMilliseconds: config.headTimeout.milliseconds,

@@ -12,6 +12,9 @@ public struct ServerOptions: Sendable {
     public var onReady: (@Sendable ([(name: String, address: SocketAddress)]) -> Void)?
     /// Benchmark knob: on SIGUSR1, block this worker for this long.
     public var stallOnSIGUSR1: (worker: Int, milliseconds: UInt64)?
+    /// The file the configuration came from: a reload reads it again
+    /// (nil: the demo's built-in configuration, which cannot be reloaded).
+    public var configPath: String?
 
     public init(verifyCleanExit: Bool = false) {
         self.verifyCleanExit = verifyCleanExit
@@ -26,7 +29,15 @@ public struct ServerError: Error, CustomStringConvertible {
 /// The control thread: binds every listener once per worker, starts the
 /// workers, owns the signals, drains on SIGINT/SIGTERM, and joins.
 public final class Server: AdminHandler {
-    let config: SluiceConfig
+    /// The configuration served now: the one started with, or the last reload's.
+    var config: SluiceConfig
+    /// What reloads need of the running daemon, and what they did.
+    var live: LiveState?
+    var generation = 1
+    let startedAt = wallClockSeconds()
+    lazy var loadedAt = startedAt
+    var reloads = (succeeded: UInt64(0), failed: UInt64(0))
+    var lastReloadErrors: [String] = []
     // Set while serving; read by the admin socket and metrics (control thread only).
     var liveWorkers: [Worker] = []
     var livePools: [RuntimePool] = []
@@ -88,7 +99,7 @@ public final class Server: AdminHandler {
             if let steering, lock != nil { pinSockmap(sockmapPairs, into: steering.pinDirectory) }
         }
         let pools = Dictionary(uniqueKeysWithValues: config.pools.map { ($0.name, RuntimePool($0)) })
-        let listenerTable = steering?.listenerTable ?? ListenerLoadTable(anonymousCount: max(1, config.listeners.count))
+        let listenerTable = steering?.listenerTable ?? ListenerLoadTable(anonymousCount: ListenerField.capacity)
         let bound = BoundListeners(workers: config.workers)
         owned.push { bound.close() }
         // Bind everything before starting anything: a bad address fails the start.
@@ -116,13 +127,15 @@ public final class Server: AdminHandler {
                                adminSocket: config.admin?.socket, lock: lock)
         }
         var settings = workerSettings(dataPath: dataPath)
-        settings.flowMaps = listeners.map { $0.config.mode == .udp ? steering?.flowMapFD(listener: $0.index) : nil }
+        settings.flowMaps = flowMaps(listeners, steering: steering)
         let workers = try startWorkers(listeners: listeners, bound: bound, settings: settings, table: table,
                                        sockmapPairs: dataPath.sockmap, onExit: loop.workerExited)
         owned.push { workers.stop() }
         liveWorkers = workers.workers
         let healthChecker = try startHealthChecks()
-        if let healthChecker { owned.push { healthChecker.stop() } }
+        live = LiveState(steering: steering, listenerTable: listenerTable, dataPath: dataPath, writesInfo: lock != nil,
+                         workers: workers.workers, healthChecker: healthChecker, freshSlot: listeners.count)
+        owned.push { [self] in live?.healthChecker?.stop(); live = nil }
 
         announceReady(listeners: listeners, dataPath: dataPath.name, steering: steering)
         let keeper = LoadKeeper(
@@ -130,6 +143,7 @@ public final class Server: AdminHandler {
             stallThresholdNanoseconds: settings.stallThresholdNanoseconds, logger: logs.logger("sluice.load"))
         loadKeeper = keeper
         let names = RuntimeNames(pinDirectory: steering?.pinDirectory, lockPath: lock?.path)
+        live?.loop = loop
         loop.run(workers: workers.workers.count, keeper: keeper, admin: admin,
                  onSignal: { handle(signal: $0, workers: workers.workers, loop: loop, names: names) },
                  pastStopDeadline: { abandonStuckWorkers(workers.workers, names: names) })

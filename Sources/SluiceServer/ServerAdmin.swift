@@ -74,6 +74,13 @@ extension Server {
         var out = MetricsText()
         out.family("sluice_build_info", "gauge", "Build of this sluice.")
         out.sample("sluice_build_info", ["version": sluiceVersion, "abi": "\(SluiceBPFLayout.abiVersion)"], 1)
+        out.family("sluice_config_generation", "gauge", "Configuration generation: 1 at start, one more per reload applied.")
+        out.sample("sluice_config_generation", [:], Double(generation))
+        out.family("sluice_config_loaded_timestamp_seconds", "gauge", "When the running configuration was loaded (Unix time).")
+        out.sample("sluice_config_loaded_timestamp_seconds", [:], loadedAt)
+        out.family("sluice_config_reloads_total", "counter", "Reloads, by result: applied, or refused (the running configuration stayed).")
+        out.sample("sluice_config_reloads_total", ["result": "applied"], Double(reloads.succeeded))
+        out.sample("sluice_config_reloads_total", ["result": "refused"], Double(reloads.failed))
         appendWorkerMetrics(to: &out)
         appendListenerAndBackendMetrics(to: &out)
         if let steering = liveSteering {

@@ -142,40 +142,48 @@ extension Server {
     func bindListeners(into bound: BoundListeners, pools: [String: RuntimePool], counters: ListenerLoadTable)
         throws(ServerError) -> [RuntimeListener]
     {
-        let shared = config.steering == .sharedAccept
         var runtimeListeners: [RuntimeListener] = []
         for (index, listener) in config.listeners.enumerated() {
-            guard var address = SocketAddress(ip: listener.bind.host, port: listener.bind.port) else {
-                throw ServerError("listener \(listener.name): bad address \(listener.bind)")
-            }
-            do throws(SystemCallError) {
-                if listener.mode == .udp {
-                    // One socket per worker even with shared_accept: datagrams are not accepted.
-                    for worker in 0..<config.workers {
-                        let fd = try Socket.udpListen(on: address, reusePort: true, bufferBytes: Self.udpBufferBytes)
-                        bound.add(fd, worker: worker)
-                        if address.port == 0 { address = try Socket.localAddress(fd) }
-                    }
-                } else if shared {
-                    let fd = try Socket.listen(on: address, reusePort: false, noDelay: true)
-                    defer { closeDescriptor(fd) }
-                    address = try Socket.localAddress(fd)
-                    for worker in 0..<config.workers { bound.add(try Descriptor.duplicate(fd), worker: worker) }
-                } else {
-                    for worker in 0..<config.workers {
-                        let fd = try Socket.listen(on: address, reusePort: true, noDelay: true)
-                        bound.add(fd, worker: worker)
-                        if address.port == 0 { address = try Socket.localAddress(fd) } // the others join its port
-                    }
-                }
-            } catch {
-                throw ServerError("listener \(listener.name): cannot listen on \(address): \(error)")
-            }
+            let address = try bind(listener, into: bound)
             runtimeListeners.append(RuntimeListener(
                 index: index, config: listener, pool: pools[listener.pool]!, address: address,
                 counters: counters.record(index), pools: pools))
         }
         return runtimeListeners
+    }
+
+    /// Binds one listener: a socket per worker added to `bound` (appended
+    /// to each worker's list), or one shared socket duplicated for each.
+    /// Returns the address bound (the port the kernel chose for port 0).
+    func bind(_ listener: ListenerConfig, into bound: BoundListeners) throws(ServerError) -> SocketAddress {
+        let shared = config.steering == .sharedAccept
+        guard var address = SocketAddress(ip: listener.bind.host, port: listener.bind.port) else {
+            throw ServerError("listener \(listener.name): bad address \(listener.bind)")
+        }
+        do throws(SystemCallError) {
+            if listener.mode == .udp {
+                // One socket per worker even with shared_accept: datagrams are not accepted.
+                for worker in 0..<config.workers {
+                    let fd = try Socket.udpListen(on: address, reusePort: true, bufferBytes: Self.udpBufferBytes)
+                    bound.add(fd, worker: worker)
+                    if address.port == 0 { address = try Socket.localAddress(fd) }
+                }
+            } else if shared {
+                let fd = try Socket.listen(on: address, reusePort: false, noDelay: true)
+                defer { closeDescriptor(fd) }
+                address = try Socket.localAddress(fd)
+                for worker in 0..<config.workers { bound.add(try Descriptor.duplicate(fd), worker: worker) }
+            } else {
+                for worker in 0..<config.workers {
+                    let fd = try Socket.listen(on: address, reusePort: true, noDelay: true)
+                    bound.add(fd, worker: worker)
+                    if address.port == 0 { address = try Socket.localAddress(fd) } // the others join its port
+                }
+            }
+        } catch {
+            throw ServerError("listener \(listener.name): cannot listen on \(address): \(error)")
+        }
+        return address
     }
 }
 
@@ -225,16 +233,26 @@ extension Server {
 
     /// The info file `sluice status` reads; removed at stop.
     func writeInstanceInfo(listeners: [RuntimeListener], dataPath: DataPathChoice, owned: ReleaseStack) {
+        rewriteInstanceInfo(listeners: listeners, dataPath: dataPath)
+        owned.push { [config] in FileSystem.removeFile(InstanceInfo.path(instance: config.instance)) }
+    }
+
+    /// Written at start and after each reload (applied or refused).
+    func rewriteInstanceInfo(listeners: [RuntimeListener], dataPath: DataPathChoice) {
         let path = InstanceInfo.path(instance: config.instance)
-        let info = InstanceInfo(
-            instance: config.instance, pid: CurrentProcess.id, started: wallClockSeconds(),
+        var info = InstanceInfo(
+            instance: config.instance, pid: CurrentProcess.id, started: startedAt,
             steering: config.steering.rawValue, dataPathConfigured: config.dataPath.rawValue, dataPath: dataPath.name,
             dataPathReason: dataPath.reason, workers: config.workers,
             stallThresholdMilliseconds: config.stallThreshold.milliseconds,
-            listeners: listeners.map { .init(name: $0.name, address: "\($0.address)", pool: $0.poolLabel) },
+            listeners: listeners.map { .init(name: $0.name, address: "\($0.address)", pool: $0.poolLabel, slot: $0.index) },
             adminSocket: config.admin?.socket, metrics: config.admin?.metrics.map { "\($0)" })
+        info.configPath = options.configPath
+        info.generation = generation
+        info.loaded = loadedAt
+        info.reloadsFailed = reloads.failed
+        info.lastReloadErrors = lastReloadErrors.isEmpty ? nil : lastReloadErrors
         do { try info.write() } catch { logger.warning("cannot write \(path): \(error)") }
-        owned.push { FileSystem.removeFile(path) }
     }
 
     func openAdmin(epoll: Epoll) throws(ServerError) -> AdminEndpoints? {
@@ -266,8 +284,15 @@ extension Server {
             // A fresh heartbeat before the thread runs: never steered away from at start.
             record.store(.heartbeatNanoseconds, monotonicNanoseconds())
             do {
+                // Worker tables are by slot, with room for listeners a reload adds.
+                var bySlot = [RuntimeListener?](repeating: nil, count: ListenerField.capacity)
+                var fds = [Int32?](repeating: nil, count: ListenerField.capacity)
+                for (position, listener) in listeners.enumerated() {
+                    bySlot[listener.index] = listener
+                    fds[listener.index] = bound.byWorker[k][position]
+                }
                 let worker = try Worker(
-                    id: k, listeners: listeners, listenerFDs: bound.byWorker[k], settings: settings,
+                    id: k, listeners: bySlot, listenerFDs: fds, settings: settings,
                     record: record, sockmapPairs: sockmapPairs, logger: logs.logger("sluice.worker", worker: k),
                     accessLog: accessSink, seed: seed, onExit: onExit)
                 bound.handOver(worker: k)

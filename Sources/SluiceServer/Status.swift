@@ -11,6 +11,9 @@ public struct InstanceInfo: Codable, Sendable, Equatable {
         public var name: String
         public var address: String
         public var pool: String
+        /// Its record in listener_load (its place in the configuration
+        /// until reloads add and remove listeners).
+        public var slot: Int?
     }
 
     public var instance: String
@@ -25,9 +28,18 @@ public struct InstanceInfo: Codable, Sendable, Equatable {
     public var listeners: [Listener]
     public var adminSocket: String?
     public var metrics: String?
+    /// The configuration file, its generation (1 at start, one more per
+    /// reload that applied) and when that generation was loaded (Unix time).
+    public var configPath: String?
+    public var generation: Int?
+    public var loaded: Double?
+    /// Reloads refused so far, and the errors of the last one refused.
+    public var reloadsFailed: UInt64?
+    public var lastReloadErrors: [String]?
 
     enum CodingKeys: String, CodingKey {
-        case instance, pid, started, steering, workers, listeners, metrics
+        case instance, pid, started, steering, workers, listeners, metrics, generation, loaded
+        case configPath = "config", reloadsFailed = "reloads_failed", lastReloadErrors = "last_reload_errors"
         case dataPathConfigured = "data_path_configured", dataPath = "data_path", dataPathReason = "data_path_reason"
         case stallThresholdMilliseconds = "stall_threshold_ms", adminSocket = "admin_socket"
     }
@@ -157,9 +169,17 @@ public struct StatusSnapshot: Codable, Sendable, Equatable {
     public var localResourceErrors: LocalResourceErrorCounts?
     /// Closed connections per data path, and promotions; from the daemon.
     public var dataPaths: DataPathCounts?
+    /// The configuration's generation (one more per reload applied), and
+    /// how long ago it was loaded.
+    public var generation: Int?
+    public var loadedSecondsAgo: Double?
+    /// Reloads refused, and the errors of the last one.
+    public var reloadsFailed: UInt64?
+    public var lastReloadErrors: [String]?
 
     enum CodingKeys: String, CodingKey {
-        case instance, daemon, pid, workers, listeners, backends, steering, notes
+        case instance, daemon, pid, workers, listeners, backends, steering, notes, generation
+        case loadedSecondsAgo = "loaded_s_ago", reloadsFailed = "reloads_failed", lastReloadErrors = "last_reload_errors"
         case dataPath = "data_path", uptimeSeconds = "uptime_s"
         case logLinesDropped = "log_lines_dropped", localResourceErrors = "local_resource_errors"
         case dataPaths = "data_paths"
@@ -207,7 +227,13 @@ public enum StatusReader {
             instance: instance, daemon: "running", pid: info?.pid, uptimeSeconds: nil, workers: [], listeners: [],
             backends: nil, steering: steering(pins.steering, mode: info?.steering ?? "unknown"),
             dataPath: info?.dataPath ?? "unknown", notes: [])
-        if let info { snapshot.uptimeSeconds = Date().timeIntervalSince1970 - info.started }
+        if let info {
+            snapshot.uptimeSeconds = Date().timeIntervalSince1970 - info.started
+            snapshot.generation = info.generation
+            snapshot.loadedSecondsAgo = info.loaded.map { Date().timeIntervalSince1970 - $0 }
+            snapshot.reloadsFailed = info.reloadsFailed
+            snapshot.lastReloadErrors = info.lastReloadErrors
+        }
         for k in second.workers.indices {
             let now = second.workers[k], before = first.workers[k]
             let age = second.at > now.heartbeatNanoseconds ? second.at - now.heartbeatNanoseconds : 0
@@ -221,7 +247,9 @@ public enum StatusReader {
                 heartbeatAgeMilliseconds: age / 1_000_000,
                 busyPercent: elapsed > 0 ? min(100, Double(busy) / 1e9 / elapsed * 100) : 0, flows: now.flows))
         }
-        for (listener, record) in zip(info?.listeners ?? [], pins.listeners(count: listenerCount)) {
+        let records = pins.listeners(count: (info?.listeners ?? []).reduce(listenerCount) { max($0, ($1.slot ?? 0) + 1) })
+        for (position, listener) in (info?.listeners ?? []).enumerated() {
+            let record = records[listener.slot ?? position]
             snapshot.listeners.append(.init(
                 name: listener.name, address: listener.address, pool: listener.pool,
                 active: record.active, accepted: record.accepted, rejected: record.rejected, noBackend: record.noBackend))

@@ -9,6 +9,13 @@ public enum StatusText {
         let totalActive = s.workers.reduce(0) { $0 + $1.active }
         let rate = s.workers.reduce(0) { $0 + $1.connectionsPerSecond }
         lines.append("steering \(s.steering.mode)  data path \(s.dataPath)  open \(group(totalActive))  new/s \(decimal(rate))")
+        if let generation = s.generation {
+            var config = "config generation \(generation)"
+            if let ago = s.loadedSecondsAgo { config += ", loaded \(duration(ago)) ago" }
+            if let refused = s.reloadsFailed, refused > 0 { config += "  reloads refused \(refused)" }
+            lines.append(config)
+            for error in s.lastReloadErrors ?? [] { lines.append("  last reload refused: \(error)") }
+        }
         lines.append("")
         lines.append(table(workerColumns, ["W", "state", "active", "share", "accepted", "conn/s", "in", "out", "beat", "busy"]))
         for w in s.workers {

@@ -19,6 +19,8 @@ enum WorkerCommand: Sendable {
     case give(count: Int, to: Worker, issuedAtNanoseconds: UInt64)
     /// Rebalancing: take over connections another worker handed over.
     case adopt(MigratingSessions)
+    /// A reload (or a DNS change): the listeners and pools to serve from now on.
+    case reconfigure(WorkerReconfiguration)
 }
 
 /// Sessions in transit between two workers. The giver has taken them out of
@@ -62,6 +64,8 @@ enum WorkerTimer {
     case udpFlow(id: UInt64)
     /// Time to end the UDP flows whose backend is no longer healthy.
     case udpSweep
+    /// `drain_timeout` after a reload: what it retired and is still open ends.
+    case retired(RetiredByReload)
 }
 
 /// Shared, immutable settings for every worker of one server.
@@ -117,15 +121,23 @@ final class Worker: @unchecked Sendable {
     let epoll: Epoll
     let wakeup: EventFD
     let commands = Mutex(CommandQueue())
-    let settings: WorkerSettings
+    /// Fixed for the life of the process but for what a reload changes
+    /// (the access log format, the flow maps of added listeners).
+    var settings: WorkerSettings
     /// The SOCKHASH, when `data_path` is sockmap, or auto and it loaded.
     let sockmapPairs: SockmapPairs?
     var logger: Logger
-    let accessLogger: LogSink?
+    var accessLogger: LogSink?
+    let accessSink: LogSink?
 
+    /// By listener slot (`RuntimeListener.index`): the listeners served now,
+    /// and this worker's socket of each.
     var listenerFDs: [Int32?]
-    let listeners: [RuntimeListener]
-    var balancers: [String: Balancer]
+    var listeners: [RuntimeListener?]
+    /// By pool object: a pool replaced by a reload gets a balancer of its own
+    /// again should a connection opened before the reload need one.
+    var balancers: [ObjectIdentifier: PoolBalancer] = [:]
+    let balancerSeed: UInt64
     var sessions: [UInt64: Session] = [:]
     /// `mode: http` client connections (a closed one stays until its last answer is written).
     var httpConnections: [UInt64: HTTPConnection] = [:]
@@ -191,7 +203,7 @@ final class Worker: @unchecked Sendable {
     private static let kindMask: UInt64 = 0xFF << 56
 
     init(
-        id: Int, listeners: [RuntimeListener], listenerFDs: [Int32], settings: WorkerSettings,
+        id: Int, listeners: [RuntimeListener?], listenerFDs: [Int32?], settings: WorkerSettings,
         record: WorkerLoadRecord, sockmapPairs: SockmapPairs?, logger: Logger, accessLog: LogSink?, seed: UInt64,
         onExit: @escaping @Sendable () -> Void
     ) throws(SystemCallError) {
@@ -202,28 +214,16 @@ final class Worker: @unchecked Sendable {
         self.listenerFDs = listenerFDs
         self.settings = settings
         self.logger = logger
+        self.accessSink = accessLog
         self.accessLogger = settings.accessLog == .off ? nil : accessLog
         self.onExit = onExit
+        balancerSeed = seed &+ UInt64(id) &* 0x9E37_79B9_7F4A_7C15
         epoll = try Epoll()
         wakeup = try EventFD()
         timers = TimerWheel(tickMilliseconds: 10, slotCount: 512, nowMilliseconds: monotonicMilliseconds())
-        var balancers: [String: Balancer] = [:]
-        for pool in listeners.flatMap({ [$0.pool] + ($0.http?.pools ?? []) }) where balancers[pool.name] == nil {
-            var balancer = Balancer(
-                algorithm: pool.config.algorithm,
-                backends: pool.config.backends.map { BalancerBackend(weight: $0.weight, key: $0.address.description) },
-                seed: seed &+ UInt64(id) &* 0x9E37_79B9_7F4A_7C15
-            )
-            if pool.config.algorithm == .roundRobin {
-                // Each worker rotates on its own; start them at different
-                // places so that N workers do not all begin with backend 0.
-                for _ in 0..<(id % max(1, balancer.count)) {
-                    _ = balancer.pick(clientKey: 0, active: { _ in 0 }, eligible: { _ in true })
-                }
-            }
-            balancers[pool.name] = balancer
+        for case let listener? in listeners {
+            for pool in [listener.pool] + (listener.http?.pools ?? []) { _ = balancer(pool) }
         }
-        self.balancers = balancers
     }
 
     deinit {
@@ -335,7 +335,8 @@ final class Worker: @unchecked Sendable {
             udpBackendReadable(token & ~Self.kindMask)
         case Self.listenerKind:
             let index = Int(token & ~Self.kindMask)
-            if listeners[index].config.mode == .udp { udpListenerReadable(index) } else { acceptConnections(listenerIndex: index) }
+            guard let listener = listeners[index] else { return }
+            if listener.config.mode == .udp { udpListenerReadable(index) } else { acceptConnections(listenerIndex: index) }
         default:
             wakeup.drain()
             commandsWaiting = true
@@ -370,6 +371,8 @@ final class Worker: @unchecked Sendable {
                 give(count, to: receiver)
             case .adopt(let migrating):
                 adopt(migrating)
+            case .reconfigure(let next):
+                reconfigure(next)
             }
         }
     }
@@ -417,6 +420,8 @@ final class Worker: @unchecked Sendable {
             udpFlowTimerFired(id)
         case .udpSweep:
             sweepFlows()
+        case .retired(let retired):
+            endRetired(retired)
         case .httpConnect(let id):
             guard let connection = httpConnections[id], connection.connecting else { return }
             connection.connectTimer = nil
@@ -431,9 +436,9 @@ final class Worker: @unchecked Sendable {
     /// Oneshot listeners are re-armed with MOD; an EPOLLEXCLUSIVE one cannot
     /// be modified, so pausing removes it and arming adds it back.
     func armListener(_ index: Int, firstTime: Bool = false) throws(SystemCallError) {
-        guard let fd = listenerFDs[index] else { return }
+        guard let fd = listenerFDs[index], let listener = listeners[index] else { return }
         let token = Self.listenerKind | UInt64(index)
-        if listeners[index].config.mode == .udp {
+        if listener.config.mode == .udp {
             // Level-triggered and never re-armed: a worker takes a few batches per turn.
             if firstTime { try epoll.add(fd, .readable, token: token) }
             return
@@ -447,11 +452,11 @@ final class Worker: @unchecked Sendable {
 
     /// Draining keeps a UDP listener's socket (out of epoll: no new
     /// datagrams are read) so that its flows' replies can still go out.
-    private func closeListeners(keepingDatagramSockets: Bool = false) {
+    func closeListeners(keepingDatagramSockets: Bool = false) {
         for (index, fd) in listenerFDs.enumerated() {
             if let fd {
                 epoll.remove(fd)
-                if keepingDatagramSockets && listeners[index].config.mode == .udp { continue }
+                if keepingDatagramSockets && listeners[index]?.config.mode == .udp { continue }
                 closeDescriptor(fd)
                 listenerFDs[index] = nil
             }

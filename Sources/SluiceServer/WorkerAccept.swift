@@ -12,7 +12,7 @@ extension Worker {
 
     func acceptConnections(listenerIndex: Int) {
         guard let fd = listenerFDs[listenerIndex] else { return }
-        let listener = listeners[listenerIndex]
+        guard let listener = listeners[listenerIndex] else { return }
         while true {
             let result: IOResult<(Int32, SocketAddress)>
             do {
@@ -99,7 +99,7 @@ extension Worker {
         if now &- lastAcceptErrorLog > 1000 {
             lastAcceptErrorLog = now
             logger.error("out of resources, pausing this listener", metadata: [
-                "listener": "\(listeners[listenerIndex].name)", "error": "\(error)",
+                "listener": "\(listeners[listenerIndex]?.name ?? "-")", "error": "\(error)",
                 "pause_ms": "\(settings.acceptBackoffMilliseconds)",
             ])
         }
@@ -127,7 +127,7 @@ extension Worker {
     func connectNextBackend(_ session: Session, excluding tried: [Int]) {
         let pool = session.pool
         let now = monotonicMilliseconds()
-        guard let index = balancers[pool.name]!.pick(
+        guard let index = pick(pool,
             clientKey: session.clientKey,
             active: { pool.active[$0].load(ordering: .relaxed) },
             eligible: { !tried.contains($0) && pool.isEligible($0, now: now) }

@@ -39,9 +39,14 @@ extension Worker {
             if connection.clientOutput.isEmpty && connection.backendOutput.isEmpty { handOverTunnel(connection) } else { arm(connection) }
             return
         }
-        if draining && connection.machine.isWaiting {
-            close(connection, reason: .clientClosed)
-            return
+        if connection.machine.isWaiting {
+            // Between requests: a draining worker or a removed listener
+            // closes it; a reloaded listener routes its next request.
+            if draining || listeners[connection.listener.index] == nil {
+                close(connection, reason: .clientClosed)
+                return
+            }
+            adoptListener(connection)
         }
         arm(connection)
     }

@@ -12,7 +12,7 @@ extension Worker {
         let pool = c.http.pools[poolIndex]
         c.backendPoolIndex = poolIndex
         let now = monotonicMilliseconds()
-        guard let index = balancers[pool.name]?.pick(
+        guard let index = pick(pool,
             clientKey: hashClientAddress(c.clientAddress.ipBytes),
             active: { pool.active[$0].load(ordering: .relaxed) },
             eligible: { !excluding.contains($0) && pool.isEligible($0, now: now) }

@@ -7,7 +7,8 @@ import SluicePosix
 /// A client of a `mode: redis` listener: its session and what is queued for it.
 final class RedisClient {
     let id: UInt64
-    let listener: RuntimeListener
+    /// Replaced when a reload changes the listener (with the key placement).
+    var listener: RuntimeListener
     let fd: Int32
     let address: SocketAddress
     let startedNanoseconds = monotonicNanoseconds()
@@ -344,7 +345,7 @@ extension Worker {
 
     /// The link is gone: every command waiting on it gets an error reply now
     /// (no client hangs on a dead backend); the next command reconnects.
-    private func fail(_ link: RedisLink, _ reason: String) {
+    func fail(_ link: RedisLink, _ reason: String) {
         if link.fd >= 0 { closeDescriptor(link.fd) }
         link.fd = -1
         link.connecting = false

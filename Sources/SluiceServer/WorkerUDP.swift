@@ -69,7 +69,8 @@ extension Worker {
     /// A flow's consecutive datagrams in a batch go out in one sendmmsg.
     func udpListenerReadable(_ index: Int) {
         guard let fd = listenerFDs[index] else { return }
-        let listener = listeners[index], batch = udpBatch
+        guard let listener = listeners[index] else { return }
+        let batch = udpBatch
         for _ in 0..<Self.udpBatchesPerTurn {
             let window = udpListenerWindows[index, default: 1]
             guard case .success(let count) = batch.receive(fd, limit: window), count > 0 else { return seenAllFlows() }
@@ -143,7 +144,7 @@ extension Worker {
             return nil
         }
         let pool = listener.pool
-        guard let backend = balancers[pool.name]!.pick(
+        guard let backend = pick(pool,
             clientKey: UInt64(truncatingIfNeeded: key.hashValue),
             active: { pool.active[$0].load(ordering: .relaxed) },
             eligible: { pool.isEligible($0, now: now) }
@@ -239,7 +240,7 @@ extension Worker {
                 done += sent
             default:
                 // A client's buffer full (or gone): that reply is dropped, the others still go.
-                listeners[index].udp.drop(.clientError)
+                listeners[index]?.udp.drop(.clientError)
                 done += 1
             }
         }

@@ -11,7 +11,7 @@ struct SluiceCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sluice",
         abstract: "An eBPF-accelerated TCP load-balancing proxy.",
-        subcommands: [Run.self, Check.self, Demo.self, Status.self]
+        subcommands: [Run.self, Check.self, Reload.self, Demo.self, Status.self]
     )
 }
 
@@ -82,6 +82,8 @@ struct Run: ParsableCommand {
     func run() throws {
         let loaded = try loadConfig(config)
         var options = ServerOptions(verifyCleanExit: verifyCleanExit)
+        // Absolute: a reload reads the same file whatever the directory is then.
+        options.configPath = config.hasPrefix("/") ? config : FileManager.default.currentDirectoryPath + "/" + config
         if let knob = stallOnSigusr1 {
             let parts = knob.split(separator: ":")
             guard parts.count == 2, let worker = Int(parts[0]), let ms = UInt64(parts[1]) else {

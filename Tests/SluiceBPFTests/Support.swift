@@ -101,7 +101,7 @@ func bpfProgramExists(id: UInt32) -> Bool {
 
 extension KernelSteering {
     /// The kernel's id of one of the shared maps (what bpftool shows).
-    func mapID(_ name: BPFMap) -> UInt32? { try? objects.first?.mapID(name) }
+    func mapID(_ name: BPFMap) -> UInt32? { try? objects.first??.mapID(name) }
 }
 
 extension SockmapPairs {

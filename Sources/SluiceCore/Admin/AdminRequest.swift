@@ -4,9 +4,11 @@ public enum AdminRequest: Equatable, Sendable {
     case backends
     case drainBackend(pool: String, backend: String, drained: Bool)
     case drainWorker(Int, drained: Bool)
+    /// Read the configuration file again and apply it.
+    case reload
 
     /// The `cmd` names, as the error for an unknown one lists them.
-    public static let commands = ["status", "backends", "drain_backend", "undrain_backend", "drain_worker", "undrain_worker"]
+    public static let commands = ["status", "backends", "drain_backend", "undrain_backend", "drain_worker", "undrain_worker", "reload"]
 }
 
 /// Why a line is not a request; `message` is what the client is told.
@@ -74,6 +76,7 @@ public enum AdminRequestParser {
         switch command {
         case "status": return .success(.status)
         case "backends": return .success(.backends)
+        case "reload": return .success(.reload)
         case "drain_backend", "undrain_backend":
             guard case .string(let pool)? = members["pool"], case .string(let backend)? = members["backend"] else {
                 return .failure(AdminRequestError("\(command) needs \"pool\" and \"backend\" (an address as in the configuration)"))

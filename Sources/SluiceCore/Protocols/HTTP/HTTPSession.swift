@@ -52,8 +52,8 @@ public struct HTTPSession: Sendable {
     }
 
     public private(set) var phase: Phase = .idle
-    public let limits: HTTPSessionLimits
-    public let router: HTTPRouter
+    public private(set) var limits: HTTPSessionLimits
+    public private(set) var router: HTTPRouter
     /// The client's address as the forwarded fields give it.
     public let client: String
     private var parser: HTTPHeadParser
@@ -70,6 +70,17 @@ public struct HTTPSession: Sendable {
         self.router = router
         self.client = client
         self.parser = HTTPHeadParser(limits: limits.head)
+    }
+
+    /// A reload: the next request is routed and limited by the new listener.
+    /// Only between requests (`isWaiting`), so one request never sees two.
+    public mutating func reconfigure(limits: HTTPSessionLimits, router: HTTPRouter) {
+        precondition(isWaiting, "an HTTP session is reconfigured between requests only")
+        var limits = limits
+        limits.namesRequests = self.limits.namesRequests
+        self.limits = limits
+        self.router = router
+        parser = HTTPHeadParser(limits: limits.head)
     }
 
     /// Between requests, with nothing of the next one received: a draining worker may close it.

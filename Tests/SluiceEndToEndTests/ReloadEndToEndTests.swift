@@ -1,0 +1,292 @@
+import Foundation
+import Glibc
+import SluicePosix
+import Testing
+
+/// Two configurations a reload alternates between: `b` adds a listener
+/// (`extra`) and a backend (`c`), and sends `/b/` requests to pool `two`.
+private struct ReloadPorts {
+    let web = freePort(), tcp = freePort(), streams = freePort(), extra = freePort()
+    var instance: String { "e2e\(web)" }
+}
+
+private func reloadConfig(_ ports: ReloadPorts, b: Bool, app: [String], echo: [String], two: String,
+                          drainTimeout: String = "30s", admin: String = "admin: { metrics: off }") -> String {
+    let steering = requireRoot() ? "least_loaded" : "hash"
+    return """
+        instance: \(ports.instance)
+        workers: 2
+        steering: \(steering)
+        drain_timeout: \(drainTimeout)
+        stall_threshold: 2s
+        log: { level: info, access: off, file: stderr }
+        \(admin)
+        listeners:
+          - name: web
+            bind: "127.0.0.1:\(ports.web)"
+            pool: app
+            mode: http
+            http: { routes: [ { path_prefix: "\(b ? "/none/" : "/b/")", pool: two } ] }
+          - { name: tcp, bind: "127.0.0.1:\(ports.tcp)", pool: app }
+          - { name: streams, bind: "127.0.0.1:\(ports.streams)", pool: echo }
+        \(b ? "  - { name: extra, bind: \"127.0.0.1:\(ports.extra)\", pool: echo }" : "")
+        pools:
+          - name: app
+            backends:
+        \((b ? app : Array(app.prefix(2))).map { "      - { address: \"\($0)\" }" }.joined(separator: "\n"))
+          - name: echo
+            backends:
+        \(echo.map { "      - { address: \"\($0)\" }" }.joined(separator: "\n"))
+          - { name: two, backends: [ { address: "\(two)" } ] }
+        """
+}
+
+/// A client that keeps one connection echoing checksummed chunks until told
+/// to stop, then half-closes and expects the echo's clean end.
+private final class EchoStream: @unchecked Sendable {
+    private let state = Locked<(stop: Bool, failure: String?, bytes: Int)>((false, nil, 0))
+    private var thread: OSThread?
+
+    init(port: UInt16, seed: UInt64) {
+        thread = startThread { [state] in
+            let fail = { (why: String) in state.withLock { $0.failure = why } }
+            let fd: Int32
+            do { fd = try connectTCP("127.0.0.1", port, timeoutSeconds: 20) } catch { return fail("connect: \(error)") }
+            defer { close(fd) }
+            var round: UInt64 = 0
+            var back = [UInt8](repeating: 0, count: 4096)
+            while !state.withLock({ $0.stop }) {
+                let chunk = payload(size: 4096, seed: seed &* 1000 &+ round)
+                round += 1
+                guard sendAll(fd, chunk) else { return fail("send failed after \(round) rounds: errno \(errno)") }
+                var got = 0
+                while got < back.count {
+                    let n = back.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, $0.count - got, 0) }
+                    guard n > 0 else { return fail("recv \(n) (errno \(errno)) after \(round) rounds") }
+                    got += n
+                }
+                guard back == chunk else { return fail("round \(round): the echo differs") }
+                state.withLock { $0.bytes += chunk.count }
+                usleep(20_000)
+            }
+            shutdown(fd, Int32(SHUT_WR))
+            let (rest, clean) = readToEnd(fd)
+            if !clean || !rest.isEmpty { fail("end: clean \(clean), \(rest.count) stray bytes") }
+        }
+    }
+
+    /// Stops and waits; nil when every byte came back as sent and the end was clean.
+    func finish() -> (failure: String?, bytes: Int) {
+        state.withLock { $0.stop = true }
+        thread?.join()
+        return state.withLock { ($0.failure, $0.bytes) }
+    }
+}
+
+/// One request on an open connection; returns the response's body.
+private func exchange(_ fd: Int32, _ path: String) -> String? {
+    guard sendAll(fd, Array("GET \(path) HTTP/1.1\r\nHost: reload.test\r\n\r\n".utf8)) else { return nil }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let text = String(decoding: bytes, as: UTF8.self)
+        if let end = text.range(of: "\r\n\r\n") {
+            let head = text[..<end.lowerBound].lowercased()
+            let length = head.split(separator: "\r\n").first { $0.hasPrefix("content-length:") }
+                .flatMap { Int($0.dropFirst("content-length:".count).trimmingCharacters(in: .whitespaces)) } ?? 0
+            let body = Array(text[end.upperBound...].utf8)
+            if body.count >= length { return String(decoding: body.prefix(length), as: UTF8.self) }
+        }
+        let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        guard n > 0 else { return nil }
+        bytes += chunk[0..<n]
+    }
+}
+
+/// The figures of a wrk run.
+struct WrkSummary {
+    var requests = 0, connect = 0, read = 0, write = 0, timeout = 0, non2xx = 0
+
+    init?(_ output: String) {
+        func number(after label: String, in line: Substring) -> Int? {
+            guard let range = line.range(of: label) else { return nil }
+            return Int(line[range.upperBound...].prefix { $0.isNumber })
+        }
+        var found = false
+        for line in output.split(separator: "\n") {
+            let trimmed = line.drop { $0 == " " }
+            if trimmed.contains("requests in"), let n = Int(trimmed.prefix { $0.isNumber }) { requests = n; found = true }
+            if trimmed.hasPrefix("Socket errors:") {
+                connect = number(after: "connect ", in: trimmed) ?? -1
+                read = number(after: "read ", in: trimmed) ?? -1
+                write = number(after: "write ", in: trimmed) ?? -1
+                timeout = number(after: "timeout ", in: trimmed) ?? -1
+            }
+            if trimmed.hasPrefix("Non-2xx or 3xx responses:") { non2xx = number(after: "responses: ", in: trimmed) ?? -1 }
+        }
+        if !found { return nil }
+    }
+}
+
+private func reload(_ instance: String) throws -> (Int32, String) {
+    try runCommand(sluiceBinary, ["reload", "--instance", instance])
+}
+
+@Suite("Reload: the configuration applied without dropping a connection", .serialized)
+struct ReloadEndToEndTests {
+    @Test("20 reloads under wrk (keep-alive and a connection per request) and 100 checksummed streams: nothing fails")
+    func reloadsUnderLoad() throws {
+        let backends = try ["a", "b", "c", "two"].map { try startHTTPBackend($0) }
+        let echoes = [try TestServer.echo(), try TestServer.echo()]
+        let ports = ReloadPorts()
+        let app = backends.prefix(3).map(\.address), two = backends[3].address
+        let configs = [false, true].map { reloadConfig(ports, b: $0, app: app, echo: echoes.map(\.address), two: two) }
+        let sluice = try SluiceProcess.run(config: configs[0])
+        let path = try #require(sluice.configURL?.path)
+
+        let streams = (0..<100).map { EchoStream(port: ports.streams, seed: UInt64($0)) }
+        let outputs = Locked<[String]>([])
+        let loads = [
+            ["-t1", "-c8", "-d9s", "http://127.0.0.1:\(ports.web)/bytes/100"],
+            ["-t1", "-c8", "-d9s", "-H", "Connection: close", "http://127.0.0.1:\(ports.tcp)/bytes/100"],
+        ].map { arguments in
+            startThread {
+                let (_, out) = (try? runCommand("/usr/bin/wrk", arguments)) ?? (-1, "wrk did not run")
+                outputs.withLock { $0.append((arguments.contains("Connection: close") ? "Connection: close\n" : "") + out) }
+            }
+        }
+        usleep(1_000_000)
+        for k in 1...20 {
+            let b = k % 2 == 1
+            try configs[b ? 1 : 0].write(toFile: path, atomically: true, encoding: .utf8)
+            let (code, out) = try reload(ports.instance)
+            #expect(code == 0 && out.contains("generation \(k + 1)"), "reload \(k): \(out)")
+            if b { #expect(echoRoundTrip(port: ports.extra, size: 2000, seed: UInt64(k)) == nil, "the added listener serves at once") }
+            usleep(250_000)
+        }
+        for load in loads { load.join() }
+        for out in outputs.value {
+            let summary = try #require(WrkSummary(out), "\(out)")
+            #expect(summary.requests > 1000 && summary.non2xx == 0 && summary.connect == 0 && summary.write == 0 && summary.timeout == 0, "\(out)")
+            // wrk counts the server's close after each `Connection: close`
+            // answer as a read error: one per request, and not one more.
+            #expect(summary.read == (out.hasPrefix("Connection: close") ? summary.requests : 0), "\(out)")
+        }
+        for (k, stream) in streams.enumerated() {
+            let (failure, bytes) = stream.finish()
+            #expect(failure == nil && bytes > 0, "stream \(k): \(failure ?? "") after \(bytes) bytes")
+        }
+        #expect(throws: SystemCallError.self, "the removed listener no longer accepts") {
+            close(try connectTCP("127.0.0.1", ports.extra))
+        }
+        let status = try statusJSON(ports.instance)
+        #expect(status["generation"] as? Int == 21, "\(status)")
+        #expect((status["listeners"] as? [[String: Any]])?.count == 3, "\(status)")
+        #expect(!sluice.log.contains("reload refused"), "\(sluice.log)")
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+    }
+
+    @Test("an invalid file, or one that needs a restart: the running configuration stays, every error is reported")
+    func refused() throws {
+        let backends = try ["a", "b", "c", "two"].map { try startHTTPBackend($0) }
+        let echo = try TestServer.echo()
+        let ports = ReloadPorts()
+        let good = reloadConfig(ports, b: false, app: backends.prefix(3).map(\.address), echo: [echo.address], two: backends[3].address)
+        let sluice = try SluiceProcess.run(config: good)
+        let path = try #require(sluice.configURL?.path)
+
+        try (good + "\nbogus_key: 1\n").replacingOccurrences(of: "workers: 2", with: "workers: 0")
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        var (code, out) = try reload(ports.instance)
+        #expect(code == 1, "\(out)")
+        #expect(out.contains("reload refused") && out.contains("workers") && out.contains("bogus_key") && out.contains(path), "\(out)")
+
+        try good.replacingOccurrences(of: "workers: 2", with: "workers: 3").write(toFile: path, atomically: true, encoding: .utf8)
+        (code, out) = try reload(ports.instance)
+        #expect(code == 1 && out.contains("workers changed: it needs a restart"), "\(out)")
+        #expect(sluice.log.contains("reload refused; the running configuration stays"), "\(sluice.log)")
+
+        #expect(echoRoundTrip(port: ports.streams, size: 10_000, seed: 3) == nil, "still serving")
+        let status = try statusJSON(ports.instance)
+        #expect(status["generation"] as? Int == 1 && status["reloads_failed"] as? Int == 2, "\(status)")
+        #expect((status["last_reload_errors"] as? [String])?.first?.contains("workers") == true, "\(status)")
+        let (_, text) = try runCommand(sluiceBinary, ["status", "--instance", ports.instance])
+        #expect(text.contains("config generation 1") && text.contains("reloads refused 2"), "\(text)")
+
+        try good.write(toFile: path, atomically: true, encoding: .utf8)
+        (code, out) = try reload(ports.instance)
+        #expect(code == 0 && out.contains("generation 2, nothing changed"), "\(out)")
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+    }
+
+    @Test("a listener removed (SIGHUP, no admin socket): its open connections go on, then end at drain_timeout; no new ones")
+    func listenerRemoved() throws {
+        let backends = try ["a", "b", "c", "two"].map { try startHTTPBackend($0) }
+        let echo = try TestServer.echo()
+        let ports = ReloadPorts()
+        func config(b: Bool) -> String {
+            reloadConfig(ports, b: b, app: backends.prefix(3).map(\.address), echo: [echo.address], two: backends[3].address,
+                         drainTimeout: "3s", admin: "admin: off")
+        }
+        let sluice = try SluiceProcess.run(config: config(b: true))
+        let path = try #require(sluice.configURL?.path)
+        let held = try (0..<20).map { _ in try connectTCP("127.0.0.1", ports.extra) }
+        defer { for fd in held { close(fd) } }
+        func roundTrip(_ fd: Int32, _ seed: UInt64) -> Bool {
+            let bytes = payload(size: 1000, seed: seed)
+            guard sendAll(fd, bytes) else { return false }
+            var back = [UInt8](repeating: 0, count: 1000), got = 0
+            while got < 1000 {
+                let n = back.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, $0.count - got, 0) }
+                if n <= 0 { return false }
+                got += n
+            }
+            return back == bytes
+        }
+        #expect(held.enumerated().allSatisfy { roundTrip($1, UInt64($0)) })
+
+        try config(b: false).write(toFile: path, atomically: true, encoding: .utf8)
+        let reloadedAt = Date()
+        let (code, out) = try reload(ports.instance)
+        #expect(code == 0 && out.contains("reloaded, generation 2"), "\(out)")
+        #expect(sluice.log.contains("listener extra removed"), "\(sluice.log)")
+        #expect(held.enumerated().allSatisfy { roundTrip($1, UInt64($0) + 100) }, "open connections go on after the reload")
+        #expect(throws: SystemCallError.self) { close(try connectTCP("127.0.0.1", ports.extra)) }
+        // Half of them finish on their own, cleanly.
+        for fd in held.prefix(10) {
+            shutdown(fd, Int32(SHUT_WR))
+            let (rest, clean) = readToEnd(fd)
+            #expect(clean && rest.isEmpty)
+        }
+        // The others are ended by the drain deadline, 3 s after the reload.
+        for fd in held.suffix(10) {
+            var byte: UInt8 = 0
+            #expect(recv(fd, &byte, 1, 0) <= 0)
+        }
+        let waited = Date().timeIntervalSince(reloadedAt)
+        #expect(waited > 2.5 && waited < 8, "ended after \(waited) s")
+        try sluice.waitForLog("drain_timeout after a reload")
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+    }
+
+    @Test("a kept-alive HTTP client's next request follows the reloaded routes")
+    func routesOnKeptAliveConnection() throws {
+        let backends = try ["a", "b", "c", "two"].map { try startHTTPBackend($0) }
+        let echo = try TestServer.echo()
+        let ports = ReloadPorts()
+        func config(b: Bool) -> String {
+            reloadConfig(ports, b: b, app: backends.prefix(3).map(\.address), echo: [echo.address], two: backends[3].address)
+        }
+        let sluice = try SluiceProcess.run(config: config(b: false))
+        let path = try #require(sluice.configURL?.path)
+        let fd = try connectTCP("127.0.0.1", ports.web)
+        defer { close(fd) }
+        #expect(exchange(fd, "/b/name") == "two")
+        try config(b: true).write(toFile: path, atomically: true, encoding: .utf8)
+        let (code, out) = try reload(ports.instance)
+        #expect(code == 0, "\(out)")
+        let answer = exchange(fd, "/b/name")
+        #expect(["a", "b", "c"].contains(answer ?? "-"), "the same connection, routed by the new routes: \(answer ?? "nothing")")
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+    }
+}
