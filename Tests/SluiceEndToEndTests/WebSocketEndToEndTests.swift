@@ -18,7 +18,8 @@ func wsPeer(_ arguments: [String]) throws -> String {
 }
 
 /// A `mode: http` listener in front of the WebSocket backend.
-func webSocketConfig(port: UInt16, backend: UInt16, dataPath: String = "auto", http: String = "", metrics: UInt16? = nil) -> String {
+func webSocketConfig(port: UInt16, backend: UInt16, dataPath: String = "auto", http: String = "", metrics: UInt16? = nil,
+                     tunnelIdle: String = "1500ms") -> String {
     """
     instance: e2e\(port)
     workers: 2
@@ -27,7 +28,7 @@ func webSocketConfig(port: UInt16, backend: UInt16, dataPath: String = "auto", h
     log: { level: info, access: text, file: stderr }
     admin: { metrics: \(metrics.map { "\"127.0.0.1:\($0)\"" } ?? "off") }
     listeners:
-      - { name: web, bind: "127.0.0.1:\(port)", pool: ws, mode: http, http: { tunnel_idle_timeout: 1500ms\(http) } }
+      - { name: web, bind: "127.0.0.1:\(port)", pool: ws, mode: http, http: { tunnel_idle_timeout: \(tunnelIdle)\(http) } }
     pools:
       - { name: ws, backends: [ { address: "127.0.0.1:\(backend)" } ] }
     """
@@ -41,7 +42,8 @@ struct WebSocketEndToEndTests {
         let (backend, backendPort) = try startWebSocketBackend()
         defer { _ = backend }
         let port = freePort()
-        let sluice = try SluiceProcess.run(config: webSocketConfig(port: port, backend: backendPort, dataPath: dataPath))
+        // The Python peers pause longer than the idle test's 1.5 s when the machine is busy.
+        let sluice = try SluiceProcess.run(config: webSocketConfig(port: port, backend: backendPort, dataPath: dataPath, tunnelIdle: "20s"))
         let direct = try wsPeer(["transcript", "ws://127.0.0.1:\(backendPort)/"])
         let proxied = try wsPeer(["transcript", "ws://127.0.0.1:\(port)/chat"])
         #expect(proxied == direct)
