@@ -17,19 +17,28 @@ struct Reload: ParsableCommand {
     @Option(help: "Instance name.")
     var instance = "default"
 
+    @Option(name: .shortAndLong, help: "The configuration file: the instance is the one it names (for ExecReload).")
+    var config: String?
+
     @Option(help: "Seconds to wait for the outcome.")
     var timeout: Double = 10
 
+    func validate() throws {
+        if config != nil && instance != "default" { throw ValidationError("give --instance or --config, not both") }
+    }
+
     func run() throws {
+        // An invalid file names no instance; the daemon would refuse it anyway.
+        let instance = try config.map { try loadConfig($0).config.instance } ?? instance
         guard let info = InstanceInfo.read(instance: instance) else {
             printError("no sluice instance \"\(instance)\" is running (no info file at \(InstanceInfo.path(instance: instance)))")
             throw ExitCode(2)
         }
-        if let socket = info.adminSocket { return try ask(socket) }
-        try signal(info)
+        if let socket = info.adminSocket { return try ask(socket, instance: instance) }
+        try signal(info, instance: instance)
     }
 
-    private func ask(_ socket: String) throws {
+    private func ask(_ socket: String, instance: String) throws {
         let reply: String
         do {
             reply = try AdminClient.request(socket: socket, ["cmd": "reload"], timeoutMilliseconds: Int(timeout * 1000))
@@ -55,7 +64,7 @@ struct Reload: ParsableCommand {
 
     /// Without an admin socket: SIGHUP, then the info file says which
     /// counter moved, the generation or the refusals.
-    private func signal(_ info: InstanceInfo) throws {
+    private func signal(_ info: InstanceInfo, instance: String) throws {
         let before = (info.generation ?? 1, info.reloadsFailed ?? 0)
         guard kill(info.pid, SIGHUP) == 0 else {
             printError("sluice \(instance): cannot signal process \(info.pid): \(String(cString: strerror(errno)))")
