@@ -297,4 +297,47 @@ struct ReloadEndToEndTests {
         #expect(["a", "b", "c"].contains(answer ?? "-"), "the same connection, routed by the new routes: \(answer ?? "nothing")")
         #expect(try sluice.stop() == 0, "\(sluice.log)")
     }
+
+    @Test("a UDP listener added by a reload is steered by its own select_flow at once; removed, it stops")
+    func udpListenerAdded() throws {
+        guard requireRoot() else { return }
+        let (echo, address) = try udpEcho("one")
+        defer { _ = echo }
+        let tcpEcho = try TestServer.echo()
+        let port = freePort(), udpPort = freePort()
+        func config(udp: Bool) -> String {
+            """
+            instance: e2e\(port)
+            workers: 2
+            steering: least_loaded
+            stall_threshold: 2s
+            log: { level: info, access: text, file: stderr }
+            admin: { metrics: off }
+            listeners:
+              - { name: test, bind: "127.0.0.1:\(port)", pool: tcp }
+            \(udp ? "  - { name: dns, bind: \"127.0.0.1:\(udpPort)\", pool: udp, mode: udp, udp: { max_flows: 77 } }" : "")
+            pools:
+              - { name: tcp, backends: [ { address: "\(tcpEcho.address)" } ] }
+              - { name: udp, backends: [ { address: "\(address)" } ] }
+            """
+        }
+        let base = config(udp: false), withUDP = config(udp: true)
+        let sluice = try SluiceProcess.run(config: base)
+        let path = try #require(sluice.configURL?.path)
+        try withUDP.write(toFile: path, atomically: true, encoding: .utf8)
+        var (code, out) = try reload("e2e\(port)")
+        #expect(code == 0 && out.contains("listener dns added"), "\(out)\n\(withUDP)")
+        let load = try udpPeer(["load", "127.0.0.1", "\(udpPort)", "20", "20", "--max-size", "2000"])
+        #expect(load["ok_flows"] as? Int == 20, "\(load)")
+        let (_, bpftool) = try runCommand("/usr/sbin/bpftool", ["map", "show", "name", "udp_flows"])
+        #expect(bpftool.contains("max_entries 154"), "the added listener's flow map is sized by its max_flows: \(bpftool)")
+        #expect(echoRoundTrip(port: port, size: 5000, seed: 9) == nil)
+
+        try base.write(toFile: path, atomically: true, encoding: .utf8)
+        (code, out) = try reload("e2e\(port)")
+        #expect(code == 0 && out.contains("listener dns removed"), "\(out)")
+        let after = try udpPeer(["load", "127.0.0.1", "\(udpPort)", "2", "2", "--timeout", "0.3"])
+        #expect(after["ok_flows"] as? Int == 0, "\(after)")
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+    }
 }
