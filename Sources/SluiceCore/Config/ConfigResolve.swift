@@ -127,8 +127,7 @@ extension PoolConfig {
         var pool = self
         var present = Set(backends.map(\.address))
         for name in named {
-            let addresses = (resolved[name] ?? []).map(\.canonical).sorted { $0.description < $1.description }
-            for address in addresses where present.insert(address).inserted {
+            for address in ResolveSchedule.addressSet(resolved[name] ?? []) where present.insert(address).inserted {
                 pool.backends.append(BackendConfig(address: address, weight: name.weight))
             }
         }

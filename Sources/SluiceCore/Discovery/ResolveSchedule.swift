@@ -59,7 +59,7 @@ public struct ResolveSchedule: Sendable {
             return false
         }
         guard var entry = entries[name], entry.lookup == ticket else { return false }
-        let sorted = Array(Set(addresses.map(\.canonical))).sorted { $0.description < $1.description }
+        let sorted = Self.addressSet(addresses)
         let changed = entry.addresses != sorted
         entry.addresses = sorted
         entry.failures = 0
@@ -103,6 +103,11 @@ public struct ResolveSchedule: Sendable {
             entries[name]?.lookup = nil
             entries[name]?.dueAt = now
         }
+    }
+
+    /// An answer as the table keeps it: canonical, sorted by text, each address once.
+    public static func addressSet(_ addresses: [SocketAddressSpec]) -> [SocketAddressSpec] {
+        Array(Set(addresses.map(\.canonical))).sorted { $0.description < $1.description }
     }
 
     /// How long an answer is kept: its TTL within [min_ttl, max_ttl]; min_ttl without one.
