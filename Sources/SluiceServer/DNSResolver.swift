@@ -84,10 +84,10 @@ final class DNSResolver {
             throw ServerError("c-ares: ares_library_init: \(DNSLookupError(status: aresLibraryStatus))")
         }
         var options = ares_options()
-        // UDP first, TCP when an answer comes back truncated (no USEVC, no
-        // IGNTC: a headless service with many pods must not lose records
-        // silently); no EDNS, which 1.18 does not retry without when an old
-        // nameserver answers FORMERR.
+        // UDP first, and the query again over TCP when the answer comes back
+        // truncated: no USEVC, and no IGNTC, with which a headless service of
+        // many pods would lose records silently. No EDNS either: an answer
+        // beyond 512 bytes takes the TCP path rather than a larger datagram.
         options.flags = 0
         options.timeout = Int32(clamping: max(1, settings.timeout.milliseconds))
         options.tries = Self.tries
