@@ -201,6 +201,14 @@ struct DNSDiscoveryTests {
         #expect(descriptorsConnected(toPort: server.port).isEmpty, "resolveNow closes its sockets")
     }
 
+    @Test("forty A records, more than a UDP answer holds: all forty, the truncated answer asked again over TCP")
+    func truncatedAnswer() throws {
+        let ips = (1...40).map { "127.0.1.\($0)" }
+        let server = try HostsDNSServer(hosts: hosts(app.host, ips))
+        let table = BackendDiscovery.resolveNow([app], settings: settings(server), timeoutMilliseconds: 3000)
+        #expect(table == [app: addresses(ips, port: 8080)])
+    }
+
     @Test("resolveNow: a name that does not exist is absent; a silent nameserver costs the timeout, not more")
     func resolveNowFailures() throws {
         let server = try HostsDNSServer(hosts: hosts(app.host, ["127.0.0.1"]))
