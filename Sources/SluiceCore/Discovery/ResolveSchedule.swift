@@ -81,15 +81,25 @@ public struct ResolveSchedule: Sendable {
         return delay
     }
 
-    /// Reload: names kept keep their answers; new names are due now. When the
-    /// settings change, every name is due now and lookups under way are
-    /// forgotten (the resolver they ran on is replaced). Returns whether the
-    /// table changed (a name that had an answer is gone).
+    /// Reload: names kept keep their answers, also when only their weight
+    /// changed; new names are due now. When the settings change, every name
+    /// is due now and lookups under way are forgotten (the resolver they ran
+    /// on is replaced). Returns whether the table changed (a name that had an
+    /// answer is gone, or has a new weight).
     public mutating func replace(names: Set<NamedBackend>, settings: ResolveConfig, now: UInt64) -> Bool {
         let dropped = entries.filter { !names.contains($0.key) }
         let changed = dropped.values.contains { $0.addresses != nil }
         for name in dropped.keys { entries[name] = nil }
-        for name in names where entries[name] == nil { entries[name] = Entry(dueAt: now) }
+        for name in names where entries[name] == nil {
+            let sameHost = dropped.first { $0.key.host == name.host && $0.key.port == name.port }?.value
+            guard var entry = sameHost else {
+                entries[name] = Entry(dueAt: now)
+                continue
+            }
+            // A lookup under way ends under the old name, where it is ignored: ask again.
+            if entry.lookup != nil { entry.lookup = nil; entry.dueAt = now }
+            entries[name] = entry
+        }
         if settings != self.settings {
             self.settings = settings
             forgetLookups(now: now)

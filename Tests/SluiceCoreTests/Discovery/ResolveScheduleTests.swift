@@ -96,6 +96,27 @@ struct ResolveScheduleTests {
         #expect(schedule.table.isEmpty)
     }
 
+    @Test("reload with a new weight: the answer moves to the reweighted name, without a lookup")
+    func replaceWeight() {
+        var schedule = ResolveSchedule(names: [app], settings: settings, now: 0)
+        let ticket = schedule.started(app)
+        _ = schedule.answered(app, ticket: ticket, addresses: addresses("10.0.0.1:80"), ttl: .seconds(60), now: 0)
+        let heavier = NamedBackend(host: app.host, port: app.port, weight: 5)
+        let reweighted = schedule.replace(names: [heavier], settings: settings, now: 100)
+        #expect(reweighted)
+        #expect(schedule.table == [heavier: addresses("10.0.0.1:80")])
+        #expect(schedule.due(now: 100).isEmpty)
+        #expect(schedule.nextDue == 60_000)
+        // With a lookup under way, the reweighted name is asked again at once.
+        let inFlight = schedule.started(heavier)
+        let lighter = NamedBackend(host: app.host, port: app.port, weight: 1)
+        _ = schedule.replace(names: [lighter], settings: settings, now: 200)
+        #expect(schedule.due(now: 200) == [lighter])
+        let staleRetry = schedule.failed(heavier, ticket: inFlight, now: 300)
+        #expect(staleRetry == nil)
+        #expect(schedule.table == [lighter: addresses("10.0.0.1:80")])
+    }
+
     @Test("reload with new settings: lookups under way are forgotten and every name is due now")
     func replaceSettings() {
         var schedule = ResolveSchedule(names: [app], settings: settings, now: 0)
