@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 SWIFT ?= swift
 # Build and run-time needs, plus the real clients and servers the tests drive.
-APT_PACKAGES := pkg-config libbpf-dev libelf-dev libssl-dev bpftool iproute2 procps curl wrk util-linux systemd haproxy redis-server redis-tools nutcracker dnsmasq-base dnsutils
+APT_PACKAGES := pkg-config libbpf-dev libelf-dev libssl-dev libc-ares-dev bpftool iproute2 procps curl wrk util-linux systemd haproxy redis-server redis-tools nutcracker dnsmasq-base dnsutils
 # The tests parse /metrics with Prometheus' own parser, validate the Kubernetes
 # manifests, and speak WebSocket (websockets, wsproto) and Redis (redis-py) through the proxy.
 PYTHON_PACKAGES := prometheus-client kubernetes-validate websockets wsproto redis dnspython

@@ -26,6 +26,8 @@ let package = Package(
         .target(name: "CSluice"),
         .systemLibrary(name: "CLibbpf", pkgConfig: "libbpf", providers: [.apt(["libbpf-dev"])]),
         .systemLibrary(name: "COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        // Debian's c-ares: resolves the backends written as hostnames.
+        .systemLibrary(name: "CAres", pkgConfig: "libcares", providers: [.apt(["libc-ares-dev"])]),
         .target(
             name: "SluiceCore",
             dependencies: ["COpenSSL", .product(name: "Yams", package: "Yams")],
@@ -43,7 +45,7 @@ let package = Package(
         .target(
             name: "SluiceServer",
             dependencies: [
-                "SluiceCore", "SluicePosix", "SluiceBPF", "CSluice",
+                "SluiceCore", "SluicePosix", "SluiceBPF", "CSluice", "CAres",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Atomics", package: "swift-atomics"),
             ],
@@ -67,7 +69,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SluiceServerTests",
-            dependencies: ["SluiceServer", "SluicePosix", "SluiceCore", "CSluice"]
+            dependencies: ["SluiceServer", "SluicePosix", "SluiceCore", "CSluice", "CAres"]
         ),
         .testTarget(
             name: "SluiceEndToEndTests",

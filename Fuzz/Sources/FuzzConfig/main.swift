@@ -38,5 +38,13 @@ func exerciseRuntimeArithmetic(_ config: SluiceConfig) {
         }
     }
     sink &+= UInt64(DescriptorBudget(config: config).required)
+    for failures in [1, 2, 40, Int.max] {
+        sink &+= deadline(after: ResolveSchedule.retryDelay(failures: failures, settings: config.resolve), from: now)
+    }
+    sink &+= deadline(after: ResolveSchedule.refreshDelay(ttl: .seconds(Int32.max), settings: config.resolve), from: now)
+    for pool in config.pools {
+        let answers = Dictionary(pool.named.map { ($0, [SocketAddressSpec(host: "127.0.0.1", port: $0.port, family: .inet)]) }) { a, _ in a }
+        sink &+= UInt64(pool.expanded(resolved: answers).backends.count)
+    }
     if sink == 42 { print("") } // keeps the work from being optimised away
 }

@@ -47,6 +47,14 @@ public enum ConfigBounds {
     /// The control thread ticks at this interval (at most every 100 ms, at
     /// least every 10 ms).
     public static let rebalanceInterval: ClosedRange<Duration> = .milliseconds(10) ... .seconds(1)
+    /// `resolve.min_ttl` and `max_ttl`: below 100 ms a name with a TTL of 0
+    /// would be asked for many times a second, for answers that cannot change
+    /// faster than the proxy takes them in; beyond a day a moved backend would
+    /// be missed for too long. min_ttl is also at most max_ttl.
+    public static let resolveTTL: ClosedRange<Duration> = .milliseconds(100) ... day
+    /// One attempt of a query: c-ares takes whole milliseconds; a nameserver
+    /// slower than a minute is as good as down.
+    public static let resolveTimeout: ClosedRange<Duration> = .milliseconds(10) ... .seconds(60)
 
     // MARK: Counts
 
@@ -62,6 +70,8 @@ public enum ConfigBounds {
     public static let expectStatus: ClosedRange<Int> = 100...599
     public static let passiveFailures: ClosedRange<Int> = 1...1000
     public static let minHealthy: ClosedRange<Int> = 0...1000
+    /// c-ares tries them in order; more would only lengthen a failing lookup.
+    public static let nameservers: ClosedRange<Int> = 0...16
     /// The ratio must exceed 1 (1 would move connections back and forth for
     /// a difference of one); above 100 rebalancing is as good as off.
     public static let rebalanceRatioAbove: Double = 1.0

@@ -58,7 +58,7 @@ struct ConfigDecoder {
 
     static let topKeys = [
         "instance", "workers", "steering", "data_path", "sockmap_after_turns", "stall_threshold", "drain_timeout",
-        "log", "admin", "rebalance", "user", "listeners", "pools",
+        "log", "admin", "rebalance", "resolve", "user", "listeners", "pools",
     ]
     /// Keys that were renamed: the old name is an error that gives the new one.
     static let renamedTopKeys = ["splice": "data_path"]
@@ -70,6 +70,7 @@ struct ConfigDecoder {
     static let healthKeys = ["kind", "interval", "timeout", "rise", "fall", "path", "expect_status", "query"]
     static let passiveKeys = ["failures", "ejection"]
     static let backendKeys = ["address", "weight"]
+    static let resolveKeys = ["min_ttl", "max_ttl", "timeout", "nameservers"]
 
     // MARK: - Reporting
 
@@ -111,6 +112,7 @@ struct ConfigDecoder {
         let log = doc["log"].map { decodeLog($0.value, top.key("log")) } ?? LogConfig()
         let admin = decodeAdmin(doc["admin"], top.key("admin"), instance: instance)
         let rebalance = decodeRebalance(doc["rebalance"], top.key("rebalance"))
+        let resolve = decodeResolve(doc["resolve"], top.key("resolve"))
         var user: String?
         if let entry = doc["user"] {
             let expected = "a user name such as sluice"
@@ -152,6 +154,7 @@ struct ConfigDecoder {
             listeners: listeners, pools: pools
         )
         config.rebalance = rebalance
+        config.resolve = resolve
         config.user = user
         config.sockmapAfterTurns = sockmapAfterTurns
         return config
@@ -311,7 +314,7 @@ struct ConfigDecoder {
                 pool.retries = retries
             }
             if let entry = map["backends"] {
-                pool.backends = decodeBackends(entry.value, itemPath.key("backends"))
+                (pool.backends, pool.named) = decodeBackends(entry.value, itemPath.key("backends"))
             } else {
                 missing(itemPath, key: "backends", in: map)
             }
@@ -390,42 +393,6 @@ struct ConfigDecoder {
             passive.ejection = value
         }
         return passive
-    }
-
-    mutating func decodeBackends(_ node: Node, _ path: ConfigFieldPath) -> [BackendConfig] {
-        guard let items = sequence(node, path, expected: "a list of backends") else { return [] }
-        if items.isEmpty {
-            fail(path, at: node, "expected at least one backend; found an empty list")
-        }
-        var backends: [BackendConfig] = []
-        var firstByAddress: [SocketAddressSpec: Int] = [:]
-        for (index, item) in items.enumerated() {
-            let itemPath = path.index(index)
-            guard let map = mapping(item, itemPath, keys: Self.backendKeys,
-                                    expected: "a backend mapping like { address: \"127.0.0.1:9001\" }")
-            else { continue }
-            var backend = BackendConfig(address: SocketAddressSpec(host: "0.0.0.0", port: 0, family: .inet))
-            if let entry = map["address"] {
-                if let address = address(entry.value, itemPath.key("address"), allowPortZero: false) {
-                    backend.address = address
-                    backendSites.append(BackendSite(address: address, node: entry.value, path: itemPath.key("address")))
-                    if let first = firstByAddress[address] {
-                        fail(itemPath.key("address"), at: entry.value,
-                             "duplicate backend address \(address) (already used by \(path.index(first)))")
-                    } else {
-                        firstByAddress[address] = index
-                    }
-                }
-            } else {
-                missing(itemPath, key: "address", in: map)
-            }
-            if let entry = map["weight"],
-               let weight = integer(entry.value, itemPath.key("weight"), in: ConfigDefaults.weightRange) {
-                backend.weight = weight
-            }
-            backends.append(backend)
-        }
-        return backends
     }
 
     // MARK: - listeners

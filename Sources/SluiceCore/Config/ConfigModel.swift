@@ -186,7 +186,10 @@ public struct PoolConfig: Sendable, Equatable {
     public var name: String
     public var algorithm: BalancingAlgorithm
     public var retries: Int
+    /// The backends written as IP addresses.
     public var backends: [BackendConfig]
+    /// The backends written as hostnames, resolved at run time (`expanded`).
+    public var named: [NamedBackend] = []
     public var healthCheck: HealthCheckConfig?
     public var passive: PassiveConfig?
     /// Passive ejection never leaves fewer healthy backends than this.
@@ -230,6 +233,8 @@ public struct SluiceConfig: Sendable, Equatable {
     /// `data_path: auto`: move a connection into the SOCKHASH after this many
     /// small request/response exchanges; nil (`off`, the default): never.
     public var sockmapAfterTurns: Int?
+    /// How the pools' hostname backends are resolved.
+    public var resolve = ResolveConfig()
 
     public init(
         instance: String = ConfigDefaults.instance,

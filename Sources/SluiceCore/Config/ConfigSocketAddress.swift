@@ -7,8 +7,8 @@ import Darwin
 #endif
 
 /// An IP literal and port, as written in the configuration
-/// ("192.0.2.1:80" or "[2001:db8::1]:80"). Hostnames are deliberately not
-/// supported: the proxy never resolves names.
+/// ("192.0.2.1:80" or "[2001:db8::1]:80"). Hostnames are not parsed here:
+/// a backend written as one is a `NamedBackend`, resolved at run time.
 ///
 /// Equality and hashing use the canonical form of `host`, so
 /// "[0:0::1]:80" == "[::1]:80". `parse` always stores the canonical form.

@@ -108,7 +108,8 @@ struct ConfigErrorTests {
     // MARK: - Addresses
 
     @Test(arguments: [
-        ("localhost:9001", "hostnames are not supported"),
+        ("local_host:9001", "invalid hostname (the label \"local_host\" has characters other than letters, digits and \"-\")"),
+        ("localhost", "missing port: expected a hostname and port"),
         ("127.0.0.1:70000", "port 70000 is out of range: expected 1...65535"),
         ("127.0.0.1", "missing port"),
         ("\"[::gg]:9001\"", "invalid IPv6 address"),
