@@ -10,12 +10,15 @@ import SluicePosix
 final class ControlLoop {
     private static let signalToken: UInt64 = 1
     private static let exitToken: UInt64 = 2
+    private static let discoveryToken: UInt64 = 3
     /// Admin endpoints take tokens from here up.
     static let adminTokenBase: UInt64 = 100
 
     let epoll: Epoll
     private let signals: SignalFD
     private let exitWake: EventFD
+    /// Signalled by the DNS discovery thread when a hostname's addresses change.
+    let discoveryWake: EventFD
     private let exited = ManagedAtomic(0)
     /// Set by the first stop signal: past it, stuck workers are abandoned.
     var stopDeadline: UInt64?
@@ -23,9 +26,11 @@ final class ControlLoop {
     init(signals: SignalFD) throws(SystemCallError) {
         self.signals = signals
         exitWake = try EventFD()
+        discoveryWake = try EventFD()
         epoll = try Epoll(maxEventsPerWait: 8)
         try epoll.add(signals.fd, .readable, token: Self.signalToken)
         try epoll.add(exitWake.fd, .readable, token: Self.exitToken)
+        try epoll.add(discoveryWake.fd, .readable, token: Self.discoveryToken)
     }
 
     /// Called by each worker on its own thread as it exits.
@@ -36,7 +41,7 @@ final class ControlLoop {
 
     /// Runs until `workers` workers have exited.
     func run(workers: Int, keeper: LoadKeeper, admin: AdminEndpoints?,
-             onSignal: (Int32) -> Void, pastStopDeadline: () -> Void) {
+             onSignal: (Int32) -> Void, onDiscovery: () -> Void, pastStopDeadline: () -> Void) {
         var nextTick = monotonicMilliseconds() + keeper.tickMilliseconds
         while exited.load(ordering: .relaxed) < workers {
             let now = monotonicMilliseconds()
@@ -49,6 +54,11 @@ final class ControlLoop {
             let wakeUp = min(nextTick, admin?.nextDeadline(now: now) ?? .max)
             epoll.wait(timeoutMilliseconds: Int32(wakeUp > now ? wakeUp - now : 0)) { token, events in
                 if let admin, admin.owns(token) { admin.handle(token: token, events: events); return }
+                if token == Self.discoveryToken {
+                    discoveryWake.drain()
+                    onDiscovery()
+                    return
+                }
                 guard token == Self.signalToken else { exitWake.drain(); return }
                 while let signal = signals.next() { onSignal(signal) }
             }

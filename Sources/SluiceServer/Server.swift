@@ -38,6 +38,10 @@ public final class Server: AdminHandler {
     lazy var loadedAt = startedAt
     var reloads = (succeeded: UInt64(0), failed: UInt64(0))
     var lastReloadErrors: [String] = []
+    /// Hostname backends: the addresses the pools use now, and where the
+    /// discovery thread leaves newer ones.
+    var resolved: DiscoveredBackends.Table = [:]
+    let discoveredInbox = DiscoveredBackends()
     // Set while serving; read by the admin socket and metrics (control thread only).
     var liveWorkers: [Worker] = []
     var livePools: [RuntimePool] = []
@@ -98,7 +102,8 @@ public final class Server: AdminHandler {
             owned.push { sockmapPairs.close() }
             if let steering, lock != nil { pinSockmap(sockmapPairs, into: steering.pinDirectory) }
         }
-        let pools = Dictionary(uniqueKeysWithValues: config.pools.map { ($0.name, RuntimePool($0)) })
+        resolveAtStart()
+        let pools = Dictionary(uniqueKeysWithValues: effectivePools(config).map { ($0.name, RuntimePool($0)) })
         let listenerTable = steering?.listenerTable ?? ListenerLoadTable(anonymousCount: ListenerField.capacity)
         let bound = BoundListeners(workers: config.workers)
         owned.push { bound.close() }
@@ -135,7 +140,11 @@ public final class Server: AdminHandler {
         let healthChecker = try startHealthChecks()
         live = LiveState(steering: steering, listenerTable: listenerTable, dataPath: dataPath, writesInfo: lock != nil,
                          workers: workers.workers, healthChecker: healthChecker, freshSlot: listeners.count)
-        owned.push { [self] in live?.healthChecker?.stop(); live = nil }
+        owned.push { [self] in
+            live?.discovery?.stop()
+            live?.healthChecker?.stop()
+            live = nil
+        }
 
         announceReady(listeners: listeners, dataPath: dataPath.name, steering: steering)
         let keeper = LoadKeeper(
@@ -144,8 +153,10 @@ public final class Server: AdminHandler {
         loadKeeper = keeper
         let names = RuntimeNames(pinDirectory: steering?.pinDirectory, lockPath: lock?.path)
         live?.loop = loop
+        live?.discovery = try startDiscovery(wake: loop.discoveryWake)
         loop.run(workers: workers.workers.count, keeper: keeper, admin: admin,
                  onSignal: { handle(signal: $0, workers: workers.workers, loop: loop, names: names) },
+                 onDiscovery: { applyDiscovered() },
                  pastStopDeadline: { abandonStuckWorkers(workers.workers, names: names) })
         workers.join()
         clearLiveState()

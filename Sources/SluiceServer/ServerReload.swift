@@ -13,6 +13,7 @@ final class LiveState {
     let workers: [Worker]
     var healthChecker: HealthChecker?
     var loop: ControlLoop?
+    var discovery: BackendDiscovery?
     /// Listener slots never used yet start here; after them, slots of
     /// removed listeners are taken again once nothing counts on them.
     var freshSlot: Int
@@ -96,6 +97,7 @@ extension Server {
             outcome.errors = [error.description]
             return outcome
         }
+        updateDiscovery(live)
         generation += 1
         loadedAt = wallClockSeconds()
         outcome.generation = generation
@@ -105,8 +107,8 @@ extension Server {
 
     /// Binds what is added first: a failure there changes nothing. Then
     /// every worker gets the new listeners and pools in one command.
-    private func apply(_ next: SluiceConfig, plan: ReloadPlan, live: LiveState) throws(ServerError) {
-        let pools = runtimePools(next.pools)
+    func apply(_ next: SluiceConfig, plan: ReloadPlan, live: LiveState) throws(ServerError) {
+        let pools = runtimePools(effectivePools(next))
         let bound = BoundListeners(workers: next.workers)
         defer { bound.close() }
         var added: [(slot: Int, position: Int, address: SocketAddress)] = []

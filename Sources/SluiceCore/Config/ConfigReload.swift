@@ -14,6 +14,13 @@ public struct ReloadPlan: Sendable, Equatable {
     /// One line per change, for the log and the admin answer.
     public var changes: [String]
 
+    public init(kept: [(new: Int, old: Int)], added: [Int], removed: [Int], changes: [String]) {
+        self.kept = kept
+        self.added = added
+        self.removed = removed
+        self.changes = changes
+    }
+
     public static func == (lhs: ReloadPlan, rhs: ReloadPlan) -> Bool {
         lhs.kept.map { [$0.new, $0.old] } == rhs.kept.map { [$0.new, $0.old] } && lhs.added == rhs.added
             && lhs.removed == rhs.removed && lhs.changes == rhs.changes
@@ -104,7 +111,8 @@ public struct ReloadPlan: Sendable, Equatable {
         return problems
     }
 
-    private static func poolChanges(_ old: [PoolConfig], _ new: [PoolConfig]) -> [String] {
+    /// Pools and backends added, removed or changed, one line each.
+    public static func poolChanges(_ old: [PoolConfig], _ new: [PoolConfig]) -> [String] {
         var changes: [String] = []
         for pool in new {
             guard let before = old.first(where: { $0.name == pool.name }) else {
