@@ -179,10 +179,14 @@ struct ReloadEndToEndTests {
                 #expect(summary.read == 0, "\(out)")
             }
         }
+        var streamed = 0
         for (k, stream) in streams.enumerated() {
             let (failure, bytes) = stream.finish()
             #expect(failure == nil && bytes > 0, "stream \(k): \(failure ?? "") after \(bytes) bytes")
+            streamed += bytes
         }
+        let requests = outputs.value.compactMap { WrkSummary($0)?.requests }
+        print("20 reloads under load: wrk requests \(requests), 100 streams echoed \(streamed) bytes")
         #expect(throws: SystemCallError.self, "the removed listener no longer accepts") {
             close(try connectTCP("127.0.0.1", ports.extra))
         }
