@@ -102,6 +102,15 @@ public final class BPFObject {
         if rc != 0 { throw BPFError("reusing map \(name.rawValue) failed: \(errnoDescription(-rc))") }
     }
 
+    /// Makes map `name` the one pinned at `path` (a binary upgrade takes
+    /// over the running process's maps rather than creating its own).
+    public func reusePinnedMap(_ name: BPFMap, path: String) throws(BPFError) {
+        let fd = bpf_obj_get(path)
+        guard fd >= 0 else { throw BPFError("cannot open the pinned map \(path): \(errnoDescription(errno))") }
+        defer { closeDescriptor(fd) } // libbpf keeps a duplicate
+        try reuseMap(name, fd: fd)
+    }
+
     /// Sizes a map; only between open and load.
     public func setMaxEntries(_ name: BPFMap, _ entries: UInt32) throws(BPFError) {
         guard let map = bpf_object__find_map_by_name(object, name.rawValue) else { throw BPFError("no BPF map \(name.rawValue)") }

@@ -15,7 +15,11 @@ public final class SockmapPairs: @unchecked Sendable {
     /// - workerLoadFD: the steering object's `worker_load`, so redirected bytes
     ///   add to the same per-worker totals; nil gives the object its own.
     /// - pairs: how many paired connections can exist at once.
-    public init(workerLoadFD: Int32?, pairs: Int) throws(BPFError) {
+    /// - adoptingPins: an instance directory whose pinned SOCKHASH and
+    ///   pairing map are taken over (a binary upgrade: the pairs in them keep
+    ///   flowing); the verdict program attached anew replaces the old one
+    ///   for sockets inserted from now on.
+    public init(workerLoadFD: Int32?, pairs: Int, adoptingPins: String? = nil) throws(BPFError) {
         let object = try BPFObject(
             bytes: embeddedSockmapObject, name: "sockmap",
             expectedPrograms: SockmapBPFLayout.programs, expectedMaps: SockmapBPFLayout.maps)
@@ -24,6 +28,9 @@ public final class SockmapPairs: @unchecked Sendable {
             try object.setMaxEntries(.sockmapSocks, entries)
             try object.setMaxEntries(.sockmapPeers, entries)
             if let workerLoadFD { try object.reuseMap(.workerLoad, fd: workerLoadFD) }
+            if let adoptingPins {
+                for name in PinLayout.pinnedSockmapMaps { try object.reusePinnedMap(name, path: "\(adoptingPins)/\(name.rawValue)") }
+            }
             try object.load(capabilityHint: "a SOCKHASH and its verdict program need CAP_BPF and CAP_NET_ADMIN")
             socks = try object.mapFD(.sockmapSocks)
             peers = try object.mapFD(.sockmapPeers)
@@ -75,6 +82,16 @@ public final class SockmapPairs: @unchecked Sendable {
             peer: peer, bytes: 0, worker: UInt64(worker),
             side: UInt64(fromClient ? SLUICE_SIDE_CLIENT : SLUICE_SIDE_BACKEND))
         _ = try systemCall("sockmap_peers insert") { bpf_map_update_elem(peers, &key, &value, UInt64(BPF_NOEXIST)) }
+    }
+
+    /// Credits the bytes redirected from this socket from now on to `worker`
+    /// (a connection handed to another worker or process).
+    public func moveOwner(cookie: UInt64, worker: Int) {
+        var key = cookie
+        var value = sluice_sockmap_peer()
+        guard bpf_map_lookup_elem(peers, &key, &value) == 0 else { return }
+        value.worker = UInt64(worker)
+        _ = bpf_map_update_elem(peers, &key, &value, UInt64(BPF_EXIST))
     }
 
     /// Bytes the kernel has redirected from this socket so far.

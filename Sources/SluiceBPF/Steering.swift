@@ -66,7 +66,8 @@ public final class KernelSteering {
     /// `flowCapacity[i]`: the size of UDP listener i's flow map (absent for
     /// stream listeners, whose map stays at one entry).
     public init(instance: String, workers: Int, listeners: Int, stallThresholdNanoseconds: UInt64,
-                attachPrograms: Bool, flowCapacity: [Int: UInt32] = [:], pinRoot: String = PinLayout.root) throws(BPFError) {
+                attachPrograms: Bool, flowCapacity: [Int: UInt32] = [:], pinRoot: String = PinLayout.root,
+                adoptingPins: Bool = false, adoptedMaps: [Int: [Int32]] = [:]) throws(BPFError) {
         precondition(workers >= 1 && workers <= Int(SLUICE_MAX_WORKERS))
         self.attachPrograms = attachPrograms
         self.workers = workers
@@ -75,9 +76,13 @@ public final class KernelSteering {
         do throws(BPFError) {
             for index in 0..<max(1, listeners) {
                 objects.append(try Self.loadObject(shared: objects.first ?? nil, flowCapacity: flowCapacity[index],
-                                                   workers: workers, stallThresholdNanoseconds: stallThresholdNanoseconds))
+                                                   workers: workers, stallThresholdNanoseconds: stallThresholdNanoseconds,
+                                                   pins: adoptingPins && index == 0 ? pinDirectory : nil,
+                                                   listenerMaps: adoptedMaps[index]))
                 flowCapacities.append(flowCapacity[index])
             }
+            // Taken over from the process being upgraded: ours to remove at stop.
+            pinned = adoptingPins
             do {
                 table = try WorkerLoadTable(mapFD: try objects[0]!.mapFD(.workerLoad), count: workers)
                 // Every slot: listeners added by a reload take unused ones.
@@ -111,15 +116,21 @@ public final class KernelSteering {
 
     /// A loaded copy of the object; `shared`: the copy whose pinned maps it reuses.
     private static func loadObject(shared: BPFObject?, flowCapacity: UInt32?, workers: Int,
-                                   stallThresholdNanoseconds: UInt64) throws(BPFError) -> BPFObject {
+                                   stallThresholdNanoseconds: UInt64, pins: String? = nil,
+                                   listenerMaps: [Int32]? = nil) throws(BPFError) -> BPFObject {
         let object = try BPFObject(bytes: embeddedSluiceObject)
         do throws(BPFError) {
             try object.setReadOnly("nr_workers", UInt32(workers))
             try object.setReadOnly("stall_threshold_ns", stallThresholdNanoseconds)
             if let shared {
                 for name in PinLayout.pinnedMaps { try object.reuseMap(name, fd: try shared.mapFD(name)) }
+            } else if let pins {
+                for name in PinLayout.pinnedMaps { try object.reusePinnedMap(name, path: "\(pins)/\(name.rawValue)") }
             }
             if let flowCapacity { try object.setMaxEntries(.udpFlows, flowCapacity) }
+            if let listenerMaps {
+                for (name, fd) in zip(KernelSteering.listenerMaps, listenerMaps) { try object.reuseMap(name, fd: fd) }
+            }
             try object.load()
         } catch {
             object.close()
@@ -140,11 +151,12 @@ public final class KernelSteering {
     /// Puts listener `index`'s per-worker sockets in its `worker_socks` array
     /// (slot k = worker k) and attaches its program to the reuseport group:
     /// select_flow for datagram sockets, select_worker for stream ones.
-    public func attach(listener index: Int, workerSockets: [Int32], datagrams: Bool = false) throws(BPFError) {
+    /// `socketsInMap`: the sockets are in the (handed over) map already.
+    public func attach(listener index: Int, workerSockets: [Int32], datagrams: Bool = false, socketsInMap: Bool = false) throws(BPFError) {
         guard attachPrograms else { return }
         guard index < objects.count, let object = objects[index] else { throw BPFError("listener slot \(index) has no object") }
         let socks = try object.mapFD(.workerSocks)
-        for (worker, fd) in workerSockets.enumerated() {
+        for (worker, fd) in workerSockets.enumerated() where !socketsInMap {
             var key = UInt32(worker)
             var value = UInt64(fd)
             if bpf_map_update_elem(socks, &key, &value, UInt64(BPF_ANY)) != 0 {
@@ -157,6 +169,16 @@ public final class KernelSteering {
         do { try Socket.setOption(workerSockets[0], SOL_SOCKET, 52, prog, "SO_ATTACH_REUSEPORT_EBPF") } catch {
             throw BPFError("attaching \(program.rawValue) to the reuseport group failed: \(errnoDescription(error.errno))")
         }
+    }
+
+    /// A listener's own maps, which a binary upgrade hands over with its
+    /// sockets: a socket can be in one `worker_socks` only, and the flows
+    /// in `udp_flows` keep their workers.
+    public static let listenerMaps: [BPFMap] = [.workerSocks, .udpFlows]
+
+    public func listenerMapFDs(listener index: Int) -> [Int32]? {
+        guard attachPrograms, index < objects.count, let object = objects[index] else { return nil }
+        return try? Self.listenerMaps.map { name throws(BPFError) in try object.mapFD(name) }
     }
 
     /// UDP listener `index`'s flow map (to forget a flow's entry when it expires).
@@ -236,6 +258,12 @@ public final class KernelSteering {
     }
 
     /// Unpins, unmaps and closes every object: no program or map outlives this.
+    /// A binary upgrade handed the pins to the new process: they stay at stop.
+    public func leavePins() { pinned = false }
+
+    /// The pins are this process's to remove at stop (a binary upgrade completed).
+    public func claimPins() { pinned = true }
+
     public func close() {
         table.unmap()
         listenerTable.unmap()
@@ -254,7 +282,17 @@ public final class KernelSteering {
 public final class InstanceLock {
     public static let defaultDirectory = "/run/sluice"
     public var path: String { file.path }
+    public var fd: Int32 { file.fd }
     private let file: FileLock
+
+    /// The lock of a process being upgraded, passed over with its descriptor.
+    public init(adopting fd: Int32, instance: String, directory: String = InstanceLock.defaultDirectory) {
+        file = FileLock(adopting: fd, path: "\(directory)/\(instance).lock")
+    }
+
+    /// The new process holds it now: the file stays at this one's exit.
+    public func leaveFile() { file.leavesFile = true }
+    public func claimFile() { file.leavesFile = false }
 
     public init(instance: String, directory: String = InstanceLock.defaultDirectory) throws(BPFError) {
         let path = "\(directory)/\(instance).lock"

@@ -87,7 +87,10 @@ extension FileSystem {
 /// (never through a symlink); the file is removed when the lock is released.
 public final class FileLock {
     public let path: String
-    private let fd: Int32
+    public let fd: Int32
+    /// Set when the lock went to another process (its descriptor passed):
+    /// the file stays, for the lock is still held there.
+    public var leavesFile = false
 
     public enum Failure: Error, Sendable {
         /// Another process holds it.
@@ -108,8 +111,15 @@ public final class FileLock {
         self.fd = fd
     }
 
+    /// A lock held through a descriptor another process passed over (the
+    /// same open file, so the same flock).
+    public init(adopting fd: Int32, path: String) {
+        self.fd = fd
+        self.path = path
+    }
+
     deinit {
-        FileSystem.removeFile(path)
+        if !leavesFile { FileSystem.removeFile(path) }
         closeDescriptor(fd)
     }
 

@@ -8,10 +8,11 @@ public enum UnixSocket {
 
     /// A non-blocking listening socket at `path`, file mode `mode`. A file
     /// already at `path` is removed first (the caller holds the instance lock).
-    public static func listen(path: String, mode: mode_t, backlog: Int32 = 64) throws(SystemCallError) -> Int32 {
+    public static func listen(path: String, mode: mode_t, backlog: Int32 = 64,
+                              type: Int32 = SLUICE_SOCK_STREAM) throws(SystemCallError) -> Int32 {
         FileSystem.removeFile(path)
         let fd = try systemCall("socket(AF_UNIX)") {
-            Glibc.socket(AF_UNIX, SLUICE_SOCK_STREAM | SLUICE_SOCK_NONBLOCK | SLUICE_SOCK_CLOEXEC, 0)
+            Glibc.socket(AF_UNIX, type | SLUICE_SOCK_NONBLOCK | SLUICE_SOCK_CLOEXEC, 0)
         }
         do throws(SystemCallError) {
             _ = try systemCall("bind \(path)") { withAddress(Array(path.utf8)) { Glibc.bind(fd, $0, $1) } }
@@ -26,8 +27,9 @@ public enum UnixSocket {
 
     /// A blocking stream connection to `path`; sends and receives give up
     /// after `timeoutMilliseconds`.
-    public static func connect(path: String, timeoutMilliseconds: Int) throws(SystemCallError) -> Int32 {
-        let fd = try systemCall("socket(AF_UNIX)") { Glibc.socket(AF_UNIX, SLUICE_SOCK_STREAM | SLUICE_SOCK_CLOEXEC, 0) }
+    public static func connect(path: String, timeoutMilliseconds: Int,
+                               type: Int32 = SLUICE_SOCK_STREAM) throws(SystemCallError) -> Int32 {
+        let fd = try systemCall("socket(AF_UNIX)") { Glibc.socket(AF_UNIX, type | SLUICE_SOCK_CLOEXEC, 0) }
         do throws(SystemCallError) {
             var tv = timeval(tv_sec: timeoutMilliseconds / 1000, tv_usec: Int((timeoutMilliseconds % 1000) * 1000))
             let size = socklen_t(MemoryLayout<timeval>.size)

@@ -9,6 +9,7 @@ protocol AdminHandler: AnyObject {
     func adminDrainBackend(pool: String, backend: String, drained: Bool) -> String?  // nil = done, else why not
     func adminDrainWorker(_ worker: Int, drained: Bool) -> String?
     func adminReload() -> ReloadOutcome
+    func adminUpgrade(binary: String?) -> String?
     func metricsText() -> String
 }
 
@@ -59,6 +60,10 @@ struct AdminAnswers {
             if outcome.applied { return Self.json(["ok": true, "generation": outcome.generation, "changes": outcome.changes]) }
             return Self.json(["error": "reload refused: the running configuration stays", "errors": outcome.errors,
                               "generation": outcome.generation])
+        case .upgrade(let binary):
+            if let refusal = handler.adminUpgrade(binary: binary) { return Self.json(["error": "upgrade not started: \(refusal)"]) }
+            logger.notice("admin: upgrade", metadata: ["binary": "\(binary ?? "(this one)")"])
+            return Self.json(["ok": true])
         }
     }
 

@@ -96,7 +96,8 @@ final class AdminEndpoints {
         var fds: [Endpoint: Int32] = [.admin: adminFD]
         if let metrics {
             do {
-                fds[.metrics] = try Socket.listen(on: metrics, reusePort: false, backlog: 64)
+                // SO_REUSEPORT: a binary upgrade's new process binds it while this one still serves.
+                fds[.metrics] = try Socket.listen(on: metrics, reusePort: true, backlog: 64)
             } catch {
                 closeDescriptor(adminFD)
                 FileSystem.removeFile(socketPath)
@@ -121,11 +122,14 @@ final class AdminEndpoints {
         }
     }
 
+    /// Set when a new process took over the socket's name (binary upgrade).
+    var leavesPath = false
+
     func close() {
         for connection in connections.values { closeDescriptor(connection.fd) }
         connections.removeAll()
         for fd in listenerFDs.values { closeDescriptor(fd) }
-        FileSystem.removeFile(socketPath)
+        if !leavesPath { FileSystem.removeFile(socketPath) }
     }
 
     func owns(_ token: UInt64) -> Bool { token >= tokenBase }

@@ -40,7 +40,10 @@ final class ControlLoop {
     }
 
     /// Runs until `workers` workers have exited.
-    func run(workers: Int, keeper: LoadKeeper, admin: AdminEndpoints?,
+    /// The admin endpoints; a binary upgrade's new process opens them once it took over.
+    var admin: AdminEndpoints?
+
+    func run(workers: Int, keeper: LoadKeeper,
              onSignal: (Int32) -> Void, onDiscovery: () -> Void, pastStopDeadline: () -> Void) {
         var nextTick = monotonicMilliseconds() + keeper.tickMilliseconds
         while exited.load(ordering: .relaxed) < workers {
@@ -70,9 +73,9 @@ final class ControlLoop {
 
 extension Server {
     /// SIGINT/SIGTERM: drain (a second one exits at once). SIGQUIT is a stop
-    /// too. SIGHUP reloads the configuration file. SIGUSR1 and SIGUSR2 are
-    /// held by the signalfd so they cannot kill the daemon without cleanup;
-    /// SIGUSR1 is the benchmark's stall knob when it is set.
+    /// too. SIGHUP reloads the configuration file; SIGUSR2 starts a binary
+    /// upgrade. SIGUSR1 is held by the signalfd so that it cannot kill the
+    /// daemon without cleanup; it is the benchmark's stall knob when set.
     func handle(signal: Int32, workers: [Worker], loop: ControlLoop, names: RuntimeNames) {
         switch signal {
         case SIGHUP:
@@ -84,7 +87,11 @@ extension Server {
                 logger.notice("SIGUSR1 ignored")
             }
         case SIGUSR2:
-            logger.notice("SIGUSR2 ignored (binary upgrade is not available yet)")
+            if let refusal = startUpgrade(binary: nil) {
+                lastUpgradeError = refusal
+                logger.error("binary upgrade not started", metadata: ["why": "\(refusal)"])
+                if let live, live.writesInfo { rewriteInstanceInfo(listeners: liveListeners, dataPath: live.dataPath) }
+            }
         default:
             if loop.stopDeadline != nil {
                 logger.warning("second stop signal: exiting now")
@@ -129,6 +136,8 @@ extension Server {
     /// otherwise find left behind. Workers may still run, so nothing is
     /// unmapped. The log lines queued so far get a moment to reach the output.
     private func removeNames(_ names: RuntimeNames) {
+        // After a binary upgrade the names are the new process's.
+        guard !handedOver else { return }
         if let pins = names.pinDirectory { removePinDirectory(pins) }
         if let lockPath = names.lockPath {
             FileSystem.removeFile(InstanceInfo.path(instance: config.instance))

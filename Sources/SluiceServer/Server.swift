@@ -15,6 +15,10 @@ public struct ServerOptions: Sendable {
     /// The file the configuration came from: a reload reads it again
     /// (nil: the demo's built-in configuration, which cannot be reloaded).
     public var configPath: String?
+    /// This binary, which a binary upgrade starts by default.
+    public var executablePath: String?
+    /// Set in a process a binary upgrade started: the running one's socket.
+    public var upgradeFrom: String?
 
     public init(verifyCleanExit: Bool = false) {
         self.verifyCleanExit = verifyCleanExit
@@ -38,6 +42,16 @@ public final class Server: AdminHandler {
     lazy var loadedAt = startedAt
     var reloads = (succeeded: UInt64(0), failed: UInt64(0))
     var lastReloadErrors: [String] = []
+    /// A binary upgrade under way; once it handed over, this process only
+    /// finishes what stayed, leaving the pins and names to the new one.
+    var upgrade: UpgradeInFlight?
+    var handedOver = false
+    /// In a process a binary upgrade started: the conversation with the old one.
+    var adoption: UpgradeAdoption?
+    var lastUpgradeError: String? {
+        didSet { upgradesFailed += 1 }
+    }
+    var upgradesFailed: UInt64 = 0
     /// Hostname backends: the addresses the pools use now, and where the
     /// discovery thread leaves newer ones.
     var resolved: DiscoveredBackends.Table = [:]
@@ -91,16 +105,31 @@ public final class Server: AdminHandler {
         }
         // Signals are blocked before any thread starts, so every thread inherits the mask.
         let signals = try blockSignals()
+        // A binary upgrade: the running process hands over its lock and listeners.
+        var adoption: UpgradeAdoption?
+        if let path = options.upgradeFrom { adoption = try UpgradeAdoption(socketPath: path, config: config) }
+        do { return try serve(signals: signals, adoption: adoption) } catch {
+            adoption?.refuse(error.description)
+            throw error
+        }
+    }
+
+    private func serve(signals: SignalFD, adoption: UpgradeAdoption?) throws(ServerError) -> Int32 {
         let owned = ReleaseStack()
         defer { owned.releaseAll() }
-        let lock = try takeInstanceLock()
+        let lock: InstanceLock?
+        if let adoption { lock = InstanceLock(adopting: adoption.lockFD, instance: config.instance) } else { lock = try takeInstanceLock() }
         owned.hold(lock)
-        let steering = try setUpSteering(mode: config.steering, pinning: lock != nil)
+        let slots = listenerSlots(adoption)
+        let steering = try setUpSteering(mode: config.steering, pinning: lock != nil, slots: slots, adopting: adoption != nil,
+                                         adoptedMaps: adoption?.listenerMaps ?? [:])
+        adoption?.closeListenerMaps()
         if let steering { owned.push { steering.close() } }
-        let dataPath = try setUpDataPath(workerLoadFD: steering?.workerLoadFD)
+        let adoptedSockmap = adoption?.manifest.sockmapPinned == true ? steering?.pinDirectory : nil
+        let dataPath = try setUpDataPath(workerLoadFD: steering?.workerLoadFD, adoptingPins: adoptedSockmap)
         if let sockmapPairs = dataPath.sockmap {
             owned.push { sockmapPairs.close() }
-            if let steering, lock != nil { pinSockmap(sockmapPairs, into: steering.pinDirectory) }
+            if let steering, lock != nil, adoptedSockmap == nil { pinSockmap(sockmapPairs, into: steering.pinDirectory) }
         }
         resolveAtStart()
         let pools = Dictionary(uniqueKeysWithValues: effectivePools(config).map { ($0.name, RuntimePool($0)) })
@@ -108,8 +137,14 @@ public final class Server: AdminHandler {
         let bound = BoundListeners(workers: config.workers)
         owned.push { bound.close() }
         // Bind everything before starting anything: a bad address fails the start.
-        let listeners = try bindListeners(into: bound, pools: pools, counters: listenerTable)
-        try attachSteering(steering, listeners: listeners, bound: bound)
+        let listeners: [RuntimeListener]
+        if let adoption {
+            listeners = try adoptListeners(adoption, slots: slots, into: bound, pools: pools, counters: listenerTable)
+        } else {
+            listeners = try bindListeners(into: bound, pools: pools, counters: listenerTable)
+        }
+        let sockets = Dictionary(uniqueKeysWithValues: listeners.enumerated().map { ($1.index, bound.sockets(listener: $0)) })
+        try attachSteering(steering, listeners: listeners, bound: bound, socketsInMap: adoption?.manifest.listenerMaps == true)
         let loop: ControlLoop
         do { loop = try ControlLoop(signals: signals) } catch {
             throw ServerError("cannot set up the control loop: \(error)")
@@ -121,9 +156,18 @@ public final class Server: AdminHandler {
         liveSteering = steering
         liveTable = table
         owned.push { [self] in clearLiveState() }
-        if lock != nil { writeInstanceInfo(listeners: listeners, dataPath: dataPath, owned: owned) }
-        let admin = try openAdmin(epoll: loop.epoll)
-        if let admin { owned.push { admin.close() } }
+        if let adoption {
+            // Until the old process is done handing over, its names stay its own.
+            self.adoption = adoption
+            handedOver = true
+            steering?.leavePins()
+            lock?.leaveFile()
+            owned.push { [self] in if !handedOver { FileSystem.removeFile(InstanceInfo.path(instance: config.instance)) } }
+        } else {
+            if lock != nil { writeInstanceInfo(listeners: listeners, dataPath: dataPath, owned: owned) }
+            loop.admin = try openAdmin(epoll: loop.epoll)
+        }
+        owned.push { [loop] in loop.admin?.close() }
         // Everything that needs root is done: BPF loaded, pinned, attached,
         // sockets bound, admin socket created. Become the configured user
         // before any worker exists (see dropPrivileges).
@@ -139,11 +183,18 @@ public final class Server: AdminHandler {
         liveWorkers = workers.workers
         let healthChecker = try startHealthChecks()
         live = LiveState(steering: steering, listenerTable: listenerTable, dataPath: dataPath, writesInfo: lock != nil,
-                         workers: workers.workers, healthChecker: healthChecker, freshSlot: listeners.count)
+                         workers: workers.workers, healthChecker: healthChecker,
+                         freshSlot: (listeners.map(\.index).max() ?? -1) + 1)
+        live?.lock = lock
+        live?.sockets = sockets
         owned.push { [self] in
             live?.discovery?.stop()
             live?.healthChecker?.stop()
             live = nil
+        }
+        if let adoption {
+            try adoption.ready(workers: workers.workers, wake: loop.discoveryWake, logger: logs.logger("sluice.upgrade"))
+            owned.push { adoption.stop() }
         }
 
         announceReady(listeners: listeners, dataPath: dataPath.name, steering: steering)
@@ -154,9 +205,9 @@ public final class Server: AdminHandler {
         let names = RuntimeNames(pinDirectory: steering?.pinDirectory, lockPath: lock?.path)
         live?.loop = loop
         live?.discovery = try startDiscovery(wake: loop.discoveryWake)
-        loop.run(workers: workers.workers.count, keeper: keeper, admin: admin,
+        loop.run(workers: workers.workers.count, keeper: keeper,
                  onSignal: { handle(signal: $0, workers: workers.workers, loop: loop, names: names) },
-                 onDiscovery: { applyDiscovered() },
+                 onDiscovery: { applyDiscovered(); checkUpgrade() },
                  pastStopDeadline: { abandonStuckWorkers(workers.workers, names: names) })
         workers.join()
         clearLiveState()

@@ -14,6 +14,10 @@ final class LiveState {
     var healthChecker: HealthChecker?
     var loop: ControlLoop?
     var discovery: BackendDiscovery?
+    var lock: InstanceLock?
+    var admin: AdminEndpoints?
+    /// Every listener's sockets, by slot, one per worker (what a binary upgrade hands over).
+    var sockets: [Int: [Int32]] = [:]
     /// Listener slots never used yet start here; after them, slots of
     /// removed listeners are taken again once nothing counts on them.
     var freshSlot: Int
@@ -139,7 +143,11 @@ extension Server {
                 logger.info("listening", metadata: ["listener": "\(listener.name)", "address": "\(new.address)", "pool": "\(listener.pool)"])
             }
         }
-        for index in plan.removed { live.retiredSlots.append(liveListeners[index].index) }
+        for index in plan.removed {
+            live.retiredSlots.append(liveListeners[index].index)
+            live.sockets[liveListeners[index].index] = nil
+        }
+        for new in added { live.sockets[new.slot] = bound.byWorker.map { $0[new.position] } }
         handToWorkers(next, listeners: listeners, added: added, bound: bound, live: live)
 
         config = next

@@ -56,19 +56,22 @@ extension Server {
 
     /// Loads the BPF object and pins the per-worker counters. `least_loaded`
     /// cannot run without it; the other modes run with process memory instead.
-    func setUpSteering(mode: SteeringMode, pinning: Bool) throws(ServerError) -> KernelSteering? {
+    /// `slots[i]`: listener i's slot (its position, unless a binary upgrade
+    /// hands over listeners whose slots reloads have moved).
+    func setUpSteering(mode: SteeringMode, pinning: Bool, slots: [Int], adopting: Bool,
+                       adoptedMaps: [Int: [Int32]]) throws(ServerError) -> KernelSteering? {
         // Room for every flow a UDP listener may have, twice over: the LRU
         // then never drops a live flow's entry for a stale one's.
         var flowCapacity: [Int: UInt32] = [:]
         for (index, listener) in config.listeners.enumerated() {
-            if let udp = listener.udp { flowCapacity[index] = UInt32(min(udp.maxFlows * 2, 1 << 21)) }
+            if let udp = listener.udp { flowCapacity[slots[index]] = UInt32(min(udp.maxFlows * 2, 1 << 21)) }
         }
         do {
             let steering = try KernelSteering(
-                instance: config.instance, workers: config.workers, listeners: config.listeners.count,
+                instance: config.instance, workers: config.workers, listeners: (slots.max() ?? 0) + 1,
                 stallThresholdNanoseconds: config.stallThreshold.nanoseconds,
-                attachPrograms: mode == .leastLoaded, flowCapacity: flowCapacity)
-            if pinning {
+                attachPrograms: mode == .leastLoaded, flowCapacity: flowCapacity, adoptingPins: adopting, adoptedMaps: adoptedMaps)
+            if pinning && !adopting {
                 do {
                     if try steering.pin(daemonUser: config.user.flatMap { UserEntry.named($0)?.uid }) {
                         logger.notice("replaced stale pins left by a run that did not stop cleanly", metadata: [
@@ -97,7 +100,7 @@ extension Server {
     /// bulk; with `sockmap_after_turns`, those that settle into small
     /// exchanges move into the SOCKHASH when it loaded and passed the
     /// self-test; without it they stay in userspace, and the log says why.
-    func setUpDataPath(workerLoadFD: Int32?) throws(ServerError) -> DataPathChoice {
+    func setUpDataPath(workerLoadFD: Int32?, adoptingPins: String? = nil) throws(ServerError) -> DataPathChoice {
         switch config.dataPath {
         case .splice: return DataPathChoice(kind: .splice, sockmap: nil, promotion: nil, reason: "configured", name: "splice")
         case .copy: return DataPathChoice(kind: .copy, sockmap: nil, promotion: nil, reason: "configured", name: "copy")
@@ -107,7 +110,7 @@ extension Server {
         case .sockmap, .auto:
             let pairs = min(1 << 20, config.listeners.reduce(0) { $0 + $1.maxConnections })
             do {
-                let sockmap = try SockmapPairs(workerLoadFD: workerLoadFD, pairs: pairs)
+                let sockmap = try SockmapPairs(workerLoadFD: workerLoadFD, pairs: pairs, adoptingPins: adoptingPins)
                 if let problem = sockmap.selfTest() {
                     sockmap.close()
                     throw BPFError("the loopback self-test failed: \(problem)")
@@ -210,12 +213,13 @@ extension Server {
         }
     }
 
-    func attachSteering(_ steering: KernelSteering?, listeners: [RuntimeListener], bound: BoundListeners) throws(ServerError) {
+    func attachSteering(_ steering: KernelSteering?, listeners: [RuntimeListener], bound: BoundListeners,
+                        socketsInMap: Bool = false) throws(ServerError) {
         guard let steering, config.steering == .leastLoaded else { return }
-        for listener in listeners {
+        for (position, listener) in listeners.enumerated() {
             do {
-                try steering.attach(listener: listener.index, workerSockets: bound.sockets(listener: listener.index),
-                                    datagrams: listener.config.mode == .udp)
+                try steering.attach(listener: listener.index, workerSockets: bound.sockets(listener: position),
+                                    datagrams: listener.config.mode == .udp, socketsInMap: socketsInMap)
             } catch {
                 throw ServerError("listener \(listener.name): \(error)")
             }
@@ -234,7 +238,7 @@ extension Server {
     /// The info file `sluice status` reads; removed at stop.
     func writeInstanceInfo(listeners: [RuntimeListener], dataPath: DataPathChoice, owned: ReleaseStack) {
         rewriteInstanceInfo(listeners: listeners, dataPath: dataPath)
-        owned.push { [config] in FileSystem.removeFile(InstanceInfo.path(instance: config.instance)) }
+        owned.push { [self] in if !handedOver { FileSystem.removeFile(InstanceInfo.path(instance: config.instance)) } }
     }
 
     /// Written at start and after each reload (applied or refused).
@@ -252,6 +256,8 @@ extension Server {
         info.loaded = loadedAt
         info.reloadsFailed = reloads.failed
         info.lastReloadErrors = lastReloadErrors.isEmpty ? nil : lastReloadErrors
+        info.lastUpgradeError = lastUpgradeError
+        info.upgradesFailed = upgradesFailed
         do { try info.write() } catch { logger.warning("cannot write \(path): \(error)") }
     }
 

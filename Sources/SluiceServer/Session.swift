@@ -67,7 +67,7 @@ final class Session {
 
     init(id: UInt64, listener: RuntimeListener, pool: RuntimePool? = nil, client: Int32, clientAddress: SocketAddress,
          path: DataPathKind, promotion: SockmapPromotion?, flushTimeoutMilliseconds: UInt64, idleTimeoutMilliseconds: UInt64? = nil,
-         now: UInt64) {
+         now: UInt64, startedNanoseconds: UInt64 = monotonicNanoseconds()) {
         self.id = id
         self.listener = listener
         let pool = pool ?? listener.pool
@@ -75,13 +75,19 @@ final class Session {
         self.client = client
         self.clientAddress = clientAddress
         self.clientKey = hashClientAddress(clientAddress.ipBytes)
-        self.startedNanoseconds = monotonicNanoseconds()
-        let limits = TCPSessionLimits(
+        self.startedNanoseconds = startedNanoseconds
+        let limits = Self.limits(listener: listener, pool: pool, promotion: promotion,
+                                 flushTimeoutMilliseconds: flushTimeoutMilliseconds, idleTimeoutMilliseconds: idleTimeoutMilliseconds)
+        self.machine = TCPSession(path: path, limits: limits, now: now)
+    }
+
+    static func limits(listener: RuntimeListener, pool: RuntimePool, promotion: SockmapPromotion?,
+                       flushTimeoutMilliseconds: UInt64, idleTimeoutMilliseconds: UInt64?) -> TCPSessionLimits {
+        TCPSessionLimits(
             maxAttempts: 1 + pool.config.retries,
             connectTimeoutMilliseconds: listener.config.connectTimeout.milliseconds,
             idleTimeoutMilliseconds: idleTimeoutMilliseconds ?? listener.config.idleTimeout.milliseconds,
             flushTimeoutMilliseconds: flushTimeoutMilliseconds, promotion: promotion)
-        self.machine = TCPSession(path: path, limits: limits, now: now)
     }
 
     var backendDescription: String? {

@@ -36,9 +36,13 @@ public struct InstanceInfo: Codable, Sendable, Equatable {
     /// Reloads refused so far, and the errors of the last one refused.
     public var reloadsFailed: UInt64?
     public var lastReloadErrors: [String]?
+    /// Why the last binary upgrade did not happen (this process kept serving).
+    public var lastUpgradeError: String?
+    public var upgradesFailed: UInt64?
 
     enum CodingKeys: String, CodingKey {
         case instance, pid, started, steering, workers, listeners, metrics, generation, loaded
+        case lastUpgradeError = "last_upgrade_error", upgradesFailed = "upgrades_failed"
         case configPath = "config", reloadsFailed = "reloads_failed", lastReloadErrors = "last_reload_errors"
         case dataPathConfigured = "data_path_configured", dataPath = "data_path", dataPathReason = "data_path_reason"
         case stallThresholdMilliseconds = "stall_threshold_ms", adminSocket = "admin_socket"

@@ -21,6 +21,16 @@ enum WorkerCommand: Sendable {
     case adopt(MigratingSessions)
     /// A reload (or a DNS change): the listeners and pools to serve from now on.
     case reconfigure(WorkerReconfiguration)
+    /// Binary upgrade, old process: stop (or start again) taking new
+    /// connections; the new process serves the same sockets.
+    case pauseAccepting(Bool)
+    /// Binary upgrade, old process: hand what is at rest to the mailbox.
+    case export(HandoverMailbox)
+    /// Binary upgrade, old process, at the end: drain what stayed, without
+    /// marking the worker's record draining (the new worker shares it).
+    case drainAfterUpgrade(deadlineMilliseconds: UInt64)
+    /// Binary upgrade, new process: connections the old one handed over.
+    case adoptHanded(AdoptedConnections)
 }
 
 /// Sessions in transit between two workers. The giver has taken them out of
@@ -172,6 +182,8 @@ final class Worker: @unchecked Sendable {
     var nextSessionID: UInt64 = 1
     var timers: TimerWheel<WorkerTimer>
     var draining = false
+    /// A binary upgrade's new process takes the new connections.
+    var acceptPaused = false
     /// Set when the wake-up eventfd fired: only then is the command queue
     /// (and its lock) looked at, not on every loop turn.
     private var commandsWaiting = false
@@ -349,16 +361,7 @@ final class Worker: @unchecked Sendable {
         while let command = commands.withLock({ $0.items.isEmpty ? nil : $0.items.removeFirst() }) {
             switch command {
             case .drain(let deadline):
-                guard !draining else { continue }
-                draining = true
-                record.setBits(.flags, UInt64(SLUICE_WORKER_DRAINING))
-                closeListeners(keepingDatagramSockets: true)
-                drainFlows()
-                for connection in Array(httpConnections.values) where connection.machine.isWaiting {
-                    close(connection, reason: .clientClosed)
-                }
-                _ = timers.schedule(at: deadline, .drainDeadline)
-                logger.info("draining", metadata: ["open": "\(sessions.count)"])
+                startDraining(deadline: deadline, marksRecord: true)
             case .stall(let milliseconds):
                 logger.warning("stalling on request", metadata: ["ms": "\(milliseconds)"])
                 sleepMilliseconds(UInt32(min(milliseconds, 60_000)))
@@ -373,8 +376,29 @@ final class Worker: @unchecked Sendable {
                 adopt(migrating)
             case .reconfigure(let next):
                 reconfigure(next)
+            case .pauseAccepting(let paused):
+                pauseAccepting(paused)
+            case .export(let mailbox):
+                mailbox.deliver(worker: id) { exportConnections(limit: 2000) }
+            case .drainAfterUpgrade(let deadline):
+                startDraining(deadline: deadline, marksRecord: false)
+            case .adoptHanded(let adopted):
+                adoptHanded(adopted)
             }
         }
+    }
+
+    private func startDraining(deadline: UInt64, marksRecord: Bool) {
+        guard !draining else { return }
+        draining = true
+        if marksRecord { record.setBits(.flags, UInt64(SLUICE_WORKER_DRAINING)) }
+        closeListeners(keepingDatagramSockets: true)
+        drainFlows()
+        for connection in Array(httpConnections.values) where connection.machine.isWaiting {
+            close(connection, reason: .clientClosed)
+        }
+        _ = timers.schedule(at: deadline, .drainDeadline)
+        logger.info("draining", metadata: ["open": "\(sessions.count)"])
     }
 
     private func fire(_ timer: WorkerTimer) {
@@ -436,7 +460,7 @@ final class Worker: @unchecked Sendable {
     /// Oneshot listeners are re-armed with MOD; an EPOLLEXCLUSIVE one cannot
     /// be modified, so pausing removes it and arming adds it back.
     func armListener(_ index: Int, firstTime: Bool = false) throws(SystemCallError) {
-        guard let fd = listenerFDs[index], let listener = listeners[index] else { return }
+        guard !acceptPaused, let fd = listenerFDs[index], let listener = listeners[index] else { return }
         let token = Self.listenerKind | UInt64(index)
         if listener.config.mode == .udp {
             // Level-triggered and never re-armed: a worker takes a few batches per turn.

@@ -11,7 +11,7 @@ struct SluiceCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sluice",
         abstract: "An eBPF-accelerated TCP load-balancing proxy.",
-        subcommands: [Run.self, Check.self, Reload.self, Demo.self, Status.self]
+        subcommands: [Run.self, Check.self, Reload.self, Upgrade.self, Demo.self, Status.self]
     )
 }
 
@@ -79,11 +79,19 @@ struct Run: ParsableCommand {
                                visibility: .hidden))
     var logQueueBytes: Int = LogSink.defaultCapacityBytes
 
+    @Option(help: ArgumentHelp("Binary upgrade: take over from the running process at this socket (it passes this itself).",
+                               visibility: .hidden))
+    var upgradeFrom: String?
+
     func run() throws {
         let loaded = try loadConfig(config)
         var options = ServerOptions(verifyCleanExit: verifyCleanExit)
         // Absolute: a reload reads the same file whatever the directory is then.
         options.configPath = config.hasPrefix("/") ? config : FileManager.default.currentDirectoryPath + "/" + config
+        // Now: a package upgrade may replace the file later, and an upgrade without --binary starts that one.
+        options.executablePath = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+            .map { $0.hasSuffix(" (deleted)") ? String($0.dropLast(10)) : $0 }
+        options.upgradeFrom = upgradeFrom
         if let knob = stallOnSigusr1 {
             let parts = knob.split(separator: ":")
             guard parts.count == 2, let worker = Int(parts[0]), let ms = UInt64(parts[1]) else {

@@ -22,6 +22,7 @@
 #include "sluice_tcpinfo.h"
 #include "sluice_privileges.h"
 #include "sluice_datagrams.h"
+#include "sluice_handover.h"
 
 /* Calls that need _GNU_SOURCE or are variadic, declared here so Swift sees them. */
 int sluice_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);

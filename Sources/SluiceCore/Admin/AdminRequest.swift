@@ -6,9 +6,11 @@ public enum AdminRequest: Equatable, Sendable {
     case drainWorker(Int, drained: Bool)
     /// Read the configuration file again and apply it.
     case reload
+    /// Start a binary upgrade (to `binary`, or the running one).
+    case upgrade(binary: String?)
 
     /// The `cmd` names, as the error for an unknown one lists them.
-    public static let commands = ["status", "backends", "drain_backend", "undrain_backend", "drain_worker", "undrain_worker", "reload"]
+    public static let commands = ["status", "backends", "drain_backend", "undrain_backend", "drain_worker", "undrain_worker", "reload", "upgrade"]
 }
 
 /// Why a line is not a request; `message` is what the client is told.
@@ -77,6 +79,12 @@ public enum AdminRequestParser {
         case "status": return .success(.status)
         case "backends": return .success(.backends)
         case "reload": return .success(.reload)
+        case "upgrade":
+            switch members["binary"] {
+            case nil, .null?: return .success(.upgrade(binary: nil))
+            case .string(let path)? where path.hasPrefix("/"): return .success(.upgrade(binary: path))
+            default: return .failure(AdminRequestError("upgrade takes an optional \"binary\": an absolute path"))
+            }
         case "drain_backend", "undrain_backend":
             guard case .string(let pool)? = members["pool"], case .string(let backend)? = members["backend"] else {
                 return .failure(AdminRequestError("\(command) needs \"pool\" and \"backend\" (an address as in the configuration)"))

@@ -578,3 +578,23 @@ public struct TCPSession: Sendable {
         return nil
     }
 }
+
+extension TCPSession {
+    /// A session taken over from another process, steady, to pool index
+    /// `backend`; nil when the state names a path this build does not know.
+    public init?(resuming state: TCPSessionHandover, backend: Int, limits: TCPSessionLimits) {
+        guard let path = DataPathKind(rawValue: state.path) else { return nil }
+        self.init(path: path, limits: limits, now: state.lastActivity)
+        let relay = Relay(backend: backend)
+        phase = state.inKernel
+            ? .kernel(KernelPair(relay: relay, backendToClientInKernel: state.backendToClientInKernel))
+            : .relaying(relay)
+        self.backend = backend
+        pathsUsed = DataPathsUsed(rawValue: state.pathsUsed)
+        userspaceBytes = (state.userspaceUpstream, state.userspaceDownstream)
+        rhythm.attempted = state.rhythmAttempted
+        rhythm.smallChanges = state.rhythmSmallChanges
+        rhythm.messageBytes = state.rhythmMessageBytes
+        rhythm.lastFlow = state.rhythmLastFlow.map { $0 == "upstream" ? .upstream : .downstream }
+    }
+}
