@@ -71,8 +71,15 @@ pid_t sluice_spawn(const char *path, char *const argv[]) {
     posix_spawnattr_setsigmask(&attributes, &empty);
     posix_spawnattr_setsigdefault(&attributes, &all);
     posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    /* Nothing but stdin, stdout and stderr: whatever else this process
+     * inherited without close-on-exec (a parent's pipes) is not the child's,
+     * and a parent waiting for a pipe's end would otherwise wait for it too. */
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addclosefrom_np(&actions, 3);
     pid_t pid;
-    int error = posix_spawn(&pid, path, NULL, &attributes, argv, environ);
+    int error = posix_spawn(&pid, path, &actions, &attributes, argv, environ);
+    posix_spawn_file_actions_destroy(&actions);
     posix_spawnattr_destroy(&attributes);
     if (error != 0) { errno = error; return -1; }
     return pid;

@@ -42,32 +42,39 @@ private func reloadConfig(_ ports: ReloadPorts, b: Bool, app: [String], echo: [S
 }
 
 /// A client that keeps one connection echoing checksummed chunks until told
-/// to stop, then half-closes and expects the echo's clean end.
-private final class EchoStream: @unchecked Sendable {
-    private let state = Locked<(stop: Bool, failure: String?, bytes: Int)>((false, nil, 0))
+/// to stop, then half-closes and expects the echo's clean end. It notes the
+/// longest wait between two rounds.
+final class EchoStream: @unchecked Sendable {
+    private let state = Locked<(stop: Bool, failure: String?, bytes: Int, longestGap: Double)>((false, nil, 0, 0))
     private var thread: OSThread?
 
-    init(port: UInt16, seed: UInt64) {
+    init(port: UInt16, seed: UInt64, chunk: Int = 4096, pauseMicroseconds: UInt32 = 100_000) {
         thread = startThread { [state] in
             let fail = { (why: String) in state.withLock { $0.failure = why } }
             let fd: Int32
             do { fd = try connectTCP("127.0.0.1", port, timeoutSeconds: 20) } catch { return fail("connect: \(error)") }
             defer { close(fd) }
             var round: UInt64 = 0
-            var back = [UInt8](repeating: 0, count: 4096)
+            var back = [UInt8](repeating: 0, count: chunk)
+            var last = Date()
             while !state.withLock({ $0.stop }) {
-                let chunk = payload(size: 4096, seed: seed &* 1000 &+ round)
+                let bytes = payload(size: chunk, seed: seed &* 1000 &+ round)
                 round += 1
-                guard sendAll(fd, chunk) else { return fail("send failed after \(round) rounds: errno \(errno)") }
+                guard sendAll(fd, bytes) else { return fail("send failed after \(round) rounds: errno \(errno)") }
                 var got = 0
                 while got < back.count {
                     let n = back.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, $0.count - got, 0) }
                     guard n > 0 else { return fail("recv \(n) (errno \(errno)) after \(round) rounds") }
                     got += n
                 }
-                guard back == chunk else { return fail("round \(round): the echo differs") }
-                state.withLock { $0.bytes += chunk.count }
-                usleep(100_000)
+                guard back == bytes else { return fail("round \(round): the echo differs") }
+                let now = Date()
+                state.withLock {
+                    $0.bytes += bytes.count
+                    $0.longestGap = max($0.longestGap, now.timeIntervalSince(last))
+                }
+                last = now
+                usleep(pauseMicroseconds)
             }
             shutdown(fd, Int32(SHUT_WR))
             let (rest, clean) = readToEnd(fd)
@@ -75,11 +82,13 @@ private final class EchoStream: @unchecked Sendable {
         }
     }
 
-    /// Stops and waits; nil when every byte came back as sent and the end was clean.
-    func finish() -> (failure: String?, bytes: Int) {
+    var bytes: Int { state.withLock { $0.bytes } }
+
+    /// Stops and waits; `failure` nil when every byte came back as sent and the end was clean.
+    func finish() -> (failure: String?, bytes: Int, longestGap: Double) {
         state.withLock { $0.stop = true }
         thread?.join()
-        return state.withLock { ($0.failure, $0.bytes) }
+        return state.withLock { ($0.failure, $0.bytes, $0.longestGap) }
     }
 }
 
@@ -181,7 +190,7 @@ struct ReloadEndToEndTests {
         }
         var streamed = 0
         for (k, stream) in streams.enumerated() {
-            let (failure, bytes) = stream.finish()
+            let (failure, bytes, _) = stream.finish()
             #expect(failure == nil && bytes > 0, "stream \(k): \(failure ?? "") after \(bytes) bytes")
             streamed += bytes
         }

@@ -17,7 +17,7 @@ ssize_t sluice_send_with_fds(int sock, const void *bytes, size_t length, const i
 ssize_t sluice_receive_with_fds(int sock, void *bytes, size_t capacity_bytes, int *fds, int capacity, int *count);
 
 /* Starts `path` with `argv` and the environment, the signal mask empty and
- * default dispositions, keeping stdin, stdout and stderr. Returns the pid or
+ * default dispositions, and no descriptor but stdin, stdout and stderr. Returns the pid or
  * -1 (errno). */
 pid_t sluice_spawn(const char *path, char *const argv[]);
 
