@@ -59,7 +59,7 @@ struct UpgradeEndToEndTests {
         let firstPID = sluice.process.processIdentifier
 
         // A third each: small turns (moved into the SOCKHASH), bulk (splice(2)), mid-sized (read/write).
-        let shapes: [(chunk: Int, pause: UInt32)] = [(4096, 50_000), (256 * 1024, 50_000), (20_000, 50_000)]
+        let shapes: [(chunk: Int, pause: UInt32)] = [(4096, 100_000), (128 * 1024, 100_000), (20_000, 100_000)]
         let streams = (0..<200).map { k in EchoStream(port: ports.streams, seed: UInt64(k), chunk: shapes[k % 3].chunk,
                                                       pauseMicroseconds: shapes[k % 3].pause) }
         let idle = try (0..<10).map { _ in try connectTCP("127.0.0.1", ports.web) }
