@@ -31,7 +31,7 @@ private func upgradeConfig(_ ports: UpgradePorts, app: [String], echoes: [String
 }
 
 /// The pid in the instance's info file.
-private func daemonPID(_ instance: String) -> Int32? {
+func daemonPID(_ instance: String) -> Int32? {
     guard let data = FileManager.default.contents(atPath: "/run/sluice/\(instance).json"),
           let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return nil }
     return (object["pid"] as? Int).map(Int32.init)
