@@ -70,6 +70,7 @@ struct StallTests {
         let echo = try TestServer.echo()
         let port = freePort()
         let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [echo.address]))
+        defer { try? stopDaemon("e2e\(port)") }
         sluice.signal(SIGUSR1)
         try sluice.waitForLog("SIGUSR1 ignored")
         sluice.signal(SIGUSR2)

@@ -38,7 +38,7 @@ func daemonPID(_ instance: String) -> Int32? {
 }
 
 /// Stops whichever process serves the instance now (the test's child is gone after an upgrade).
-private func stopDaemon(_ instance: String) throws {
+func stopDaemon(_ instance: String) throws {
     guard let pid = daemonPID(instance) else { return }
     kill(pid, SIGTERM)
     try waitUntil(20, "pid \(pid) to exit") { kill(pid, 0) != 0 }
@@ -135,6 +135,7 @@ struct UpgradeEndToEndTests {
         let echo = try TestServer.echo()
         let port = freePort()
         let sluice = try SluiceProcess.run(config: steeredConfig(port: port, backends: [echo.address], workers: 2))
+        defer { try? stopDaemon("e2e\(port)") }
         let stream = EchoStream(port: port, seed: 1)
         var (code, out) = try runCommand(sluiceBinary, ["upgrade", "--instance", "e2e\(port)", "--binary", "/bin/false"])
         #expect(code == 1 && out.contains("upgrade failed") && out.contains("exited"), "\(out)")
