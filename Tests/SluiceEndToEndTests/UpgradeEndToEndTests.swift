@@ -117,7 +117,10 @@ struct UpgradeEndToEndTests {
         let paths = log.split(separator: "\n").filter { $0.contains("listener=streams") }
             .compactMap { $0.split(separator: " ").first { $0.hasPrefix("path=") }?.dropFirst(5).split(separator: "+") }.joined()
         for path in ["sockmap", "splice", "copy"] { #expect(paths.contains(Substring(path)), "streams on \(path)") }
+        let left = log.split(separator: "\n").filter { $0.contains("this one finishes what stayed") }
+            .compactMap { $0.split(separator: " ").first { $0.hasPrefix("finishing_here=") } }
         print("5 upgrades: \(handed.map { $0.split(separator: " ").filter { $0.hasPrefix("connections=") || $0.hasPrefix("ms=") } }), "
+              + "left to the old process: \(left), "
               + "200 streams moved \(moved) bytes, longest gap \(Int(longest * 1000)) ms")
         #expect(longest < 2, "the longest gap in a stream: \(longest) s")
         try stopDaemon(ports.instance)
