@@ -117,20 +117,7 @@ public final class Server: AdminHandler {
     private func serve(signals: SignalFD, adoption: UpgradeAdoption?) throws(ServerError) -> Int32 {
         let owned = ReleaseStack()
         defer { owned.releaseAll() }
-        let lock: InstanceLock?
-        if let adoption { lock = InstanceLock(adopting: adoption.lockFD, instance: config.instance) } else { lock = try takeInstanceLock() }
-        owned.hold(lock)
-        let slots = listenerSlots(adoption)
-        let steering = try setUpSteering(mode: config.steering, pinning: lock != nil, slots: slots, adopting: adoption != nil,
-                                         adoptedMaps: adoption?.listenerMaps ?? [:])
-        adoption?.closeListenerMaps()
-        if let steering { owned.push { steering.close() } }
-        let adoptedSockmap = adoption?.manifest.sockmapPinned == true ? steering?.pinDirectory : nil
-        let dataPath = try setUpDataPath(workerLoadFD: steering?.workerLoadFD, adoptingPins: adoptedSockmap)
-        if let sockmapPairs = dataPath.sockmap {
-            owned.push { sockmapPairs.close() }
-            if let steering, lock != nil, adoptedSockmap == nil { pinSockmap(sockmapPairs, into: steering.pinDirectory) }
-        }
+        let (lock, slots, steering, dataPath) = try setUpKernel(adoption: adoption, owned: owned)
         resolveAtStart()
         let pools = Dictionary(uniqueKeysWithValues: effectivePools(config).map { ($0.name, RuntimePool($0)) })
         let listenerTable = steering?.listenerTable ?? ListenerLoadTable(anonymousCount: ListenerField.capacity)
@@ -156,18 +143,8 @@ public final class Server: AdminHandler {
         liveSteering = steering
         liveTable = table
         owned.push { [self] in clearLiveState() }
-        if let adoption {
-            // Until the old process is done handing over, its names stay its own.
-            self.adoption = adoption
-            handedOver = true
-            steering?.leavePins()
-            lock?.leaveFile()
-            owned.push { [self] in if !handedOver { FileSystem.removeFile(InstanceInfo.path(instance: config.instance)) } }
-        } else {
-            if lock != nil { writeInstanceInfo(listeners: listeners, dataPath: dataPath, owned: owned) }
-            loop.admin = try openAdmin(epoll: loop.epoll)
-        }
-        owned.push { [loop] in loop.admin?.close() }
+        try openNames(adoption: adoption, lock: lock, steering: steering, listeners: listeners, dataPath: dataPath,
+                      loop: loop, owned: owned)
         // Everything that needs root is done: BPF loaded, pinned, attached,
         // sockets bound, admin socket created. Become the configured user
         // before any worker exists (see dropPrivileges).
@@ -213,6 +190,45 @@ public final class Server: AdminHandler {
         clearLiveState()
         logStopped(workers: workers.workers, steering: steering)
         return 0
+    }
+
+    /// The instance lock, the listeners' slots, BPF steering and the data
+    /// path: made here, or taken over from the process a binary upgrade replaces.
+    private func setUpKernel(adoption: UpgradeAdoption?, owned: ReleaseStack) throws(ServerError)
+        -> (InstanceLock?, [Int], KernelSteering?, DataPathChoice)
+    {
+        let lock: InstanceLock?
+        if let adoption { lock = InstanceLock(adopting: adoption.lockFD, instance: config.instance) } else { lock = try takeInstanceLock() }
+        owned.hold(lock)
+        let slots = listenerSlots(adoption)
+        let steering = try setUpSteering(mode: config.steering, pinning: lock != nil, slots: slots, adopting: adoption != nil,
+                                         adoptedMaps: adoption?.listenerMaps ?? [:])
+        adoption?.closeListenerMaps()
+        if let steering { owned.push { steering.close() } }
+        let adoptedSockmap = adoption?.manifest.sockmapPinned == true ? steering?.pinDirectory : nil
+        let dataPath = try setUpDataPath(workerLoadFD: steering?.workerLoadFD, adoptingPins: adoptedSockmap)
+        if let sockmapPairs = dataPath.sockmap {
+            owned.push { sockmapPairs.close() }
+            if let steering, lock != nil, adoptedSockmap == nil { pinSockmap(sockmapPairs, into: steering.pinDirectory) }
+        }
+        return (lock, slots, steering, dataPath)
+    }
+
+    /// The info file and the admin socket; in a binary upgrade they stay the
+    /// old process's (as do the pins and the lock file) until it is done.
+    private func openNames(adoption: UpgradeAdoption?, lock: InstanceLock?, steering: KernelSteering?, listeners: [RuntimeListener],
+                           dataPath: DataPathChoice, loop: ControlLoop, owned: ReleaseStack) throws(ServerError) {
+        if let adoption {
+            self.adoption = adoption
+            handedOver = true
+            steering?.leavePins()
+            lock?.leaveFile()
+            owned.push { [self] in if !handedOver { FileSystem.removeFile(InstanceInfo.path(instance: config.instance)) } }
+        } else {
+            if lock != nil { writeInstanceInfo(listeners: listeners, dataPath: dataPath, owned: owned) }
+            loop.admin = try openAdmin(epoll: loop.epoll)
+        }
+        owned.push { [loop] in loop.admin?.close() }
     }
 
     private func clearLiveState() {
