@@ -92,23 +92,20 @@ final class EchoStream: @unchecked Sendable {
     }
 }
 
-/// One request on an open connection; returns the response's body.
-private func exchange(_ fd: Int32, _ path: String) -> String? {
-    guard sendAll(fd, Array("GET \(path) HTTP/1.1\r\nHost: reload.test\r\n\r\n".utf8)) else { return nil }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 4096)
-    while true {
-        let text = String(decoding: bytes, as: UTF8.self)
-        if let end = text.range(of: "\r\n\r\n") {
-            let head = text[..<end.lowerBound].lowercased()
-            let length = head.split(separator: "\r\n").first { $0.hasPrefix("content-length:") }
-                .flatMap { Int($0.dropFirst("content-length:".count).trimmingCharacters(in: .whitespaces)) } ?? 0
-            let body = Array(text[end.upperBound...].utf8)
-            if body.count >= length { return String(decoding: body.prefix(length), as: UTF8.self) }
+/// wrk saw no failure: no socket error, no answer but 2xx; a run marked
+/// "Connection: close" (its first line) counts the server's close after
+/// each answer as a read error, one per request and not one more (but for
+/// the connections still open when wrk stops).
+func expectClean(wrk outputs: [String], minimumRequests: Int, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    for out in outputs {
+        let summary = try #require(WrkSummary(out), "\(out)", sourceLocation: sourceLocation)
+        #expect(summary.requests > minimumRequests && summary.non2xx == 0 && summary.connect == 0 && summary.write == 0
+                && summary.timeout == 0, "\(out)", sourceLocation: sourceLocation)
+        if out.hasPrefix("Connection: close") {
+            #expect(summary.read <= summary.requests && summary.read >= summary.requests - 4, "\(out)", sourceLocation: sourceLocation)
+        } else {
+            #expect(summary.read == 0, "\(out)", sourceLocation: sourceLocation)
         }
-        let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-        guard n > 0 else { return nil }
-        bytes += chunk[0..<n]
     }
 }
 
@@ -174,20 +171,9 @@ struct ReloadEndToEndTests {
             usleep(250_000)
         }
         for load in loads { load.join() }
-        for out in outputs.value {
-            let summary = try #require(WrkSummary(out), "\(out)")
-            // (The Python backend answers a kept-alive connection in ~40 ms: its
-            // head and body go out in two writes that meet a delayed ACK.)
-            #expect(summary.requests > 200 && summary.non2xx == 0 && summary.connect == 0 && summary.write == 0 && summary.timeout == 0, "\(out)")
-            if out.hasPrefix("Connection: close") {
-                // wrk counts the server's close after each `Connection: close`
-                // answer as a read error: one per request, and not one more
-                // (but for the connections still open when wrk stops).
-                #expect(summary.read <= summary.requests && summary.read >= summary.requests - 4, "\(out)")
-            } else {
-                #expect(summary.read == 0, "\(out)")
-            }
-        }
+        // (The Python backend answers a kept-alive connection in ~40 ms: its
+        // head and body go out in two writes that meet a delayed ACK.)
+        try expectClean(wrk: outputs.value, minimumRequests: 200)
         var streamed = 0
         for (k, stream) in streams.enumerated() {
             let (failure, bytes, _) = stream.finish()
@@ -301,12 +287,12 @@ struct ReloadEndToEndTests {
         let path = try #require(sluice.configURL?.path)
         let fd = try connectTCP("127.0.0.1", ports.web)
         defer { close(fd) }
-        #expect(exchange(fd, "/b/name") == "two")
+        #expect(httpExchange(fd, "/b/name") == "two")
         try config(b: true).write(toFile: path, atomically: true, encoding: .utf8)
         // As systemd's ExecReload asks: the instance is the one the file names.
         let (code, out) = try runCommand(sluiceBinary, ["reload", "-c", path])
         #expect(code == 0 && out.contains("sluice \(ports.instance): reloaded, generation 2"), "\(out)")
-        let answer = exchange(fd, "/b/name")
+        let answer = httpExchange(fd, "/b/name")
         #expect(["a", "b", "c"].contains(answer ?? "-"), "the same connection, routed by the new routes: \(answer ?? "nothing")")
         #expect(try sluice.stop() == 0, "\(sluice.log)")
     }

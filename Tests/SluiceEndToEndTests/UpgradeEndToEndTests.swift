@@ -91,15 +91,7 @@ struct UpgradeEndToEndTests {
         #expect(Set(pids).count == 6, "a new process each time: \(pids)")
         for load in loads { load.join() }
         wsLoad.join()
-        for out in outputs.value {
-            let summary = try #require(WrkSummary(out), "\(out)")
-            #expect(summary.requests > 100 && summary.non2xx == 0 && summary.connect == 0 && summary.write == 0 && summary.timeout == 0, "\(out)")
-            if out.hasPrefix("Connection: close") {
-                #expect(summary.read <= summary.requests && summary.read >= summary.requests - 4, "\(out)")
-            } else {
-                #expect(summary.read == 0, "\(out)")
-            }
-        }
+        try expectClean(wrk: outputs.value, minimumRequests: 100)
         let ws = try #require(try JSONSerialization.jsonObject(with: Data(tunnels.value.utf8)) as? [String: Any], "\(tunnels.value)")
         #expect(ws["ok"] as? Int == 50 && ws["bad"] as? Int == 0 && ws["failed"] as? Int == 0, "\(ws)")
         for fd in idle { #expect(["a", "b"].contains(httpExchange(fd, "/name") ?? "-"), "an idle keep-alive client handed over") }
