@@ -18,6 +18,8 @@ struct HandedConnection: Codable, Sendable {
     /// A tunnel an HTTP listener handed over: `websocket` or `connect`.
     var tunnel: String?
     var sockmap: HandedPair?
+    /// A Redis client between commands: what its session remembers.
+    var redis: HandedRedis?
     /// Descriptors it carries (1: an HTTP connection between requests; 2: a relayed one).
     var descriptors: Int
 }
@@ -29,6 +31,11 @@ struct HandedPair: Codable, Sendable {
     var clientSentBase: UInt64, backendSentBase: UInt64
     var userspaceToClient: UInt64, userspaceToBackend: UInt64
     var lastRedirected: UInt64
+}
+
+struct HandedRedis: Codable, Sendable {
+    var authenticated: Bool
+    var protocolVersion: Int
 }
 
 /// A batch a worker hands to the control thread, which owns its descriptors from then on.
@@ -100,7 +107,7 @@ extension Worker {
     /// and are asked again; what never comes to rest finishes here.
     func exportConnections(limit: Int) -> (ExportedConnections, Int) {
         let batch = exportAtRest(limit: limit)
-        return (batch, sessions.count + httpConnections.count)
+        return (batch, sessions.count + httpConnections.count + redisClients.count)
     }
 
     private func exportAtRest(limit: Int) -> ExportedConnections {
@@ -139,6 +146,16 @@ extension Worker {
                 descriptors: 1))
             batch.fds.append(c.client)
         }
+        for client in Array(redisClients.values) where batch.connections.count < limit {
+            guard !client.closing, client.output.isEmpty, let state = client.session.handover else { continue }
+            epoll.remove(client.fd)
+            redisClients.removeValue(forKey: client.id)
+            releaseActive()
+            batch.connections.append(HandedConnection(
+                listener: client.listener.name, client: client.address.description, startedNanoseconds: client.startedNanoseconds,
+                redis: HandedRedis(authenticated: state.authenticated, protocolVersion: state.protocolVersion), descriptors: 1))
+            batch.fds.append(client.fd)
+        }
         return batch
     }
 
@@ -167,6 +184,8 @@ extension Worker {
             record.add(.active, 1)
             if let state = handed.tcp {
                 adoptSession(handed, state, listener, address, fds, now: now)
+            } else if let redis = handed.redis, listener.config.mode == .redis {
+                acceptRedis(listener, client: fds[0], address: address, resuming: redis)
             } else if let http = listener.http {
                 let connection = HTTPConnection(id: nextSessionID, listener: listener, http: http, client: fds[0],
                                                 clientAddress: address, namesRequests: accessLogger != nil)

@@ -81,11 +81,13 @@ final class RedisLink {
 // `mode: redis`: clients' commands through their sessions, out over a few
 // shared connections per backend, replies back to whoever is owed them.
 extension Worker {
-    func acceptRedis(_ listener: RuntimeListener, client fd: Int32, address: SocketAddress) {
+    /// `resuming`: a client a binary upgrade handed over between commands.
+    func acceptRedis(_ listener: RuntimeListener, client fd: Int32, address: SocketAddress, resuming: HandedRedis? = nil) {
         var limits = RedisSession.Limits()
         limits.password = listener.config.redis?.password.map { Array($0.utf8) }
-        let client = RedisClient(id: nextSessionID, listener: listener, fd: fd, address: address,
-                                 session: RedisSession(limits: limits, shards: redisShards(listener)))
+        var session = RedisSession(limits: limits, shards: redisShards(listener))
+        if let resuming { session.resume(authenticated: resuming.authenticated, protocolVersion: resuming.protocolVersion) }
+        let client = RedisClient(id: nextSessionID, listener: listener, fd: fd, address: address, session: session)
         nextSessionID += 1
         redisClients[client.id] = client
         // Edge-triggered and registered once: a command costs no epoll_ctl.

@@ -168,6 +168,39 @@ struct UpgradeEndToEndTests {
     }
 }
 
+extension UpgradeEndToEndTests {
+    @Test("a Redis client between commands is handed over: still authenticated, still RESP3, on the same connection")
+    func redisClient() throws {
+        guard requireRoot() else { return }
+        let server = try RedisServer()
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: redisConfig(port: port, servers: [server], extra: ", redis: { password: s3cret }"),
+                                           extraArguments: ["--verify-clean-exit"])
+        defer { try? stopDaemon("e2e\(port)") }
+        // One connection, RESP3 by HELLO 3, authenticated once.
+        let fd = try connectTCP("127.0.0.1", port)
+        defer { close(fd) }
+        func ask(_ command: String, until end: String) -> String {
+            guard sendAll(fd, Array(command.utf8)) else { return "send failed" }
+            var reply: [UInt8] = [], chunk = [UInt8](repeating: 0, count: 4096)
+            while !String(decoding: reply, as: UTF8.self).hasSuffix(end) {
+                let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                if n <= 0 { break }
+                reply += chunk[0..<n]
+            }
+            return String(decoding: reply, as: UTF8.self)
+        }
+        #expect(ask("HELLO 3 AUTH default s3cret\r\n", until: "\r\n").hasPrefix("%"), "RESP3 from here on")
+        #expect(ask("SET k before\r\nHSET h a 1\r\n", until: ":1\r\n").hasPrefix("+OK"))
+        let (code, out) = try runCommand(sluiceBinary, ["upgrade", "--instance", "e2e\(port)"])
+        #expect(code == 0 && out.contains("upgraded"), "\(out)\n\(sluice.log)")
+        #expect(ask("GET k\r\n", until: "before\r\n") == "$6\r\nbefore\r\n", "still authenticated")
+        #expect(ask("HGETALL h\r\n", until: "1\r\n") == "%1\r\n$1\r\na\r\n$1\r\n1\r\n", "still RESP3: a map, not an array")
+        #expect(try sluice.waitForExit(seconds: 20) == 0)
+        #expect(sluice.log.contains("finishing_here=0"), "the client was handed over: \(sluice.log)")
+    }
+}
+
 /// One request on an open connection; the response's body.
 func httpExchange(_ fd: Int32, _ path: String) -> String? {
     guard sendAll(fd, Array("GET \(path) HTTP/1.1\r\nHost: upgrade.test\r\n\r\n".utf8)) else { return nil }

@@ -86,6 +86,20 @@ public struct RedisSession: Sendable {
 
     public mutating func start(into actions: inout [Action]) { actions.append(.read) }
 
+    /// Between commands: nothing received and unanswered, no transaction
+    /// open. Only then is a client handed to another process (a binary
+    /// upgrade), with what its session must remember.
+    public var handover: (authenticated: Bool, protocolVersion: Int)? {
+        guard head >= queue.count, buffer.isEmpty, transaction == nil, !closing, !eof else { return nil }
+        return (authenticated, protocolVersion)
+    }
+
+    /// A client handed over by another process, between commands.
+    public mutating func resume(authenticated: Bool, protocolVersion: Int) {
+        self.authenticated = authenticated
+        self.protocolVersion = protocolVersion == 3 ? 3 : 2
+    }
+
     /// Bytes from the client.
     public mutating func receive(_ bytes: UnsafeRawBufferPointer, into actions: inout [Action]) {
         guard !closing else { return }
