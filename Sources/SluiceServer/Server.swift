@@ -254,7 +254,8 @@ public final class Server: AdminHandler {
             }
         }
         logger.info("ready", metadata: metadata)
-        SystemdNotify.send("READY=1\nMAINPID=\(CurrentProcess.id)\nSTATUS=listening")
+        // In a binary upgrade systemd hears of this process from the old one (MAINPID).
+        if adoption == nil { SystemdNotify.send("READY=1\nMAINPID=\(CurrentProcess.id)\nSTATUS=listening") }
         options.onReady?(listeners.map { (name: $0.name, address: $0.address) })
     }
 

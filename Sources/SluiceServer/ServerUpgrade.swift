@@ -138,6 +138,7 @@ extension Server {
             }
         }
         if let live, live.writesInfo { rewriteInstanceInfo(listeners: liveListeners, dataPath: live.dataPath) }
+        SystemdNotify.send("STATUS=listening (upgraded)")
         logger.notice("binary upgrade: this process took over", metadata: ["from": "\(completed.manifest.pid)"])
     }
 
