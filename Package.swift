@@ -69,7 +69,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SluiceServerTests",
-            dependencies: ["SluiceServer", "SluicePosix", "SluiceCore", "CSluice", "CAres"]
+            dependencies: ["SluiceServer", "SluicePosix", "SluiceCore", "SluiceBPF", "CSluice", "CAres"]
         ),
         .testTarget(
             name: "SluiceEndToEndTests",
