@@ -50,6 +50,10 @@ struct AdminCorpusReplayTests {
         #expect(Self.lines(seeds["valid-pipelined-last-unterminated"] ?? []) == [
             .request(.status), .blank, .request(.backends), .request(.drainWorker(2, drained: true)),
         ])
+        #expect(Self.lines(seeds["valid-reload"] ?? []) == [.request(.reload)])
+        #expect(Self.lines(seeds["valid-upgrade"] ?? []) == [
+            .request(.upgrade(binary: "/usr/local/bin/sluice")), .request(.upgrade(binary: nil)), .request(.upgrade(binary: nil)),
+        ])
         let scrape = seeds["http-metrics-get"] ?? []
         #expect(MetricsRequestParser.parse(scrape) == .done(.metrics, consumed: scrape.count))
     }
