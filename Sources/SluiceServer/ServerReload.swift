@@ -81,8 +81,12 @@ extension Server {
             outcome.errors = ["the daemon is not serving yet"]
             return outcome
         }
-        if live.loop?.stopDeadline != nil {
-            outcome.errors = ["the daemon is stopping"]
+        if live.loop?.stopDeadline != nil || handedOver {
+            outcome.errors = [adoption != nil ? "this process is still taking over from the one it upgrades" : "the daemon is stopping"]
+            return outcome
+        }
+        if upgrade != nil {
+            outcome.errors = ["a binary upgrade is under way: reload once it is done"]
             return outcome
         }
         let next: SluiceConfig

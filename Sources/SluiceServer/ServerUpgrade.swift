@@ -48,7 +48,9 @@ extension Server {
     func startUpgrade(binary: String?) -> String? {
         guard let live, let loop = live.loop else { return "the daemon is not serving yet" }
         if upgrade != nil { return "an upgrade is already under way" }
-        if loop.stopDeadline != nil { return "the daemon is stopping" }
+        if loop.stopDeadline != nil || handedOver {
+            return adoption != nil ? "this process is still taking over from the one it upgrades" : "the daemon is stopping"
+        }
         guard let configPath = options.configPath else { return "this daemon runs a built-in configuration (no file for the new binary)" }
         guard let lock = live.lock else { return "no instance lock to hand over (is /run/sluice writable?)" }
         if config.user != nil { return "with user: the daemon no longer has the privileges a new binary needs to take over" }
