@@ -81,8 +81,9 @@ public final class KernelSteering {
                                                    listenerMaps: adoptedMaps[index]))
                 flowCapacities.append(flowCapacity[index])
             }
-            // Taken over from the process being upgraded: ours to remove at stop.
-            pinned = adoptingPins
+            // Taken over from the process being upgraded: not ours to remove
+            // until the hand-over completes (`claimPins`).
+            pinned = false
             do {
                 table = try WorkerLoadTable(mapFD: try objects[0]!.mapFD(.workerLoad), count: workers)
                 // Every slot: listeners added by a reload take unused ones.

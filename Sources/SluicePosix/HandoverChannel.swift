@@ -14,6 +14,9 @@ public final class HandoverChannel {
         // As root past net.core.wmem_max: a batch of sessions is one message.
         if setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, 4) != 0 { setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, 4) }
         if setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, 4) != 0 { setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, 4) }
+        // A peer that stops reading (stopped, wedged) fails a send instead of holding it forever.
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     }
 
     deinit { closeDescriptor(fd) }
@@ -40,7 +43,9 @@ public final class HandoverChannel {
     }
 
     public func send(_ bytes: [UInt8], fds: [Int32] = []) throws(SystemCallError) {
-        precondition(fds.count <= Int(SLUICE_HANDOVER_MAX_FDS) && bytes.count <= Self.maxMessageBytes)
+        guard fds.count <= Int(SLUICE_HANDOVER_MAX_FDS), !bytes.isEmpty, bytes.count <= Self.maxMessageBytes else {
+            throw SystemCallError(call: "sendmsg (upgrade)", errno: EMSGSIZE)
+        }
         let sent = bytes.withUnsafeBytes { raw in
             fds.withUnsafeBufferPointer { sluice_send_with_fds(fd, raw.baseAddress, raw.count, $0.baseAddress, Int32(fds.count)) }
         }
@@ -64,7 +69,10 @@ public final class HandoverChannel {
             }
         }
         if received < 0 { throw SystemCallError(call: "recvmsg (upgrade)", errno: errno) }
-        if received == 0 { throw SystemCallError(call: "recvmsg (upgrade)", errno: ECONNRESET) }
+        if received == 0 {
+            for fd in fds[0..<Int(max(0, count))] { closeDescriptor(fd) }
+            throw SystemCallError(call: "recvmsg (upgrade)", errno: ECONNRESET)
+        }
         return (Array(bytes[0..<received]), Array(fds[0..<Int(count)]))
     }
 }

@@ -113,9 +113,12 @@ public final class FileLock {
 
     /// A lock held through a descriptor another process passed over (the
     /// same open file, so the same flock).
+    /// It is not this process's to remove until it says so (`leavesFile`):
+    /// should this process fail to take over, the other one still holds it.
     public init(adopting fd: Int32, path: String) {
         self.fd = fd
         self.path = path
+        leavesFile = true
     }
 
     deinit {

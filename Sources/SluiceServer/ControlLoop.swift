@@ -20,8 +20,11 @@ final class ControlLoop {
     /// Signalled by the DNS discovery thread when a hostname's addresses change.
     let discoveryWake: EventFD
     private let exited = ManagedAtomic(0)
-    /// Set by the first stop signal: past it, stuck workers are abandoned.
+    /// Set by the first stop signal (or the end of a binary upgrade): past
+    /// it, stuck workers are abandoned.
     var stopDeadline: UInt64?
+    /// A stop signal came: a second one exits at once.
+    var stopSignalled = false
 
     init(signals: SignalFD) throws(SystemCallError) {
         self.signals = signals
@@ -93,11 +96,22 @@ extension Server {
                 if let live, live.writesInfo { rewriteInstanceInfo(listeners: liveListeners, dataPath: live.dataPath) }
             }
         default:
-            if loop.stopDeadline != nil {
+            if upgrade != nil && !handedOver && !loop.stopSignalled {
+                // Draining now would pull the connections the upgrade is handing over.
+                logger.notice("stop signal: waiting for the binary upgrade under way to end first")
+                loop.stopSignalled = true
+                deferredStop = { [self] in
+                    loop.stopSignalled = false
+                    handle(signal: signal, workers: workers, loop: loop, names: names)
+                }
+                return
+            }
+            if loop.stopSignalled {
                 logger.warning("second stop signal: exiting now")
                 removeNames(names)
                 CurrentProcess.exit(1)
             }
+            loop.stopSignalled = true
             SystemdNotify.send("STOPPING=1\nSTATUS=draining")
             let deadline = monotonicMilliseconds().saturatingAdd(config.drainTimeout.milliseconds)
             // A worker stuck in a call never reads its drain order: the

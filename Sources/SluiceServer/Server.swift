@@ -52,6 +52,8 @@ public final class Server: AdminHandler {
         didSet { upgradesFailed += 1 }
     }
     var upgradesFailed: UInt64 = 0
+    /// A stop signal that came while an upgrade was under way, run if it fails.
+    var deferredStop: (() -> Void)?
     /// Hostname backends: the addresses the pools use now, and where the
     /// discovery thread leaves newer ones.
     var resolved: DiscoveredBackends.Table = [:]
@@ -170,7 +172,10 @@ public final class Server: AdminHandler {
             live = nil
         }
         if let adoption {
-            try adoption.ready(workers: workers.workers, wake: loop.discoveryWake, logger: logs.logger("sluice.upgrade"))
+            live?.freshSlot = max(live?.freshSlot ?? 0, adoption.manifest.freshSlot ?? 0)
+            live?.retiredSlots = adoption.manifest.retiredSlots ?? []
+            let pools = Dictionary(livePools.map { ($0.name, $0.addresses.map(\.description)) }, uniquingKeysWith: { a, _ in a })
+            try adoption.ready(workers: workers.workers, pools: pools, wake: loop.discoveryWake, logger: logs.logger("sluice.upgrade"))
             owned.push { adoption.stop() }
         }
 

@@ -26,7 +26,13 @@ final class UpgradeAdoption: @unchecked Sendable {
             throw ServerError("binary upgrade: cannot reach the running process at \(socketPath): \(error)")
         }
         try channel.send(UpgradeMessage(hello: UpgradeHello(pid: CurrentProcess.id, abi: SluiceBPFLayout.abiVersion, version: sluiceVersion)))
-        let (message, fds) = try channel.receiveMessage(timeoutMilliseconds: 10_000)
+        var (message, fds) = try channel.receiveMessage(timeoutMilliseconds: 10_000)
+        // The rest of the manifest's descriptors, in messages of their own.
+        while let expected = message.manifest?.descriptors, fds.count < expected {
+            let (more, chunk) = try channel.receiveMessage(timeoutMilliseconds: 10_000)
+            fds += chunk
+            if more.descriptors != chunk.count { break }
+        }
         let mapCount = KernelSteering.listenerMaps.count
         guard let manifest = message.manifest,
               fds.count == 1 + manifest.listeners.count * (manifest.workers + (manifest.listenerMaps ? mapCount : 0)) else {
@@ -67,8 +73,10 @@ final class UpgradeAdoption: @unchecked Sendable {
 
     /// The listeners serve here now: the old process may start handing over
     /// connections, which a thread of this one spreads over the workers.
-    func ready(workers: [Worker], wake: EventFD, logger: Logger) throws(ServerError) {
-        try channel.send(UpgradeMessage(ready: true))
+    /// `pools`: this process's, name → backend addresses (the old process
+    /// keeps the connections to backends this one does not have).
+    func ready(workers: [Worker], pools: [String: [String]], wake: EventFD, logger: Logger) throws(ServerError) {
+        try channel.send(UpgradeMessage(ready: true, pools: pools))
         do {
             thread = try OSThread.start(name: "sluice-adopt") { [self] in
                 receive(workers: workers, logger: logger)
@@ -97,7 +105,15 @@ final class UpgradeAdoption: @unchecked Sendable {
                 return
             }
             if let connections = message.connections {
-                spread(AdoptedConnections(connections: connections, fds: fds), over: workers)
+                guard connections.reduce(0, { $0 + $1.descriptors }) == fds.count else {
+                    logger.error("binary upgrade: a batch whose descriptors do not match its connections; closed")
+                    for fd in fds { closeDescriptor(fd) }
+                    try? channel.send(UpgradeMessage(adopted: connections.count))
+                    continue
+                }
+                var batch = AdoptedConnections(connections: connections, fds: fds)
+                batch.countsListeners = manifest.sharedCounters == false
+                spread(batch, over: workers)
                 adopted += connections.count
                 try? channel.send(UpgradeMessage(adopted: connections.count))
             } else {
@@ -116,7 +132,7 @@ final class UpgradeAdoption: @unchecked Sendable {
     /// batch already gave each.
     private func spread(_ batch: AdoptedConnections, over workers: [Worker]) {
         var loads = workers.map { Int($0.record.load(.active)) }
-        var parts = workers.map { _ in AdoptedConnections(connections: [], fds: []) }
+        var parts = workers.map { _ in AdoptedConnections(connections: [], fds: [], countsListeners: batch.countsListeners) }
         let now = monotonicNanoseconds()
         var next = 0
         for connection in batch.connections {

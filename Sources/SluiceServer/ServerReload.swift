@@ -151,8 +151,11 @@ extension Server {
             live.retiredSlots.append(liveListeners[index].index)
             live.sockets[liveListeners[index].index] = nil
         }
-        for new in added { live.sockets[new.slot] = bound.byWorker.map { $0[new.position] } }
-        handToWorkers(next, listeners: listeners, added: added, bound: bound, live: live)
+        // Recorded only when every worker took its socket (see handToWorkers).
+        let addedSockets = added.map { new in (new.slot, bound.byWorker.map { $0[new.position] }) }
+        if handToWorkers(next, listeners: listeners, added: added, bound: bound, live: live) {
+            for (slot, sockets) in addedSockets { live.sockets[slot] = sockets }
+        }
 
         config = next
         livePools = next.pools.map { pools[$0.name]! }
@@ -174,8 +177,12 @@ extension Server {
         return pools
     }
 
+    /// Whether every worker took the command (and so its sockets).
+    @discardableResult
     private func handToWorkers(_ next: SluiceConfig, listeners: [RuntimeListener],
-                               added: [(slot: Int, position: Int, address: SocketAddress)], bound: BoundListeners, live: LiveState) {
+                               added: [(slot: Int, position: Int, address: SocketAddress)], bound: BoundListeners,
+                               live: LiveState) -> Bool {
+        var everyone = true
         var bySlot = [RuntimeListener?](repeating: nil, count: ListenerField.capacity)
         for listener in listeners { bySlot[listener.index] = listener }
         let flowMaps = flowMaps(listeners, steering: live.steering)
@@ -186,8 +193,9 @@ extension Server {
             let command = WorkerReconfiguration(listeners: bySlot, sockets: sockets, flowMaps: flowMaps,
                                                 accessLog: next.log.access, drainDeadline: deadline)
             // A worker that has exited keeps nothing: its sockets close with `bound`.
-            if worker.send(.reconfigure(command)) { bound.handOver(worker: k) }
+            if worker.send(.reconfigure(command)) { bound.handOver(worker: k) } else { everyone = false }
         }
+        return everyone
     }
 
     /// The flow maps of UDP listeners steered in BPF, by slot.

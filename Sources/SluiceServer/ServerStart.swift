@@ -243,6 +243,8 @@ extension Server {
 
     /// Written at start and after each reload (applied or refused).
     func rewriteInstanceInfo(listeners: [RuntimeListener], dataPath: DataPathChoice) {
+        // The other process of a binary upgrade owns the file meanwhile.
+        guard !handedOver else { return }
         let path = InstanceInfo.path(instance: config.instance)
         var info = InstanceInfo(
             instance: config.instance, pid: CurrentProcess.id, started: startedAt,

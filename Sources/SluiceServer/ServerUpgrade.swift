@@ -31,6 +31,9 @@ struct UpgradePlan: @unchecked Sendable {
     var socketPath: String
     /// How long connections have to come to rest before the rest finish here.
     var restMilliseconds: UInt64
+    /// The new process's pools (name → backend addresses): a connection to
+    /// a backend it does not have stays here and finishes.
+    var allowed: [String: Set<String>]?
 }
 
 extension Server {
@@ -84,7 +87,8 @@ extension Server {
         let manifest = UpgradeManifest(
             pid: CurrentProcess.id, abi: SluiceBPFLayout.abiVersion, instance: config.instance, workers: config.workers,
             steering: config.steering.rawValue, dataPath: config.dataPath.rawValue, listeners: listeners,
-            sockmapPinned: live.dataPath.sockmap != nil && live.steering != nil, listenerMaps: !maps.isEmpty)
+            sockmapPinned: live.dataPath.sockmap != nil && live.steering != nil, listenerMaps: !maps.isEmpty,
+            freshSlot: live.freshSlot, retiredSlots: live.retiredSlots, sharedCounters: live.steering != nil)
         let plan = UpgradePlan(manifest: manifest, fds: fds, workers: live.workers, socketPath: socketPath,
                                restMilliseconds: min(config.drainTimeout.milliseconds, 10_000))
         let inFlight = UpgradeInFlight(child: child)
@@ -102,6 +106,7 @@ extension Server {
             kill(child, SIGKILL)
             _ = waitpid(child, nil, 0)
             closeDescriptor(listenerFD)
+            FileSystem.removeFile(socketPath)
             return "cannot start the upgrade thread: \(error)"
         }
         upgrade = inFlight
@@ -124,6 +129,11 @@ extension Server {
                 "pid": "\(inFlight.child)", "handed_over": "\(handed)", "finishing_here": "\(kept)", "ms": "\(milliseconds)",
             ])
             handOverNames(to: inFlight.child)
+            deferredStop = nil // this process drains already
+        }
+        if let stop = deferredStop {
+            deferredStop = nil
+            stop()
         }
     }
 
@@ -151,7 +161,10 @@ extension Server {
         handedOver = true
         live?.steering?.leavePins()
         live?.lock?.leaveFile()
+        // The admin socket's name and the metrics port are the new process's now.
         live?.loop?.admin?.leavesPath = true
+        live?.loop?.admin?.close()
+        live?.loop?.admin = nil
         SystemdNotify.send("MAINPID=\(child)")
         let deadline = monotonicMilliseconds().saturatingAdd(config.drainTimeout.milliseconds)
         live?.loop?.stopDeadline = deadline.saturatingAdd(2000)
@@ -160,22 +173,32 @@ extension Server {
 
     /// The upgrade thread: the whole conversation with the new process.
     private static func converse(_ plan: UpgradePlan, listener: Int32, child: Int32, logger: Logger) -> UpgradeOutcome {
+        var plan = plan
         let started = monotonicMilliseconds()
         let channel: HandoverChannel
         do { channel = try acceptNewProcess(listener, child: child) } catch {
             return abandon(child, error.description)
         }
         do {
-            let (hello, stray) = try channel.receiveMessage(timeoutMilliseconds: 10_000)
-            for fd in stray { closeDescriptor(fd) }
+            let (hello, strayAtHello) = try channel.receiveMessage(timeoutMilliseconds: 10_000)
+            for fd in strayAtHello { closeDescriptor(fd) }
             guard let hello = hello.hello else { return abandon(child, "the new process did not say hello") }
             guard hello.abi == SluiceBPFLayout.abiVersion else {
                 return abandon(child, "the new binary speaks BPF ABI \(hello.abi), this one \(SluiceBPFLayout.abiVersion)")
             }
-            try channel.send(UpgradeMessage(manifest: plan.manifest), fds: plan.fds)
-            let (answer, _) = try channel.receiveMessage(timeoutMilliseconds: 30_000)
+            // The descriptors in messages of at most SLUICE_HANDOVER_MAX_FDS, the manifest first.
+            var manifest = plan.manifest
+            manifest.descriptors = plan.fds.count
+            var chunks = stride(from: 0, to: plan.fds.count, by: Int(SLUICE_HANDOVER_MAX_FDS)).map {
+                Array(plan.fds[$0..<min(plan.fds.count, $0 + Int(SLUICE_HANDOVER_MAX_FDS))])
+            }
+            try channel.send(UpgradeMessage(manifest: manifest), fds: chunks.isEmpty ? [] : chunks.removeFirst())
+            for chunk in chunks { try channel.send(UpgradeMessage(descriptors: chunk.count), fds: chunk) }
+            let (answer, stray) = try channel.receiveMessage(timeoutMilliseconds: 30_000)
+            for fd in stray { closeDescriptor(fd) }
             if let refusal = answer.refuse { return abandon(child, "the new process refused: \(refusal)") }
             guard answer.ready == true else { return abandon(child, "the new process did not get ready") }
+            plan.allowed = answer.pools.map { $0.mapValues(Set.init) }
         } catch {
             return abandon(child, "\(error)")
         }
@@ -219,51 +242,67 @@ extension Server {
 
     /// Rounds: every worker hands over what is at rest, sent in batches the
     /// new process acknowledges; until nothing is left that may come to rest,
-    /// or the time for it runs out. Returns (handed over, left here).
+    /// or the time for it runs out. Returns (handed over, left here). When
+    /// the new process fails mid-way, what was not sent goes back to the
+    /// workers it came from.
     private static func handConnections(_ plan: UpgradePlan, _ channel: HandoverChannel) throws(ServerError) -> (Int, Int) {
-        let mailbox = HandoverMailbox()
+        let mailbox = HandoverMailbox(allowed: plan.allowed, sharedCounters: plan.manifest.sharedCounters ?? true)
         let deadline = monotonicMilliseconds().saturatingAdd(plan.restMilliseconds)
         var handed = 0
         var remaining = [Int?](repeating: nil, count: plan.workers.count)
         var asked = [Bool](repeating: false, count: plan.workers.count)
-        while true {
-            for (k, worker) in plan.workers.enumerated() where !asked[k] {
-                asked[k] = worker.send(.export(mailbox))
-                if !asked[k] { remaining[k] = 0 }
+        var pending: [HandoverMailbox.Delivery] = []
+        do throws(ServerError) {
+            while true {
+                for (k, worker) in plan.workers.enumerated() where !asked[k] {
+                    asked[k] = worker.send(.export(mailbox))
+                    if !asked[k] { remaining[k] = 0 }
+                }
+                sleepMilliseconds(5)
+                pending = mailbox.take()
+                while !pending.isEmpty {
+                    let delivery = pending[0]
+                    asked[delivery.worker] = false
+                    remaining[delivery.worker] = delivery.remaining
+                    handed += try send(&pending[0].batch, channel)
+                    pending.removeFirst()
+                }
+                if remaining.allSatisfy({ $0 == 0 }) || monotonicMilliseconds() >= deadline { break }
             }
-            sleepMilliseconds(5)
-            for delivery in mailbox.take() {
-                asked[delivery.worker] = false
-                remaining[delivery.worker] = delivery.remaining
-                handed += try send(delivery.batch, channel)
+            pending = mailbox.close()
+            while !pending.isEmpty {
+                remaining[pending[0].worker] = pending[0].remaining
+                handed += try send(&pending[0].batch, channel)
+                pending.removeFirst()
             }
-            let settled = remaining.allSatisfy { $0 == 0 }
-            if settled || monotonicMilliseconds() >= deadline { break }
-        }
-        for delivery in mailbox.close() {
-            remaining[delivery.worker] = delivery.remaining
-            handed += try send(delivery.batch, channel)
+        } catch {
+            for delivery in pending + mailbox.close() where !delivery.batch.connections.isEmpty {
+                let back = AdoptedConnections(connections: delivery.batch.connections, fds: delivery.batch.fds)
+                if !plan.workers[delivery.worker].send(.adoptHanded(back)) { for fd in back.fds { closeDescriptor(fd) } }
+            }
+            throw error
         }
         return (handed, remaining.reduce(0) { $0 + ($1 ?? 0) })
     }
 
-    /// A worker's batch, in messages the new process acknowledges; the
-    /// descriptors here close once it has them.
-    private static func send(_ batch: ExportedConnections, _ channel: HandoverChannel) throws(ServerError) -> Int {
-        var start = 0, fdStart = 0
-        defer { for fd in batch.fds { closeDescriptor(fd) } }
-        while start < batch.connections.count {
-            var end = start, fdEnd = fdStart
-            while end < batch.connections.count && end - start < 100 {
-                fdEnd += batch.connections[end].descriptors
-                end += 1
-            }
-            try channel.send(UpgradeMessage(connections: Array(batch.connections[start..<end])), fds: Array(batch.fds[fdStart..<fdEnd]))
-            let (ack, _) = try channel.receiveMessage(timeoutMilliseconds: 10_000)
-            guard ack.adopted == end - start else { throw ServerError("the new process did not acknowledge a batch") }
-            start = end
-            fdStart = fdEnd
+    /// A worker's batch, in messages the new process acknowledges. What was
+    /// sent leaves the batch (its descriptors closed here: the new process
+    /// has its own); on failure the batch holds what was not sent.
+    private static func send(_ batch: inout ExportedConnections, _ channel: HandoverChannel) throws(ServerError) -> Int {
+        var sent = 0
+        while !batch.connections.isEmpty {
+            let count = min(100, batch.connections.count)
+            let fdCount = batch.connections[0..<count].reduce(0) { $0 + $1.descriptors }
+            try channel.send(UpgradeMessage(connections: Array(batch.connections[0..<count])), fds: Array(batch.fds[0..<fdCount]))
+            // Sent: the new process holds these descriptors now, whatever happens next.
+            for fd in batch.fds[0..<fdCount] { closeDescriptor(fd) }
+            batch.connections.removeFirst(count)
+            batch.fds.removeFirst(fdCount)
+            sent += count
+            let (ack, stray) = try channel.receiveMessage(timeoutMilliseconds: 10_000)
+            for fd in stray { closeDescriptor(fd) }
+            guard ack.adopted == count else { throw ServerError("the new process did not acknowledge a batch") }
         }
-        return batch.connections.count
+        return sent
     }
 }

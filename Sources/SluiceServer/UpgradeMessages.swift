@@ -15,6 +15,11 @@ struct UpgradeMessage: Codable {
     var manifest: UpgradeManifest?
     var refuse: String?
     var ready: Bool?
+    /// With `ready`: the new process's pools, name → backend addresses.
+    var pools: [String: [String]]?
+    /// Descriptors of the manifest that did not fit on its message follow in
+    /// messages of their own, each saying how many it carries.
+    var descriptors: Int?
     var connections: [HandedConnection]?
     var adopted: Int?
     var done: Int?
@@ -58,6 +63,14 @@ struct UpgradeManifest: Codable {
     /// Whether each listener's `worker_socks` and `udp_flows` follow the
     /// sockets in the descriptors (steering least_loaded).
     var listenerMaps: Bool
+    /// Every descriptor the manifest comes with, over as many messages as it takes.
+    var descriptors: Int?
+    /// Listener slots: the next never used, and those retired (still counting, maybe).
+    var freshSlot: Int?
+    var retiredSlots: [Int]?
+    /// Whether the listener counters are the pinned `listener_load` both
+    /// processes share (else each has its own, and connections move their count).
+    var sharedCounters: Bool?
 
     /// Why `config` cannot take this process over, or nil.
     func mismatch(with config: SluiceConfig) -> String? {

@@ -184,6 +184,9 @@ final class Worker: @unchecked Sendable {
     var draining = false
     /// A binary upgrade's new process takes the new connections.
     var acceptPaused = false
+    /// The new process took over: what stays here finishes without beating
+    /// in the worker_load record it now shares.
+    var upgradedAway = false
     /// Set when the wake-up eventfd fired: only then is the command queue
     /// (and its lock) looked at, not on every loop turn.
     private var commandsWaiting = false
@@ -275,7 +278,8 @@ final class Worker: @unchecked Sendable {
         while !(draining && sessions.isEmpty && httpConnections.isEmpty && awaitingHeaders.isEmpty && redisClients.isEmpty
                 && udpFlowsByID.isEmpty) {
             let idleSince = monotonicNanoseconds()
-            record.store(.heartbeatNanoseconds, idleSince)
+            // After an upgrade the record is the new worker's: its beat, not ours.
+            if !upgradedAway { record.store(.heartbeatNanoseconds, idleSince) }
             let now = idleSince / 1_000_000
             var timeout = settings.maxWaitMilliseconds
             if let next = timers.nextDeadline {
@@ -298,7 +302,7 @@ final class Worker: @unchecked Sendable {
                 commandsWaiting = false
                 processCommands()
             }
-            record.add(.busyNanoseconds, monotonicNanoseconds() &- wokeAt)
+            if !upgradedAway { record.add(.busyNanoseconds, monotonicNanoseconds() &- wokeAt) }
         }
         closeLeftoverAdoptions()
         closeIdleBackends()
@@ -379,8 +383,9 @@ final class Worker: @unchecked Sendable {
             case .pauseAccepting(let paused):
                 pauseAccepting(paused)
             case .export(let mailbox):
-                mailbox.deliver(worker: id) { exportConnections(limit: 2000) }
+                mailbox.deliver(worker: id) { exportConnections(limit: 2000, to: mailbox) }
             case .drainAfterUpgrade(let deadline):
+                upgradedAway = true
                 startDraining(deadline: deadline, marksRecord: false)
             case .adoptHanded(let adopted):
                 adoptHanded(adopted)

@@ -48,6 +48,9 @@ struct ExportedConnections: @unchecked Sendable {
 struct AdoptedConnections: @unchecked Sendable {
     var connections: [HandedConnection]
     var fds: [Int32]
+    /// The listener counters are this process's own (no shared pinned map):
+    /// a connection taken in counts in them.
+    var countsListeners = false
 }
 
 /// Where the old process's workers leave what they hand over, for the
@@ -62,6 +65,21 @@ final class HandoverMailbox: @unchecked Sendable {
     }
 
     private let state = Mutex<(open: Bool, deliveries: [Delivery])>((true, []))
+    /// The new process's pools: name → backend addresses (nil: no limit).
+    private let allowed: [String: Set<String>]?
+
+    /// Whether both processes count in the pinned listener_load; if not,
+    /// a connection leaving takes its count with it.
+    let sharedCounters: Bool
+
+    init(allowed: [String: Set<String>]? = nil, sharedCounters: Bool = true) {
+        self.allowed = allowed
+        self.sharedCounters = sharedCounters
+    }
+
+    /// Whether the new process has this backend in this pool; a connection
+    /// to one it lacks finishes here rather than being closed there.
+    func allows(pool: String, backend: String) -> Bool { allowed.map { $0[pool]?.contains(backend) == true } ?? true }
 
     func deliver(worker: Int, _ export: () -> (ExportedConnections, Int)) {
         state.withLock { state in
@@ -105,15 +123,16 @@ extension Worker {
     /// now: relayed sessions at rest (no EOF, nothing held in userspace),
     /// tunnels likewise, HTTP connections between requests. The rest stay
     /// and are asked again; what never comes to rest finishes here.
-    func exportConnections(limit: Int) -> (ExportedConnections, Int) {
-        let batch = exportAtRest(limit: limit)
+    func exportConnections(limit: Int, to mailbox: HandoverMailbox) -> (ExportedConnections, Int) {
+        let batch = exportAtRest(limit: limit, mailbox: mailbox)
         return (batch, sessions.count + httpConnections.count + redisClients.count)
     }
 
-    private func exportAtRest(limit: Int) -> ExportedConnections {
+    private func exportAtRest(limit: Int, mailbox: HandoverMailbox) -> ExportedConnections {
         var batch = ExportedConnections()
         for session in Array(sessions.values) where batch.connections.count < limit {
-            guard let state = exportable(session), let backend = session.machine.backend else { continue }
+            guard let state = exportable(session), let backend = session.machine.backend,
+                  mailbox.allows(pool: session.pool.name, backend: session.pool.addresses[backend].description) else { continue }
             epoll.remove(session.client)
             epoll.remove(session.backend)
             if let timer = session.idleTimer { _ = timers.cancel(timer) }
@@ -122,6 +141,7 @@ extension Worker {
             uncountBackend(session)
             if let tunnel = session.tunnel { tunnel.http.openTunnels.wrappingDecrement(ordering: .relaxed) }
             releaseActive()
+            if !mailbox.sharedCounters { session.listener.counters.release(.active) }
             let pair = session.sockmapPair.map {
                 HandedPair(clientCookie: $0.clientCookie, backendCookie: $0.backendCookie, clientSentBase: $0.clientSentBase,
                            backendSentBase: $0.backendSentBase, userspaceToClient: $0.userspaceToClient,
@@ -141,6 +161,7 @@ extension Worker {
             epoll.remove(c.client)
             httpConnections.removeValue(forKey: c.id)
             releaseActive()
+            if !mailbox.sharedCounters { c.listener.counters.release(.active) }
             batch.connections.append(HandedConnection(
                 listener: c.listener.name, client: c.clientAddress.description, startedNanoseconds: monotonicNanoseconds(),
                 descriptors: 1))
@@ -151,6 +172,7 @@ extension Worker {
             epoll.remove(client.fd)
             redisClients.removeValue(forKey: client.id)
             releaseActive()
+            if !mailbox.sharedCounters { client.listener.counters.release(.active) }
             batch.connections.append(HandedConnection(
                 listener: client.listener.name, client: client.address.description, startedNanoseconds: client.startedNanoseconds,
                 redis: HandedRedis(authenticated: state.authenticated, protocolVersion: state.protocolVersion), descriptors: 1))
@@ -182,6 +204,7 @@ extension Worker {
                 continue
             }
             record.add(.active, 1)
+            if adopted.countsListeners { listener.counters.add(.active, 1) }
             if let state = handed.tcp {
                 adoptSession(handed, state, listener, address, fds, now: now)
             } else if let redis = handed.redis, listener.config.mode == .redis {

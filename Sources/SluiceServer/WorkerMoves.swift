@@ -45,9 +45,18 @@ extension Worker {
             defer { queue.items.removeAll() }
             return queue.items
         }
-        for case .adopt(let migrating) in leftovers {
-            adopt(migrating)
-            for session in migrating.sessions { drive(session, .drainDeadline) }
+        for command in leftovers {
+            switch command {
+            case .adopt(let migrating):
+                adopt(migrating)
+                for session in migrating.sessions { drive(session, .drainDeadline) }
+            case .adoptHanded(let handed):
+                for fd in handed.fds { closeDescriptor(fd) }
+            case .reconfigure(let next):
+                for fd in next.sockets.values { closeDescriptor(fd) }
+            default:
+                break
+            }
         }
     }
 

@@ -136,7 +136,17 @@ struct UpgradeEndToEndTests {
         #expect(code == 1 && out.contains("upgrade failed") && out.contains("exited"), "\(out)")
         (code, out) = try runCommand(sluiceBinary, ["upgrade", "--instance", "e2e\(port)", "--binary", "/nonexistent/sluice"])
         #expect(code == 1 && out.contains("cannot start"), "\(out)")
+        // A file changed since it was loaded: the new process refuses, saying so.
+        let path = try #require(sluice.configURL?.path)
+        let changed = steeredConfig(port: port, backends: [echo.address], workers: 2)
+            .replacingOccurrences(of: "workers: 2", with: "workers: 3")
+        try changed.write(toFile: path, atomically: true, encoding: .utf8)
+        (code, out) = try runCommand(sluiceBinary, ["upgrade", "--instance", "e2e\(port)"])
+        #expect(code == 1 && out.contains("refused") && out.contains("workers: 2 running, 3 configured"), "\(out)")
         #expect(daemonPID("e2e\(port)") == sluice.process.processIdentifier)
+        #expect(access("/sys/fs/bpf/sluice/e2e\(port)/worker_load", F_OK) == 0 && access("/run/sluice/e2e\(port).lock", F_OK) == 0,
+                "the refusing process left the pins and the lock alone")
+        _ = try statusJSON("e2e\(port)")
         #expect(echoRoundTrip(port: port, size: 100_000, seed: 2) == nil, "still serving")
         let (failure, bytes, _) = stream.finish()
         #expect(failure == nil && bytes > 0, "\(failure ?? "")")
