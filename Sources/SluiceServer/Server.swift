@@ -171,13 +171,7 @@ public final class Server: AdminHandler {
             live?.healthChecker?.stop()
             live = nil
         }
-        if let adoption {
-            live?.freshSlot = max(live?.freshSlot ?? 0, adoption.manifest.freshSlot ?? 0)
-            live?.retiredSlots = adoption.manifest.retiredSlots ?? []
-            let pools = Dictionary(livePools.map { ($0.name, $0.addresses.map(\.description)) }, uniquingKeysWith: { a, _ in a })
-            try adoption.ready(workers: workers.workers, pools: pools, wake: loop.discoveryWake, logger: logs.logger("sluice.upgrade"))
-            owned.push { adoption.stop() }
-        }
+        if let adoption { try takeConnections(from: adoption, workers: workers.workers, wake: loop.discoveryWake, owned: owned) }
 
         announceReady(listeners: listeners, dataPath: dataPath.name, steering: steering)
         let keeper = LoadKeeper(
@@ -234,6 +228,17 @@ public final class Server: AdminHandler {
             loop.admin = try openAdmin(epoll: loop.epoll)
         }
         owned.push { [loop] in loop.admin?.close() }
+    }
+
+    /// Binary upgrade: this process serves the listeners now; the old one
+    /// may hand over its connections (to backends this one has).
+    private func takeConnections(from adoption: UpgradeAdoption, workers: [Worker], wake: EventFD,
+                                 owned: ReleaseStack) throws(ServerError) {
+        live?.freshSlot = max(live?.freshSlot ?? 0, adoption.manifest.freshSlot ?? 0)
+        live?.retiredSlots = adoption.manifest.retiredSlots ?? []
+        let pools = Dictionary(livePools.map { ($0.name, $0.addresses.map(\.description)) }, uniquingKeysWith: { a, _ in a })
+        try adoption.ready(workers: workers, pools: pools, wake: wake, logger: logs.logger("sluice.upgrade"))
+        owned.push { adoption.stop() }
     }
 
     private func clearLiveState() {
