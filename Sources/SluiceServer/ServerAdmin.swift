@@ -22,6 +22,7 @@ extension Server {
         let now = monotonicMilliseconds()
         var backends: [StatusSnapshot.Backend] = []
         for pool in livePools {
+            let names = backendNames(pool: pool.name)
             for (i, backend) in pool.config.backends.enumerated() {
                 let checkedAt = pool.lastCheckAt[i].load(ordering: .relaxed)
                 var lastCheck: String?
@@ -32,7 +33,8 @@ extension Server {
                 backends.append(.init(
                     pool: pool.name, address: "\(backend.address)", state: pool.state(i, now: now),
                     active: pool.active[i].load(ordering: .relaxed), weight: backend.weight,
-                    failures: pool.connectFailures[i].load(ordering: .relaxed), lastCheck: lastCheck))
+                    failures: pool.connectFailures[i].load(ordering: .relaxed), lastCheck: lastCheck,
+                    name: names[backend.address]))
             }
         }
         return AdminBackendsReply(backends: backends, moves: moves, logLinesDropped: logLinesDropped,
@@ -43,6 +45,15 @@ extension Server {
                                   httpTunnels: Dictionary(liveListeners.compactMap { l in
                                       l.http.map { (l.name, UInt64(max(0, $0.openTunnels.load(ordering: .relaxed)))) }
                                   }, uniquingKeysWith: +))
+    }
+
+    /// Address → the hostname backend of pool `name` it was resolved from.
+    private func backendNames(pool name: String) -> [SocketAddressSpec: String] {
+        var names: [SocketAddressSpec: String] = [:]
+        for named in config.pools.first(where: { $0.name == name })?.named ?? [] {
+            for address in resolved[named] ?? [] where names[address] == nil { names[address] = "\(named.host):\(named.port)" }
+        }
+        return names
     }
 
     func adminDrainBackend(pool name: String, backend: String, drained: Bool) -> String? {

@@ -127,9 +127,11 @@ public struct StatusSnapshot: Codable, Sendable, Equatable {
         public var weight: Int
         public var failures: Int
         public var lastCheck: String?
+        /// The hostname backend (`host:port`) whose record this address is.
+        public var name: String?
 
         enum CodingKeys: String, CodingKey {
-            case pool, address, state, active, weight, failures
+            case pool, address, state, active, weight, failures, name
             case lastCheck = "last_check"
         }
     }

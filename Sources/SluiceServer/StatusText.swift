@@ -65,6 +65,23 @@ public enum StatusText {
                     b.address, b.pool, b.state, group(b.active), "\(b.weight)", group(b.failures), b.lastCheck ?? "-",
                 ]))
             }
+            // Hostname backends: the addresses their records gave.
+            var names: [(key: String, addresses: [String])] = []
+            for b in backends {
+                guard let name = b.name else { continue }
+                let key = "\(b.pool) \(name)"
+                if let k = names.firstIndex(where: { $0.key == key }) { names[k].addresses.append(b.address) } else { names.append((key, [b.address])) }
+            }
+            for entry in names {
+                let pool = entry.key.prefix { $0 != " " }, name = entry.key.drop { $0 != " " }.dropFirst()
+                lines.append(fit("dns \(name) (pool \(pool)): \(entry.addresses.count) address\(entry.addresses.count == 1 ? "" : "es")"))
+                var line = " "
+                for address in entry.addresses {
+                    if line.count + address.count + 1 > 80 { lines.append(line); line = " " }
+                    line += " " + address
+                }
+                lines.append(line)
+            }
         }
         for note in s.notes { lines.append(fit("note: \(note)")) }
         return lines.joined(separator: "\n") + "\n"

@@ -139,6 +139,9 @@ struct DNSBackendsEndToEndTests {
         #expect(reached.open(12, port: port) == Set(hosts))
         let status = try runCommand(sluiceBinary, ["status", "--instance", "e2e\(port)"]).1
         #expect(hosts.allSatisfy { status.contains($0) }, "\(status)")
+        let lines = status.split(separator: "\n")
+        let header = try #require(lines.firstIndex { $0 == "dns app.test:\(echoes[0].port) (pool app): 4 addresses" }, "\(status)")
+        #expect(hosts.allSatisfy { lines[header + 1].contains($0) }, "status names the record's addresses: \(status)")
         #expect(try sluice.stop() == 0, "\(sluice.log)")
     }
 

@@ -67,3 +67,23 @@ struct StatusTextTests {
         #expect(StatusText.bar(0.25) == "██▌")
     }
 }
+
+@Suite("sluice status text: hostname backends")
+struct StatusTextNamesTests {
+    @Test("the addresses of a hostname backend follow its name, wrapped within 80 columns")
+    func namedBackends() {
+        var snapshot = StatusTextTests.snapshot
+        snapshot.notes = []
+        snapshot.backends = (1...12).map { k in
+            .init(pool: "app", address: "10.244.\(k).123:8080", state: "up", active: k, weight: 1, failures: 0, lastCheck: nil,
+                  name: "app.default.svc.cluster.local:8080")
+        }
+        let lines = StatusText.render(snapshot).split(separator: "\n", omittingEmptySubsequences: false)
+        let header = lines.firstIndex { $0 == "dns app.default.svc.cluster.local:8080 (pool app): 12 addresses" }
+        #expect(header != nil, "\(lines)")
+        guard let header else { return }
+        let wrapped = lines[(header + 1)...].prefix { $0.hasPrefix("  ") }
+        #expect(wrapped.count == 3 && wrapped.allSatisfy { $0.count <= 80 }, "\(wrapped)")
+        #expect(wrapped.joined().split(separator: " ").count == 12)
+    }
+}
