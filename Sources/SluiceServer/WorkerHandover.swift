@@ -193,6 +193,7 @@ extension Worker {
     func adoptHanded(_ adopted: AdoptedConnections) {
         var next = 0
         let now = monotonicMilliseconds()
+        let pools = currentPools
         for handed in adopted.connections {
             let fds = Array(adopted.fds[next..<min(adopted.fds.count, next + handed.descriptors)])
             next += handed.descriptors
@@ -205,8 +206,9 @@ extension Worker {
             }
             record.add(.active, 1)
             if adopted.countsListeners { listener.counters.add(.active, 1) }
+            var taken = true
             if let state = handed.tcp {
-                adoptSession(handed, state, listener, address, fds, now: now)
+                taken = adoptSession(handed, state, listener, address, fds, pools: pools, now: now)
             } else if let redis = handed.redis, listener.config.mode == .redis {
                 acceptRedis(listener, client: fds[0], address: address, resuming: redis)
             } else if let http = listener.http {
@@ -216,15 +218,22 @@ extension Worker {
                 httpConnections[connection.id] = connection
                 drive(connection, .accepted(now: now))
             } else {
+                taken = false
+            }
+            if !taken {
+                // Closed unserved: its counts (here, or the old process's in the shared table) go with it.
                 releaseActive()
+                listener.counters.release(.active)
                 for fd in fds { closeDescriptor(fd) }
             }
         }
     }
 
+    /// False when this process cannot carry the session on (its backend is
+    /// not in the pool here); the caller closes it.
     private func adoptSession(_ handed: HandedConnection, _ state: TCPSessionHandover, _ listener: RuntimeListener,
-                              _ address: SocketAddress, _ fds: [Int32], now: UInt64) {
-        let pool = (handed.pool.flatMap { name in currentPools[name] }) ?? listener.pool
+                              _ address: SocketAddress, _ fds: [Int32], pools: [String: RuntimePool], now: UInt64) -> Bool {
+        let pool = (handed.pool.flatMap { name in pools[name] }) ?? listener.pool
         let http = handed.tunnel != nil ? listener.http : nil
         let idle = http?.config.tunnelIdleTimeout.milliseconds
         guard let backend = pool.addresses.firstIndex(where: { $0.description == handed.backend }),
@@ -233,9 +242,7 @@ extension Worker {
                 flushTimeoutMilliseconds: settings.sockmapFlushTimeoutMilliseconds, idleTimeoutMilliseconds: idle))
         else {
             logger.warning("a handed-over connection's backend is not in its pool here; closed", metadata: ["backend": "\(handed.backend ?? "-")"])
-            releaseActive()
-            for fd in fds { closeDescriptor(fd) }
-            return
+            return false
         }
         let session = Session(id: nextSessionID, listener: listener, pool: pool, client: fds[0], clientAddress: address,
                               path: machine.path, promotion: settings.promotion,
@@ -261,6 +268,7 @@ extension Worker {
         }
         sessions[session.id] = session
         drive(session, .adopted)
+        return true
     }
 }
 

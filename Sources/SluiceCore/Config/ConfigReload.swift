@@ -2,7 +2,7 @@
 /// new one before anything is touched: which listeners keep their sockets,
 /// which are bound anew and which close, or why the new configuration needs
 /// a restart. Pure: the server applies the plan.
-public struct ReloadPlan: Sendable, Equatable {
+public struct ReloadPlan: Sendable {
     /// Listeners of the new configuration (by position in it) that take over
     /// the sockets of a running listener (by position in the running one).
     public var kept: [(new: Int, old: Int)]
@@ -19,11 +19,6 @@ public struct ReloadPlan: Sendable, Equatable {
         self.added = added
         self.removed = removed
         self.changes = changes
-    }
-
-    public static func == (lhs: ReloadPlan, rhs: ReloadPlan) -> Bool {
-        lhs.kept.map { [$0.new, $0.old] } == rhs.kept.map { [$0.new, $0.old] } && lhs.added == rhs.added
-            && lhs.removed == rhs.removed && lhs.changes == rhs.changes
     }
 
     /// The plan, or every reason the new configuration cannot be applied to
