@@ -66,6 +66,12 @@ final class HTTPConnection {
     var backendAdded = false
     var clientArmed: EpollEvents?
     var backendArmed: EpollEvents?
+    /// Per side: registered level-triggered (it stays armed after firing;
+    /// see `Worker.arm(_:)`), and fired without being armed since.
+    var clientStaysArmed = false
+    var backendStaysArmed = false
+    var clientFired = false
+    var backendFired = false
 
     var headTimer: TimerID?
     /// Closing: the grace period for the last answer to go out.
@@ -82,6 +88,33 @@ final class HTTPConnection {
         var limits = http.limits
         limits.namesRequests = namesRequests
         machine = HTTPSession(limits: limits, router: http.router, client: clientAddress.ipText)
+    }
+
+    /// An event for `side`: a oneshot registration is disarmed by the
+    /// kernel, a level-triggered one stays armed until the event is handled.
+    func noteFired(_ side: Side) {
+        if side == .client {
+            if clientStaysArmed { clientFired = true } else { clientArmed = nil }
+        } else {
+            if backendStaysArmed { backendFired = true } else { backendArmed = nil }
+        }
+    }
+
+    func fired(_ side: Side) -> Bool { side == .client ? clientFired : backendFired }
+
+    /// The side's socket is out of this epoll (or closed, or idle in a pool).
+    func forgetRegistration(_ side: Side) {
+        if side == .client {
+            clientAdded = false
+            clientArmed = nil
+            clientStaysArmed = false
+            clientFired = false
+        } else {
+            backendAdded = false
+            backendArmed = nil
+            backendStaysArmed = false
+            backendFired = false
+        }
     }
 
     func fd(_ side: Side) -> Int32 { side == .client ? client : backend }

@@ -54,6 +54,12 @@ final class Session {
     /// connect; a session adopted from another worker starts outside).
     var backendAdded = false
     var backendArmed: EpollEvents?
+    /// Per side: whether its registration stays armed after it fires (see
+    /// `Worker.arm`), and whether it fired and has not been armed since.
+    var clientStaysArmed = false
+    var backendStaysArmed = false
+    var clientFired = false
+    var backendFired = false
 
     /// Whether epoll reported the side's FIN (EPOLLRDHUP): a short read from
     /// it did not drain it, the EOF is still to be read.
@@ -95,6 +101,34 @@ final class Session {
     }
 
     func fd(_ side: Side) -> Int32 { side == .client ? client : backend }
+
+    /// An event for `side`: a oneshot registration is disarmed by the
+    /// kernel; a level-triggered one stays armed until `fired` is cleared
+    /// by arming it again (or the worker disarms it).
+    func noteFired(_ side: Side) {
+        if side == .client {
+            if clientStaysArmed { clientFired = true } else { clientArmed = nil }
+        } else {
+            if backendStaysArmed { backendFired = true } else { backendArmed = nil }
+        }
+    }
+
+    func fired(_ side: Side) -> Bool { side == .client ? clientFired : backendFired }
+
+    /// The side's socket left this epoll (or was closed): it starts over.
+    func forgetRegistration(_ side: Side) {
+        if side == .client {
+            clientAdded = false
+            clientArmed = nil
+            clientStaysArmed = false
+            clientFired = false
+        } else {
+            backendAdded = false
+            backendArmed = nil
+            backendStaysArmed = false
+            backendFired = false
+        }
+    }
 
     func noteFinArrived(_ side: Side) {
         if side == .client { clientFinArrived = true } else { backendFinArrived = true }

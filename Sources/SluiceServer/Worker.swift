@@ -266,7 +266,7 @@ final class Worker: @unchecked Sendable {
     func run() {
         do {
             try epoll.add(wakeup.fd, .readable, token: Self.wakeupToken)
-            for index in listenerFDs.indices { try armListener(index, firstTime: true) }
+            for index in listenerFDs.indices { try armListener(index) }
         } catch {
             logger.critical("cannot register with epoll: \(error)")
             closeListeners()
@@ -323,9 +323,10 @@ final class Worker: @unchecked Sendable {
             let value = token & ~Self.kindMask
             guard let session = sessions[value >> 1] else { return } // closed earlier in this batch
             let side: Side = (value & 1) == 0 ? .client : .backend
-            if side == .client { session.clientArmed = nil } else { session.backendArmed = nil }
+            session.noteFired(side)
             if events.contains(.readHangup) { session.noteFinArrived(side) }
             drive(session, .ready(side, Readiness(events)))
+            if !session.isClosed && session.fired(side) { disarm(session, side) }
         case Self.httpKind:
             let value = token & ~Self.kindMask
             guard let connection = httpConnections[value >> 1] else { return }
@@ -460,23 +461,17 @@ final class Worker: @unchecked Sendable {
         }
     }
 
-    private var listenerInterest: EpollEvents { settings.sharedAccept ? [.readable, .exclusive] : [.readable, .oneShot] }
+    /// Level-triggered, added once and never modified: accepting a client
+    /// costs no epoll_ctl. `shared_accept` adds EPOLLEXCLUSIVE (one worker
+    /// woken per client). Pausing takes a listener out of epoll; arming
+    /// puts it back.
+    private var listenerInterest: EpollEvents { settings.sharedAccept ? [.readable, .exclusive] : [.readable] }
 
-    /// Oneshot listeners are re-armed with MOD; an EPOLLEXCLUSIVE one cannot
-    /// be modified, so pausing removes it and arming adds it back.
-    func armListener(_ index: Int, firstTime: Bool = false) throws(SystemCallError) {
+    func armListener(_ index: Int) throws(SystemCallError) {
         guard !acceptPaused, let fd = listenerFDs[index], let listener = listeners[index] else { return }
         let token = Self.listenerKind | UInt64(index)
-        if listener.config.mode == .udp {
-            // Level-triggered and never re-armed: a worker takes a few batches per turn.
-            if firstTime { try epoll.add(fd, .readable, token: token) }
-            return
-        }
-        if firstTime || settings.sharedAccept {
-            try epoll.add(fd, listenerInterest, token: token)
-        } else {
-            try epoll.modify(fd, listenerInterest, token: token)
-        }
+        // UDP: a worker takes a few batches per turn.
+        try epoll.add(fd, listener.config.mode == .udp ? .readable : listenerInterest, token: token)
     }
 
     /// Draining keeps a UDP listener's socket (out of epoll: no new

@@ -10,10 +10,16 @@ import Synchronization
 extension Worker {
     // MARK: - Accepting
 
-    func acceptConnections(listenerIndex: Int) {
+    /// Accepts up to `limit` clients. A wake-up takes one by default: the
+    /// listener is level-triggered, so another turn of the loop takes the
+    /// next, and no accept4 is spent on learning that the backlog is empty
+    /// (an accept4 that fails allocates and frees a socket all the same).
+    func acceptConnections(listenerIndex: Int, limit: Int = 1) {
         guard let fd = listenerFDs[listenerIndex] else { return }
         guard let listener = listeners[listenerIndex] else { return }
-        while true {
+        var taken = 0
+        while taken < limit {
+            taken += 1
             let result: IOResult<(Int32, SocketAddress)>
             do {
                 result = try Socket.accept(fd)
@@ -43,7 +49,6 @@ extension Worker {
             }
             if pausedListeners.contains(listenerIndex) { return }
         }
-        if !settings.sharedAccept { try? armListener(listenerIndex) }
     }
 
     /// An accepted client (its PROXY header read, where one comes first)
@@ -94,7 +99,7 @@ extension Worker {
     func pauseAccepting(_ listenerIndex: Int, because error: SystemCallError) {
         counters.acceptBackoffs.wrappingIncrement(ordering: .relaxed)
         guard pausedListeners.insert(listenerIndex).inserted else { return }
-        if settings.sharedAccept, let fd = listenerFDs[listenerIndex] { epoll.remove(fd) }
+        if let fd = listenerFDs[listenerIndex] { epoll.remove(fd) }
         let now = monotonicMilliseconds()
         if now &- lastAcceptErrorLog > 1000 {
             lastAcceptErrorLog = now
@@ -191,8 +196,7 @@ extension Worker {
             closeDescriptor(session.backend) // also leaves the epoll set
             session.backend = -1
         }
-        session.backendArmed = nil
-        session.backendAdded = false
+        session.forgetRegistration(.backend)
     }
 
     func backendConnected(_ session: Session) {

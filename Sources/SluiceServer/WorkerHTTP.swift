@@ -94,8 +94,18 @@ extension Worker {
 
     // MARK: - Readiness
 
+    /// An event on one side. The connection sees oneshot semantics: a side
+    /// that fired and is not armed again (`arm(_:)`) is disarmed here.
     func dispatch(_ c: HTTPConnection, _ side: Side, _ events: EpollEvents) {
-        if side == .client { c.clientArmed = nil } else { c.backendArmed = nil }
+        c.noteFired(side)
+        handle(c, side, events)
+        if !c.isClosed && c.fired(side) {
+            epoll.remove(c.fd(side))
+            c.forgetRegistration(side)
+        }
+    }
+
+    private func handle(_ c: HTTPConnection, _ side: Side, _ events: EpollEvents) {
         let trouble = !events.isDisjoint(with: [.error, .hangup])
         if side == .backend && c.connecting {
             if events.contains(.writable) && !trouble { backendConnected(c) } else if trouble || events.contains(.writable) {
@@ -145,21 +155,33 @@ extension Worker {
         }
     }
 
-    /// Arms both sockets for what the connection waits for (oneshot).
+    /// Arms both sockets for what the connection waits for. A non-empty
+    /// interest is registered level-triggered: arming a side again for what
+    /// it is registered for costs no epoll_ctl (a request answered, the
+    /// next awaited on the same sockets). An empty one leaves the side as
+    /// it is; `dispatch` disarms a side that fired and was not armed again.
     func arm(_ c: HTTPConnection) {
         func apply(_ side: Side) throws(SystemCallError) {
             let fd = c.fd(side)
             guard fd >= 0 else { return }
             let interest = c.interest(side)
+            guard !interest.isEmpty else { return }
             let armed = side == .client ? c.clientArmed : c.backendArmed
-            guard !interest.isEmpty, armed != interest else { return }
+            if side == .client { c.clientFired = false } else { c.backendFired = false }
+            guard armed != interest else { return }
             let token = side == .client ? Self.httpKind | (c.id << 1) : Self.httpBackendKind | UInt64(UInt32(bitPattern: fd))
             let added = side == .client ? c.clientAdded : c.backendAdded
-            if added { try epoll.modify(fd, interest.union(.oneShot), token: token) } else {
-                try epoll.add(fd, interest.union(.oneShot), token: token)
+            if added { try epoll.modify(fd, interest, token: token) } else {
+                try epoll.add(fd, interest, token: token)
                 if side == .client { c.clientAdded = true } else { c.backendAdded = true }
             }
-            if side == .client { c.clientArmed = interest } else { c.backendArmed = interest }
+            if side == .client {
+                c.clientArmed = interest
+                c.clientStaysArmed = true
+            } else {
+                c.backendArmed = interest
+                c.backendStaysArmed = true
+            }
         }
         do {
             try apply(.client)

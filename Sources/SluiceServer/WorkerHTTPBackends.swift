@@ -35,6 +35,7 @@ extension Worker {
             c.backend = fd
             c.backendAdded = true
             c.backendArmed = .readable
+            c.backendStaysArmed = true
             backendOwners[fd] = c.id
             drive(c, .acquired(backend: index, reused: true, now: now))
             return
@@ -52,8 +53,7 @@ extension Worker {
         Socket.setNoDelay(fd)
         c.backend = fd
         backendOwners[fd] = c.id
-        c.backendAdded = false
-        c.backendArmed = nil
+        c.forgetRegistration(.backend)
         do {
             switch try Socket.connect(fd, to: pool.addresses[index]) {
             case .connected:
@@ -89,8 +89,7 @@ extension Worker {
         c.backend = -1
         uncount(c)
         c.connecting = false
-        c.backendAdded = false
-        c.backendArmed = nil
+        c.forgetRegistration(.backend)
         if let code {
             logger.warning("backend connect failed", metadata: ["error": "\(errnoDescription(code))"])
         } else {
@@ -111,14 +110,15 @@ extension Worker {
         c.counted = nil
     }
 
-    /// Arms an idle backend connection for reading, so that its backend
-    /// closing it (or sending what nobody asked for) is seen at once.
+    /// Arms an idle backend connection for reading (level-triggered, as
+    /// it is while it waits for a response), so that its backend closing it
+    /// (or sending what nobody asked for) is seen at once.
     private func armIdle(_ fd: Int32, added: Bool, armed: EpollEvents?) -> Bool {
         if armed == .readable { return true }
         let token = Self.httpBackendKind | UInt64(UInt32(bitPattern: fd))
         do {
-            if added { try epoll.modify(fd, [.readable, .oneShot], token: token) } else {
-                try epoll.add(fd, [.readable, .oneShot], token: token)
+            if added { try epoll.modify(fd, .readable, token: token) } else {
+                try epoll.add(fd, .readable, token: token)
             }
             return true
         } catch {
@@ -154,8 +154,7 @@ extension Worker {
         }
         c.backend = -1
         c.connecting = false
-        c.backendAdded = false
-        c.backendArmed = nil
+        c.forgetRegistration(.backend)
         c.backendWantsRead = false
         c.backendWriteBlocked = false
         c.backendMoveWaits = false

@@ -114,7 +114,7 @@ extension Worker {
         } else {
             acceptPaused = false
             for index in listenerFDs.indices where listenerFDs[index] != nil && !pausedListeners.contains(index) {
-                try? armListener(index, firstTime: true)
+                try? armListener(index)
             }
         }
     }

@@ -74,10 +74,8 @@ extension Worker {
         for session in moving {
             epoll.remove(session.client)
             epoll.remove(session.backend)
-            session.clientAdded = false
-            session.backendAdded = false
-            session.clientArmed = nil
-            session.backendArmed = nil
+            session.forgetRegistration(.client)
+            session.forgetRegistration(.backend)
             if let timer = session.idleTimer { _ = timers.cancel(timer) }
             session.idleTimer = nil
             sessions.removeValue(forKey: session.id)

@@ -117,7 +117,7 @@ extension Worker {
     private func stopListening(_ slot: Int) {
         pausedListeners.remove(slot)
         guard let fd = listenerFDs[slot], let listener = listeners[slot] else { return }
-        if listener.config.mode != .udp && !draining { acceptConnections(listenerIndex: slot) }
+        if listener.config.mode != .udp && !draining { acceptConnections(listenerIndex: slot, limit: .max) }
         epoll.remove(fd)
         if listener.config.mode == .udp { return }
         closeDescriptor(fd)
@@ -132,7 +132,7 @@ extension Worker {
         }
         listenerFDs[slot] = fd
         guard !draining else { return closeListener(slot) }
-        do { try armListener(slot, firstTime: true) } catch {
+        do { try armListener(slot) } catch {
             logger.error("cannot watch an added listener", metadata: ["listener": "\(listeners[slot]?.name ?? "-")", "error": "\(error)"])
             closeListener(slot)
         }
