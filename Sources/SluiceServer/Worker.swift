@@ -180,6 +180,9 @@ final class Worker: @unchecked Sendable {
     var awaitingHeaders: [UInt64: AwaitingHeader] = [:]
     var lastHeaderRejectionLog: UInt64 = 0
     var nextSessionID: UInt64 = 1
+    /// The clock read once per wake-up, for what needs milliseconds (idle
+    /// deadlines, head timeouts): not a clock_gettime per event.
+    var wakeMilliseconds = monotonicMilliseconds()
     var timers: TimerWheel<WorkerTimer>
     var draining = false
     /// A binary upgrade's new process takes the new connections.
@@ -287,10 +290,14 @@ final class Worker: @unchecked Sendable {
             }
             var wokeAt: UInt64 = 0
             epoll.wait(timeoutMilliseconds: timeout) { token, events in
-                if wokeAt == 0 { wokeAt = monotonicNanoseconds() }
+                if wokeAt == 0 {
+                    wokeAt = monotonicNanoseconds()
+                    wakeMilliseconds = wokeAt / 1_000_000
+                }
                 dispatch(token: token, events: events)
             }
             if wokeAt == 0 { wokeAt = monotonicNanoseconds() }
+            wakeMilliseconds = wokeAt / 1_000_000
             for (_, timer) in timers.advance(to: wokeAt / 1_000_000) {
                 fire(timer)
             }

@@ -44,7 +44,7 @@ extension Worker {
             ])
         case .pump(let flow, let read):
             let result = pump(session, flow, read: read)
-            drive(session, .pumped(flow, result, now: monotonicMilliseconds()))
+            drive(session, .pumped(flow, result, now: wakeMilliseconds))
         case .shutdownWrite(let side):
             Socket.shutdownWrite(session.fd(side))
         case .handToKernel:

@@ -95,17 +95,27 @@ extension Worker {
     // MARK: - Readiness
 
     /// An event on one side. The connection sees oneshot semantics: a side
-    /// that fired and is not armed again (`arm(_:)`) is disarmed here.
+    /// that fired and is not armed again (`arm(_:)`) is disarmed here, but
+    /// for one case: a read just emptied it and it was armed for reading
+    /// only. It cannot fire again before new bytes come, and it is likely
+    /// to be wanted for reading again by then (a client's next request,
+    /// once this one is answered), so its registration stays; if it fires
+    /// before it is wanted, it is disarmed then.
     func dispatch(_ c: HTTPConnection, _ side: Side, _ events: EpollEvents) {
         c.noteFired(side)
-        handle(c, side, events)
-        if !c.isClosed && c.fired(side) {
-            epoll.remove(c.fd(side))
-            c.forgetRegistration(side)
+        let emptied = handle(c, side, events)
+        guard !c.isClosed && c.fired(side) else { return }
+        let armed = side == .client ? c.clientArmed : c.backendArmed
+        if emptied && armed == .readable {
+            if side == .client { c.clientFired = false } else { c.backendFired = false }
+            return
         }
+        epoll.remove(c.fd(side))
+        c.forgetRegistration(side)
     }
 
-    private func handle(_ c: HTTPConnection, _ side: Side, _ events: EpollEvents) {
+    /// True when it read bytes from `side` and the read emptied the socket.
+    private func handle(_ c: HTTPConnection, _ side: Side, _ events: EpollEvents) -> Bool {
         let trouble = !events.isDisjoint(with: [.error, .hangup])
         if side == .backend && c.connecting {
             if events.contains(.writable) && !trouble { backendConnected(c) } else if trouble || events.contains(.writable) {
@@ -113,23 +123,28 @@ extension Worker {
                 if error == 0 { backendConnected(c) } else { connectFailed(c, errno: error) }
             }
             if !c.isClosed { arm(c) }
-            return
+            return false
         }
         if events.contains(.writable) || trouble {
             c.setWriteBlocked(side, false)
             flush(c, side)
         }
-        if c.isClosed { return }
+        if c.isClosed { return false }
         if (events.contains(.readable) || trouble) && c.moveWaits(side) {
             c.setMoveWaits(side, false)
             flush(c, side.peer)
         }
-        if c.isClosed { return }
-        if (events.contains(.readable) || trouble) && c.wantsRead(side) { readFor(c, side) }
+        if c.isClosed { return false }
+        var emptied = false
+        if (events.contains(.readable) || trouble) && c.wantsRead(side) { emptied = readFor(c, side) }
         if !c.isClosed { arm(c) }
+        return emptied && !trouble && !events.contains(.readHangup)
     }
 
-    private func readFor(_ c: HTTPConnection, _ side: Side) {
+    /// True when it read bytes, fewer than fill the buffer (the socket is
+    /// then almost certainly empty).
+    @discardableResult
+    private func readFor(_ c: HTTPConnection, _ side: Side) -> Bool {
         let buffer = takeBuffer()
         defer { var scratch = Carrier(buffer: buffer); releaseCarrier(&scratch) }
         let outcome: Socket.ReadOutcome
@@ -138,20 +153,22 @@ extension Worker {
         } catch {
             c.setWantsRead(side, false)
             drive(c, .failed(side, errno: error.errno))
-            return
+            return false
         }
         switch outcome {
         case .wouldBlock:
-            return
+            return true
         case .endOfFile:
             c.setWantsRead(side, false)
             drive(c, .endOfFile(side, now: monotonicMilliseconds()))
+            return false
         case .bytes(let n):
             c.setWantsRead(side, false)
             if side == .client { c.clientReadFilled = n == buffer.count } else { c.backendReadFilled = n == buffer.count }
             record.add(side == .client ? .bytesIn : .bytesOut, UInt64(n))
             let bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
-            drive(c) { $0.receive(side, bytes, now: monotonicMilliseconds(), into: &$1) }
+            drive(c) { $0.receive(side, bytes, now: wakeMilliseconds, into: &$1) }
+            return n < buffer.count
         }
     }
 
@@ -218,7 +235,7 @@ extension Worker {
                 guard moveStep(c, flow, remaining: remaining) else { return }
             }
         }
-        if wroteBytes && !c.isClosed && c[output: side].isEmpty { drive(c, .sent(side, now: monotonicMilliseconds())) }
+        if wroteBytes && !c.isClosed && c[output: side].isEmpty { drive(c, .sent(side, now: wakeMilliseconds)) }
     }
 
     /// Writes the bytes at the head of the side's queue, once; `done` when
@@ -265,7 +282,7 @@ extension Worker {
         if remaining == 0 {
             c[output: destination].removeFirst()
             dropMove(&c[move: flow])
-            drive(c, .moved(flow, now: monotonicMilliseconds()))
+            drive(c, .moved(flow, now: wakeMilliseconds))
             return true
         }
         if state.pipe == nil && state.buffer == nil {
@@ -303,7 +320,7 @@ extension Worker {
                 c[output: destination].removeFirst()
                 dropMove(&c[move: flow])
                 Socket.shutdownWrite(c.fd(destination))
-                drive(c, .moved(flow, now: monotonicMilliseconds()))
+                drive(c, .moved(flow, now: wakeMilliseconds))
                 return true
             }
             drive(c, .endOfFile(flow.source, now: monotonicMilliseconds())) // cut short
