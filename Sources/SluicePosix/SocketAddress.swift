@@ -58,6 +58,16 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// The address's IP bytes (4 or 16), lent without a copy.
+    public func withIPBytes<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
+        withUnsafeBytes(of: storage) { raw in
+            if family == AF_INET6 {
+                return withUnsafeBytes(of: raw.load(as: sockaddr_in6.self).sin6_addr, body)
+            }
+            return withUnsafeBytes(of: raw.load(as: sockaddr_in.self).sin_addr, body)
+        }
+    }
+
     public var ipText: String {
         var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
         var bytes = ipBytes

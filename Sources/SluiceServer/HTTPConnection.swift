@@ -21,6 +21,8 @@ final class HTTPConnection {
     var http: RuntimeHTTP
     let client: Int32
     let clientAddress: SocketAddress
+    /// What `hash` balancing keys on, computed once.
+    private(set) lazy var clientKey = clientAddress.withIPBytes { hashClientAddress($0) }
     /// The PROXY header the client's connection began with, if its listener takes one.
     var receivedHeader: ProxyHeader?
     let startedNanoseconds = monotonicNanoseconds()

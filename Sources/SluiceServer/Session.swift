@@ -80,7 +80,7 @@ final class Session {
         self.pool = pool
         self.client = client
         self.clientAddress = clientAddress
-        self.clientKey = hashClientAddress(clientAddress.ipBytes)
+        self.clientKey = clientAddress.withIPBytes { hashClientAddress($0) }
         self.startedNanoseconds = startedNanoseconds
         let limits = Self.limits(listener: listener, pool: pool, promotion: promotion,
                                  flushTimeoutMilliseconds: flushTimeoutMilliseconds, idleTimeoutMilliseconds: idleTimeoutMilliseconds)

@@ -13,7 +13,7 @@ extension Worker {
         c.backendPoolIndex = poolIndex
         let now = monotonicMilliseconds()
         guard let index = pick(pool,
-            clientKey: hashClientAddress(c.clientAddress.ipBytes),
+            clientKey: c.clientKey,
             active: { pool.active[$0].load(ordering: .relaxed) },
             eligible: { !excluding.contains($0) && pool.isEligible($0, now: now) }
         ) else {

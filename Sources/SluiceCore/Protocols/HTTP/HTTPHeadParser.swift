@@ -257,6 +257,7 @@ struct HeadReader {
     /// Header fields up to the empty line, and what they say.
     private mutating func readFields() -> Result<Facts, HTTPError> {
         var facts = Facts()
+        facts.fields.reserveCapacity(16) // one allocation for a usual head, not one per doubling
         while i < end - 2 {
             let nameStart = i
             if bytes[i] == HTTPBytes.sp || bytes[i] == HTTPBytes.htab { return .failure(HTTPError(400, "obs-fold or whitespace before a field")) }

@@ -20,6 +20,7 @@ public enum HTTPHeadRewriter {
     public static func request(_ head: HTTPRequestHead, in bytes: UnsafeRawBufferPointer, client: String,
                                scheme: String = "http", forwarded: HTTPForwardedFields, into out: inout [UInt8]) {
         let firstField = head.fields.first?.name.lowerBound ?? (head.length - 2)
+        out.reserveCapacity(out.count + head.length + (forwarded == .off ? 32 : 160))
         out.append(contentsOf: bytes[0..<firstField]) // the request line and its CRLF
         let named = connectionTokens(head.fields, bytes)
         let addsXFF = forwarded == .xff || forwarded == .both
@@ -61,6 +62,7 @@ public enum HTTPHeadRewriter {
     /// `Connection: close` (the proxy closes the client after it).
     public static func response(_ head: HTTPResponseHead, in bytes: UnsafeRawBufferPointer, close: Bool, into out: inout [UInt8]) {
         let firstField = head.fields.first?.name.lowerBound ?? (head.length - 2)
+        out.reserveCapacity(out.count + head.length + 32)
         out.append(contentsOf: bytes[0..<firstField])
         let upgrading = head.status == 101
         let named = connectionTokens(head.fields, bytes)
@@ -75,8 +77,8 @@ public enum HTTPHeadRewriter {
         out.append(contentsOf: "\r\n".utf8)
     }
 
-    /// The field names the Connection fields list (empty, and no
-    /// allocation, when there is no Connection field).
+    /// The field names the Connection fields list, but `keep-alive`
+    /// (empty, and no allocation, when there is nothing else).
     static func connectionTokens(_ fields: [HTTPField], _ bytes: UnsafeRawBufferPointer) -> [Range<Int>] {
         var named: [Range<Int>] = []
         for field in fields where equalsLowercase(field.name, "connection", bytes) {
@@ -85,7 +87,9 @@ public enum HTTPHeadRewriter {
                 var a = start, b = k
                 while a < b && (bytes[a] == HTTPBytes.sp || bytes[a] == HTTPBytes.htab) { a += 1 }
                 while b > a && (bytes[b - 1] == HTTPBytes.sp || bytes[b - 1] == HTTPBytes.htab) { b -= 1 }
-                if a < b { named.append(a..<b) }
+                // `keep-alive` names a field that is dropped anyway: the usual
+                // `Connection: keep-alive` costs no allocation.
+                if a < b && !equalsLowercase(a..<b, "keep-alive", bytes) { named.append(a..<b) }
                 start = k + 1
             }
         }

@@ -339,6 +339,8 @@ public struct HTTPSession: Sendable {
             e.closeClient = true
         }
         var out: [UInt8] = []
+        // Room for the head and what came with it of the body: one allocation.
+        out.reserveCapacity(backendBytes.count + 32)
         backendBytes.withUnsafeBytes { HTTPHeadRewriter.response(head, in: $0, close: e.closeClient, into: &out) }
         backendBytes.removeFirst(head.length)
         switch head.framing {
@@ -419,7 +421,8 @@ public struct HTTPSession: Sendable {
         var requestDone = true
         if case .done = e.request {} else { requestDone = false }
         actions.append(.release(reusable: e.backendKeepAlive && requestDone && backendBytes.isEmpty))
-        backendBytes.removeAll()
+        // A small buffer is kept for the next response; a big one is not held while idle.
+        backendBytes.removeAll(keepingCapacity: backendBytes.capacity <= 4096)
         exchange = nil
         if e.closeClient || clientEOF {
             close(.clientClosed, &actions)
