@@ -46,20 +46,9 @@ final class Session {
     var connectTimer: TimerID?
     var idleTimer: TimerID?
 
-    /// What each fd is armed for in epoll right now; nil when not armed
-    /// (oneshot fired, or never added).
-    var clientArmed: EpollEvents?
-    var clientAdded = false
-    /// Whether the backend socket is in this worker's epoll (it is added at
-    /// connect; a session adopted from another worker starts outside).
-    var backendAdded = false
-    var backendArmed: EpollEvents?
-    /// Per side: whether its registration stays armed after it fires (see
-    /// `Worker.arm`), and whether it fired and has not been armed since.
-    var clientStaysArmed = false
-    var backendStaysArmed = false
-    var clientFired = false
-    var backendFired = false
+    /// Each socket's place in this worker's epoll (see `Registration`).
+    var clientRegistration = Registration()
+    var backendRegistration = Registration()
 
     /// Whether epoll reported the side's FIN (EPOLLRDHUP): a short read from
     /// it did not drain it, the EOF is still to be read.
@@ -102,32 +91,24 @@ final class Session {
 
     func fd(_ side: Side) -> Int32 { side == .client ? client : backend }
 
-    /// An event for `side`: a oneshot registration is disarmed by the
-    /// kernel; a level-triggered one stays armed until `fired` is cleared
-    /// by arming it again (or the worker disarms it).
-    func noteFired(_ side: Side) {
-        if side == .client {
-            if clientStaysArmed { clientFired = true } else { clientArmed = nil }
-        } else {
-            if backendStaysArmed { backendFired = true } else { backendArmed = nil }
-        }
+    subscript(registration side: Side) -> Registration {
+        get { side == .client ? clientRegistration : backendRegistration }
+        set { if side == .client { clientRegistration = newValue } else { backendRegistration = newValue } }
     }
 
-    func fired(_ side: Side) -> Bool { side == .client ? clientFired : backendFired }
+    /// A read found the side empty: its next bytes raise a new edge.
+    func noteEmptied(_ side: Side) {
+        if side == .client { clientRegistration.ready.remove(.readable) } else { backendRegistration.ready.remove(.readable) }
+    }
+
+    /// A write found the side full: room raises a new edge.
+    func noteFull(_ side: Side) {
+        if side == .client { clientRegistration.ready.remove(.writable) } else { backendRegistration.ready.remove(.writable) }
+    }
 
     /// The side's socket left this epoll (or was closed): it starts over.
     func forgetRegistration(_ side: Side) {
-        if side == .client {
-            clientAdded = false
-            clientArmed = nil
-            clientStaysArmed = false
-            clientFired = false
-        } else {
-            backendAdded = false
-            backendArmed = nil
-            backendStaysArmed = false
-            backendFired = false
-        }
+        self[registration: side] = Registration()
     }
 
     func noteFinArrived(_ side: Side) {
@@ -135,6 +116,37 @@ final class Session {
     }
 
     func finArrived(_ side: Side) -> Bool { side == .client ? clientFinArrived : backendFinArrived }
+}
+
+/// A session's socket in the worker's epoll. It is added once, edge-
+/// triggered, for reading, writing and the peer's FIN, and never modified:
+/// no epoll_ctl per event, as with nginx. The session still sees oneshot
+/// semantics: `interest` is what it armed, and an event is delivered only
+/// when readiness meets an interest, which it then uses up (errors and
+/// hang-ups meet any interest). `ready` keeps what the kernel reported and
+/// no read or write has used up since: a read that empties the socket
+/// clears readable, a write that fills it clears writable; the next edge
+/// sets them again. Arming an interest that `ready` already meets queues
+/// the side for delivery after the current batch of events, as the kernel
+/// would have reported a re-armed oneshot socket in the next wait.
+struct Registration {
+    var added = false
+    var interest: EpollEvents?
+    var ready: EpollEvents = []
+    /// In the worker's list of sides due for delivery.
+    var queued = false
+
+    /// What an event for this side would report now; empty when nothing would fire.
+    var due: EpollEvents {
+        guard let interest else { return [] }
+        var due = ready.intersection([.hangup, .error])
+        if interest.contains(.readable) { due.formUnion(ready.intersection([.readable, .readHangup])) }
+        if interest.contains(.readHangup) { due.formUnion(ready.intersection(.readHangup)) }
+        if interest.contains(.writable) { due.formUnion(ready.intersection(.writable)) }
+        return due
+    }
+
+    static let events: EpollEvents = [.readable, .writable, .readHangup, .edgeTriggered]
 }
 
 /// Kernel-side state of a session spliced through the SOCKHASH: what the

@@ -180,6 +180,10 @@ final class Worker: @unchecked Sendable {
     var awaitingHeaders: [UInt64: AwaitingHeader] = [:]
     var lastHeaderRejectionLog: UInt64 = 0
     var nextSessionID: UInt64 = 1
+    /// Session sides armed for a readiness they already had: delivered
+    /// after the current batch of events (see `Registration`).
+    var dueSides: [(session: UInt64, side: Side)] = []
+    private var dueSpare: [(session: UInt64, side: Side)] = []
     /// The clock read once per wake-up, for what needs milliseconds (idle
     /// deadlines, head timeouts): not a clock_gettime per event.
     var wakeMilliseconds = monotonicMilliseconds()
@@ -288,6 +292,7 @@ final class Worker: @unchecked Sendable {
             if let next = timers.nextDeadline {
                 timeout = next <= now ? 0 : Int32(min(UInt64(timeout), next - now))
             }
+            if !dueSides.isEmpty { timeout = 0 }
             var wokeAt: UInt64 = 0
             epoll.wait(timeoutMilliseconds: timeout) { token, events in
                 if wokeAt == 0 {
@@ -301,6 +306,7 @@ final class Worker: @unchecked Sendable {
             for (_, timer) in timers.advance(to: wokeAt / 1_000_000) {
                 fire(timer)
             }
+            if !dueSides.isEmpty { deliverDue() }
             // Redis writes wait for the whole batch of events: the commands of
             // many clients go to a backend in one write.
             if !redisDirtyLinks.isEmpty || !redisDirtyClients.isEmpty { flushRedis() }
@@ -330,10 +336,9 @@ final class Worker: @unchecked Sendable {
             let value = token & ~Self.kindMask
             guard let session = sessions[value >> 1] else { return } // closed earlier in this batch
             let side: Side = (value & 1) == 0 ? .client : .backend
-            session.noteFired(side)
             if events.contains(.readHangup) { session.noteFinArrived(side) }
-            drive(session, .ready(side, Readiness(events)))
-            if !session.isClosed && session.fired(side) { disarm(session, side) }
+            session[registration: side].ready.formUnion(events.intersection([.readable, .writable, .readHangup, .hangup, .error]))
+            deliver(session, side)
         case Self.httpKind:
             let value = token & ~Self.kindMask
             guard let connection = httpConnections[value >> 1] else { return }
@@ -365,6 +370,26 @@ final class Worker: @unchecked Sendable {
             wakeup.drain()
             commandsWaiting = true
         }
+    }
+
+    /// An event for a session's side, when its readiness meets the
+    /// session's interest: the interest is used up (oneshot).
+    func deliver(_ session: Session, _ side: Side) {
+        let due = session[registration: side].due
+        guard !due.isEmpty else { return }
+        session[registration: side].interest = nil
+        drive(session, .ready(side, Readiness(due)))
+    }
+
+    /// Sides armed during the last batch for what they were already ready for.
+    private func deliverDue() {
+        swap(&dueSides, &dueSpare)
+        for (id, side) in dueSpare {
+            guard let session = sessions[id] else { continue }
+            session[registration: side].queued = false
+            deliver(session, side)
+        }
+        dueSpare.removeAll(keepingCapacity: true)
     }
 
     /// Takes commands one at a time: what is still queued behind a command

@@ -161,9 +161,7 @@ extension Worker {
             case .connected:
                 backendConnected(session)
             case .inProgress:
-                try epoll.add(fd, [.writable, .oneShot], token: token(session, .backend))
-                session.backendAdded = true
-                session.backendArmed = [.writable]
+                try arm(session, .backend, .writable)
             }
         } catch {
             drive(session, .connectFailed(errno: error.errno))

@@ -94,52 +94,30 @@ extension Worker {
     }
 
     /// Arms each socket of a session for `interest` (nil: leave it as it
-    /// is); a socket not yet in this epoll is added. A failure closes the
-    /// session.
-    ///
-    /// The session sees oneshot semantics: a side that fired is disarmed
-    /// unless its actions arm it again. A non-empty interest is registered
-    /// level-triggered, so that arming a side that fired for what it is
-    /// registered for costs no epoll_ctl, which is the common case (a
-    /// request read, the next one awaited); `dispatch` disarms a side that
-    /// fired and was not armed again. An empty interest stays oneshot, as
-    /// a connect's interest does: a hang-up is reported once.
+    /// is); a socket not yet in this epoll is added (see `Registration`).
+    /// A failure closes the session.
     func arm(_ session: Session, client: EpollEvents?, backend: EpollEvents?) {
-        func apply(_ fd: Int32, _ side: Side, _ interest: EpollEvents, added: inout Bool, armed: inout EpollEvents?,
-                   staysArmed: inout Bool, fired: inout Bool) throws(SystemCallError) {
-            fired = false
-            guard armed != interest else { return }
-            let persistent = !interest.isEmpty
-            let registered = persistent ? interest : interest.union(.oneShot)
-            if added {
-                try epoll.modify(fd, registered, token: token(session, side))
-            } else {
-                try epoll.add(fd, registered, token: token(session, side))
-                added = true
-            }
-            armed = interest
-            staysArmed = persistent
-        }
         do {
-            if let client {
-                try apply(session.client, .client, client, added: &session.clientAdded, armed: &session.clientArmed,
-                          staysArmed: &session.clientStaysArmed, fired: &session.clientFired)
-            }
-            if let backend {
-                try apply(session.backend, .backend, backend, added: &session.backendAdded, armed: &session.backendArmed,
-                          staysArmed: &session.backendStaysArmed, fired: &session.backendFired)
-            }
+            if let client { try arm(session, .client, client) }
+            if let backend { try arm(session, .backend, backend) }
         } catch {
-            logger.error("epoll re-arm failed", metadata: ["error": "\(error)"])
+            logger.error("epoll registration failed", metadata: ["error": "\(error)"])
             close(session, reason: .internalError, resetPeer: false, connectedTo: session.machine.connectedBackend)
         }
     }
 
-    /// A side fired and its session did not arm it again: what oneshot
-    /// would have left it, out of epoll until it is armed.
-    func disarm(_ session: Session, _ side: Side) {
-        epoll.remove(session.fd(side))
-        session.forgetRegistration(side)
+    func arm(_ session: Session, _ side: Side, _ interest: EpollEvents) throws(SystemCallError) {
+        var registration = session[registration: side]
+        if !registration.added {
+            try epoll.add(session.fd(side), Registration.events, token: token(session, side))
+            registration.added = true
+        }
+        registration.interest = interest
+        if !registration.queued && !registration.due.isEmpty {
+            registration.queued = true
+            dueSides.append((session.id, side))
+        }
+        session[registration: side] = registration
     }
 
     // MARK: - Closing

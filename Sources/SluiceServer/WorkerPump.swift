@@ -48,7 +48,10 @@ extension Worker {
                     result.failure = (flow.destination, error.errno)
                     break loop
                 }
-                guard case .done(let n) = written else { break loop }
+                guard case .done(let n) = written else {
+                    session.noteFull(flow.destination)
+                    break loop
+                }
                 if carrier.pipe != nil { result.spliced = true }
                 carrier.pending -= n
                 result.moved += n
@@ -68,6 +71,7 @@ extension Worker {
             switch outcome {
             case .wouldBlock:
                 releaseCarrier(&carrier)
+                session.noteEmptied(flow.source)
                 break loop
             case .endOfFile:
                 result.endOfFile = true
@@ -75,6 +79,9 @@ extension Worker {
             case .bytes(let n):
                 carrier.pending = n
                 sourceLikelyDrained = n < settings.shortReadBytes && !finArrived
+                // A short read(2) took all there was; a short splice(2) may
+                // have stopped at the pipe's slots, so only EAGAIN says empty.
+                if sourceLikelyDrained && carrier.pipe == nil { session.noteEmptied(flow.source) }
             }
         }
         return finish(result, carrier, flow)
@@ -109,7 +116,10 @@ extension Worker {
                     result.failure = (flow.destination, error.errno)
                     return finish(result, carrier, flow)
                 }
-                guard case .done(let n) = written else { return finish(result, carrier, flow) }
+                guard case .done(let n) = written else {
+                    session.noteFull(flow.destination)
+                    return finish(result, carrier, flow)
+                }
                 logger.debug("forwarded bytes that reached a socket before its sockmap pairing", metadata: [
                     "bytes": "\(n)", "to": "\(flow.destination)",
                 ])
@@ -133,6 +143,7 @@ extension Worker {
             switch outcome {
             case .wouldBlock:
                 releaseCarrier(&carrier)
+                session.noteEmptied(flow.source)
                 return finish(result, carrier, flow)
             case .endOfFile:
                 releaseCarrier(&carrier)

@@ -29,6 +29,48 @@ struct PosixFactTests {
         #expect(tokens == [43])
     }
 
+    /// The workers' arming rests on these: a level-triggered registration
+    /// stays armed (no epoll_ctl to wait for the next bytes), epoll adds
+    /// EPOLLHUP to any interest (an empty level-triggered one would report
+    /// a hang-up on every wait, hence empty interests stay oneshot), and a
+    /// socket taken out with DEL reports nothing until it is added again.
+    @Test("level-triggered: armed until read; an empty interest still reports hang-ups on every wait; DEL silences")
+    func levelTriggeredArming() throws {
+        var pair: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0, &pair) == 0)
+        defer { closeDescriptor(pair[0]) }
+        let epoll = try Epoll()
+        try epoll.add(pair[0], .readable, token: 7)
+        #expect(send(pair[1], "a", 1, 0) == 1)
+        for _ in 0..<2 { // reported again while unread, with no re-arming
+            var tokens: [UInt64] = []
+            epoll.wait(timeoutMilliseconds: 100) { token, _ in tokens.append(token) }
+            #expect(tokens == [7])
+        }
+        var byte: UInt8 = 0
+        #expect(recv(pair[0], &byte, 1, 0) == 1)
+        #expect(epoll.wait(timeoutMilliseconds: 50) { _, _ in } == 0) // read: quiet, still armed
+        #expect(send(pair[1], "b", 1, 0) == 1)
+        #expect(epoll.wait(timeoutMilliseconds: 100) { _, _ in } == 1)
+        #expect(recv(pair[0], &byte, 1, 0) == 1)
+
+        try epoll.modify(pair[0], [], token: 8)
+        closeDescriptor(pair[1])
+        for _ in 0..<2 {
+            var seen: [EpollEvents] = []
+            epoll.wait(timeoutMilliseconds: 100) { _, events in seen.append(events) }
+            #expect(seen.count == 1 && seen[0].contains(.hangup))
+        }
+        try epoll.modify(pair[0], .oneShot, token: 9)
+        #expect(epoll.wait(timeoutMilliseconds: 100) { _, _ in } == 1)
+        #expect(epoll.wait(timeoutMilliseconds: 50) { _, _ in } == 0) // oneshot: once
+        epoll.remove(pair[0])
+        try epoll.add(pair[0], .readable, token: 10)
+        #expect(epoll.wait(timeoutMilliseconds: 100) { _, _ in } == 1) // added again: reported at once
+        epoll.remove(pair[0])
+        #expect(epoll.wait(timeoutMilliseconds: 50) { _, _ in } == 0)
+    }
+
     @Test("with SIGPIPE ignored, writing to a reset peer is an EPIPE/ECONNRESET error, not a signal")
     func sigpipeIgnored() throws {
         ignoreSIGPIPE()
