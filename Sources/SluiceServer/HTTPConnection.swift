@@ -89,7 +89,8 @@ final class HTTPConnection {
         self.clientAddress = clientAddress
         var limits = http.limits
         limits.namesRequests = namesRequests
-        machine = HTTPSession(limits: limits, router: http.router, client: clientAddress.ipText)
+        // The address as text only where a forwarded field carries it (inet_ntop formats with printf).
+        machine = HTTPSession(limits: limits, router: http.router, client: limits.forwarded == .off ? "" : clientAddress.ipText)
     }
 
     /// An event for `side`: a oneshot registration is disarmed by the

@@ -249,15 +249,17 @@ extension Worker {
 
     private func finishClose(_ c: HTTPConnection) {
         httpConnections.removeValue(forKey: c.id)
-        Socket.shutdownWrite(c.client)
         // Bytes the client sent that nobody will read would turn the close
         // into a reset, which can destroy the answer before the client reads
-        // it: read away what has arrived.
-        var scratch = Carrier(buffer: takeBuffer())
-        for _ in 0..<4 {
-            guard case .bytes? = try? Socket.read(c.client, into: scratch.buffer!) else { break }
+        // it: read away what has arrived (nothing can, after its FIN). The
+        // close then sends the FIN; a shutdown(2) before it would add nothing.
+        if !c.machine.clientFinished {
+            var scratch = Carrier(buffer: takeBuffer())
+            for _ in 0..<4 {
+                guard case .bytes? = try? Socket.read(c.client, into: scratch.buffer!) else { break }
+            }
+            releaseCarrier(&scratch)
         }
-        releaseCarrier(&scratch)
         closeDescriptor(c.client)
         dropMove(&c[move: .upstream])
         dropMove(&c[move: .downstream])

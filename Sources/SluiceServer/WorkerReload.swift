@@ -166,7 +166,7 @@ extension Worker {
         guard let listener = listeners[c.listener.index], listener !== c.listener, let http = listener.http else { return }
         c.listener = listener
         c.http = http
-        c.machine.reconfigure(limits: http.limits, router: http.router)
+        c.machine.reconfigure(limits: http.limits, router: http.router, client: c.clientAddress.ipText)
     }
 
     /// A reload's drain deadline: what it retired and is still open ends.

@@ -54,14 +54,17 @@ public struct HTTPSession: Sendable {
     public private(set) var phase: Phase = .idle
     public private(set) var limits: HTTPSessionLimits
     public private(set) var router: HTTPRouter
-    /// The client's address as the forwarded fields give it.
-    public let client: String
+    /// The client's address as the forwarded fields give it (empty while
+    /// `limits.forwarded` is off).
+    public private(set) var client: String
     private var parser: HTTPHeadParser
     /// Bytes received and not yet used, per side.
     private var clientBytes: [UInt8] = []
     private var backendBytes: [UInt8] = []
     private var exchange: Exchange?
     private var clientEOF = false
+    /// The client's FIN has been read: nothing more can come from it.
+    public var clientFinished: Bool { clientEOF }
     /// What the tunnel carries, once there is one: `websocket` or `connect`.
     public private(set) var tunnelKind = ""
 
@@ -74,8 +77,9 @@ public struct HTTPSession: Sendable {
 
     /// A reload: the next request is routed and limited by the new listener.
     /// Only between requests (`isWaiting`), so one request never sees two.
-    public mutating func reconfigure(limits: HTTPSessionLimits, router: HTTPRouter) {
+    public mutating func reconfigure(limits: HTTPSessionLimits, router: HTTPRouter, client: @autoclosure () -> String) {
         precondition(isWaiting, "an HTTP session is reconfigured between requests only")
+        if limits.forwarded != .off && self.client.isEmpty { self.client = client() }
         var limits = limits
         limits.namesRequests = self.limits.namesRequests
         self.limits = limits
