@@ -123,10 +123,8 @@ public struct HTTPSession: Sendable {
             if exchange != nil { actions.append(.release(reusable: false)) }
             close(side == .client ? .clientReset : .backendReset, &actions)
         case .sent(_, let now):
-            if var e = exchange, e.headSentAt == 0, phase == .exchanging {
-                e.headSentAt = now
-                exchange = e
-            }
+            // In place: a copy of the exchange costs a retain and a release per buffer in it.
+            if phase == .exchanging, exchange?.headSentAt == 0 { exchange?.headSentAt = now }
         case .moved(let flow, let now):
             moved(flow, now, &actions)
         case .acquired(let backend, let reused, let now):
@@ -209,7 +207,7 @@ public struct HTTPSession: Sendable {
     }
 
     private mutating func acquired(_ backend: Int, reused: Bool, _ now: UInt64, _ actions: inout [Action]) {
-        guard var e = exchange, phase == .connecting else { return }
+        guard phase == .connecting, var e = exchange.take() else { return } // moved out, put back below
         e.record.backend = backend
         e.reused = reused
         phase = .exchanging
