@@ -111,6 +111,9 @@ final class Session {
         self[registration: side] = Registration()
     }
 
+    /// A new backend socket (the next connect attempt): no FIN seen on it.
+    func forgetBackendFin() { backendFinArrived = false }
+
     func noteFinArrived(_ side: Side) {
         if side == .client { clientFinArrived = true } else { backendFinArrived = true }
     }
@@ -135,11 +138,17 @@ struct Registration {
     var ready: EpollEvents = []
     /// In the worker's list of sides due for delivery.
     var queued = false
+    /// Hang-ups and errors delivered to an empty interest: each is reported
+    /// there once, as a oneshot registration with no events reported it
+    /// (a session waiting on a timer, a sockmap flush, would otherwise be
+    /// handed the same hang-up on every turn of the loop).
+    var troubleReported: EpollEvents = []
 
     /// What an event for this side would report now; empty when nothing would fire.
     var due: EpollEvents {
         guard let interest else { return [] }
         var due = ready.intersection([.hangup, .error])
+        if interest.isEmpty { due.subtract(troubleReported) }
         if interest.contains(.readable) { due.formUnion(ready.intersection([.readable, .readHangup])) }
         if interest.contains(.readHangup) { due.formUnion(ready.intersection(.readHangup)) }
         if interest.contains(.writable) { due.formUnion(ready.intersection(.writable)) }

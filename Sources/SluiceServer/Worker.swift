@@ -85,8 +85,7 @@ struct WorkerSettings: Sendable {
     /// `data_path: auto`: when a session moves into the SOCKHASH (nil: never).
     var promotion: SockmapPromotion?
     /// `shared_accept`: one listening socket per listener in every worker's
-    /// epoll with EPOLLEXCLUSIVE; otherwise each worker has its own socket,
-    /// armed EPOLLONESHOT.
+    /// epoll with EPOLLEXCLUSIVE; otherwise each worker has its own socket.
     var sharedAccept = false
     /// A worker whose heartbeat is older than this is stalled: it is given
     /// no connections, and rebalancing orders that waited this long are stale.
@@ -377,6 +376,7 @@ final class Worker: @unchecked Sendable {
     func deliver(_ session: Session, _ side: Side) {
         let due = session[registration: side].due
         guard !due.isEmpty else { return }
+        if session[registration: side].interest == [] { session[registration: side].troubleReported.formUnion(due) }
         session[registration: side].interest = nil
         drive(session, .ready(side, Readiness(due)))
     }

@@ -195,6 +195,7 @@ extension Worker {
             session.backend = -1
         }
         session.forgetRegistration(.backend)
+        session.forgetBackendFin() // a refused connect reports EPOLLRDHUP
     }
 
     func backendConnected(_ session: Session) {

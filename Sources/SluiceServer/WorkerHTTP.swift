@@ -99,8 +99,9 @@ extension Worker {
     /// for one case: a read just emptied it and it was armed for reading
     /// only. It cannot fire again before new bytes come, and it is likely
     /// to be wanted for reading again by then (a client's next request,
-    /// once this one is answered), so its registration stays; if it fires
-    /// before it is wanted, it is disarmed then.
+    /// once this one is answered; a backend going back to the idle ones,
+    /// armed for reading there too), so its registration stays; if it
+    /// fires before it is wanted, it is disarmed then.
     func dispatch(_ c: HTTPConnection, _ side: Side, _ events: EpollEvents) {
         c.noteFired(side)
         let emptied = handle(c, side, events)

@@ -71,6 +71,29 @@ struct PosixFactTests {
         #expect(epoll.wait(timeoutMilliseconds: 50) { _, _ in } == 0)
     }
 
+    @Test("a session side's due events: readiness met by the interest; hang-ups always, but once to an empty interest")
+    func registrationDue() {
+        var side = Registration()
+        side.ready = [.readable, .writable, .readHangup]
+        #expect(side.due.isEmpty) // not armed
+        side.interest = [.readable]
+        #expect(side.due == [.readable, .readHangup])
+        side.interest = [.writable]
+        #expect(side.due == [.writable])
+        side.interest = [.readHangup]
+        #expect(side.due == [.readHangup])
+        side.ready = [.hangup]
+        #expect(side.due == [.hangup])
+        side.interest = []
+        #expect(side.due == [.hangup])
+        side.troubleReported = [.hangup] // reported once to the empty interest
+        #expect(side.due.isEmpty)
+        side.ready.insert(.error)
+        #expect(side.due == [.error])
+        side.interest = [.readable]
+        #expect(side.due == [.hangup, .error]) // an interest hears of it again
+    }
+
     @Test("with SIGPIPE ignored, writing to a reset peer is an EPIPE/ECONNRESET error, not a signal")
     func sigpipeIgnored() throws {
         ignoreSIGPIPE()
