@@ -179,9 +179,9 @@ extension Server {
         for listener in liveListeners {
             guard let http = listener.http else { continue }
             for (p, pool) in http.pools.enumerated() {
-                for (k, counter) in http.requests[p].enumerated() {
+                for k in 0..<5 {
                     out.sample(requests, ["listener": listener.name, "pool": pool.name, "class": "\(k + 1)xx"],
-                               Double(counter.load(ordering: .relaxed)))
+                               Double(http.requests[p].load(class: k)))
                 }
             }
         }

@@ -268,7 +268,7 @@ extension Worker {
     }
 
     func logExchange(_ c: HTTPConnection, _ record: HTTPExchangeRecord) {
-        c.http.count(pool: record.route, status: record.status)
+        c.http.count(pool: record.route, status: record.status, worker: id)
         guard let accessLogger else { return }
         let pool = record.route.map { c.http.pools[$0] }
         let backend: String? = record.backend.flatMap { index in
