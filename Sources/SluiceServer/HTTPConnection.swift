@@ -68,10 +68,8 @@ final class HTTPConnection {
     var backendAdded = false
     var clientArmed: EpollEvents?
     var backendArmed: EpollEvents?
-    /// Per side: registered level-triggered (it stays armed after firing;
-    /// see `Worker.arm(_:)`), and fired without being armed since.
-    var clientStaysArmed = false
-    var backendStaysArmed = false
+    /// Per side: fired without being armed since (registrations are
+    /// level-triggered and stay armed after firing; see `Worker.arm(_:)`).
     var clientFired = false
     var backendFired = false
 
@@ -93,14 +91,9 @@ final class HTTPConnection {
         machine = HTTPSession(limits: limits, router: http.router, client: limits.forwarded == .off ? "" : clientAddress.ipText)
     }
 
-    /// An event for `side`: a oneshot registration is disarmed by the
-    /// kernel, a level-triggered one stays armed until the event is handled.
+    /// An event for `side`: its registration stays armed until the event is handled.
     func noteFired(_ side: Side) {
-        if side == .client {
-            if clientStaysArmed { clientFired = true } else { clientArmed = nil }
-        } else {
-            if backendStaysArmed { backendFired = true } else { backendArmed = nil }
-        }
+        if side == .client { clientFired = true } else { backendFired = true }
     }
 
     func fired(_ side: Side) -> Bool { side == .client ? clientFired : backendFired }
@@ -110,12 +103,10 @@ final class HTTPConnection {
         if side == .client {
             clientAdded = false
             clientArmed = nil
-            clientStaysArmed = false
             clientFired = false
         } else {
             backendAdded = false
             backendArmed = nil
-            backendStaysArmed = false
             backendFired = false
         }
     }

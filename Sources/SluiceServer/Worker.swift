@@ -374,10 +374,12 @@ final class Worker: @unchecked Sendable {
     /// An event for a session's side, when its readiness meets the
     /// session's interest: the interest is used up (oneshot).
     func deliver(_ session: Session, _ side: Side) {
-        let due = session[registration: side].due
+        var registration = session[registration: side]
+        let due = registration.due
         guard !due.isEmpty else { return }
-        if session[registration: side].interest == [] { session[registration: side].troubleReported.formUnion(due) }
-        session[registration: side].interest = nil
+        if registration.interest == [] { registration.troubleReported.formUnion(due) }
+        registration.interest = nil
+        session[registration: side] = registration
         drive(session, .ready(side, Readiness(due)))
     }
 

@@ -193,13 +193,7 @@ extension Worker {
                 try epoll.add(fd, interest, token: token)
                 if side == .client { c.clientAdded = true } else { c.backendAdded = true }
             }
-            if side == .client {
-                c.clientArmed = interest
-                c.clientStaysArmed = true
-            } else {
-                c.backendArmed = interest
-                c.backendStaysArmed = true
-            }
+            if side == .client { c.clientArmed = interest } else { c.backendArmed = interest }
         }
         do {
             try apply(.client)

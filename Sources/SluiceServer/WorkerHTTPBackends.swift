@@ -35,7 +35,6 @@ extension Worker {
             c.backend = fd
             c.backendAdded = true
             c.backendArmed = .readable
-            c.backendStaysArmed = true
             backendOwners[fd] = c.id
             drive(c, .acquired(backend: index, reused: true, now: now))
             return
