@@ -36,9 +36,10 @@ build: setup
 demo: build
 	$(SLUICE) demo
 
+# Tests/run bounds the suite in time and stops whatever a test left running.
 test: setup
 	$(SWIFT) build
-	$(SWIFT) test
+	Tests/run $(SWIFT) test
 
 # Runs each fuzzer in FUZZERS for FUZZ_SECONDS (those not written yet are skipped);
 # stops at the first that finds a crash (saved under .build-fuzz/artifacts/).

@@ -62,18 +62,20 @@ let package = Package(
         // Compiles bpf/*.bpf.c with the toolchain's clang and embeds the objects.
         .plugin(name: "BPFObjectPlugin", capability: .buildTool()),
 
+        // Child processes and pipes for the tests, without Foundation's trapping I/O.
+        .target(name: "SluiceTestSupport", path: "Tests/SluiceTestSupport"),
         .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore"]),
         .testTarget(
             name: "SluiceBPFTests",
-            dependencies: ["SluiceBPF", "SluicePosix", "CSluice", "CLibbpf", .product(name: "Atomics", package: "swift-atomics")]
+            dependencies: ["SluiceBPF", "SluicePosix", "CSluice", "CLibbpf", "SluiceTestSupport", .product(name: "Atomics", package: "swift-atomics")]
         ),
         .testTarget(
             name: "SluiceServerTests",
-            dependencies: ["SluiceServer", "SluicePosix", "SluiceCore", "SluiceBPF", "CSluice", "CAres"]
+            dependencies: ["SluiceServer", "SluicePosix", "SluiceCore", "SluiceBPF", "CSluice", "CAres", "SluiceTestSupport"]
         ),
         .testTarget(
             name: "SluiceEndToEndTests",
-            dependencies: ["sluice", "SluiceCore", "SluicePosix", "CSluice"]
+            dependencies: ["sluice", "SluiceCore", "SluicePosix", "CSluice", "SluiceTestSupport"]
         ),
     ]
 )

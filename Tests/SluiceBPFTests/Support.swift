@@ -6,6 +6,7 @@ import Foundation
 import Glibc
 @testable import SluiceBPF
 import SluicePosix
+import SluiceTestSupport
 import Testing
 
 /// Root/BPF tests skip with a reason on an unprivileged machine, but fail
@@ -42,15 +43,8 @@ func waitUntilTrue(_ seconds: Double, _ condition: () -> Bool) throws {
 }
 
 func bpftoolJSON(_ arguments: [String]) throws -> Any {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/usr/sbin/bpftool")
-    process.arguments = ["-j"] + arguments
-    let pipe = Pipe()
-    process.standardOutput = pipe
-    try process.run()
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return try JSONSerialization.jsonObject(with: data)
+    let (_, output) = try runCommand("/usr/sbin/bpftool", ["-j"] + arguments, errors: false)
+    return try JSONSerialization.jsonObject(with: Data(output.utf8))
 }
 
 /// Sends one bare TCP ACK (no SYN) from a raw socket to 127.0.0.1:port.

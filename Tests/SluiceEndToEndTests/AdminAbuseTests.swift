@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import SluicePosix
+import SluiceTestSupport
 import Testing
 
 // Clients that misbehave against the admin socket and /metrics: the daemon

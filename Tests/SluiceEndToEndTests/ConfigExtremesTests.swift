@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import SluicePosix
+import SluiceTestSupport
 import Testing
 
 // Issue 11: values that `sluice check` accepted and `sluice run` then trapped

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import SluiceTestSupport
 import Testing
 
 /// dnsmasq serving `app.test` from a hosts directory the test rewrites

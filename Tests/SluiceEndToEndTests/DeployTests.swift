@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import SluicePosix
+import SluiceTestSupport
 import Testing
 
 /// Capability bits as /proc/<pid>/status prints them (CapEff), for a process.

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import SluicePosix
+import SluiceTestSupport
 import Testing
 
 let httpBackendScript = packageRoot.appendingPathComponent("Tests/SluiceEndToEndTests/Scripts/httpbackend.py").path

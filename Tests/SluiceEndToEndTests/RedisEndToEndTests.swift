@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import SluiceTestSupport
 import Testing
 
 let redisPeerScript = packageRoot.appendingPathComponent("Tests/SluiceEndToEndTests/Scripts/redispeer.py").path

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import SluiceTestSupport
 import Testing
 
 @Suite("mode: redis key placement: ketama as twemproxy lays it, and placement that follows health", .serialized)

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import SluicePosix
+import SluiceTestSupport
 import Testing
 
 // Issue 11: no client, log consumer or lack of local resources brings the daemon down.

@@ -75,7 +75,8 @@ struct StallTests {
         try sluice.waitForLog("SIGUSR1 ignored")
         sluice.signal(SIGUSR2)
         #expect(try sluice.waitForExit(seconds: 15) == 0, "handed over, then gone: \(sluice.log)")
-        try sluice.waitForLog("binary upgrade: this process took over")
+        // The new process says so once the old one has gone: `waitForLog` would stop looking at the old one's exit.
+        try waitUntil(10, "the new process to take over:\n\(sluice.log)") { sluice.log.contains("binary upgrade: this process took over") }
         let pid = try #require(daemonPID("e2e\(port)"))
         #expect(pid != sluice.process.processIdentifier)
         #expect(echoRoundTrip(port: port, size: 1000, seed: 2) == nil)

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import SluicePosix
+import SluiceTestSupport
 import Testing
 
 @Suite("sluice status, the admin socket and metrics", .serialized)
@@ -197,17 +198,5 @@ struct StatusAdminTests {
 }
 
 func runPython(_ script: String, input: String) throws -> (status: Int32, output: String) {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    process.arguments = ["python3", "-c", script]
-    let stdin = Pipe(), stdout = Pipe()
-    process.standardInput = stdin
-    process.standardOutput = stdout
-    process.standardError = stdout
-    try process.run()
-    stdin.fileHandleForWriting.write(Data(input.utf8))
-    try stdin.fileHandleForWriting.close()
-    let data = stdout.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    try runCommand("/usr/bin/env", ["python3", "-c", script], input: input)
 }

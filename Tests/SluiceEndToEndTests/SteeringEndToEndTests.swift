@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import SluicePosix
+import SluiceTestSupport
 import Testing
 
 @Suite("Least-loaded steering through the sluice binary", .serialized)

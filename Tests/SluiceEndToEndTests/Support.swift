@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import SluicePosix
+import SluiceTestSupport
 import Testing
 
 // End-to-end helpers: the built `sluice` binary, real sockets, real peers.
@@ -27,20 +28,39 @@ func waitUntil(_ seconds: Double, _ what: String, _ condition: () -> Bool) throw
     return Date().timeIntervalSince(start)
 }
 
-/// Ports handed out by `freePort` in this test process: never handed out twice,
-/// so two "free" ports asked for in a row cannot be the same one.
-private let handedOutPorts = Locked<Set<UInt16>>([])
+/// The kernel's ephemeral ports start here; `connect(2)` and `bind` to port 0 take theirs above it.
+private let ephemeralStart: Int = {
+    let text = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)) ?? ""
+    return text.split(whereSeparator: \.isWhitespace).first.flatMap { Int($0) } ?? 32768
+}()
 
-/// A port that was free a moment ago on 127.0.0.1 (or ::1), and that this
-/// process has not handed out before.
+/// The next port `freePort` tries. Ports are handed out below the ephemeral
+/// range, never twice in this process: no connect(2) elsewhere can take one
+/// between `freePort` and the bind that uses it, and the suite's TIME_WAIT
+/// sockets (over 40,000 at its peak, more than the ephemeral range holds)
+/// cannot use them all up, as they do for binds to port 0.
+private let nextPort = Locked<Int>(max(1024, ephemeralStart - 12_000))
+
+/// A port that is free on 127.0.0.1 (or ::1), has no socket in TIME_WAIT, and
+/// that this process has not handed out before.
 func freePort(ipv6: Bool = false) -> UInt16 {
-    let address = SocketAddress(ip: ipv6 ? "::1" : "127.0.0.1", port: 0)!
     while true {
-        let fd = try! Socket.listen(on: address, reusePort: false)
-        let port = try! Socket.localAddress(fd).port
-        closeDescriptor(fd)
-        if handedOutPorts.withLock({ $0.insert(port).inserted }) { return port }
+        let port = nextPort.withLock { next -> Int in
+            defer { next += 1 }
+            return next
+        }
+        guard port < ephemeralStart else { fatalError("freePort: every port below \(ephemeralStart) was handed out") }
+        if portIsFree(UInt16(port), ipv6: ipv6) { return UInt16(port) }
     }
+}
+
+/// A bind without SO_REUSEADDR: it fails while any socket, TIME_WAIT included, holds the port.
+private func portIsFree(_ port: UInt16, ipv6: Bool) -> Bool {
+    let address = SocketAddress(ip: ipv6 ? "::1" : "127.0.0.1", port: port)!
+    let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    return address.withSockaddr { bind(fd, $0, $1) } == 0
 }
 
 /// A running `sluice` process with its combined output in a file.
@@ -220,9 +240,9 @@ final class TestServer: @unchecked Sendable {
     private let state = Locked<(stopped: Bool, accepted: Int)>((false, 0))
     var accepted: Int { state.value.accepted }
 
-    init(host: String = "127.0.0.1", port requested: UInt16 = 0, serve: @escaping @Sendable (Int32) -> Void) throws {
+    init(host: String = "127.0.0.1", port requested: UInt16? = nil, serve: @escaping @Sendable (Int32) -> Void) throws {
         self.host = host
-        let address = SocketAddress(ip: host, port: requested)!
+        let address = SocketAddress(ip: host, port: requested ?? freePort(ipv6: host.contains(":")))!
         let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, 4)
@@ -313,21 +333,6 @@ func proxyConfig(
 }
 
 /// Runs a command, returns (status, combined output).
-func runCommand(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws -> (Int32, String) {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: executable)
-    process.arguments = arguments
-    if !environment.isEmpty {
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-    }
-    let pipe = Pipe()
-    process.standardOutput = pipe
-    process.standardError = pipe
-    try process.run()
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
-}
 
 /// CPU time (user + system, in clock ticks) a process has used so far.
 func cpuTicks(pid: Int32) -> Int {
@@ -477,7 +482,7 @@ final class BlackholeBackend {
     private var fillers: [Int32] = []
 
     init() throws {
-        let address = SocketAddress(ip: "127.0.0.1", port: 0)!
+        let address = SocketAddress(ip: "127.0.0.1", port: freePort())!
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard address.withSockaddr({ bind(fd, $0, $1) }) == 0, listen(fd, 0) == 0 else {
             throw SystemCallError(call: "blackhole listen", errno: errno)
@@ -564,7 +569,7 @@ final class BackgroundProcess {
         var seen = ""
         let handle = output.fileHandleForReading
         while !seen.contains(readyLine) {
-            let data = handle.availableData
+            let data = readSome(handle)
             guard !data.isEmpty else { throw TimedOut(description: "\(command) exited before \"\(readyLine)\": \(seen)") }
             seen += String(decoding: data, as: UTF8.self)
         }
@@ -579,12 +584,12 @@ final class BackgroundProcess {
     /// Writes `line` to its stdin and returns the next line it prints (for
     /// a client that answers each line with one).
     func ask(_ line: String, seconds: Double = 10) throws -> String {
-        input.fileHandleForWriting.write(Data((line + "\n").utf8))
+        guard writeAll(input.fileHandleForWriting, Data((line + "\n").utf8)) else { throw TimedOut(description: "\(line): the process is gone") }
         let handle = output.fileHandleForReading
         let deadline = Date().addingTimeInterval(seconds)
         while !pending.contains("\n") {
             guard Date() < deadline, process.isRunning || !pending.isEmpty else { throw TimedOut(description: "no answer to \(line)") }
-            let data = handle.availableData
+            let data = readSome(handle)
             if data.isEmpty { break }
             pending += String(decoding: data, as: UTF8.self)
         }

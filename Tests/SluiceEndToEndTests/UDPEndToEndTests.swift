@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import SluiceTestSupport
 import Testing
 
 let udpPeerScript = packageRoot.appendingPathComponent("Tests/SluiceEndToEndTests/Scripts/udppeer.py").path

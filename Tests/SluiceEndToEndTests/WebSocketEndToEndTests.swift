@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import SluiceTestSupport
 import Testing
 
 let wsPeerScript = packageRoot.appendingPathComponent("Tests/SluiceEndToEndTests/Scripts/wspeer.py").path

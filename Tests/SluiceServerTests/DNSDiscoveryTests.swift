@@ -5,6 +5,7 @@ import Logging
 @testable import SluicePosix
 @testable import SluiceServer
 import CAres
+import SluiceTestSupport
 import Synchronization
 import Testing
 
@@ -66,19 +67,6 @@ private final class HostsDNSServer {
         try? FileManager.default.removeItem(atPath: pidFile)
         try? FileManager.default.removeItem(atPath: directory)
     }
-}
-
-private func runCommand(_ executable: String, _ arguments: [String]) throws -> (Int32, String) {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: executable)
-    process.arguments = arguments
-    let pipe = Pipe()
-    process.standardOutput = pipe
-    process.standardError = pipe
-    try process.run()
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
 }
 
 private func freeUDPPort() -> UInt16 {
