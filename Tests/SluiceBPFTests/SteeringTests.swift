@@ -37,6 +37,10 @@ final class SteeredGroup {
 
     /// Closes one worker's listening socket, as a worker that exits would.
     func closeWorkerSocket(_ k: Int) {
+        // shutdown(2) first: a child another test is spawning holds a copy of
+        // this process's descriptors until it execs, and a bare close would
+        // leave the socket listening (and steered to) until then.
+        shutdown(sockets[k], Int32(SHUT_RDWR))
         closeDescriptor(sockets[k])
         sockets[k] = -1
     }
