@@ -63,7 +63,7 @@ let package = Package(
         .plugin(name: "BPFObjectPlugin", capability: .buildTool()),
 
         // Child processes and pipes for the tests, without Foundation's trapping I/O.
-        .target(name: "SluiceTestSupport", path: "Tests/SluiceTestSupport"),
+        .target(name: "SluiceTestSupport", dependencies: ["CSluice"], path: "Tests/SluiceTestSupport"),
         .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore"]),
         .testTarget(
             name: "SluiceBPFTests",

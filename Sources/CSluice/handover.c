@@ -2,6 +2,7 @@
 #include "sluice_handover.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
 #include <string.h>
@@ -62,7 +63,7 @@ ssize_t sluice_receive_with_fds(int sock, void *bytes, size_t capacity_bytes, in
     return received;
 }
 
-pid_t sluice_spawn(const char *path, char *const argv[]) {
+pid_t sluice_spawn_stdio(const char *path, char *const argv[], char *const envp[], const int stdio[3]) {
     posix_spawnattr_t attributes;
     if (posix_spawnattr_init(&attributes) != 0) return -1;
     sigset_t empty, all;
@@ -71,16 +72,28 @@ pid_t sluice_spawn(const char *path, char *const argv[]) {
     posix_spawnattr_setsigmask(&attributes, &empty);
     posix_spawnattr_setsigdefault(&attributes, &all);
     posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    for (int target = 0; target < 3; target++) {
+        if (stdio[target] >= 0) {
+            posix_spawn_file_actions_adddup2(&actions, stdio[target], target);
+        } else if (stdio[target] == SLUICE_SPAWN_NULL) {
+            posix_spawn_file_actions_addopen(&actions, target, "/dev/null", target == 0 ? O_RDONLY : O_WRONLY, 0);
+        }
+    }
     /* Nothing but stdin, stdout and stderr: whatever else this process
      * inherited without close-on-exec (a parent's pipes) is not the child's,
      * and a parent waiting for a pipe's end would otherwise wait for it too. */
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_addclosefrom_np(&actions, 3);
     pid_t pid;
-    int error = posix_spawn(&pid, path, &actions, &attributes, argv, environ);
+    int error = posix_spawn(&pid, path, &actions, &attributes, argv, envp ? envp : environ);
     posix_spawn_file_actions_destroy(&actions);
     posix_spawnattr_destroy(&attributes);
     if (error != 0) { errno = error; return -1; }
     return pid;
+}
+
+pid_t sluice_spawn(const char *path, char *const argv[]) {
+    const int inherited[3] = { SLUICE_SPAWN_INHERIT, SLUICE_SPAWN_INHERIT, SLUICE_SPAWN_INHERIT };
+    return sluice_spawn_stdio(path, argv, NULL, inherited);
 }

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import SluiceCore
 import SluicePosix
+import SluiceTestSupport
 import Testing
 
 /// Connects from `source` (a loopback address other than the default, so
@@ -21,7 +22,7 @@ func connectTCP(_ host: String, _ port: UInt16, from source: String) throws -> I
 
 /// HAProxy (Debian's 2.6) with `config` after a common preamble; stopped when released.
 final class HAProxyPeer {
-    let process = Process()
+    let process: Child
     let file: String
 
     init(_ config: String) throws {
@@ -35,11 +36,7 @@ final class HAProxyPeer {
               timeout server 30s
 
             """ + config + "\n").write(toFile: file, atomically: true, encoding: .utf8)
-        process.executableURL = URL(fileURLWithPath: "/usr/sbin/haproxy")
-        process.arguments = ["-db", "-f", file]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
+        process = try Child("/usr/sbin/haproxy", ["-db", "-f", file])
     }
 
     deinit {

@@ -8,15 +8,12 @@ let redisPeerScript = packageRoot.appendingPathComponent("Tests/SluiceEndToEndTe
 /// A `redis-server` on loopback, no persistence, stopped with the value.
 final class RedisServer {
     let port: UInt16
-    let process = Process()
+    let process: Child
 
     init(port: UInt16 = freePort()) throws {
         self.port = port
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/redis-server")
-        process.arguments = ["--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "no"]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
+        process = try Child("/usr/bin/redis-server", ["--port", "\(port)", "--bind", "127.0.0.1", "--save", "",
+                                                      "--appendonly", "no", "--protected-mode", "no"])
         try waitForPort(port)
     }
 

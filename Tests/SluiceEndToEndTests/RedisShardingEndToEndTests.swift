@@ -21,11 +21,7 @@ struct RedisShardingEndToEndTests {
         \(servers.map { "    - \($0.address):1" }.joined(separator: "\n"))
         """.write(toFile: conf, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: conf) }
-        let twemproxy = Process()
-        twemproxy.executableURL = URL(fileURLWithPath: "/usr/sbin/nutcracker")
-        twemproxy.arguments = ["-c", conf, "-s", "\(freePort())", "-a", "127.0.0.1"]
-        twemproxy.standardError = FileHandle.nullDevice
-        try twemproxy.run()
+        let twemproxy = try Child("/usr/sbin/nutcracker", ["-c", conf, "-s", "\(freePort())", "-a", "127.0.0.1"])
         defer { kill(twemproxy.processIdentifier, SIGKILL); twemproxy.waitUntilExit() }
         try waitForPort(twemproxyPort)
         let keys = (0..<300).map { "user:\($0)" } + (0..<20).map { "{group:\($0 % 4)}.member:\($0)" }

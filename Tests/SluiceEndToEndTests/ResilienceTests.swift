@@ -63,12 +63,12 @@ struct ResilienceTests {
         let echo = try TestServer.echo()
         let port = freePort(), metricsPort = freePort()
         let yaml = proxyConfig(port: port, backends: [echo.address], extraTop: "admin: { metrics: \"127.0.0.1:\(metricsPort)\" }")
-        let output = Pipe()
-        let readEnd = output.fileHandleForReading.fileDescriptor
+        let output = try ChildPipe()
+        let readEnd = output.readEnd
         // A small queue, so that 2,000 access lines overflow queue and pipe (64 KiB) for sure.
         let sluice = try SluiceProcess(arguments: ["run", "--log-queue-bytes", "16384"], configYAML: yaml,
-                                       output: output.fileHandleForWriting)
-        try output.fileHandleForWriting.close() // ours; sluice has its copy
+                                       output: output.writeEnd)
+        output.closeWriteEnd() // ours; sluice has its copy
         let startup = readAvailable(readEnd, seconds: 20) { $0.contains(" ready ") }
         try #require(startup.contains(" ready "), "\(startup)")
 

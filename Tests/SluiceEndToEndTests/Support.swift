@@ -65,7 +65,7 @@ private func portIsFree(_ port: UInt16, ipv6: Bool) -> Bool {
 
 /// A running `sluice` process with its combined output in a file.
 final class SluiceProcess: @unchecked Sendable {
-    let process = Process()
+    let process: Child
     let logURL: URL
     let configURL: URL?
 
@@ -73,7 +73,7 @@ final class SluiceProcess: @unchecked Sendable {
     /// `output` replaces the log file as stdout and stderr (then `log` stays empty).
     /// `environment` adds variables for this process only: `setenv` in a test
     /// would race with other tests' process spawns, which copy `environ`.
-    init(arguments: [String], configYAML: String? = nil, launcher: [String] = [], output: FileHandle? = nil,
+    init(arguments: [String], configYAML: String? = nil, launcher: [String] = [], output: Int32? = nil,
          environment: [String: String] = [:]) throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-e2e-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
@@ -88,19 +88,13 @@ final class SluiceProcess: @unchecked Sendable {
         } else {
             configURL = nil
         }
-        if let program = launcher.first {
-            process.executableURL = URL(fileURLWithPath: program)
-            process.arguments = Array(launcher.dropFirst()) + [sluiceBinary] + args
-        } else {
-            process.executableURL = URL(fileURLWithPath: sluiceBinary)
-            process.arguments = args
-        }
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        let handle = try output ?? FileHandle(forWritingTo: logURL)
-        process.standardOutput = handle
-        process.standardError = handle
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
+        let command = launcher.isEmpty ? [sluiceBinary] + args : launcher + [sluiceBinary] + args
+        let log = try FileHandle(forWritingTo: logURL)
+        defer { try? log.close() }
+        let out = output ?? log.fileDescriptor
+        process = try Child(command[0], Array(command.dropFirst()),
+                            environment: ProcessInfo.processInfo.environment.merging(environment) { $1 },
+                            output: out, errors: out)
     }
 
     static func run(config: String, extraArguments: [String] = ["--verify-clean-exit"]) throws -> SluiceProcess {
@@ -554,22 +548,22 @@ let netloadScript = packageRoot.appendingPathComponent("Tests/SluiceEndToEndTest
 
 /// A helper process that says when it is ready and is stopped with the test.
 final class BackgroundProcess {
-    let process = Process()
-    private let input = Pipe()
-    private let output = Pipe()
+    let process: Child
+    private let input: ChildPipe
+    private let output: ChildPipe
     /// Printed and not yet taken by `ask`.
     private var pending = ""
 
     init(_ command: [String], readyLine: String) throws {
-        process.executableURL = URL(fileURLWithPath: command[0])
-        process.arguments = Array(command.dropFirst())
-        process.standardInput = input
-        process.standardOutput = output
-        try process.run()
+        input = try ChildPipe()
+        output = try ChildPipe()
+        process = try Child(command[0], Array(command.dropFirst()), input: input.readEnd, output: output.writeEnd,
+                            errors: FileHandle.standardError.fileDescriptor)
+        input.closeReadEnd()
+        output.closeWriteEnd()
         var seen = ""
-        let handle = output.fileHandleForReading
         while !seen.contains(readyLine) {
-            let data = readSome(handle)
+            let data = readSome(output.readEnd)
             guard !data.isEmpty else { throw TimedOut(description: "\(command) exited before \"\(readyLine)\": \(seen)") }
             seen += String(decoding: data, as: UTF8.self)
         }
@@ -577,19 +571,18 @@ final class BackgroundProcess {
 
     /// Closes its stdin (a `hold` closes its connections) and waits.
     func finish() {
-        try? input.fileHandleForWriting.close()
+        input.closeWriteEnd()
         process.waitUntilExit()
     }
 
     /// Writes `line` to its stdin and returns the next line it prints (for
     /// a client that answers each line with one).
     func ask(_ line: String, seconds: Double = 10) throws -> String {
-        guard writeAll(input.fileHandleForWriting, Data((line + "\n").utf8)) else { throw TimedOut(description: "\(line): the process is gone") }
-        let handle = output.fileHandleForReading
+        guard writeAll(input.writeEnd, Data((line + "\n").utf8)) else { throw TimedOut(description: "\(line): the process is gone") }
         let deadline = Date().addingTimeInterval(seconds)
         while !pending.contains("\n") {
             guard Date() < deadline, process.isRunning || !pending.isEmpty else { throw TimedOut(description: "no answer to \(line)") }
-            let data = readSome(handle)
+            let data = readSome(output.readEnd)
             if data.isEmpty { break }
             pending += String(decoding: data, as: UTF8.self)
         }
@@ -605,7 +598,6 @@ final class BackgroundProcess {
         process.waitUntilExit()
     }
 
-    /// SIGKILL: children inherit the test process's blocked stop signals.
     deinit {
         if process.isRunning { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() }
     }

@@ -21,4 +21,12 @@ ssize_t sluice_receive_with_fds(int sock, void *bytes, size_t capacity_bytes, in
  * -1 (errno). */
 pid_t sluice_spawn(const char *path, char *const argv[]);
 
+#define SLUICE_SPAWN_INHERIT (-1)
+#define SLUICE_SPAWN_NULL (-2)
+
+/* As sluice_spawn, with `envp` (NULL: this process's environment) and each of
+ * stdin, stdout and stderr taken from `stdio`: a descriptor, SLUICE_SPAWN_NULL
+ * for /dev/null, or SLUICE_SPAWN_INHERIT. */
+pid_t sluice_spawn_stdio(const char *path, char *const argv[], char *const envp[], const int stdio[3]);
+
 #endif
