@@ -118,6 +118,32 @@ struct PosixFactTests {
         #expect(failure.map { [EPIPE, ECONNRESET].contains($0.errno) } == true)
     }
 
+    @Test("a listener closed while another process holds a copy of its descriptor keeps accepting; shutdown(2) stops it at once")
+    func closedListenerSharedDescriptor() throws {
+        // A child between posix_spawn's clone and its exec holds a copy of
+        // every descriptor, close-on-exec or not: a dup stands for it here.
+        let listener = try Socket.listen(on: SocketAddress(ip: "127.0.0.1", port: 0)!, reusePort: true)
+        let address = try Socket.localAddress(listener)
+        let copy = dup(listener)
+        defer { close(copy) }
+        closeDescriptor(listener)
+        #expect(connectOutcome(address) == 0, "still listening through the copy")
+        shutdown(copy, Int32(SHUT_RDWR))
+        #expect(connectOutcome(address) == ECONNREFUSED, "shut down: no longer listening")
+    }
+
+    /// 0 once connected, else the connect's error.
+    private func connectOutcome(_ address: SocketAddress) -> Int32 {
+        guard let fd = try? Socket.tcp(family: AF_INET) else { return -1 }
+        defer { closeDescriptor(fd) }
+        let progress: Socket.ConnectProgress
+        do { progress = try Socket.connect(fd, to: address) } catch { return error.errno }
+        if case .connected = progress { return 0 }
+        var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+        guard poll(&pfd, 1, 2000) == 1 else { return ETIMEDOUT }
+        return Socket.pendingError(fd)
+    }
+
     @Test("socket addresses round-trip through their kernel form, IPv4 and IPv6")
     func socketAddresses() {
         #expect(SocketAddress(ip: "127.0.0.1", port: 8080)?.description == "127.0.0.1:8080")
