@@ -222,8 +222,19 @@ func payload(size: Int, seed: UInt64) -> [UInt8] {
     return out
 }
 
+/// A peer thread. pthread_create's EAGAIN (a momentary shortage of threads
+/// or memory, with a thousand peer threads up at the suite's peak) is
+/// waited out for a while before the test process gives up.
 func startThread(_ body: @escaping @Sendable () -> Void) -> OSThread {
-    try! OSThread.start(name: "test-peer", body)
+    var failure: SystemCallError?
+    for _ in 0..<100 {
+        do { return try OSThread.start(name: "test-peer", body) } catch {
+            failure = error
+            guard error.errno == EAGAIN else { break }
+            usleep(20_000)
+        }
+    }
+    fatalError("cannot start a test peer thread: \(failure.map { "\($0)" } ?? "-")")
 }
 
 /// A blocking test server on loopback: one thread per connection running `serve`.
