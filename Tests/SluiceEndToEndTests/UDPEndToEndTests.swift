@@ -7,9 +7,9 @@ let udpPeerScript = packageRoot.appendingPathComponent("Tests/SluiceEndToEndTest
 
 /// dnsmasq on loopback answering `example.test` with `answer` (A) and
 /// `answer6` (AAAA), IPv4 and IPv6, stopped with the value. Left to
-/// daemonize (its pid in a file): Foundation's Process, waiting on a
-/// foreground dnsmasq, stopped reaping the test's other children (a dig
-/// that had exited was never seen to, and the test hung).
+/// daemonize (its pid in a file): under Foundation's Process, which the
+/// tests used then, a foreground dnsmasq stopped the reaping of the test's
+/// other children (a dig that had exited was never seen to, and the test hung).
 final class DNSServer {
     let port = freePort()
     let pidFile = NSTemporaryDirectory() + "sluice-dnsmasq-\(UUID().uuidString).pid"

@@ -1,5 +1,6 @@
 import CSluice
 import Glibc
+import Synchronization
 
 /// A child process started with posix_spawn(3), in place of Foundation's
 /// `Process`: that one reads /proc/self/fd before each spawn with a struct
@@ -10,16 +11,15 @@ import Glibc
 /// ignored (the test process blocks stop signals on its peer threads and
 /// ignores SIGPIPE). The child stays in the test's process group, where
 /// `Tests/run` finds what is left.
-public final class Child: @unchecked Sendable {
+public final class Child: Sendable {
     public let processIdentifier: pid_t
-    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private var status: Int32?
+    /// Its status once reaped.
+    private let status = Mutex<Int32?>(nil)
 
     /// `input`, `output` and `errors` are descriptors for the child's 0, 1
     /// and 2 (nil: /dev/null). `environment` replaces the test's environment.
     public init(_ executable: String, _ arguments: [String], environment: [String: String]? = nil,
                 input: Int32? = nil, output: Int32? = nil, errors: Int32? = nil) throws(SpawnError) {
-        pthread_mutex_init(lock, nil)
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { for p in argv { free(p) } }
         let envp = environment.map { $0.map { strdup("\($0.key)=\($0.value)") } + [nil] }
@@ -28,11 +28,6 @@ public final class Child: @unchecked Sendable {
         let pid = envp.map { sluice_spawn_stdio(executable, argv, $0, stdio) } ?? sluice_spawn_stdio(executable, argv, nil, stdio)
         guard pid > 0 else { throw SpawnError(executable: executable, errno: errno) }
         processIdentifier = pid
-    }
-
-    deinit {
-        pthread_mutex_destroy(lock)
-        lock.deallocate()
     }
 
     /// Whether it has not exited yet (it is reaped when it has).
@@ -57,16 +52,16 @@ public final class Child: @unchecked Sendable {
     }
 
     private func poll() -> Int32? {
-        pthread_mutex_lock(lock)
-        defer { pthread_mutex_unlock(lock) }
-        if let status { return status }
-        var raw: Int32 = 0
-        var rc: pid_t
-        repeat { rc = waitpid(processIdentifier, &raw, WNOHANG) } while rc == -1 && errno == EINTR
-        guard rc == processIdentifier else { return nil }
-        // WIFEXITED / WEXITSTATUS / WTERMSIG, which Swift does not import.
-        status = raw & 0x7f == 0 ? (raw >> 8) & 0xff : raw & 0x7f
-        return status
+        status.withLock { status in
+            if let status { return status }
+            var raw: Int32 = 0
+            var rc: pid_t
+            repeat { rc = waitpid(processIdentifier, &raw, WNOHANG) } while rc == -1 && errno == EINTR
+            guard rc == processIdentifier else { return nil }
+            // WIFEXITED / WEXITSTATUS / WTERMSIG, which Swift does not import.
+            status = raw & 0x7f == 0 ? (raw >> 8) & 0xff : raw & 0x7f
+            return status
+        }
     }
 }
 
