@@ -71,6 +71,13 @@ public struct TimerWheel<Payload> {
     /// sweep; removals may leave it low); UInt64.max when the list is empty
     /// (check `farHeads` for emptiness: a timer may really be at tick .max).
     @usableFromInline var farMinTick: [UInt64]
+    /// The number of nodes in far lists, and a lower bound on all their
+    /// ticks (UInt64.max when there are none): `nextDeadline` runs on every
+    /// turn of an event loop, and a scan of `farMinTick` would cost it
+    /// `slotCount` reads whenever only far timers are pending, as when
+    /// every connection waits on a timeout longer than a rotation.
+    @usableFromInline var farCount = 0
+    @usableFromInline var farMinAll = UInt64.max
     /// Bit s set iff slot s's near list is non-empty.
     @usableFromInline var nearBits: [UInt64]
     /// floor(now / tick) for the latest `advance` (or init); never decreases.
@@ -299,9 +306,7 @@ public struct TimerWheel<Payload> {
         // Only far timers: they are all at or after the end of the window.
         let (windowEnd, overflow) = currentTick.addingReportingOverflow(UInt64(slotCount))
         var tick = overflow ? UInt64.max : windowEnd
-        var farMin = UInt64.max
-        for m in farMinTick where m < farMin { farMin = m }
-        if farMin != .max && farMin > tick { tick = farMin }
+        if farMinAll != .max && farMinAll > tick { tick = farMinAll }
         let (bound, overflow2) = tick.multipliedReportingOverflow(by: tickMilliseconds)
         return overflow2 ? .max : bound
     }
@@ -343,6 +348,8 @@ public struct TimerWheel<Payload> {
         } else {
             farHeads[s] = index
             if tick < farMinTick[s] { farMinTick[s] = tick }
+            farCount += 1
+            if tick < farMinAll { farMinAll = tick }
         }
     }
 
@@ -351,6 +358,10 @@ public struct TimerWheel<Payload> {
     mutating func unlink(_ index: Int32, near: Bool) {
         let node = nodes[Int(index)]
         let s = slot(ofTick: node.tick)
+        if !near {
+            farCount -= 1
+            if farCount == 0 { farMinAll = .max }
+        }
         if node.next >= 0 { nodes[Int(node.next)].prev = node.prev }
         if node.prev >= 0 {
             nodes[Int(node.prev)].next = node.next

@@ -253,6 +253,28 @@ struct TimerWheelTests {
         #expect(w.nextDeadline == 5_003)
     }
 
+    @Test func farBoundStaysSafeAsFarTimersComeAndGo() {
+        // Rotation = 16 × 10 = 160 ms: everything below is far.
+        var w = TimerWheel<Int>(tickMilliseconds: 10, slotCount: 16, nowMilliseconds: 0)
+        let early = w.schedule(at: 2_005, 1)
+        let late = w.schedule(at: 9_000, 2)
+        #expect(w.nextDeadline == 2_000)
+        // Cancelling the earliest may leave the bound low, never high.
+        w.cancel(early)
+        let bound = try! #require(w.nextDeadline)
+        #expect(bound > w.nowMilliseconds && bound <= 9_000)
+        // With no far timer left the bound starts afresh.
+        w.cancel(late)
+        #expect(w.nextDeadline == nil)
+        _ = w.schedule(at: 7_003, 3)
+        #expect(w.nextDeadline == 7_000)
+        // Promoted into the window, the timer is exact again.
+        _ = w.advance(to: 6_950)
+        #expect(w.nextDeadline == 7_003)
+        #expect(w.advance(to: 7_003).map(\.1) == [3])
+        #expect(w.nextDeadline == nil)
+    }
+
     @Test func nextDeadlineAfterMassPushForward() {
         // Idle timeouts all pushed out beyond a rotation, then one near timer.
         var w = TimerWheel<Int>(tickMilliseconds: 10, slotCount: 32, nowMilliseconds: 0)
