@@ -53,6 +53,18 @@ struct PinnedInstanceTests {
         #expect(pins.workers(count: 1000).count == PinnedInstance.maxWorkers)
     }
 
+    @Test("each worker's record fills whole cache lines of its own in the mapping, so workers never write one line")
+    func workerRecordsOwnTheirCacheLines() throws {
+        #expect(WorkerField.stride % 64 == 0)
+        #expect(WorkerField.allCases.allSatisfy { $0.offset + 8 <= WorkerField.stride })
+        guard try requireBPF() else { return }
+        let (steering, _) = try pinnedSteering()
+        defer { steering.close() }
+        let first = UInt(bitPattern: steering.table.record(0).base)
+        let second = UInt(bitPattern: steering.table.record(1).base)
+        #expect(first % 64 == 0 && second - first == UInt(WorkerField.stride))
+    }
+
     @Test("a read-only open cannot write: updates and writable mappings are refused")
     func readOnlyCannotWrite() throws {
         guard try requireBPF() else { return }

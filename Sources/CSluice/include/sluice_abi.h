@@ -11,8 +11,8 @@
  * version are refused (libbpf's pinned-map reuse check compares sizes only).
  * 3: splice_socks/splice_peers/splice_verdict renamed sockmap_socks/
  * sockmap_peers/redirect_peer. 4: sluice_worker.flows, the flow steering
- * stats and udp_flows. */
-#define SLUICE_ABI_VERSION 4
+ * stats and udp_flows. 5: sluice_worker padded to two cache lines. */
+#define SLUICE_ABI_VERSION 5
 
 #define SLUICE_MAX_WORKERS 64
 #define SLUICE_MAX_LISTENERS 64
@@ -20,7 +20,10 @@
 /* Bits of sluice_worker.flags. */
 #define SLUICE_WORKER_DRAINING (1ULL << 0)
 
-/* One entry per worker in the mmap-able `worker_load` array. */
+/* One entry per worker in the mmap-able `worker_load` array, 128 bytes, so
+ * that no two workers' entries share a cache line: a worker writes its own
+ * on every loop turn (heartbeat_ns, busy_ns) and select_worker writes
+ * `pending` and `charged` on every SYN, from the CPU that took it. */
 struct sluice_worker {
     __u64 active;       /* open connections + pending charges: what steering compares */
     __u64 accepted;     /* sockets the worker accepted, total (with those max_connections closed at once) */
@@ -44,6 +47,7 @@ struct sluice_worker {
      * kernel dropped is never opened). Compared with `flows` added, so that
      * a burst spreads before any worker has run. */
     __u64 flows_unseen;
+    __u64 spare[4];     /* padding to 128 bytes; free for new fields */
 };
 
 /* One entry per listener in the mmap-able `listener_load` array, written by
