@@ -22,13 +22,13 @@ extension Worker {
         }
         c.backendIndex = index
         count(c, on: pool, index)
-        let key = ObjectIdentifier(pool)
-        if idleBackends[key] == nil {
-            idleBackends[key] = IdleConnections(
-                maxPerBackend: c.http.config.keepAlivePerBackend, idleTimeoutMilliseconds: c.http.config.keepAliveTimeout.milliseconds)
-        }
-        for fd in idleBackends[key]!.expire(now: now) { closeDescriptor(fd) }
-        if let fd = idleBackends[key]!.take(backend: index) {
+        // One lookup for both steps: this runs for every request.
+        let (expired, reusable) = { (idle: inout IdleConnections) in
+            (idle.expire(now: now), idle.take(backend: index))
+        }(&idleBackends[ObjectIdentifier(pool), default: IdleConnections(
+            maxPerBackend: c.http.config.keepAlivePerBackend, idleTimeoutMilliseconds: c.http.config.keepAliveTimeout.milliseconds)])
+        for fd in expired { closeDescriptor(fd) }
+        if let fd = reusable {
             // Armed for reading while it was idle: armed for the response
             // already. Had its backend closed it, that event reaches this
             // connection as an end before any response, which retries.
@@ -158,7 +158,7 @@ extension Worker {
         c.backendWriteBlocked = false
         c.backendMoveWaits = false
         c.clientMoveWaits = false
-        c.backendOutput.removeAll()
+        c.backendOutput.removeAll(keepingCapacity: true) // the next request's head goes in it
         dropMove(&c[move: .upstream])
         dropMove(&c[move: .downstream])
         c.clientOutput.removeAll { if case .move = $0 { return true } else { return false } }

@@ -207,4 +207,27 @@ struct HTTPRequestParserTests {
         guard case .complete(let head) = second.withUnsafeBytes({ parser.parseRequest($0) }) else { Issue.record(); return }
         #expect(text(second, head.target) == "/2")
     }
+
+    @Test("recycled fields storage: the next head has exactly its own fields, and a head still held keeps its own")
+    func recycledFields() {
+        var parser = HTTPHeadParser()
+        let big = Array("GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\nConnection: keep-alive, x\r\n\r\n".utf8)
+        let small = Array("GET / HTTP/1.1\r\nHost: b\r\n\r\n".utf8)
+        guard case .complete(let first) = big.withUnsafeBytes({ parser.parseRequest($0) }) else { Issue.record(); return }
+        parser.reset()
+        parser.recycle(first.fields)
+        guard case .complete(let second) = small.withUnsafeBytes({ parser.parseRequest($0) }) else { Issue.record(); return }
+        #expect(second.fields.map { text(small, $0.value) } == ["b"])
+        #expect(first.fields.map { text(big, $0.value) } == ["a", "1", "2", "keep-alive, x"])
+        #expect(first.keepAlive)
+        parser.reset()
+        parser.recycle(second.fields)
+        let response = Array("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".utf8)
+        guard case .complete(let head) = response.withUnsafeBytes({ parser.parseResponse($0, requestMethod: .get) }) else {
+            Issue.record()
+            return
+        }
+        #expect(head.fields.count == 2 && !head.keepAlive)
+        #expect(second.fields.map { text(small, $0.value) } == ["b"])
+    }
 }

@@ -17,6 +17,9 @@ public struct HTTPHeadParser: Sendable {
     private var scanned = 0
     private var lineStart = 0
     private var lines = 0
+    /// The fields array of a head the caller is done with (`recycle`), so
+    /// that the next head's fields need no allocation.
+    private var spareFields: [HTTPField] = []
 
     public init(limits: HTTPLimits = HTTPLimits()) {
         self.limits = limits
@@ -29,12 +32,26 @@ public struct HTTPHeadParser: Sendable {
         lines = 0
     }
 
+    /// Hands back a parsed head's fields for the next head to fill; the
+    /// caller must hold no other copy by the next parse, or that one
+    /// allocates after all (copy on write).
+    public mutating func recycle(_ fields: [HTTPField]) {
+        spareFields = fields
+    }
+
+    private mutating func takeSpareFields() -> [HTTPField] {
+        var fields = spareFields
+        spareFields = []
+        fields.removeAll(keepingCapacity: true)
+        return fields
+    }
+
     public mutating func parseRequest(_ buffer: UnsafeRawBufferPointer) -> HTTPParse<HTTPRequestHead> {
         switch findEnd(buffer, request: true) {
         case .failure(let error): return .invalid(error)
         case .success(nil): return .incomplete
         case .success(let end?):
-            var reader = HeadReader(bytes: buffer, end: end, limits: limits)
+            var reader = HeadReader(bytes: buffer, end: end, limits: limits, fields: takeSpareFields())
             switch reader.request() {
             case .success(let head): return .complete(head)
             case .failure(let error): return .invalid(error)
@@ -49,7 +66,7 @@ public struct HTTPHeadParser: Sendable {
         case .failure(let error): return .invalid(HTTPError(502, "bad response head: \(error.reason)"))
         case .success(nil): return .incomplete
         case .success(let end?):
-            var reader = HeadReader(bytes: buffer, end: end, limits: limits)
+            var reader = HeadReader(bytes: buffer, end: end, limits: limits, fields: takeSpareFields())
             switch reader.response(requestMethod: requestMethod) {
             case .success(let head): return .complete(head)
             case .failure(let error): return .invalid(HTTPError(502, "bad response head: \(error.reason)"))
@@ -103,11 +120,14 @@ struct HeadReader {
     let end: Int
     let limits: HTTPLimits
     var i = 0
+    /// Empty storage for the fields (with capacity, when recycled).
+    var fieldStorage: [HTTPField]
 
-    init(bytes: UnsafeRawBufferPointer, end: Int, limits: HTTPLimits) {
+    init(bytes: UnsafeRawBufferPointer, end: Int, limits: HTTPLimits, fields: [HTTPField] = []) {
         self.bytes = bytes
         self.end = end
         self.limits = limits
+        self.fieldStorage = fields
     }
 
     /// What the fields say about framing and the connection.
@@ -256,7 +276,8 @@ struct HeadReader {
 
     /// Header fields up to the empty line, and what they say.
     private mutating func readFields() -> Result<Facts, HTTPError> {
-        var facts = Facts()
+        var facts = Facts(fields: fieldStorage)
+        fieldStorage = []
         facts.fields.reserveCapacity(16) // one allocation for a usual head, not one per doubling
         while i < end - 2 {
             let nameStart = i
@@ -292,7 +313,7 @@ struct HeadReader {
         case 7 where equalsLowercase(field.name, "upgrade"):
             facts.upgradeField = true
         case 10 where equalsLowercase(field.name, "connection"):
-            for token in listElements(field.value) {
+            forEachListElement(field.value) { token in
                 if equalsLowercase(token, "close") { facts.close = true }
                 else if equalsLowercase(token, "keep-alive") { facts.keepAlive = true }
                 else if equalsLowercase(token, "upgrade") { facts.upgradeToken = true }
@@ -303,9 +324,9 @@ struct HeadReader {
             facts.contentLength = length
         case 17 where equalsLowercase(field.name, "transfer-encoding"):
             var codings = facts.transferCodings ?? TransferCodings()
-            let elements = listElements(field.value)
-            if elements.isEmpty { return HTTPError(400, "empty Transfer-Encoding") }
-            for coding in elements {
+            var elements = 0
+            forEachListElement(field.value) { coding in
+                elements += 1
                 codings.count += 1
                 if equalsLowercase(coding, "chunked") {
                     codings.chunkedCount += 1
@@ -315,6 +336,7 @@ struct HeadReader {
                     if !Self.knownCodings.contains(where: { equalsLowercase(coding, $0) }) { codings.unknown = true }
                 }
             }
+            if elements == 0 { return HTTPError(400, "empty Transfer-Encoding") }
             facts.transferCodings = codings
         default:
             break
@@ -324,18 +346,18 @@ struct HeadReader {
 
     static let knownCodings: [[UInt8]] = ["gzip", "x-gzip", "deflate", "compress", "x-compress"].map { Array($0.utf8) }
 
-    /// The non-empty elements of a comma-separated list, without their whitespace.
-    private func listElements(_ range: Range<Int>) -> [Range<Int>] {
-        var out: [Range<Int>] = []
+    /// Calls `body` on each non-empty element of a comma-separated list,
+    /// without its whitespace. A visitor, not an array: every response's
+    /// Connection field would otherwise cost an allocation.
+    private func forEachListElement(_ range: Range<Int>, _ body: (Range<Int>) -> Void) {
         var start = range.lowerBound
         for k in range.lowerBound...range.upperBound where k == range.upperBound || bytes[k] == UInt8(ascii: ",") {
             var a = start, b = k
             while a < b && (bytes[a] == HTTPBytes.sp || bytes[a] == HTTPBytes.htab) { a += 1 }
             while b > a && (bytes[b - 1] == HTTPBytes.sp || bytes[b - 1] == HTTPBytes.htab) { b -= 1 }
-            if a < b { out.append(a..<b) }
+            if a < b { body(a..<b) }
             start = k + 1
         }
-        return out
     }
 
     private func equalsLowercase(_ range: Range<Int>, _ word: StaticString) -> Bool {

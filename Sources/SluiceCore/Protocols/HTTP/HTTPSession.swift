@@ -187,6 +187,7 @@ public struct HTTPSession: Sendable {
         }
         clientBytes.removeFirst(head.length)
         parser.reset()
+        parser.recycle(head.fields)
         var e = Exchange(method: head.method, record: record, clientKeepAlive: head.keepAlive, pool: pool ?? -1,
                          requestFraming: head.framing, startedAt: now)
         e.head = rewritten
@@ -267,6 +268,7 @@ public struct HTTPSession: Sendable {
                 return
             case .complete(let head):
                 parser.reset()
+                parser.recycle(head.fields)
                 if head.status < 200 && head.status != 101 {
                     // Interim (100 Continue, 103): passed on; the final response follows.
                     var out: [UInt8] = []
