@@ -192,7 +192,7 @@ struct HTTPEndToEndTests {
             .replacingOccurrences(of: "access: text", with: "access: off"))
         let result = Locked<(Int32, String)>((-1, ""))
         let load = startThread {
-            let outcome = (try? runCommand("/usr/bin/wrk", ["-t2", "-c16", "-d2s", "http://127.0.0.1:\(port)/bytes/100"])) ?? (-1, "")
+            let outcome = (try? runCommand("/usr/bin/wrk", ["-t2", "-c16", "-d2s", "--timeout", "10s", "http://127.0.0.1:\(port)/bytes/100"])) ?? (-1, "")
             result.withLock { $0 = outcome }
         }
         usleep(1_000_000)

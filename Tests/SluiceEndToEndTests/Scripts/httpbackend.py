@@ -109,6 +109,9 @@ def main():
     Handler.name = sys.argv[2] if len(sys.argv) > 2 else "backend"
     if len(sys.argv) > 3:
         Handler.timeout = float(sys.argv[3])
+    # The default accept queue of 5 drops SYNs from a burst of keep-alive
+    # connects on a loaded machine; a dropped SYN waits a second to retry.
+    ThreadingHTTPServer.request_queue_size = 128
     server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
     server.daemon_threads = True
     print(f"ready {server.server_address[1]}", flush=True)
