@@ -97,16 +97,18 @@ extension Server {
     /// Resolves `data_path:`. `sockmap` must load, attach and pass a loopback
     /// self-test or the start fails. `auto` decides per connection (see
     /// `SockmapPromotion`): sessions start in userspace with splice(2) for
-    /// bulk; with `sockmap_after_turns`, those that settle into small
-    /// exchanges move into the SOCKHASH when it loaded and passed the
-    /// self-test; without it they stay in userspace, and the log says why.
+    /// bulk; with `sockmap_after_bytes` (on by default) a stream from the
+    /// client, and with `sockmap_after_turns` a connection that settles into
+    /// small exchanges, move into the SOCKHASH when it loaded and passed the
+    /// self-test; without either they stay in userspace, and the log says why.
     func setUpDataPath(workerLoadFD: Int32?, adoptingPins: String? = nil) throws(ServerError) -> DataPathChoice {
         switch config.dataPath {
         case .splice: return DataPathChoice(kind: .splice, sockmap: nil, promotion: nil, reason: "configured", name: "splice")
         case .copy: return DataPathChoice(kind: .copy, sockmap: nil, promotion: nil, reason: "configured", name: "copy")
-        case .auto where config.sockmapAfterTurns == nil:
+        case .auto where config.sockmapAfterTurns == nil && config.sockmapAfterBytes == nil:
             return DataPathChoice(kind: .splice, sockmap: nil, promotion: nil,
-                                  reason: "auto: per connection, read/write or splice(2); sockmap_after_turns off", name: "auto")
+                                  reason: "auto: per connection, read/write or splice(2); sockmap_after_turns and sockmap_after_bytes off",
+                                  name: "auto")
         case .sockmap, .auto:
             let pairs = min(1 << 20, config.listeners.reduce(0) { $0 + $1.maxConnections })
             do {
@@ -115,13 +117,13 @@ extension Server {
                     sockmap.close()
                     throw BPFError("the loopback self-test failed: \(problem)")
                 }
-                if config.dataPath == .auto, let turns = config.sockmapAfterTurns {
-                    let promotion = SockmapPromotion(turns: turns, smallMessageBytes: DataPathChoice.smallMessageBytes)
-                    logger.info("data path: auto (per connection: userspace, splice(2) for bulk, sockmap after small exchanges)", metadata: [
-                        "turns": "\(promotion.turns)", "small_message_bytes": "\(promotion.smallMessageBytes)",
-                    ])
+                if config.dataPath == .auto {
+                    let promotion = SockmapPromotion(turns: config.sockmapAfterTurns, streamBytes: config.sockmapAfterBytes.map(UInt64.init),
+                                                     smallMessageBytes: DataPathChoice.smallMessageBytes)
+                    let rules = DataPathChoice.promotionRules(promotion)
+                    logger.info("data path: auto (per connection: userspace, splice(2) for bulk, sockmap \(rules))")
                     return DataPathChoice(kind: .splice, sockmap: sockmap, promotion: promotion,
-                                          reason: "auto: per connection; sockmap after \(promotion.turns) small exchanges", name: "auto")
+                                          reason: "auto: per connection; sockmap \(rules)", name: "auto")
                 }
                 logger.info("data path: sockmap (the verdict program loaded and passed its loopback self-test)")
                 return DataPathChoice(kind: .sockmap, sockmap: sockmap, promotion: nil, reason: "configured", name: "sockmap")
@@ -340,6 +342,14 @@ struct DataPathChoice {
     /// Larger messages are bulk, which splice(2) moves faster than the
     /// sockmap's kworker hop: half the read size that switches a flow to splice(2).
     static let smallMessageBytes: UInt64 = 16 * 1024
+
+    /// "for streams over 64 MiB from the client and after 4 small exchanges", for the log and `status`.
+    static func promotionRules(_ promotion: SockmapPromotion) -> String {
+        var rules: [String] = []
+        if let bytes = promotion.streamBytes { rules.append("for streams over \(bytes >> 20) MiB from the client") }
+        if let turns = promotion.turns { rules.append("after \(turns) small exchanges") }
+        return rules.joined(separator: " and ")
+    }
 }
 
 /// The worker threads.

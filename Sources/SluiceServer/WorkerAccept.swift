@@ -55,7 +55,7 @@ extension Worker {
     /// becomes an HTTP connection or a TCP session; `address` is the client's
     /// as the header names it, else the socket's peer.
     /// `sockmapSafe`: no partly read packet waits on the client socket (see
-    /// `safePath`).
+    /// `safePath`); without it the session is not promoted either.
     func start(_ listener: RuntimeListener, client: Int32, address: SocketAddress, header: ProxyHeader?, sockmapSafe: Bool = true) {
         if let http = listener.http {
             acceptHTTP(listener, http, client: client, address: address, header: header)
@@ -67,7 +67,7 @@ extension Worker {
         }
         let session = Session(
             id: nextSessionID, listener: listener, client: client, clientAddress: address,
-            path: safePath(sockmapSafe), promotion: sockmapPairs == nil ? nil : settings.promotion,
+            path: safePath(sockmapSafe), promotion: sockmapPairs == nil || !sockmapSafe ? nil : settings.promotion,
             flushTimeoutMilliseconds: settings.sockmapFlushTimeoutMilliseconds, now: monotonicMilliseconds()
         )
         session.receivedHeader = header

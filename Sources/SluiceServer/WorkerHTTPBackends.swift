@@ -187,9 +187,12 @@ extension Worker {
         c.isClosed = true
         c.counted = nil // the session counts it from here
         let now = monotonicMilliseconds()
+        // A read of ours that filled its buffer may have left a packet half
+        // read on that socket, which the SOCKHASH would take whole: no sockmap.
+        let sockmapSafe = !c.clientReadFilled && !c.backendReadFilled
         let session = Session(
             id: nextSessionID, listener: c.listener, pool: counted.pool, client: c.client, clientAddress: c.clientAddress,
-            path: safePath(!c.clientReadFilled && !c.backendReadFilled), promotion: sockmapPairs == nil ? nil : settings.promotion,
+            path: safePath(sockmapSafe), promotion: sockmapPairs == nil || !sockmapSafe ? nil : settings.promotion,
             flushTimeoutMilliseconds: settings.sockmapFlushTimeoutMilliseconds,
             idleTimeoutMilliseconds: c.http.config.tunnelIdleTimeout.milliseconds, now: now)
         nextSessionID += 1

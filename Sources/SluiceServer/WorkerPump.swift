@@ -13,6 +13,10 @@ import SluicePosix
 // the session one event per read or write would cost a round trip per
 // 64 KiB and give it nothing to decide.
 extension Worker {
+    /// How much longer than the fairness budget a stream's pump may run
+    /// while its promotion waits for the client's socket to empty.
+    static let promotionBudgetFactor = 8
+
     func pump(_ session: Session, _ flow: Flow, read: Bool) -> PumpResult {
         let kernel = session.sockmapPair != nil
         switch flow {
@@ -32,6 +36,7 @@ extension Worker {
         let destination = session.fd(flow.destination)
         var result = PumpResult()
         var budget = settings.fairnessBudget
+        if session.machine.awaitsEmptySource(flow) { budget *= Self.promotionBudgetFactor }
         var mayRead = read
         // A read shorter than a full buffer almost always emptied the socket:
         // skip the read that would only say EAGAIN. Oneshot re-arming brings
@@ -72,12 +77,17 @@ extension Worker {
             case .wouldBlock:
                 releaseCarrier(&carrier)
                 session.noteEmptied(flow.source)
+                result.emptied = true
                 break loop
             case .endOfFile:
                 result.endOfFile = true
                 mayRead = false
             case .bytes(let n):
                 carrier.pending = n
+                // A read(2) shorter than its buffer walked the whole receive
+                // queue, so it ended on a packet boundary; a splice(2) may
+                // have stopped at the pipe's slots, mid-packet.
+                result.emptied = carrier.pipe == nil && n < (carrier.buffer?.count ?? 0)
                 sourceLikelyDrained = n < settings.shortReadBytes && !finArrived
                 // A short read(2) took all there was; a short splice(2) may
                 // have stopped at the pipe's slots, so only EAGAIN says empty.

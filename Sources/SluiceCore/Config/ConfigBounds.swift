@@ -19,6 +19,9 @@ public enum ConfigBounds {
     /// could not act on stalls before they ended.
     public static let stallThreshold: ClosedRange<Duration> = .milliseconds(100) ... .seconds(60)
     public static let sockmapAfterTurns: ClosedRange<Int> = 1...1_000_000
+    /// A stream shorter than 1 MiB is over before the pairing's four map
+    /// updates could pay; 1 TiB is "never" for any stream that ends.
+    public static let sockmapAfterBytes: ClosedRange<Int> = (1 << 20)...(1 << 40)
     public static let httpHeadTimeout: ClosedRange<Duration> = .milliseconds(100) ... .seconds(3600)
     public static let httpResponseTimeout: ClosedRange<Duration> = .milliseconds(1) ... .seconds(86_400)
     public static let httpMaxHead: ClosedRange<Int> = 1024...(1 << 20)

@@ -57,7 +57,7 @@ struct ConfigDecoder {
     }
 
     static let topKeys = [
-        "instance", "workers", "steering", "data_path", "sockmap_after_turns", "stall_threshold", "drain_timeout",
+        "instance", "workers", "steering", "data_path", "sockmap_after_turns", "sockmap_after_bytes", "stall_threshold", "drain_timeout",
         "log", "admin", "rebalance", "resolve", "user", "listeners", "pools",
     ]
     /// Keys that were renamed: the old name is an error that gives the new one.
@@ -101,6 +101,7 @@ struct ConfigDecoder {
         let dataPath = doc["data_path"].flatMap { choice($0.value, top.key("data_path"), DataPathMode.self) }
             ?? .specifiedDefault
         let sockmapAfterTurns = decodeSockmapAfterTurns(doc["sockmap_after_turns"], top.key("sockmap_after_turns"), dataPath: dataPath)
+        let sockmapAfterBytes = decodeSockmapAfterBytes(doc["sockmap_after_bytes"], top.key("sockmap_after_bytes"), dataPath: dataPath)
         let stallThreshold = doc["stall_threshold"].flatMap {
             duration($0.value, top.key("stall_threshold"), in: ConfigBounds.stallThreshold)
         }
@@ -157,7 +158,22 @@ struct ConfigDecoder {
         config.resolve = resolve
         config.user = user
         config.sockmapAfterTurns = sockmapAfterTurns
+        config.sockmapAfterBytes = sockmapAfterBytes
         return config
+    }
+
+    /// `sockmap_after_bytes`: a size in bytes (64 MiB by default with
+    /// `data_path: auto`) or `off`; only `data_path: auto` promotes.
+    mutating func decodeSockmapAfterBytes(_ entry: ConfigMapping.Entry?, _ path: ConfigFieldPath, dataPath: DataPathMode) -> Int? {
+        guard let entry else { return dataPath == .auto ? ConfigDefaults.sockmapAfterBytes : nil }
+        if case .scalar(let scalar) = entry.value, scalar.string == "off" { return nil }
+        guard let bytes = integer(entry.value, path, in: ConfigBounds.sockmapAfterBytes) else { return nil }
+        guard dataPath == .auto else {
+            fail(path, at: entry.value, "only data_path: auto moves connections into the sockmap; "
+                + "data_path is \(dataPath.rawValue) (use off, or data_path: auto)")
+            return nil
+        }
+        return bytes
     }
 
     /// `sockmap_after_turns: off` (the default) or a count; only `data_path: auto` promotes.

@@ -233,6 +233,10 @@ public struct SluiceConfig: Sendable, Equatable {
     /// `data_path: auto`: move a connection into the SOCKHASH after this many
     /// small request/response exchanges; nil (`off`, the default): never.
     public var sockmapAfterTurns: Int?
+    /// `data_path: auto`: move a connection into the SOCKHASH once the client
+    /// has sent this many bytes without a change of direction (a stream);
+    /// nil (`off`, or another data path): never. 64 MiB with `auto` by default.
+    public var sockmapAfterBytes: Int?
     /// How the pools' hostname backends are resolved.
     public var resolve = ResolveConfig()
 
@@ -258,6 +262,7 @@ public struct SluiceConfig: Sendable, Equatable {
         self.admin = admin
         self.listeners = listeners
         self.pools = pools
+        self.sockmapAfterBytes = dataPath == .auto ? ConfigDefaults.sockmapAfterBytes : nil
     }
 
     /// The pool with this name, if any.
@@ -274,6 +279,9 @@ public enum ConfigDefaults {
     public static let maxListeners = ConfigBounds.listeners.upperBound
     public static let stallThreshold: Duration = .milliseconds(200)
     public static let drainTimeout: Duration = .seconds(30)
+    /// Streams promote after 64 MiB: 50-100 ms of a loopback stream, long
+    /// past any request/response body a benchmark or a web page sends.
+    public static let sockmapAfterBytes = 64 << 20
 
     public static let maxConnections = 100_000
     public static let maxConnectionsRange = ConfigBounds.maxConnections

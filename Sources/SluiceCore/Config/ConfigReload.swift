@@ -99,6 +99,7 @@ public struct ReloadPlan: Sendable {
         check("steering", old.steering, new.steering)
         check("data_path", old.dataPath, new.dataPath)
         check("sockmap_after_turns", old.sockmapAfterTurns, new.sockmapAfterTurns)
+        check("sockmap_after_bytes", old.sockmapAfterBytes, new.sockmapAfterBytes)
         check("stall_threshold", old.stallThreshold, new.stallThreshold)
         check("user", old.user, new.user)
         check("admin", old.admin, new.admin)

@@ -23,9 +23,9 @@
 /// pumped, or the kernel's counters moving) postpones it.
 ///
 /// With a `SockmapPromotion` (`data_path: auto`) a relaying session watches
-/// its rhythm and, after enough small request/response turns, is handed to
-/// the kernel mid-stream at a quiet moment (a response just forwarded,
-/// nothing held in userspace, no EOF seen). Promotion is one-way: taking a
+/// its rhythm and, after enough small request/response turns or a long
+/// stream from the client, is handed to the kernel mid-stream at a quiet
+/// moment (see `TCPSessionPromotion.swift`). Promotion is one-way: taking a
 /// socket out of the SOCKHASH discards what the kernel queued on it.
 public struct TCPSession: Sendable {
     /// One direction's progress, as far as the session needs to know it.
@@ -34,6 +34,10 @@ public struct TCPSession: Sendable {
         public var shutdownSent = false
         /// Bytes read and not yet written (the worker holds them).
         public var pending = false
+        /// The source's last read emptied it (see `PumpResult.emptied`), or it was never read: no
+        /// packet sits half read on it (which the SOCKHASH would hand to the
+        /// verdict program whole, the bytes already read included).
+        public var emptied = true
         public init() {}
 
         var wantsRead: Bool { !sourceEOF && !pending }
@@ -181,7 +185,7 @@ public struct TCPSession: Sendable {
     public private(set) var path: DataPathKind
     /// Every path that moved bytes of this connection (kept after the close).
     public private(set) var pathsUsed: DataPathsUsed = []
-    public private(set) var rhythm = Rhythm()
+    public internal(set) var rhythm = Rhythm()
     public private(set) var lastActivity: UInt64
     /// The backend of the attempt under way or the connection (kept after
     /// the close, for the access log); nil once a failed attempt is abandoned.
@@ -379,6 +383,7 @@ public struct TCPSession: Sendable {
             }
         }
         relay[flow].pending = result.pending
+        if let emptied = result.emptied { relay[flow].emptied = emptied }
         if result.endOfFile {
             relay[flow].sourceEOF = true
             if relay.firstEOF == nil { relay.firstEOF = flow.source }
@@ -388,33 +393,6 @@ public struct TCPSession: Sendable {
             return true
         }
         return false
-    }
-
-    // MARK: - Promotion to the kernel
-
-    /// Follows the rhythm: a change of direction ends a message, which is
-    /// small or bulk; bulk starts the count over.
-    private mutating func keepTime(_ flow: Flow, moved: UInt64, _ promotion: SockmapPromotion) {
-        if rhythm.lastFlow != flow {
-            if rhythm.lastFlow != nil {
-                rhythm.smallChanges = rhythm.messageBytes <= promotion.smallMessageBytes ? rhythm.smallChanges + 1 : 0
-            }
-            rhythm.lastFlow = flow
-            rhythm.messageBytes = 0
-        }
-        rhythm.messageBytes += moved
-        if rhythm.messageBytes > promotion.smallMessageBytes { rhythm.smallChanges = 0 }
-    }
-
-    /// After `turns` small exchanges, at the end of a response: nothing held
-    /// in userspace (bytes queued on a socket the kernel forwards in order)
-    /// and no EOF seen (the pairing must not swallow one).
-    private func promotionDue(after flow: Flow, _ result: PumpResult, _ relay: Relay) -> Bool {
-        guard let promotion = limits.promotion, !rhythm.attempted, flow == .downstream, result.moved > 0,
-              rhythm.smallChanges >= 2 * promotion.turns - 1,
-              rhythm.messageBytes <= promotion.smallMessageBytes else { return false }
-        return !relay.upstream.pending && !relay.downstream.pending
-            && !relay.upstream.sourceEOF && !relay.downstream.sourceEOF
     }
 
     // MARK: - In the kernel

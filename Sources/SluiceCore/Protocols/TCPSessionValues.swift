@@ -37,19 +37,30 @@ public struct DataPathsUsed: OptionSet, Sendable, Hashable {
 }
 
 /// When `data_path: auto` moves a userspace session into the kernel
-/// (sockmap): after `turns` request/response exchanges in a row whose
-/// messages were all small. Bulk stays on splice(2), which moves large
-/// messages faster than the sockmap's kworker hop; short connections stay in
+/// (sockmap), by either of two rules:
+/// - `turns` request/response exchanges in a row whose messages were all
+///   small (off by default: with the kworker hop counted, small requests
+///   cost more in the kernel here);
+/// - a one-way stream: `streamBytes` from the client without a change of
+///   direction (the kernel carries a stream at about 1.5× splice(2)'s rate,
+///   measured). Only the client's direction: a backend that keeps sending
+///   while the pair forms would keep its direction in userspace (see
+///   `KernelPairing`), slower than the splice(2) it left.
+/// Bulk request/response exchanges stay on splice(2), which moves them
+/// faster than the sockmap's kworker hop; short connections stay in
 /// userspace, where they cost no map updates.
 public struct SockmapPromotion: Sendable, Equatable {
-    /// Request/response exchanges (a message each way) before promotion.
-    public var turns: Int
+    /// Request/response exchanges (a message each way) before promotion; nil: never by turns.
+    public var turns: Int?
+    /// Bytes from the client in one message before promotion; nil: never by streaming.
+    public var streamBytes: UInt64?
     /// A message (the bytes one way between two changes of direction)
     /// larger than this is bulk: the count of small turns starts over.
     public var smallMessageBytes: UInt64
 
-    public init(turns: Int, smallMessageBytes: UInt64) {
+    public init(turns: Int?, streamBytes: UInt64? = nil, smallMessageBytes: UInt64) {
         self.turns = turns
+        self.streamBytes = streamBytes
         self.smallMessageBytes = smallMessageBytes
     }
 }
@@ -116,19 +127,25 @@ public struct PumpResult: Sendable, Equatable {
     public var spliced: Bool
     /// A call failed on this side with this errno; nothing more moves.
     public var failure: (side: Side, errno: Int32)?
+    /// How the pump's last read ended: true when it left no packet half read
+    /// on the source (EAGAIN, or a read(2) shorter than its buffer, which
+    /// walks the whole receive queue), false when it may have; nil when the
+    /// pump did not read.
+    public var emptied: Bool?
 
     public init(moved: Int = 0, pending: Bool = false, endOfFile: Bool = false, spliced: Bool = false,
-                failure: (side: Side, errno: Int32)? = nil) {
+                failure: (side: Side, errno: Int32)? = nil, emptied: Bool? = nil) {
         self.moved = moved
         self.pending = pending
         self.endOfFile = endOfFile
         self.spliced = spliced
         self.failure = failure
+        self.emptied = emptied
     }
 
     public static func == (a: PumpResult, b: PumpResult) -> Bool {
         a.moved == b.moved && a.pending == b.pending && a.endOfFile == b.endOfFile && a.spliced == b.spliced
-            && a.failure?.side == b.failure?.side && a.failure?.errno == b.failure?.errno
+            && a.emptied == b.emptied && a.failure?.side == b.failure?.side && a.failure?.errno == b.failure?.errno
     }
 }
 

@@ -71,6 +71,9 @@ private let boundedKeys: [BoundedKey] = [
                accepted: ["0", "1000"], rejected: ["-1", "1001"], range: "0...1000"),
     BoundedKey(path: "sockmap_after_turns", place: topLevel("sockmap_after_turns"),
                accepted: ["1", "1000000", "off"], rejected: ["0", "1000001"], range: "1...1000000"),
+    BoundedKey(path: "sockmap_after_bytes", place: topLevel("sockmap_after_bytes"),
+               accepted: ["1048576", "1099511627776", "off"], rejected: ["1048575", "1099511627777"],
+               range: "1048576...1099511627776"),
 ]
 
 @Suite("Config bounds")
@@ -139,8 +142,21 @@ struct ConfigBoundsTests {
         #expect(error.message.contains("only data_path: auto moves connections into the sockmap"))
     }
 
+    @Test("sockmap_after_bytes: 64 MiB by default with data_path auto, absent with the others; set only with auto")
+    func sockmapAfterBytes() throws {
+        #expect(try decodeConfig(minimalConfigYAML).config.sockmapAfterBytes == 64 << 20)
+        #expect(try decodeConfig("data_path: splice\n" + minimalConfigYAML).config.sockmapAfterBytes == nil)
+        #expect(try decodeConfig("sockmap_after_bytes: 1048576\n" + minimalConfigYAML).config.sockmapAfterBytes == 1 << 20)
+        #expect(try decodeConfig("sockmap_after_bytes: off\n" + minimalConfigYAML).config.sockmapAfterBytes == nil)
+        #expect(try decodeConfig("data_path: copy\nsockmap_after_bytes: off\n" + minimalConfigYAML).config.sockmapAfterBytes == nil)
+        let error = try #require(singleConfigError("data_path: sockmap\nsockmap_after_bytes: 1048576\n" + minimalConfigYAML))
+        #expect(error.path == "sockmap_after_bytes" && error.line == 2)
+        #expect(error.message.contains("only data_path: auto moves connections into the sockmap"))
+    }
+
     @Test("the default values are inside their ranges")
     func defaultsAreInRange() {
+        #expect(ConfigBounds.sockmapAfterBytes.contains(ConfigDefaults.sockmapAfterBytes))
         #expect(ConfigBounds.stallThreshold.contains(ConfigDefaults.stallThreshold))
         #expect(ConfigBounds.drainTimeout.contains(ConfigDefaults.drainTimeout))
         #expect(ConfigBounds.connectTimeout.contains(ConfigDefaults.connectTimeout))
