@@ -100,8 +100,11 @@ struct ConfigDecoder {
             ?? .specifiedDefault
         let dataPath = doc["data_path"].flatMap { choice($0.value, top.key("data_path"), DataPathMode.self) }
             ?? .specifiedDefault
-        let sockmapAfterTurns = decodeSockmapAfterTurns(doc["sockmap_after_turns"], top.key("sockmap_after_turns"), dataPath: dataPath)
-        let sockmapAfterBytes = decodeSockmapAfterBytes(doc["sockmap_after_bytes"], top.key("sockmap_after_bytes"), dataPath: dataPath)
+        let sockmapAfterTurns = decodePromotion(doc["sockmap_after_turns"], top.key("sockmap_after_turns"),
+                                                in: ConfigBounds.sockmapAfterTurns, autoDefault: nil, dataPath: dataPath)
+        let sockmapAfterBytes = decodePromotion(doc["sockmap_after_bytes"], top.key("sockmap_after_bytes"),
+                                                in: ConfigBounds.sockmapAfterBytes, autoDefault: ConfigDefaults.sockmapAfterBytes,
+                                                dataPath: dataPath)
         let stallThreshold = doc["stall_threshold"].flatMap {
             duration($0.value, top.key("stall_threshold"), in: ConfigBounds.stallThreshold)
         }
@@ -162,31 +165,20 @@ struct ConfigDecoder {
         return config
     }
 
-    /// `sockmap_after_bytes`: a size in bytes (64 MiB by default with
-    /// `data_path: auto`) or `off`; only `data_path: auto` promotes.
-    mutating func decodeSockmapAfterBytes(_ entry: ConfigMapping.Entry?, _ path: ConfigFieldPath, dataPath: DataPathMode) -> Int? {
-        guard let entry else { return dataPath == .auto ? ConfigDefaults.sockmapAfterBytes : nil }
+    /// `sockmap_after_turns` (off by default) and `sockmap_after_bytes` (64
+    /// MiB by default with `data_path: auto`): `off` or a number in `range`;
+    /// only `data_path: auto` promotes, so with another path only `off` goes.
+    mutating func decodePromotion(_ entry: ConfigMapping.Entry?, _ path: ConfigFieldPath, in range: ClosedRange<Int>,
+                                  autoDefault: Int?, dataPath: DataPathMode) -> Int? {
+        guard let entry else { return dataPath == .auto ? autoDefault : nil }
         if case .scalar(let scalar) = entry.value, scalar.string == "off" { return nil }
-        guard let bytes = integer(entry.value, path, in: ConfigBounds.sockmapAfterBytes) else { return nil }
+        guard let value = integer(entry.value, path, in: range) else { return nil }
         guard dataPath == .auto else {
             fail(path, at: entry.value, "only data_path: auto moves connections into the sockmap; "
                 + "data_path is \(dataPath.rawValue) (use off, or data_path: auto)")
             return nil
         }
-        return bytes
-    }
-
-    /// `sockmap_after_turns: off` (the default) or a count; only `data_path: auto` promotes.
-    mutating func decodeSockmapAfterTurns(_ entry: ConfigMapping.Entry?, _ path: ConfigFieldPath, dataPath: DataPathMode) -> Int? {
-        guard let entry else { return nil }
-        if case .scalar(let scalar) = entry.value, scalar.string == "off" { return nil }
-        guard let turns = integer(entry.value, path, in: ConfigBounds.sockmapAfterTurns) else { return nil }
-        guard dataPath == .auto else {
-            fail(path, at: entry.value, "only data_path: auto moves connections into the sockmap; "
-                + "data_path is \(dataPath.rawValue) (use off, or data_path: auto)")
-            return nil
-        }
-        return turns
+        return value
     }
 
     // MARK: - Features that may not be built yet

@@ -42,9 +42,9 @@ public struct DataPathsUsed: OptionSet, Sendable, Hashable {
 ///   small (off by default: with the kworker hop counted, small requests
 ///   cost more in the kernel here);
 /// - a one-way stream: `streamBytes` from the client without a change of
-///   direction (the kernel carries a stream at about 1.5× splice(2)'s rate,
-///   measured). Only the client's direction: a backend that keeps sending
-///   while the pair forms would keep its direction in userspace (see
+///   direction (in the lab the kernel carried 8 streams at about 1.5×
+///   splice(2)'s rate). Only the client's direction: a backend that keeps
+///   sending while the pair forms would keep its direction in userspace (see
 ///   `KernelPairing`), slower than the splice(2) it left.
 /// Bulk request/response exchanges stay on splice(2), which moves them
 /// faster than the sockmap's kworker hop; short connections stay in
