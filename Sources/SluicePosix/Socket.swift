@@ -27,13 +27,19 @@ public enum Socket {
     /// connections over them.
     /// A listening TCP socket. With `noDelay`, every socket it accepts
     /// starts with TCP_NODELAY (accepted sockets inherit it): one setsockopt
-    /// per listener instead of one per connection.
+    /// per listener instead of one per connection. With `deferAccept`
+    /// (TCP_DEFER_ACCEPT, for protocols whose client speaks first) a
+    /// connection is accepted once its first bytes are in, or after that
+    /// many seconds without them.
     public static func listen(on address: SocketAddress, reusePort: Bool, backlog: Int32 = 4096,
-                              noDelay: Bool = false) throws(SystemCallError) -> Int32 {
+                              noDelay: Bool = false, deferAcceptSeconds: Int32 = 0) throws(SystemCallError) -> Int32 {
         let fd = try tcp(family: address.family)
         do throws(SystemCallError) {
             try setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR")
             if noDelay { try setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1, "TCP_NODELAY") }
+            if deferAcceptSeconds > 0 {
+                try setOption(fd, Int32(IPPROTO_TCP), TCP_DEFER_ACCEPT, deferAcceptSeconds, "TCP_DEFER_ACCEPT")
+            }
             if reusePort { try setOption(fd, SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT") }
             if address.family == AF_INET6 { try setOption(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, 1, "IPV6_V6ONLY") }
             _ = try systemCall("bind \(address)") { address.withSockaddr { Glibc.bind(fd, $0, $1) } }

@@ -140,6 +140,10 @@ extension Server {
 
     /// Socket buffers of UDP sockets: a burst of 64 KiB datagrams fits.
     static let udpBufferBytes: Int32 = 4 << 20
+    /// TCP_DEFER_ACCEPT on HTTP listeners: a client that connects and says
+    /// nothing is accepted after about a second all the same (then
+    /// `head_timeout` applies), so deferring never hides a connection for long.
+    static let deferAcceptSeconds: Int32 = 1
 
     /// Binds every listener into `bound`: one SO_REUSEPORT socket per
     /// worker, or, for shared_accept, one socket that every worker gets a
@@ -165,6 +169,9 @@ extension Server {
         guard var address = SocketAddress(ip: listener.bind.host, port: listener.bind.port) else {
             throw ServerError("listener \(listener.name): bad address \(listener.bind)")
         }
+        // An HTTP client speaks first: its connection is accepted with its
+        // request in, so the worker reads it at once (see `acceptHTTP`).
+        let deferAccept: Int32 = listener.mode == .http ? Self.deferAcceptSeconds : 0
         do throws(SystemCallError) {
             if listener.mode == .udp {
                 // One socket per worker even with shared_accept: datagrams are not accepted.
@@ -174,13 +181,13 @@ extension Server {
                     if address.port == 0 { address = try Socket.localAddress(fd) }
                 }
             } else if shared {
-                let fd = try Socket.listen(on: address, reusePort: false, noDelay: true)
+                let fd = try Socket.listen(on: address, reusePort: false, noDelay: true, deferAcceptSeconds: deferAccept)
                 defer { closeDescriptor(fd) }
                 address = try Socket.localAddress(fd)
                 for worker in 0..<config.workers { bound.add(try Descriptor.duplicate(fd), worker: worker) }
             } else {
                 for worker in 0..<config.workers {
-                    let fd = try Socket.listen(on: address, reusePort: true, noDelay: true)
+                    let fd = try Socket.listen(on: address, reusePort: true, noDelay: true, deferAcceptSeconds: deferAccept)
                     bound.add(fd, worker: worker)
                     if address.port == 0 { address = try Socket.localAddress(fd) } // the others join its port
                 }

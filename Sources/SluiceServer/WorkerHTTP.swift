@@ -15,7 +15,17 @@ extension Worker {
         connection.receivedHeader = header
         nextSessionID += 1
         httpConnections[connection.id] = connection
-        drive(connection, .accepted(now: monotonicMilliseconds()))
+        // The listener defers accepting until the request's first bytes are
+        // in (TCP_DEFER_ACCEPT), so read them now: registering the socket
+        // waits until a read says EAGAIN, and a client whose one request is
+        // answered by a close (`Connection: close`) is never registered.
+        var actions = httpActionLists.popLast() ?? []
+        connection.machine.handle(.accepted(now: monotonicMilliseconds()), into: &actions)
+        for action in actions where !connection.isClosed { execute(action, for: connection) }
+        actions.removeAll(keepingCapacity: true)
+        httpActionLists.append(actions)
+        if !connection.isClosed && connection.clientWantsRead { readFor(connection, .client) }
+        if !connection.isClosed { arm(connection) }
     }
 
     func drive(_ connection: HTTPConnection, _ event: HTTPSession.Event) {

@@ -253,9 +253,10 @@ extension Worker {
         httpConnections.removeValue(forKey: c.id)
         // Bytes the client sent that nobody will read would turn the close
         // into a reset, which can destroy the answer before the client reads
-        // it: read away what has arrived (nothing can, after its FIN). The
-        // close then sends the FIN; a shutdown(2) before it would add nothing.
-        if !c.machine.clientFinished {
+        // it: read away what has arrived (nothing can after its FIN, nor
+        // after its last request, read to the end, said close). The close
+        // then sends the FIN; a shutdown(2) before it would add nothing.
+        if !c.machine.clientFinished && !(c.machine.clientSaidLast && !c.clientReadFilled) {
             var scratch = Carrier(buffer: takeBuffer())
             for _ in 0..<4 {
                 guard case .bytes? = try? Socket.read(c.client, into: scratch.buffer!) else { break }

@@ -146,6 +146,28 @@ struct HTTPEndToEndTests {
         #expect(try sluice.stop() == 0, "\(sluice.log)")
     }
 
+    @Test("accepts wait for the request (TCP_DEFER_ACCEPT): a silent client is accepted after about a second, then head_timeout closes it; a late request is served")
+    func deferredAccept() throws {
+        let (one, oneAddress) = try startHTTPBackend("one")
+        defer { _ = one }
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: httpConfig(port: port, one: oneAddress, two: oneAddress, extraHTTP: ", head_timeout: 500ms"))
+        let started = monotonicMilliseconds()
+        let silent = try connectTCP("127.0.0.1", port, timeoutSeconds: 8)
+        let (bytes, _) = readToEnd(silent)
+        close(silent)
+        let waited = monotonicMilliseconds() - started
+        // Not deferred, the close would come after head_timeout alone (500 ms).
+        #expect(bytes.isEmpty && waited >= 1400 && waited < 5000, "closed after \(waited) ms: \(bytes.count) bytes")
+        let late = try connectTCP("127.0.0.1", port)
+        defer { close(late) }
+        usleep(300_000)
+        _ = sendAll(late, Array("GET /name HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".utf8))
+        let answer = String(decoding: readToEnd(late).bytes, as: UTF8.self)
+        #expect(answer.hasPrefix("HTTP/1.1 200") && answer.hasSuffix("one"), "\(answer)")
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+    }
+
     @Test("a listener without a pool: routed requests are served, the rest get 404 on the same kept-alive connection")
     func withoutPool() throws {
         let (two, twoAddress) = try startHTTPBackend("two")

@@ -159,6 +159,35 @@ struct HTTPSessionTests {
         #expect(answer.contains(.release(reusable: true)) && answer.last == .close(.clientClosed))
     }
 
+    @Test("a client that said close and sent nothing after its request is known to have said its last; others are not")
+    func clientSaidLast() {
+        func closing(_ request: String, response: String = Self.ok) -> HTTPDriver {
+            var d = HTTPDriver()
+            d.on(.accepted(now: 0))
+            d.client(request)
+            d.on(.acquired(backend: 0, reused: false, now: 1))
+            d.backend(response)
+            return d
+        }
+        let close = "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        let said = closing(close)
+        #expect(said.closed == .clientClosed && said.session.clientSaidLast)
+        #expect(closing("GET / HTTP/1.0\r\n\r\n").session.clientSaidLast, "HTTP/1.0 without keep-alive")
+        // Bytes after the request: a pipelining client may send more, so the worker reads them away.
+        let more = closing(close + "GET /b HTTP/1.1\r\nHost: a\r\n\r\n")
+        #expect(more.closed == .clientClosed && !more.session.clientSaidLast)
+        // The proxy closes a keep-alive client (a close-delimited response): the client did not say close.
+        let delimited = closing(Self.get, response: "HTTP/1.0 200 OK\r\n\r\nsome")
+        var ended = delimited
+        ended.on(.moved(.downstream, now: 3))
+        #expect(ended.closed == .clientClosed && !ended.session.clientSaidLast)
+        // A 400 answers a request that was not read to its end.
+        var bad = HTTPDriver()
+        bad.on(.accepted(now: 0))
+        bad.client("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nBad Field: x\r\n\r\n")
+        #expect(bad.closed != nil && !bad.session.clientSaidLast)
+    }
+
     @Test("the proxy's own answers: 400 for a bad head, 404 without a route, 408 for a late head, 504 for a late response")
     func ownAnswers() {
         var bad = HTTPDriver()

@@ -65,6 +65,11 @@ public struct HTTPSession: Sendable {
     private var clientEOF = false
     /// The client's FIN has been read: nothing more can come from it.
     public var clientFinished: Bool { clientEOF }
+    /// The client asked for the close (`Connection: close`, or HTTP/1.0
+    /// without keep-alive) and its last request was read whole with no byte
+    /// after it: a client that says close sends nothing more (RFC 9112
+    /// 9.6), so no unread byte can turn the close into a reset.
+    public private(set) var clientSaidLast = false
     /// What the tunnel carries, once there is one: `websocket` or `connect`.
     public private(set) var tunnelKind = ""
 
@@ -429,6 +434,7 @@ public struct HTTPSession: Sendable {
         backendBytes.removeAll(keepingCapacity: backendBytes.capacity <= 4096)
         exchange = nil
         if e.closeClient || clientEOF {
+            clientSaidLast = !e.clientKeepAlive && requestDone && clientBytes.isEmpty
             close(.clientClosed, &actions)
             return
         }
