@@ -291,8 +291,9 @@ extension Worker {
             return true
         }
         if state.pipe == nil && state.buffer == nil {
-            // Bulk goes through a pipe: splice(2) moves it without copying it here.
-            if remaining.map({ $0 >= settings.httpSpliceBytes }) ?? true, let pipe = try? takePipe() {
+            // Bulk goes through a pipe: splice(2) moves it without copying it
+            // here; `data_path: copy` means read/write only.
+            if settings.dataPath != .copy, remaining.map({ $0 >= settings.httpSpliceBytes }) ?? true, let pipe = try? takePipe() {
                 state.pipe = pipe
             } else {
                 state.buffer = takeBuffer()
