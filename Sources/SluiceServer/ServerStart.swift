@@ -140,9 +140,10 @@ extension Server {
 
     /// Socket buffers of UDP sockets: a burst of 64 KiB datagrams fits.
     static let udpBufferBytes: Int32 = 4 << 20
-    /// TCP_DEFER_ACCEPT on HTTP listeners: a client that connects and says
-    /// nothing is accepted after about a second all the same (then
-    /// `head_timeout` applies), so deferring never hides a connection for long.
+    /// TCP_DEFER_ACCEPT on listeners whose client speaks first: a client that
+    /// connects and says nothing is accepted after about a second all the
+    /// same (then `head_timeout` or the PROXY header's timeout applies), so
+    /// deferring never hides a connection for long.
     static let deferAcceptSeconds: Int32 = 1
 
     /// Binds every listener into `bound`: one SO_REUSEPORT socket per
@@ -169,9 +170,11 @@ extension Server {
         guard var address = SocketAddress(ip: listener.bind.host, port: listener.bind.port) else {
             throw ServerError("listener \(listener.name): bad address \(listener.bind)")
         }
-        // An HTTP client speaks first: its connection is accepted with its
-        // request in, so the worker reads it at once (see `acceptHTTP`).
-        let deferAccept: Int32 = listener.mode == .http ? Self.deferAcceptSeconds : 0
+        // An HTTP client speaks first, and so does whatever sends a PROXY
+        // header: its connection is accepted with its first bytes in, and the
+        // worker reads them at once (see `acceptHTTP`, `awaitHeader`).
+        let clientFirst = listener.mode == .http || listener.proxyProtocol.accept != .off
+        let deferAccept: Int32 = clientFirst ? Self.deferAcceptSeconds : 0
         do throws(SystemCallError) {
             if listener.mode == .udp {
                 // One socket per worker even with shared_accept: datagrams are not accepted.

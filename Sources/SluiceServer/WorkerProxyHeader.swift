@@ -12,6 +12,8 @@ final class AwaitingHeader {
     let fd: Int32
     let peer: SocketAddress
     var timer: TimerID?
+    /// In the worker's epoll (oneshot): the header was not whole at the first read.
+    var registered = false
 
     init(id: UInt64, listener: RuntimeListener, fd: Int32, peer: SocketAddress) {
         self.id = id
@@ -29,14 +31,12 @@ extension Worker {
         let waiting = AwaitingHeader(id: nextSessionID, listener: listener, fd: fd, peer: peer)
         nextSessionID += 1
         awaitingHeaders[waiting.id] = waiting
-        do {
-            try epoll.add(fd, [.readable, .oneShot], token: Self.proxyHeaderKind | waiting.id)
-        } catch {
-            rejectHeader(waiting, "epoll: \(error)")
-            return
-        }
         let deadline = monotonicMilliseconds().saturatingAdd(listener.config.proxyProtocol.timeout.milliseconds)
         waiting.timer = timers.schedule(at: deadline, .proxyHeader(id: waiting.id))
+        // The listener defers accepting until the first bytes are in
+        // (TCP_DEFER_ACCEPT), so the header is usually whole already: the
+        // socket joins epoll only when it is not.
+        headerReadable(waiting.id)
     }
 
     func headerReadable(_ id: UInt64) {
@@ -67,7 +67,7 @@ extension Worker {
                 return
             }
             finishAwaiting(waiting)
-            epoll.remove(waiting.fd)
+            if waiting.registered { epoll.remove(waiting.fd) }
             // The kernel hands a socket's queued packets to the sockmap's verdict
             // program whole, the bytes already read included: with bytes behind
             // the header still queued, this connection stays out of the sockmap.
@@ -84,7 +84,13 @@ extension Worker {
     }
 
     private func rearmHeader(_ waiting: AwaitingHeader) {
-        do { try epoll.modify(waiting.fd, [.readable, .oneShot], token: Self.proxyHeaderKind | waiting.id) } catch {
+        let token = Self.proxyHeaderKind | waiting.id
+        do {
+            if waiting.registered { try epoll.modify(waiting.fd, [.readable, .oneShot], token: token) } else {
+                try epoll.add(waiting.fd, [.readable, .oneShot], token: token)
+                waiting.registered = true
+            }
+        } catch {
             rejectHeader(waiting, "epoll: \(error)")
         }
     }
