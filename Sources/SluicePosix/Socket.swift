@@ -37,9 +37,7 @@ public enum Socket {
         do throws(SystemCallError) {
             try setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR")
             if noDelay { try setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1, "TCP_NODELAY") }
-            if deferAcceptSeconds > 0 {
-                try setOption(fd, Int32(IPPROTO_TCP), TCP_DEFER_ACCEPT, deferAcceptSeconds, "TCP_DEFER_ACCEPT")
-            }
+            if deferAcceptSeconds > 0 { try setDeferAccept(fd, seconds: deferAcceptSeconds) }
             if reusePort { try setOption(fd, SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT") }
             if address.family == AF_INET6 { try setOption(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, 1, "IPV6_V6ONLY") }
             _ = try systemCall("bind \(address)") { address.withSockaddr { Glibc.bind(fd, $0, $1) } }
@@ -49,6 +47,11 @@ public enum Socket {
             closeDescriptor(fd)
             throw error
         }
+    }
+
+    /// TCP_DEFER_ACCEPT on a listening socket (0: off); it may change at any time.
+    public static func setDeferAccept(_ fd: Int32, seconds: Int32) throws(SystemCallError) {
+        try setOption(fd, Int32(IPPROTO_TCP), TCP_DEFER_ACCEPT, seconds, "TCP_DEFER_ACCEPT")
     }
 
     public static func localAddress(_ fd: Int32) throws(SystemCallError) -> SocketAddress {

@@ -165,6 +165,7 @@ extension Server {
             let position = adoption.manifest.listeners.firstIndex { $0.name == listener.name }!
             let sockets = adoption.sockets[position]
             for (worker, fd) in sockets.enumerated() { bound.add(fd, worker: worker) }
+            applyDeferAccept(listener, to: sockets)
             let address: SocketAddress
             do { address = try Socket.localAddress(sockets[0]) } catch {
                 throw ServerError("listener \(listener.name): the socket handed over: \(error)")

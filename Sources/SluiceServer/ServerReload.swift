@@ -139,6 +139,7 @@ extension Server {
             let pool = pools[listener.pool]!
             if let kept = plan.kept.first(where: { $0.new == index }) {
                 let old = liveListeners[kept.old]
+                applyDeferAccept(listener, to: live.sockets[old.index] ?? [])
                 listeners.append(RuntimeListener(index: old.index, config: listener, pool: pool, address: old.address,
                                                  counters: old.counters, pools: pools, previous: old))
             } else if let position = plan.added.firstIndex(of: index), let new = added.first(where: { $0.position == position }) {

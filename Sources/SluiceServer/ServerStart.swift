@@ -144,7 +144,25 @@ extension Server {
     /// connects and says nothing is accepted after about a second all the
     /// same (then `head_timeout` or the PROXY header's timeout applies), so
     /// deferring never hides a connection for long.
-    static let deferAcceptSeconds: Int32 = 1
+    static func deferAcceptSeconds(_ listener: ListenerConfig) -> Int32 {
+        // An HTTP client speaks first, and so does whatever sends a PROXY
+        // header: its connection is accepted with its first bytes in, and the
+        // worker reads them at once (see `acceptHTTP`, `awaitHeader`).
+        let clientFirst = listener.mode == .http || listener.proxyProtocol.accept != .off
+        return clientFirst ? 1 : 0
+    }
+
+    /// A socket kept by a reload or handed over by an upgrade defers (or
+    /// stops deferring) as its listener now asks: a server-first protocol
+    /// must never wait a second for its accept.
+    func applyDeferAccept(_ listener: ListenerConfig, to sockets: [Int32]) {
+        guard listener.mode != .udp else { return }
+        for fd in sockets {
+            do { try Socket.setDeferAccept(fd, seconds: Self.deferAcceptSeconds(listener)) } catch {
+                logger.warning("cannot set TCP_DEFER_ACCEPT", metadata: ["listener": "\(listener.name)", "error": "\(error)"])
+            }
+        }
+    }
 
     /// Binds every listener into `bound`: one SO_REUSEPORT socket per
     /// worker, or, for shared_accept, one socket that every worker gets a
@@ -170,11 +188,7 @@ extension Server {
         guard var address = SocketAddress(ip: listener.bind.host, port: listener.bind.port) else {
             throw ServerError("listener \(listener.name): bad address \(listener.bind)")
         }
-        // An HTTP client speaks first, and so does whatever sends a PROXY
-        // header: its connection is accepted with its first bytes in, and the
-        // worker reads them at once (see `acceptHTTP`, `awaitHeader`).
-        let clientFirst = listener.mode == .http || listener.proxyProtocol.accept != .off
-        let deferAccept: Int32 = clientFirst ? Self.deferAcceptSeconds : 0
+        let deferAccept = Self.deferAcceptSeconds(listener)
         do throws(SystemCallError) {
             if listener.mode == .udp {
                 // One socket per worker even with shared_accept: datagrams are not accepted.

@@ -24,7 +24,8 @@ extension Worker {
         for action in actions where !connection.isClosed { execute(action, for: connection) }
         actions.removeAll(keepingCapacity: true)
         httpActionLists.append(actions)
-        if !connection.isClosed && connection.clientWantsRead { readFor(connection, .client) }
+        guard !connection.isClosed, settleBetweenRequests(connection) else { return }
+        if connection.clientWantsRead { readFor(connection, .client) }
         if !connection.isClosed { arm(connection) }
     }
 
@@ -49,16 +50,21 @@ extension Worker {
             if connection.clientOutput.isEmpty && connection.backendOutput.isEmpty { handOverTunnel(connection) } else { arm(connection) }
             return
         }
-        if connection.machine.isWaiting {
-            // Between requests: a draining worker or a removed listener
-            // closes it; a reloaded listener routes its next request.
-            if draining || listeners[connection.listener.index] == nil {
-                close(connection, reason: .clientClosed)
-                return
-            }
-            adoptListener(connection)
-        }
+        guard settleBetweenRequests(connection) else { return }
         arm(connection)
+    }
+
+    /// Between requests (none of the next one received): a draining worker
+    /// or a removed listener closes the connection; a reloaded listener
+    /// routes its next request. False when it closed.
+    private func settleBetweenRequests(_ connection: HTTPConnection) -> Bool {
+        guard connection.machine.isWaiting else { return true }
+        if draining || listeners[connection.listener.index] == nil {
+            close(connection, reason: .clientClosed)
+            return false
+        }
+        adoptListener(connection)
+        return true
     }
 
     private func execute(_ action: HTTPSession.Action, for c: HTTPConnection) {

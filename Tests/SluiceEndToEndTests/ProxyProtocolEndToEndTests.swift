@@ -250,4 +250,29 @@ struct ProxyProtocolEndToEndTests {
             #expect(lines.count == 2 && !lines[0].contains("sockmap") && lines[1].contains("path=sockmap"), "\(lines)")
         }
     }
+
+    @Test("a reload that stops taking PROXY headers stops deferring accepts: a server-first backend's banner comes at once")
+    func reloadStopsDeferring() throws {
+        let banner = try TestServer { fd in
+            _ = sendAll(fd, Array("220 ready\r\n".utf8))
+            echoUntilEOF(fd)
+        }
+        let port = freePort()
+        let withHeader = proxyConfig(port: port, backends: [banner.address], extraListener: ", proxy_protocol: { accept: v1 }")
+        let sluice = try SluiceProcess.run(config: withHeader)
+        let path = try #require(sluice.configURL?.path)
+        try proxyConfig(port: port, backends: [banner.address]).write(toFile: path, atomically: true, encoding: .utf8)
+        let (code, out) = try runCommand(sluiceBinary, ["reload", "-c", path])
+        #expect(code == 0, "\(out)")
+        // The client says nothing and waits for the banner, as SMTP's does.
+        let fd = try connectTCP("127.0.0.1", port)
+        defer { close(fd) }
+        let started = monotonicMilliseconds()
+        var buffer = [UInt8](repeating: 0, count: 64)
+        let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        let waited = monotonicMilliseconds() - started
+        #expect(n > 0 && String(decoding: buffer[0..<max(n, 0)], as: UTF8.self) == "220 ready\r\n" && waited < 800,
+                "\(n) bytes after \(waited) ms (a deferred accept waits about a second)")
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+    }
 }

@@ -66,9 +66,10 @@ public struct HTTPSession: Sendable {
     /// The client's FIN has been read: nothing more can come from it.
     public var clientFinished: Bool { clientEOF }
     /// The client asked for the close (`Connection: close`, or HTTP/1.0
-    /// without keep-alive) and its last request was read whole with no byte
-    /// after it: a client that says close sends nothing more (RFC 9112
-    /// 9.6), so no unread byte can turn the close into a reset.
+    /// without keep-alive) and its last request, one without a body, was
+    /// read whole with no byte after it: a client that says close sends
+    /// nothing more (RFC 9112 9.6), so no unread byte can turn the close
+    /// into a reset.
     public private(set) var clientSaidLast = false
     /// What the tunnel carries, once there is one: `websocket` or `connect`.
     public private(set) var tunnelKind = ""
@@ -434,7 +435,9 @@ public struct HTTPSession: Sendable {
         backendBytes.removeAll(keepingCapacity: backendBytes.capacity <= 4096)
         exchange = nil
         if e.closeClient || clientEOF {
-            clientSaidLast = !e.clientKeepAlive && requestDone && clientBytes.isEmpty
+            // Without a body: a body's last bytes may have been moved by the
+            // worker, and what a client sent after them was never looked at.
+            clientSaidLast = !e.clientKeepAlive && requestDone && clientBytes.isEmpty && e.requestFraming == .none
             close(.clientClosed, &actions)
             return
         }
