@@ -262,14 +262,18 @@ public struct HTTPSession: Sendable {
     // MARK: - Responses
 
     private mutating func fromBackend(_ now: UInt64, _ actions: inout [Action]) {
-        guard var e = exchange, phase == .exchanging else { return }
+        // Moved out, and put back before anything that reads it: a copy
+        // would retain (and then release) every buffer it holds.
+        guard phase == .exchanging, var e = exchange.take() else { return }
         if !e.responseHeadSeen {
             let parsed = backendBytes.withUnsafeBytes { parser.parseResponse($0, requestMethod: e.method) }
             switch parsed {
             case .incomplete:
+                exchange = e
                 actions.append(.read(.backend))
                 return
             case .invalid(let error):
+                exchange = e
                 fail(error.status, &actions)
                 return
             case .complete(let head):
@@ -292,7 +296,7 @@ public struct HTTPSession: Sendable {
                     return
                 }
                 responseHead(head, &e, now, &actions)
-                if phase == .tunnel { return }
+                if phase == .tunnel { return } // the exchange ended there
             }
         }
         if case .chunked(var decoder) = e.response {
@@ -391,7 +395,7 @@ public struct HTTPSession: Sendable {
     }
 
     private mutating func moved(_ flow: Flow, _ now: UInt64, _ actions: inout [Action]) {
-        guard var e = exchange, phase == .exchanging else { return }
+        guard phase == .exchanging, var e = exchange.take() else { return } // put back below
         if flow == .upstream, case .length(let left) = e.request {
             e.record.bytesFromClient += left
             e.request = .done
@@ -413,13 +417,11 @@ public struct HTTPSession: Sendable {
 
     /// Both bodies done: log, hand the backend back, and wait for the next request.
     private mutating func finishIfDone(_ now: UInt64, _ actions: inout [Action]) {
-        guard var e = exchange, phase == .exchanging, e.responseHeadSeen else { return }
-        guard case .done = e.response else { return }
-        guard case .done = e.request else {
+        guard phase == .exchanging, exchange?.responseHeadSeen == true, case .done? = exchange?.response,
+              var e = exchange.take() else { return }
+        if case .done = e.request {} else {
             // Answered before the request's body was all in: neither stream can be followed further.
             e.closeClient = true
-            finish(e, now, &actions)
-            return
         }
         finish(e, now, &actions)
     }
