@@ -145,13 +145,13 @@ final class Worker: @unchecked Sendable {
     var listeners: [RuntimeListener?]
     /// By pool object: a pool replaced by a reload gets a balancer of its own
     /// again should a connection opened before the reload need one.
-    var balancers: [ObjectIdentifier: PoolBalancer] = [:]
+    var balancers = PoolTable<PoolBalancer>()
     let balancerSeed: UInt64
     var sessions: [UInt64: Session] = [:]
     /// `mode: http` client connections (a closed one stays until its last answer is written).
     var httpConnections: [UInt64: HTTPConnection] = [:]
     /// Kept-alive backend connections of `mode: http` listeners, per pool.
-    var idleBackends: [ObjectIdentifier: IdleConnections] = [:]
+    var idleBackends = PoolTable<IdleConnections>()
     /// The HTTP connection each backend descriptor serves (none while idle).
     var backendOwners = DescriptorOwners()
     /// `mode: redis` clients, and this worker's connections to Redis backends.

@@ -128,7 +128,7 @@ extension Worker {
     /// An idle backend connection turned readable: its backend closed it
     /// or sent bytes nobody asked for. Either way it is done.
     func idleBackendStirred(_ fd: Int32) {
-        for key in idleBackends.keys where idleBackends[key]!.remove(fd) {
+        for slot in idleBackends.slots where idleBackends[slot: slot].remove(fd) {
             closeDescriptor(fd)
             return
         }
@@ -146,8 +146,8 @@ extension Worker {
         // A connection that began with a PROXY header names this client: no other may reuse it.
         let clean = reusable && !c.connecting && c.backendOutput.isEmpty && c[move: .downstream].pending == 0
             && c.http.pools[c.backendPoolIndex].config.proxyProtocol == .off
-        if clean, let index = c.backendIndex, idleBackends[key] != nil, armIdle(fd, added: c.backendAdded, armed: c.backendArmed) {
-            if let evicted = idleBackends[key]!.put(fd, backend: index, now: monotonicMilliseconds()) { closeDescriptor(evicted) }
+        if clean, let index = c.backendIndex, let slot = idleBackends.slot(of: key), armIdle(fd, added: c.backendAdded, armed: c.backendArmed) {
+            if let evicted = idleBackends[slot: slot].put(fd, backend: index, now: monotonicMilliseconds()) { closeDescriptor(evicted) }
         } else {
             closeDescriptor(fd) // also leaves the epoll set
         }
@@ -285,9 +285,8 @@ extension Worker {
 
     /// Idle kept-alive backend connections, closed when the worker stops.
     func closeIdleBackends() {
-        for (key, var idle) in idleBackends {
-            for fd in idle.expire(now: UInt64.max) { closeDescriptor(fd) }
-            idleBackends[key] = idle
+        for slot in idleBackends.slots {
+            for fd in idleBackends[slot: slot].expire(now: UInt64.max) { closeDescriptor(fd) }
         }
     }
 }

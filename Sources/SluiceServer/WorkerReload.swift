@@ -45,8 +45,8 @@ extension Worker {
     @inline(__always)
     func pick(_ pool: RuntimePool, clientKey: UInt64, active: (Int) -> Int, eligible: (Int) -> Bool) -> Int? {
         let key = ObjectIdentifier(pool)
-        if balancers[key] == nil { _ = balancer(pool) }
-        return balancers[key]!.balancer.pick(clientKey: clientKey, active: active, eligible: eligible)
+        if balancers.slot(of: key) == nil { _ = balancer(pool) }
+        return balancers[slot: balancers.slot(of: key)!].balancer.pick(clientKey: clientKey, active: active, eligible: eligible)
     }
 
     /// Makes `pool`'s balancer if there is none yet.
@@ -94,10 +94,9 @@ extension Worker {
 
         let now = currentPools
         let live = Set(now.values.map(ObjectIdentifier.init))
-        balancers = balancers.filter { live.contains($0.key) }
-        for (key, var idle) in idleBackends where !live.contains(key) {
+        _ = balancers.remove { !live.contains($0) }
+        for var idle in idleBackends.remove(where: { !live.contains($0) }) {
             for fd in idle.expire(now: UInt64.max) { closeDescriptor(fd) }
-            idleBackends[key] = nil
         }
         adoptListeners()
         var backends: [String: Set<SocketAddress>] = [:]
