@@ -19,12 +19,8 @@ extension Worker {
         // in (TCP_DEFER_ACCEPT), so read them now: registering the socket
         // waits until a read says EAGAIN, and a client whose one request is
         // answered by a close (`Connection: close`) is never registered.
-        var actions = httpActionLists.popLast() ?? []
-        connection.machine.handle(.accepted(now: monotonicMilliseconds()), into: &actions)
-        for action in actions where !connection.isClosed { execute(action, for: connection) }
-        actions.removeAll(keepingCapacity: true)
-        httpActionLists.append(actions)
-        guard !connection.isClosed, settleBetweenRequests(connection) else { return }
+        let accepted = HTTPSession.Event.accepted(now: monotonicMilliseconds())
+        guard carryOut(connection, { $0.handle(accepted, into: &$1) }), settleBetweenRequests(connection) else { return }
         if connection.clientWantsRead { readFor(connection, .client) }
         if !connection.isClosed { arm(connection) }
     }
@@ -33,8 +29,21 @@ extension Worker {
         drive(connection) { $0.handle(event, into: &$1) }
     }
 
-    /// Runs one step of the connection's session and carries out the actions it returns.
+    /// Runs one step of the connection's session, carries out the actions it
+    /// returns, and arms the sockets for what the connection waits for next.
     func drive(_ connection: HTTPConnection, _ step: (inout HTTPSession, inout [HTTPSession.Action]) -> Void) {
+        guard carryOut(connection, step) else { return }
+        if connection.becomesTunnel {
+            if connection.clientOutput.isEmpty && connection.backendOutput.isEmpty { handOverTunnel(connection) } else { arm(connection) }
+            return
+        }
+        guard settleBetweenRequests(connection) else { return }
+        arm(connection)
+    }
+
+    /// Runs one step of the connection's session and carries out the actions
+    /// it returns, in order; false when the connection closed.
+    private func carryOut(_ connection: HTTPConnection, _ step: (inout HTTPSession, inout [HTTPSession.Action]) -> Void) -> Bool {
         var actions = httpActionLists.popLast() ?? []
         step(&connection.machine, &actions)
         defer {
@@ -42,16 +51,10 @@ extension Worker {
             httpActionLists.append(actions)
         }
         for action in actions {
-            guard !connection.isClosed else { return }
+            guard !connection.isClosed else { return false }
             execute(action, for: connection)
         }
-        guard !connection.isClosed else { return }
-        if connection.becomesTunnel {
-            if connection.clientOutput.isEmpty && connection.backendOutput.isEmpty { handOverTunnel(connection) } else { arm(connection) }
-            return
-        }
-        guard settleBetweenRequests(connection) else { return }
-        arm(connection)
+        return !connection.isClosed
     }
 
     /// Between requests (none of the next one received): a draining worker

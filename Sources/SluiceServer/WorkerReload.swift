@@ -45,8 +45,9 @@ extension Worker {
     @inline(__always)
     func pick(_ pool: RuntimePool, clientKey: UInt64, active: (Int) -> Int, eligible: (Int) -> Bool) -> Int? {
         let key = ObjectIdentifier(pool)
-        if balancers.slot(of: key) == nil { _ = balancer(pool) }
-        return balancers[slot: balancers.slot(of: key)!].balancer.pick(clientKey: clientKey, active: active, eligible: eligible)
+        // One scan, but for the pool's first pick in this worker.
+        let slot = balancers.slot(of: key) ?? { _ = balancer(pool); return balancers.slot(of: key)! }()
+        return balancers[slot: slot].balancer.pick(clientKey: clientKey, active: active, eligible: eligible)
     }
 
     /// Makes `pool`'s balancer if there is none yet.
