@@ -24,6 +24,17 @@ int sluice_tcp_progress(int fd, uint64_t *bytes_written, uint8_t *state)
     return 0;
 }
 
+int sluice_tcp_segments_in(int fd, uint32_t *segments, uint32_t *with_data)
+{
+    struct tcp_info info;
+    socklen_t len = sizeof(info);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0)
+        return -1;
+    *segments = info.tcpi_segs_in;
+    *with_data = info.tcpi_data_segs_in;
+    return 0;
+}
+
 int sluice_socket_cookie(int fd, uint64_t *cookie)
 {
     socklen_t len = sizeof(*cookie);

@@ -108,6 +108,15 @@ public enum Socket {
         }
     }
 
+    /// Segments received on a TCP socket (TCP_INFO), and how many of them
+    /// carried data: what a peer's ACKs and FINs cost, seen from this end.
+    public static func segmentsIn(_ fd: Int32) throws(SystemCallError) -> (all: UInt32, withData: UInt32) {
+        var all: UInt32 = 0
+        var withData: UInt32 = 0
+        _ = try systemCall("getsockopt(TCP_INFO)") { sluice_tcp_segments_in(fd, &all, &withData) }
+        return (all, withData)
+    }
+
     /// SO_ERROR: 0 once a non-blocking connect has succeeded.
     public static func pendingError(_ fd: Int32) -> Int32 {
         (try? intOption(fd, SOL_SOCKET, SO_ERROR, "SO_ERROR")) ?? EBADF
@@ -125,8 +134,13 @@ public enum Socket {
         }
     }
 
-    public static func write(_ fd: Int32, from buffer: UnsafeRawBufferPointer) throws(SystemCallError) -> IOResult<Int> {
-        try nonBlockingCall("write") { Glibc.send(fd, buffer.baseAddress, buffer.count, Int32(MSG_NOSIGNAL)) }
+    /// send(2). `last`: the caller sends the FIN next (shutdown(2) or a
+    /// close(2) with nothing unread), so MSG_MORE holds the bytes back and
+    /// they leave in one segment with the FIN: the peer wakes once and
+    /// sends one ACK fewer. Anything else after it would wait for a push.
+    public static func write(_ fd: Int32, from buffer: UnsafeRawBufferPointer, last: Bool = false) throws(SystemCallError) -> IOResult<Int> {
+        let flags = last ? MSG_NOSIGNAL | MSG_MORE : MSG_NOSIGNAL
+        return try nonBlockingCall("write") { Glibc.send(fd, buffer.baseAddress, buffer.count, Int32(flags)) }
     }
 
     /// splice(2) between a socket and a pipe, without blocking.

@@ -50,8 +50,15 @@ extension Worker {
             actions.removeAll(keepingCapacity: true)
             httpActionLists.append(actions)
         }
+        // An answer followed by the close: its bytes wait for the close,
+        // which writes them and can send the FIN in the same segment.
+        let closes = actions.contains { if case .close = $0 { true } else { false } }
         for action in actions {
             guard !connection.isClosed else { return false }
+            if closes, case .send(.client, let bytes) = action {
+                connection.clientOutput.append(.bytes(bytes, written: 0))
+                continue
+            }
             execute(action, for: connection)
         }
         return !connection.isClosed
@@ -254,10 +261,12 @@ extension Worker {
 
     /// Writes the bytes at the head of the side's queue, once; `done` when
     /// something was written (the item is gone when all of it was).
-    func writeQueuedBytes(_ c: HTTPConnection, _ side: Side) -> Result<IOResult<Int>, SystemCallError> {
+    func writeQueuedBytes(_ c: HTTPConnection, _ side: Side, last: Bool = false) -> Result<IOResult<Int>, SystemCallError> {
         guard case .bytes(let bytes, let written)? = c[output: side].first else { return .success(.done(0)) }
         let result = bytes.withUnsafeBytes { raw in
-            Result { () throws(SystemCallError) in try Socket.write(c.fd(side), from: UnsafeRawBufferPointer(rebasing: raw[written...])) }
+            Result { () throws(SystemCallError) in
+                try Socket.write(c.fd(side), from: UnsafeRawBufferPointer(rebasing: raw[written...]), last: last)
+            }
         }
         if case .success(.done(let n)) = result {
             if written + n < bytes.count { c[output: side][0] = .bytes(bytes, written: written + n) } else { c[output: side].removeFirst() }

@@ -221,10 +221,13 @@ extension Worker {
         finishClose(c)
     }
 
-    /// Writes what is left for the client; true when all of it went.
+    /// Writes what is left for the client; true when all of it went. When
+    /// the close will find nothing unread (see `finishClose`), the last
+    /// bytes wait for its FIN and leave in one segment with it.
     func finishWriting(_ c: HTTPConnection) -> Bool {
+        let cleanClose = c.machine.clientFinished || (c.machine.clientSaidLast && !c.clientReadFilled)
         while case .bytes? = c.clientOutput.first {
-            switch writeQueuedBytes(c, .client) {
+            switch writeQueuedBytes(c, .client, last: cleanClose && c.clientOutput.count == 1) {
             case .success(.wouldBlock): return false
             case .success(.done): continue
             case .failure: c.clientOutput.removeAll() // the client is gone: nothing more to write

@@ -48,7 +48,7 @@ extension Worker {
             if carrier.pending > 0 {
                 let written: IOResult<Int>
                 do {
-                    written = try writeOut(&carrier, to: destination)
+                    written = try writeOut(&carrier, to: destination, last: result.endOfFile)
                 } catch {
                     result.failure = (flow.destination, error.errno)
                     break loop
@@ -92,6 +92,10 @@ extension Worker {
                 // A short read(2) took all there was; a short splice(2) may
                 // have stopped at the pipe's slots, so only EAGAIN says empty.
                 if sourceLikelyDrained && carrier.pipe == nil { session.noteEmptied(flow.source) }
+                if finArrived && result.emptied == true && takeEndOfFile(&carrier, from: source) {
+                    result.endOfFile = true
+                    mayRead = false
+                }
             }
         }
         return finish(result, carrier, flow)
@@ -185,13 +189,29 @@ extension Worker {
         return outcome
     }
 
-    private func writeOut(_ carrier: inout Carrier, to destination: Int32) throws(SystemCallError) -> IOResult<Int> {
+    /// After a short read with the FIN known to be in: reads on (into the
+    /// rest of the buffer) to take the EOF before the bytes are written, so
+    /// that they can leave in one segment with the FIN passed on after them.
+    /// True when the EOF was read; bytes read instead join the pending ones,
+    /// and an error is left for the next read to meet.
+    private func takeEndOfFile(_ carrier: inout Carrier, from source: Int32) -> Bool {
+        guard let buffer = carrier.buffer, carrier.bufferStart + carrier.pending < buffer.count else { return false }
+        let rest = UnsafeMutableRawBufferPointer(rebasing: buffer[(carrier.bufferStart + carrier.pending)...])
+        switch try? Socket.read(source, into: rest) {
+        case .endOfFile?: return true
+        case .bytes(let n)?: carrier.pending += n
+        case .wouldBlock?, nil: break
+        }
+        return false
+    }
+
+    private func writeOut(_ carrier: inout Carrier, to destination: Int32, last: Bool) throws(SystemCallError) -> IOResult<Int> {
         if let pipe = carrier.pipe {
             return try Socket.splice(from: pipe.readEnd, to: destination, maxBytes: carrier.pending)
         }
         let buffer = carrier.buffer!
         let chunk = UnsafeRawBufferPointer(rebasing: buffer[carrier.bufferStart..<(carrier.bufferStart + carrier.pending)])
-        let result = try Socket.write(destination, from: chunk)
+        let result = try Socket.write(destination, from: chunk, last: last)
         if case .done(let n) = result { carrier.bufferStart += n }
         return result
     }

@@ -194,6 +194,35 @@ struct HTTPEndToEndTests {
         #expect(try sluice.stop() == 0, "\(sluice.log)")
     }
 
+    @Test("the answer to a request that said Connection: close leaves in one segment with the FIN")
+    func answerWithFin() throws {
+        // Each answer in one write, so that it reaches the proxy in one read.
+        let backend = try TestServer { fd in
+            var head: [UInt8] = []
+            var byte: UInt8 = 0
+            while recv(fd, &byte, 1, 0) == 1 {
+                head.append(byte)
+                guard head.suffix(4) == Array("\r\n\r\n".utf8) else { continue }
+                head.removeAll()
+                _ = sendAll(fd, Array("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none".utf8))
+            }
+        }
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: httpConfig(port: port, one: backend.address, two: backend.address))
+        for _ in 0..<3 {
+            let fd = try connectTCP("127.0.0.1", port)
+            defer { close(fd) }
+            _ = sendAll(fd, Array("GET /name HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".utf8))
+            let answer = String(decoding: readToEnd(fd).bytes, as: UTF8.self)
+            #expect(answer.hasPrefix("HTTP/1.1 200") && answer.hasSuffix("one"), "\(answer)")
+            // The SYN-ACK, the ACK of the request, then the answer with the
+            // FIN; a FIN sent after the answer would be a fourth.
+            let segments = try Socket.segmentsIn(fd)
+            #expect(segments.all == 3 && segments.withData == 1, "received \(segments)")
+        }
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+    }
+
     @Test("a listener without a pool: routed requests are served, the rest get 404 on the same kept-alive connection")
     func withoutPool() throws {
         let (two, twoAddress) = try startHTTPBackend("two")

@@ -96,6 +96,28 @@ struct ProxyTests {
         #expect(sluice.log.contains("reason=backend_eof"))
     }
 
+    @Test("a backend's last bytes and its FIN reach the client in one segment, as they left the backend", arguments: ["auto", "splice", "copy"])
+    func lastBytesWithFin(path: String) throws {
+        let backend = try TestServer { fd in
+            // MSG_MORE holds the banner until the shutdown: one segment, data and FIN.
+            let banner = Array("220 ready, bye\r\n".utf8)
+            _ = banner.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_MORE | MSG_NOSIGNAL)) }
+            shutdown(fd, Int32(SHUT_WR))
+            _ = readToEnd(fd)
+        }
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [backend.address], dataPath: path))
+        let fd = try connectTCP("127.0.0.1", port)
+        let (banner, clean) = readToEnd(fd)
+        #expect(clean && String(decoding: banner, as: UTF8.self) == "220 ready, bye\r\n")
+        // The client sent nothing, so all it received is the SYN-ACK and
+        // then the banner; a FIN passed on after the banner adds a third.
+        let segments = try Socket.segmentsIn(fd)
+        #expect(segments.all == 2 && segments.withData == 1, "received \(segments)")
+        close(fd)
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+    }
+
     @Test("a refused backend is retried on another; every client is served")
     func retriesRefusedBackend() throws {
         let echo = try TestServer.echo()
