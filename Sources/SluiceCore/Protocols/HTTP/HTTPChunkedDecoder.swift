@@ -120,11 +120,11 @@ public struct HTTPChunkedDecoder: Sendable, Equatable {
         switch state {
         case .trailerStart:
             if b == HTTPBytes.cr { state = .finalLF; return nil }
-            guard HTTPBytes.token[Int(b)] else { return HTTPError(400, "malformed trailer field") }
+            guard HTTPBytes.isToken(b) else { return HTTPError(400, "malformed trailer field") }
             state = .trailerName
         case .trailerName:
             if b == HTTPBytes.colon { state = .trailerValue; return nil }
-            guard HTTPBytes.token[Int(b)] else { return HTTPError(400, "malformed trailer field") }
+            guard HTTPBytes.isToken(b) else { return HTTPError(400, "malformed trailer field") }
         case .trailerValue:
             if b == HTTPBytes.cr { state = .trailerLF; return nil }
             guard HTTPBytes.isFieldByte(b) else { return HTTPError(400, "control character in a trailer field") }

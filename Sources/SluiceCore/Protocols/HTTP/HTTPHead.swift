@@ -108,14 +108,9 @@ public enum HTTPParse<Head: Sendable & Equatable>: Sendable, Equatable {
 enum HTTPBytes {
     static let cr: UInt8 = 13, lf: UInt8 = 10, sp: UInt8 = 32, htab: UInt8 = 9, colon: UInt8 = 58
 
-    /// tchar: the bytes of a token.
-    static let token: [Bool] = (0..<256).map { b in
-        switch UInt8(b) {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
-            true
-        default:
-            Array("!#$%&'*+-.^_`|~".utf8).contains(UInt8(b))
-        }
+    /// tchar: the bytes of a token (letters, digits and !#$%&'*+-.^_`|~).
+    @inline(__always) static func isToken(_ b: UInt8) -> Bool {
+        ByteSet(low: 0x03FF_6CFA_0000_0000, high: 0x57FF_FFFF_C7FF_FFFE).contains(b)
     }
 
     /// A byte of a field value: HTAB, SP, VCHAR, obs-text. Not NUL, CR, LF, other controls or DEL.
@@ -124,15 +119,29 @@ enum HTTPBytes {
     /// A byte of a request target: what RFC 3986 allows in a URI without its
     /// fragment (unreserved, reserved but `#`, and `%`). Not `"<>\\^`{|}`, which
     /// other parsers read in different ways.
-    static let target: [Bool] = (0..<256).map { b in
-        let c = UInt8(b)
-        let alnum = (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122)
-        return alnum || Array("-._~:/?[]@!$&'()*+,;=%".utf8).contains(c)
+    @inline(__always) static func isTargetByte(_ b: UInt8) -> Bool {
+        ByteSet(low: 0xAFFF_FFF2_0000_0000, high: 0x47FF_FFFE_AFFF_FFFF).contains(b)
     }
 
-    @inline(__always) static func isTargetByte(_ b: UInt8) -> Bool { target[Int(b)] }
+    /// A byte of uri-host [":" port]: reg-name and IPv4 characters, and an IP literal's brackets.
+    @inline(__always) static func isHostByte(_ b: UInt8) -> Bool {
+        ByteSet(low: 0x2FFF_7FF2_0000_0000, high: 0x47FF_FFFE_AFFF_FFFE).contains(b)
+    }
 
     @inline(__always) static func lower(_ b: UInt8) -> UInt8 {
         b >= UInt8(ascii: "A") && b <= UInt8(ascii: "Z") ? b | 0x20 : b
+    }
+}
+
+/// A set of ASCII bytes as two 64-bit masks: a membership test is a shift
+/// and an AND on constants, where a global lookup table would cost a lazy
+/// initialisation check and a bounds check on every byte of every head.
+struct ByteSet {
+    let low: UInt64
+    let high: UInt64
+
+    @inline(__always) func contains(_ b: UInt8) -> Bool {
+        let mask = b < 64 ? low : high
+        return b < 128 && (mask >> UInt64(b & 63)) & 1 != 0
     }
 }

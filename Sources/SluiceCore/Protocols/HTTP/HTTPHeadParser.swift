@@ -84,6 +84,9 @@ public struct HTTPHeadParser: Sendable {
             // Bytes above CR need no look: skip them in a tight loop (up to
             // the request line's limit, where every byte gets the full look).
             let plainUntil = request && lines == 0 ? min(count, limits.maxRequestLine) : count
+            while i + 8 <= plainUntil && !SWAR.hasByte(below: HTTPBytes.cr + 1, b.loadUnaligned(fromByteOffset: i, as: UInt64.self)) {
+                i += 8
+            }
             while i < plainUntil && b[i] > HTTPBytes.cr { i += 1 }
             if i == count { break }
             let byte = b[i]
@@ -152,7 +155,7 @@ struct HeadReader {
 
     mutating func request() -> Result<HTTPRequestHead, HTTPError> {
         let methodStart = i
-        while i < end && HTTPBytes.token[Int(bytes[i])] { i += 1 }
+        while i < end && HTTPBytes.isToken(bytes[i]) { i += 1 }
         guard i > methodStart, bytes[i] == HTTPBytes.sp else { return .failure(HTTPError(400, "malformed method")) }
         let methodRange = methodStart..<i
         let method = Self.method(bytes, methodRange)
@@ -263,11 +266,6 @@ struct HeadReader {
     }
 
     static let versionPrefix: [UInt8] = Array("HTTP/".utf8)
-    static let hostBytes: [Bool] = (0..<256).map { b in
-        let c = UInt8(b)
-        let alnum = (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122)
-        return alnum || Array("-._~!$&'()*+,;=%:[]".utf8).contains(c)
-    }
     // Methods are case-sensitive (RFC 9110 9.1).
     static let knownMethods: [([UInt8], HTTPMethod)] = ([
         ("GET", .get), ("HEAD", .head), ("POST", .post), ("PUT", .put), ("DELETE", .delete),
@@ -282,13 +280,16 @@ struct HeadReader {
         while i < end - 2 {
             let nameStart = i
             if bytes[i] == HTTPBytes.sp || bytes[i] == HTTPBytes.htab { return .failure(HTTPError(400, "obs-fold or whitespace before a field")) }
-            while HTTPBytes.token[Int(bytes[i])] { i += 1 }
+            while HTTPBytes.isToken(bytes[i]) { i += 1 }
             if bytes[i] == HTTPBytes.sp || bytes[i] == HTTPBytes.htab { return .failure(HTTPError(400, "whitespace before the colon")) }
             guard i > nameStart, bytes[i] == HTTPBytes.colon else { return .failure(HTTPError(400, "malformed field name")) }
             let name = nameStart..<i
             i += 1
             while bytes[i] == HTTPBytes.sp || bytes[i] == HTTPBytes.htab { i += 1 }
             let valueStart = i
+            // Eight bytes at a time while none is a control or DEL; the CR
+            // that ends the value, an HTAB or a bad byte take the byte loop.
+            while i + 8 <= end && !SWAR.hasControlOrDelete(bytes.loadUnaligned(fromByteOffset: i, as: UInt64.self)) { i += 8 }
             while bytes[i] != HTTPBytes.cr {
                 guard HTTPBytes.isFieldByte(bytes[i]) else { return .failure(HTTPError(400, "control character in a field value")) }
                 i += 1
@@ -415,6 +416,23 @@ struct HeadReader {
     /// uri-host [":" port]: reg-name, IPv4 or an IP literal in brackets; not empty.
     static func isValidHost(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> Bool {
         guard !range.isEmpty else { return false }
-        return range.allSatisfy { hostBytes[Int(bytes[$0])] }
+        return range.allSatisfy { HTTPBytes.isHostByte(bytes[$0]) }
+    }
+}
+
+/// Tests on eight bytes at once (SIMD within a register), exact for "is
+/// there such a byte" though not for where: callers find it byte by byte.
+enum SWAR {
+    static let ones: UInt64 = 0x0101_0101_0101_0101
+    static let highBits: UInt64 = 0x8080_8080_8080_8080
+
+    /// Whether a byte of `word` is below `limit` (at most 128).
+    @inline(__always) static func hasByte(below limit: UInt8, _ word: UInt64) -> Bool {
+        (word &- ones &* UInt64(limit)) & ~word & highBits != 0
+    }
+
+    /// Whether a byte of `word` is a control character (HTAB included) or DEL.
+    @inline(__always) static func hasControlOrDelete(_ word: UInt64) -> Bool {
+        hasByte(below: 0x20, word) || hasByte(below: 1, word ^ (ones &* 0x7F))
     }
 }

@@ -88,7 +88,9 @@ extension HTTPSession {
         case noteBackendFailure(backend: Int)
         case schedule(HTTPTimer, at: UInt64)
         case cancel(HTTPTimer)
-        case log(HTTPExchangeRecord)
+        /// Boxed: the record is the largest payload, and every action is
+        /// copied at the size of the largest (several per request).
+        indirect case log(HTTPExchangeRecord)
         /// The connection is a tunnel from here (a WebSocket, a CONNECT): once
         /// what is queued on both sides is written, both sockets go to the
         /// TCP relay; the session has nothing more to say.

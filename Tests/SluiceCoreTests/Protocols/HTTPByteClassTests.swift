@@ -1,0 +1,52 @@
+@testable import SluiceCore
+import Testing
+
+/// The parser's byte classes are bit masks; these are their definitions in
+/// the RFCs' words, checked against every byte value.
+@Suite("HTTP byte classes")
+struct HTTPByteClassTests {
+    static let alphanumeric = Set(Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789".utf8))
+
+    static func members(_ extra: String) -> Set<UInt8> { alphanumeric.union(extra.utf8) }
+
+    @Test("tchar (RFC 9110 5.6.2): letters, digits and !#$%&'*+-.^_`|~")
+    func token() {
+        let tchar = Self.members("!#$%&'*+-.^_`|~")
+        for b in 0...255 { #expect(HTTPBytes.isToken(UInt8(b)) == tchar.contains(UInt8(b)), "byte \(b)") }
+    }
+
+    @Test("request target (RFC 3986 without the fragment): unreserved, reserved but #, and %")
+    func target() {
+        let allowed = Self.members("-._~:/?[]@!$&'()*+,;=%")
+        for b in 0...255 { #expect(HTTPBytes.isTargetByte(UInt8(b)) == allowed.contains(UInt8(b)), "byte \(b)") }
+    }
+
+    @Test("Host: reg-name, IPv4 and IP-literal characters, and the port's colon")
+    func host() {
+        let allowed = Self.members("-._~!$&'()*+,;=%:[]")
+        for b in 0...255 { #expect(HTTPBytes.isHostByte(UInt8(b)) == allowed.contains(UInt8(b)), "byte \(b)") }
+    }
+
+    @Test("field value bytes: HTAB, SP, VCHAR and obs-text; no other control, no DEL")
+    func fieldValue() {
+        for b in 0...255 {
+            let expected = b == 9 || (b >= 0x20 && b <= 0x7E) || b >= 0x80
+            #expect(HTTPBytes.isFieldByte(UInt8(b)) == expected, "byte \(b)")
+        }
+    }
+
+    @Test("eight bytes at a time: a byte below the limit, a control or DEL, found wherever it sits among any others")
+    func swar() {
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<20_000 {
+            var bytes = (0..<8).map { _ in UInt8.random(in: 0x20...0xFF, using: &generator) }
+            // Sometimes one or two special bytes: a limit's neighbours, controls, DEL.
+            for _ in 0..<Int.random(in: 0...2, using: &generator) {
+                bytes[Int.random(in: 0..<8, using: &generator)] = [0, 9, 10, 13, 14, 0x1F, 0x7F, 0x80, 0xFF].randomElement(using: &generator)!
+            }
+            let word = bytes.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
+            #expect(SWAR.hasByte(below: 14, word) == bytes.contains { $0 < 14 }, "\(bytes)")
+            #expect(SWAR.hasControlOrDelete(word) == bytes.contains { $0 < 0x20 || $0 == 0x7F }, "\(bytes)")
+        }
+    }
+}
