@@ -35,6 +35,12 @@ int sluice_tcp_segments_in(int fd, uint32_t *segments, uint32_t *with_data)
     return 0;
 }
 
+int sluice_unread_bytes(int fd)
+{
+    int unread = 0;
+    return ioctl(fd, SIOCINQ, &unread) == 0 ? unread : -1;
+}
+
 int sluice_socket_cookie(int fd, uint64_t *cookie)
 {
     socklen_t len = sizeof(*cookie);

@@ -117,6 +117,9 @@ public enum Socket {
         return (all, withData)
     }
 
+    /// Bytes received on a TCP socket and not read yet (SIOCINQ); 0 when unknown.
+    public static func unreadBytes(_ fd: Int32) -> Int { max(0, Int(sluice_unread_bytes(fd))) }
+
     /// SO_ERROR: 0 once a non-blocking connect has succeeded.
     public static func pendingError(_ fd: Int32) -> Int32 {
         (try? intOption(fd, SOL_SOCKET, SO_ERROR, "SO_ERROR")) ?? EBADF
@@ -160,6 +163,14 @@ public enum Socket {
         var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
         _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
         closeDescriptor(fd)
+    }
+
+    /// TCP_QUICKACK. Off before a connect, the ACK that completes the
+    /// handshake waits (up to 200 ms) to leave with the first bytes written;
+    /// turning it on sends an ACK that is waiting at once.
+    public static func setQuickAck(_ fd: Int32, _ on: Bool) {
+        var value: Int32 = on ? 1 : 0
+        _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_QUICKACK, &value, socklen_t(MemoryLayout<Int32>.size))
     }
 
     public static func setNoDelay(_ fd: Int32) {

@@ -155,6 +155,9 @@ extension Worker {
             return
         }
         session.backend = fd
+        // A client that speaks first has usually sent by the time the connect
+        // completes: its bytes then carry the handshake's last ACK.
+        Socket.setQuickAck(fd, false)
         drive(session, .connecting(backend: index, now: now))
         do {
             switch try Socket.connect(fd, to: address) {
@@ -207,6 +210,12 @@ extension Worker {
             return
         }
         drive(session, .connected(now: monotonicMilliseconds()))
+        // Nothing sent and nothing waiting to be (the backend may speak
+        // first): the ACK goes alone, now.
+        if !session.isClosed && session.pool.config.proxyProtocol == .off && session.machine.userspaceBytes.upstream == 0
+            && Socket.unreadBytes(session.client) == 0 {
+            Socket.setQuickAck(session.backend, true)
+        }
     }
 
     /// Counts the session on a backend of its pool, from the pick until the

@@ -118,6 +118,58 @@ struct ProxyTests {
         #expect(try sluice.stop() == 0, "\(sluice.log)")
     }
 
+    // Not with data_path: sockmap, where pairing the sockets sends the ACK on its own.
+    @Test("the handshake's last ACK to the backend leaves with the client's first bytes", arguments: ["auto", "splice", "copy"])
+    func handshakeAckWithFirstBytes(path: String) throws {
+        let seen = Locked<(all: UInt32, withData: UInt32)?>(nil)
+        let backend = try TestServer { fd in
+            var buffer = [UInt8](repeating: 0, count: 64)
+            _ = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            seen.withLock { $0 = try? Socket.segmentsIn(fd) }
+            _ = sendAll(fd, Array("pong".utf8))
+            _ = readToEnd(fd)
+        }
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [backend.address], dataPath: path))
+        // The request is in before the proxy accepts (it is stopped meanwhile),
+        // as it usually is when a client speaks at once.
+        sluice.signal(SIGSTOP)
+        try waitUntil(5, "sluice's threads stopped") { sluice.threadStates.allSatisfy { $0 == "T" } }
+        let fd = try connectTCP("127.0.0.1", port)
+        #expect(sendAll(fd, Array("ping".utf8)))
+        sluice.signal(SIGCONT)
+        var buffer = [UInt8](repeating: 0, count: 16)
+        let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        close(fd)
+        #expect(n == 4)
+        // The SYN, then the request carrying the ACK; a separate ACK makes three.
+        let segments = try #require(seen.value)
+        #expect(segments.all == 2 && segments.withData == 1, "the backend received \(segments) by the request")
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+    }
+
+    @Test("a backend that speaks first: the handshake's ACK is not held for client bytes, the banner comes at once",
+          arguments: ["auto", "sockmap", "copy"])
+    func serverFirstBannerAtOnce(path: String) throws {
+        let banner = try TestServer { fd in
+            _ = sendAll(fd, Array("220 ready\r\n".utf8))
+            _ = readToEnd(fd)
+        }
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [banner.address], dataPath: path))
+        for _ in 0..<3 {
+            let silent = try connectTCP("127.0.0.1", port)
+            let started = monotonicMilliseconds()
+            var buffer = [UInt8](repeating: 0, count: 16)
+            let got = buffer.withUnsafeMutableBytes { recv(silent, $0.baseAddress, $0.count, 0) }
+            let waited = monotonicMilliseconds() - started
+            close(silent)
+            // A held ACK would keep the backend from accepting for 200 ms.
+            #expect(got == 11 && waited < 150, "\(got) bytes after \(waited) ms")
+        }
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+    }
+
     @Test("a refused backend is retried on another; every client is served")
     func retriesRefusedBackend() throws {
         let echo = try TestServer.echo()

@@ -112,6 +112,16 @@ final class SluiceProcess: @unchecked Sendable {
 
     func signal(_ sig: Int32) { kill(process.processIdentifier, sig) }
 
+    /// The state letter of each of the process's threads (R, S, T when stopped...).
+    var threadStates: [Character] {
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(process.processIdentifier)/task")) ?? []
+        return tasks.compactMap { tid in
+            guard let stat = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/task/\(tid)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return nil }
+            return stat[stat.index(close, offsetBy: 2)]
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit; returns the exit status.
     @discardableResult
     func stop(seconds: Double = 15) throws -> Int32 {
