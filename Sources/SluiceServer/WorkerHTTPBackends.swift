@@ -50,6 +50,9 @@ extension Worker {
             return
         }
         Socket.setNoDelay(fd)
+        // The request's head is written as the connect completes: it carries
+        // the handshake's last ACK, which the kernel holds until then.
+        Socket.setQuickAck(fd, false)
         c.backend = fd
         backendOwners[fd] = c.id
         c.forgetRegistration(.backend)

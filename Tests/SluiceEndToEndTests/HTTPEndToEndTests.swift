@@ -194,13 +194,15 @@ struct HTTPEndToEndTests {
         #expect(try sluice.stop() == 0, "\(sluice.log)")
     }
 
-    @Test("the answer to a request that said Connection: close leaves in one segment with the FIN")
+    @Test("a new backend connection's handshake ACK leaves with the first request; the answer to Connection: close leaves with the FIN")
     func answerWithFin() throws {
+        let firstSegments = Locked<(all: UInt32, withData: UInt32)?>(nil)
         // Each answer in one write, so that it reaches the proxy in one read.
         let backend = try TestServer { fd in
             var head: [UInt8] = []
             var byte: UInt8 = 0
             while recv(fd, &byte, 1, 0) == 1 {
+                firstSegments.withLock { $0 = $0 ?? (try? Socket.segmentsIn(fd)) }
                 head.append(byte)
                 guard head.suffix(4) == Array("\r\n\r\n".utf8) else { continue }
                 head.removeAll()
@@ -220,6 +222,9 @@ struct HTTPEndToEndTests {
             let segments = try Socket.segmentsIn(fd)
             #expect(segments.all == 3 && segments.withData == 1, "received \(segments)")
         }
+        // The SYN, then the first request with the ACK on it.
+        let first = try #require(firstSegments.value)
+        #expect(first.all == 2 && first.withData == 1, "the backend received \(first) by the first request")
         #expect(try sluice.stop() == 0, "\(sluice.log)")
     }
 
