@@ -12,6 +12,16 @@ struct PosixFactTests {
         #expect(MemoryLayout<epoll_event>.size == 12)
     }
 
+    @Test("the epoll flags written as literals are <sys/epoll.h>'s")
+    func epollFlagValues() {
+        let pairs: [(EpollEvents, UInt32)] = [
+            (.readable, SLUICE_EPOLLIN), (.writable, SLUICE_EPOLLOUT), (.error, SLUICE_EPOLLERR), (.hangup, SLUICE_EPOLLHUP),
+            (.readHangup, SLUICE_EPOLLRDHUP), (.oneShot, SLUICE_EPOLLONESHOT), (.edgeTriggered, SLUICE_EPOLLET),
+            (.exclusive, SLUICE_EPOLLEXCLUSIVE),
+        ]
+        for (flag, header) in pairs { #expect(flag.rawValue == header) }
+    }
+
     @Test("a oneshot registration reports once, and again only after re-arming")
     func oneshotFiresOnce() throws {
         let epoll = try Epoll()
