@@ -1,3 +1,4 @@
+import Glibc
 import Logging
 import SluiceBPF
 import SluiceCore
@@ -188,15 +189,39 @@ extension Server {
         for listener in listeners { bySlot[listener.index] = listener }
         let flowMaps = flowMaps(listeners, steering: live.steering)
         let deadline = monotonicMilliseconds().saturatingAdd(next.drainTimeout.milliseconds)
+        var awaited: [(worker: Worker, count: UInt64)] = []
         for (k, worker) in live.workers.enumerated() {
             var sockets: [Int: Int32] = [:]
             for new in added { sockets[new.slot] = bound.byWorker[k][new.position] }
             let command = WorkerReconfiguration(listeners: bySlot, sockets: sockets, flowMaps: flowMaps,
                                                 accessLog: next.log.access, drainDeadline: deadline)
+            let applied = worker.reconfigurations.load(ordering: .acquiring)
             // A worker that has exited keeps nothing: its sockets close with `bound`.
-            if worker.send(.reconfigure(command)) { bound.handOver(worker: k) } else { everyone = false }
+            if worker.send(.reconfigure(command)) {
+                bound.handOver(worker: k)
+                awaited.append((worker, applied + 1))
+            } else {
+                everyone = false
+            }
         }
+        awaitReconfigured(awaited)
         return everyone
+    }
+
+    /// Waits until each worker has applied its command (a loop turn, well
+    /// under a millisecond), or for a second at most: a stalled worker
+    /// applies it when it comes back, and is skipped by steering meanwhile.
+    private func awaitReconfigured(_ awaited: [(worker: Worker, count: UInt64)]) {
+        let deadline = monotonicMilliseconds() + 1000
+        for (worker, count) in awaited {
+            while worker.reconfigurations.load(ordering: .acquiring) < count && !worker.hasExited {
+                guard monotonicMilliseconds() < deadline else {
+                    logger.warning("a worker has not applied the new configuration within a second (stalled?); it will when it runs again")
+                    return
+                }
+                Glibc.usleep(200)
+            }
+        }
     }
 
     /// The flow maps of UDP listeners steered in BPF, by slot.

@@ -208,6 +208,10 @@ final class Worker: @unchecked Sendable {
     /// Set by the worker thread as it leaves its loop.
     private let exited = Atomic<Bool>(false)
     var hasExited: Bool { exited.load(ordering: .acquiring) }
+    /// Reconfigurations applied so far: the control thread waits for the
+    /// count, so that what it reports (a reload's answer, a DNS change in
+    /// the log) is already what new connections meet.
+    let reconfigurations = Atomic<UInt64>(0)
 
     private static let wakeupToken: UInt64 = 0
     private static let listenerKind: UInt64 = 1 << 56

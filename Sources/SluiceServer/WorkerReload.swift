@@ -109,6 +109,7 @@ extension Worker {
                                       pools: before.values.filter { !live.contains(ObjectIdentifier($0)) })
         if !retired.isEmpty { _ = timers.schedule(at: next.drainDeadline, .retired(retired)) }
         logger.debug("reconfigured", metadata: ["removed": "\(removed.sorted())", "added": "\(next.sockets.keys.sorted())"])
+        reconfigurations.add(1, ordering: .releasing)
     }
 
     /// A removed listener: what its backlog holds is still accepted (those
