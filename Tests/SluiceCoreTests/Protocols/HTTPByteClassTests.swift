@@ -5,26 +5,32 @@ import Testing
 /// the RFCs' words, checked against every byte value.
 @Suite("HTTP byte classes")
 struct HTTPByteClassTests {
-    static let alphanumeric = Set(Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789".utf8))
+    /// The classes defined as letters, digits and a list of other bytes.
+    enum ListedClass: String, CaseIterable, Sendable {
+        /// tchar (RFC 9110 5.6.2)
+        case token = "!#$%&'*+-.^_`|~"
+        /// A request target: RFC 3986 without the fragment (unreserved, reserved but #, and %)
+        case target = "-._~:/?[]@!$&'()*+,;=%"
+        /// Host: reg-name, IPv4 and IP-literal characters, and the port's colon
+        case host = "-._~!$&'()*+,;=%:[]"
 
-    static func members(_ extra: String) -> Set<UInt8> { alphanumeric.union(extra.utf8) }
+        var members: Set<UInt8> {
+            Set(Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789".utf8)).union(rawValue.utf8)
+        }
 
-    @Test("tchar (RFC 9110 5.6.2): letters, digits and !#$%&'*+-.^_`|~")
-    func token() {
-        let tchar = Self.members("!#$%&'*+-.^_`|~")
-        for b in 0...255 { #expect(HTTPBytes.isToken(UInt8(b)) == tchar.contains(UInt8(b)), "byte \(b)") }
+        func contains(_ b: UInt8) -> Bool {
+            switch self {
+            case .token: HTTPBytes.isToken(b)
+            case .target: HTTPBytes.isTargetByte(b)
+            case .host: HTTPBytes.isHostByte(b)
+            }
+        }
     }
 
-    @Test("request target (RFC 3986 without the fragment): unreserved, reserved but #, and %")
-    func target() {
-        let allowed = Self.members("-._~:/?[]@!$&'()*+,;=%")
-        for b in 0...255 { #expect(HTTPBytes.isTargetByte(UInt8(b)) == allowed.contains(UInt8(b)), "byte \(b)") }
-    }
-
-    @Test("Host: reg-name, IPv4 and IP-literal characters, and the port's colon")
-    func host() {
-        let allowed = Self.members("-._~!$&'()*+,;=%:[]")
-        for b in 0...255 { #expect(HTTPBytes.isHostByte(UInt8(b)) == allowed.contains(UInt8(b)), "byte \(b)") }
+    @Test("letters, digits and the listed others: tchar, request target, Host", arguments: ListedClass.allCases)
+    func listed(_ byteClass: ListedClass) {
+        let members = byteClass.members
+        for b in 0...255 { #expect(byteClass.contains(UInt8(b)) == members.contains(UInt8(b)), "byte \(b)") }
     }
 
     @Test("field value bytes: HTAB, SP, VCHAR and obs-text; no other control, no DEL")
