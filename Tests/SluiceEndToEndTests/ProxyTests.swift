@@ -121,30 +121,33 @@ struct ProxyTests {
     // Not with data_path: sockmap, where pairing the sockets sends the ACK on its own.
     @Test("the handshake's last ACK to the backend leaves with the client's first bytes", arguments: ["auto", "splice", "copy"])
     func handshakeAckWithFirstBytes(path: String) throws {
-        let seen = Locked<(all: UInt32, withData: UInt32)?>(nil)
+        let seen = Locked<[(all: UInt32, withData: UInt32)]>([])
         let backend = try TestServer { fd in
             var buffer = [UInt8](repeating: 0, count: 64)
             _ = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            seen.withLock { $0 = try? Socket.segmentsIn(fd) }
+            if let segments = try? Socket.segmentsIn(fd) { seen.withLock { $0.append(segments) } }
             _ = sendAll(fd, Array("pong".utf8))
             _ = readToEnd(fd)
         }
         let port = freePort()
         let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [backend.address], dataPath: path))
-        // The request is in before the proxy accepts (it is stopped meanwhile),
-        // as it usually is when a client speaks at once.
-        sluice.signal(SIGSTOP)
-        try waitUntil(5, "sluice's threads stopped") { sluice.threadStates.allSatisfy { $0 == "T" } }
-        let fd = try connectTCP("127.0.0.1", port)
-        #expect(sendAll(fd, Array("ping".utf8)))
-        sluice.signal(SIGCONT)
-        var buffer = [UInt8](repeating: 0, count: 16)
-        let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-        close(fd)
-        #expect(n == 4)
+        // Up to three tries: a proxy held off the CPU for 200 ms after its
+        // connect (a loaded machine) lets the kernel send the ACK alone.
+        for _ in 0..<3 where !seen.value.contains(where: { $0.all == 2 }) {
+            // The request is in before the proxy accepts (it is stopped
+            // meanwhile), as it usually is when a client speaks at once.
+            sluice.signal(SIGSTOP)
+            try waitUntil(5, "sluice's threads stopped") { sluice.threadStates.allSatisfy { $0 == "T" } }
+            let fd = try connectTCP("127.0.0.1", port)
+            #expect(sendAll(fd, Array("ping".utf8)))
+            sluice.signal(SIGCONT)
+            var buffer = [UInt8](repeating: 0, count: 16)
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            close(fd)
+            #expect(n == 4)
+        }
         // The SYN, then the request carrying the ACK; a separate ACK makes three.
-        let segments = try #require(seen.value)
-        #expect(segments.all == 2 && segments.withData == 1, "the backend received \(segments) by the request")
+        #expect(seen.value.contains { $0.all == 2 && $0.withData == 1 }, "the backend received \(seen.value) by each request")
         #expect(try sluice.stop() == 0, "\(sluice.log)")
     }
 
@@ -157,16 +160,19 @@ struct ProxyTests {
         }
         let port = freePort()
         let sluice = try SluiceProcess.run(config: proxyConfig(port: port, backends: [banner.address], dataPath: path))
+        var waits: [UInt64] = []
         for _ in 0..<3 {
             let silent = try connectTCP("127.0.0.1", port)
             let started = monotonicMilliseconds()
             var buffer = [UInt8](repeating: 0, count: 16)
             let got = buffer.withUnsafeMutableBytes { recv(silent, $0.baseAddress, $0.count, 0) }
-            let waited = monotonicMilliseconds() - started
+            waits.append(monotonicMilliseconds() - started)
             close(silent)
-            // A held ACK would keep the backend from accepting for 200 ms.
-            #expect(got == 11 && waited < 150, "\(got) bytes after \(waited) ms")
+            #expect(got == 11)
         }
+        // A held ACK keeps the backend from accepting for 200 ms, every time;
+        // the median leaves room for one hiccup of a loaded machine.
+        #expect(waits.sorted()[1] < 150, "banners after \(waits) ms")
         #expect(try sluice.stop() == 0, "\(sluice.log)")
     }
 
