@@ -45,6 +45,12 @@ final class HTTPConnection {
     var clientReadFilled = false
     var backendReadFilled = false
 
+    /// Nothing the client sent can be left unread when the connection
+    /// closes: it sent its FIN, or its last request, read to the end (and
+    /// no further: the read that took it did not fill the buffer), said
+    /// close. Only then does `close(2)` send a FIN rather than a reset.
+    var clientDone: Bool { machine.clientFinished || (machine.clientSaidLast && !clientReadFilled) }
+
     var clientOutput: [HTTPOutput] = []
     var backendOutput: [HTTPOutput] = []
     /// The session asked to read from the side.

@@ -225,12 +225,11 @@ extension Worker {
     }
 
     /// Writes what is left for the client; true when all of it went. When
-    /// the close will find nothing unread (see `finishClose`), the last
-    /// bytes wait for its FIN and leave in one segment with it.
+    /// the close will find nothing unread (`clientDone`), the last bytes
+    /// wait for its FIN and leave in one segment with it.
     func finishWriting(_ c: HTTPConnection) -> Bool {
-        let cleanClose = c.machine.clientFinished || (c.machine.clientSaidLast && !c.clientReadFilled)
         while case .bytes? = c.clientOutput.first {
-            switch writeQueuedBytes(c, .client, last: cleanClose && c.clientOutput.count == 1) {
+            switch writeQueuedBytes(c, .client, last: c.clientDone && c.clientOutput.count == 1) {
             case .success(.wouldBlock): return false
             case .success(.done): continue
             case .failure: c.clientOutput.removeAll() // the client is gone: nothing more to write
@@ -262,7 +261,7 @@ extension Worker {
         // it: read away what has arrived (nothing can after its FIN, nor
         // after its last request, read to the end, said close). The close
         // then sends the FIN; a shutdown(2) before it would add nothing.
-        if !c.machine.clientFinished && !(c.machine.clientSaidLast && !c.clientReadFilled) {
+        if !c.clientDone {
             var scratch = Carrier(buffer: takeBuffer())
             for _ in 0..<4 {
                 guard case .bytes? = try? Socket.read(c.client, into: scratch.buffer!) else { break }

@@ -125,7 +125,10 @@ final class SluiceProcess: @unchecked Sendable {
     /// Sends SIGTERM and waits for the exit; returns the exit status.
     @discardableResult
     func stop(seconds: Double = 15) throws -> Int32 {
-        if process.isRunning { signal(SIGTERM) }
+        if process.isRunning {
+            signal(SIGTERM)
+            signal(SIGCONT) // a test may have stopped it; stopped, it cannot act on SIGTERM
+        }
         return try waitForExit(seconds: seconds)
     }
 
@@ -139,6 +142,7 @@ final class SluiceProcess: @unchecked Sendable {
     deinit {
         guard process.isRunning else { return }
         kill(process.processIdentifier, SIGTERM)
+        kill(process.processIdentifier, SIGCONT)
         for _ in 0..<100 where process.isRunning { usleep(50_000) }
         if process.isRunning {
             kill(process.processIdentifier, SIGKILL)
