@@ -19,9 +19,9 @@ struct Carrier {
 /// A proxied connection as its worker holds it: the descriptors, timers,
 /// epoll registrations and carriers that the pure `TCPSession` (its
 /// `machine`) decides about. Owned and touched by one worker thread only.
-final class Session {
-    /// Unique within the owning worker (a moved session gets a new one).
-    var id: UInt64
+final class Session: Slotted {
+    /// Unique within the owning worker, given by its table (a moved session gets a new one).
+    var id: UInt64 = 0
     /// Set by the worker's `close`: actions still queued for it are skipped.
     var isClosed = false
     let listener: RuntimeListener
@@ -60,10 +60,9 @@ final class Session {
     /// The kernel objects of a pair in the SOCKHASH.
     var sockmapPair: SockmapPair?
 
-    init(id: UInt64, listener: RuntimeListener, pool: RuntimePool? = nil, client: Int32, clientAddress: SocketAddress,
+    init(listener: RuntimeListener, pool: RuntimePool? = nil, client: Int32, clientAddress: SocketAddress,
          path: DataPathKind, promotion: SockmapPromotion?, flushTimeoutMilliseconds: UInt64, idleTimeoutMilliseconds: UInt64? = nil,
          now: UInt64, startedNanoseconds: UInt64 = monotonicNanoseconds()) {
-        self.id = id
         self.listener = listener
         let pool = pool ?? listener.pool
         self.pool = pool

@@ -147,7 +147,7 @@ final class Worker: @unchecked Sendable {
     /// again should a connection opened before the reload need one.
     var balancers = PoolTable<PoolBalancer>()
     let balancerSeed: UInt64
-    var sessions: [UInt64: Session] = [:]
+    var sessions = SlotTable<Session>()
     /// `mode: http` client connections (a closed one stays until its last answer is written).
     var httpConnections: [UInt64: HTTPConnection] = [:]
     /// Kept-alive backend connections of `mode: http` listeners, per pool.
@@ -198,8 +198,8 @@ final class Worker: @unchecked Sendable {
     private var commandsWaiting = false
     var pipePool: [Pipe] = []
     var bufferPool: [UnsafeMutableRawBufferPointer] = []
-    /// Action lists kept for reuse: one per nesting level of `drive`.
-    var actionLists: [[TCPSession.Action]] = []
+    /// The actions of the sessions being driven, innermost `drive` on top.
+    var pendingActions: [TCPSession.Action] = []
     var httpActionLists: [[HTTPSession.Action]] = []
     var lastAcceptErrorLog: UInt64 = 0
     /// Listeners not re-armed until their back-off timer fires.
@@ -466,7 +466,7 @@ final class Worker: @unchecked Sendable {
             if !sessions.isEmpty {
                 logger.warning("drain deadline reached; closing open connections", metadata: ["open": "\(sessions.count)"])
             }
-            for session in Array(sessions.values) { drive(session, .drainDeadline) }
+            for session in sessions.values { drive(session, .drainDeadline) }
             for connection in Array(httpConnections.values) where !connection.isClosed { close(connection, reason: .drainTimeout) }
             for connection in Array(httpConnections.values) { lingerWritable(connection, force: true) }
             for waiting in Array(awaitingHeaders.values) { rejectHeader(waiting, "the drain deadline passed") }

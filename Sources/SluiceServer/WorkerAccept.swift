@@ -66,13 +66,12 @@ extension Worker {
             return
         }
         let session = Session(
-            id: nextSessionID, listener: listener, client: client, clientAddress: address,
+            listener: listener, client: client, clientAddress: address,
             path: safePath(sockmapSafe), promotion: sockmapPairs == nil || !sockmapSafe ? nil : settings.promotion,
             flushTimeoutMilliseconds: settings.sockmapFlushTimeoutMilliseconds, now: monotonicMilliseconds()
         )
         session.receivedHeader = header
-        nextSessionID += 1
-        sessions[session.id] = session
+        sessions.insert(session)
         drive(session, .accepted)
     }
 

@@ -13,14 +13,17 @@ extension Worker {
     /// an action may feed a further event (its outcome) before the next runs.
     /// Once the session is closed the rest is skipped.
     func drive(_ session: Session, _ event: TCPSession.Event) {
-        var actions = actionLists.popLast() ?? []
-        session.machine.handle(event, into: &actions)
-        for action in actions {
-            guard !session.isClosed else { break }
-            execute(action, for: session)
+        // One stack for every nesting level: this call's actions sit above
+        // its callers', and a nested call takes its own off before returning.
+        let start = pendingActions.count
+        session.machine.handle(event, into: &pendingActions)
+        let end = pendingActions.count
+        var next = start
+        while next < end && !session.isClosed {
+            execute(pendingActions[next], for: session)
+            next += 1
         }
-        actions.removeAll(keepingCapacity: true)
-        actionLists.append(actions)
+        while pendingActions.count > start { pendingActions.removeLast() }
     }
 
     private func execute(_ action: TCPSession.Action, for session: Session) {
@@ -63,8 +66,8 @@ extension Worker {
         case .flushAbandoned(_, let missing):
             logger.warning("bytes redirected in the kernel stopped reaching the peer; passing EOF anyway", metadata: ["missing": "\(missing)"])
         case .arm:
-            let interest = session.machine.interest
-            arm(session, client: interest.client.map(EpollEvents.init), backend: interest.backend.map(EpollEvents.init))
+            arm(session, client: session.machine.interest.client.map(EpollEvents.init),
+                backend: session.machine.interest.backend.map(EpollEvents.init))
         case .schedule(let timer, let at):
             schedule(timer, at: at, for: session)
         case .cancel(.connect):
@@ -108,6 +111,9 @@ extension Worker {
 
     func arm(_ session: Session, _ side: Side, _ interest: EpollEvents) throws(SystemCallError) {
         var registration = session[registration: side]
+        // Armed already for the same: readiness only shrinks between events
+        // (a read empties, a write fills), so nothing can have become due.
+        if registration.interest == interest { return }
         if !registration.added {
             try epoll.add(session.fd(side), Registration.events, token: token(session, side))
             registration.added = true

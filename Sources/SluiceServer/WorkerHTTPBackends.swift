@@ -194,16 +194,15 @@ extension Worker {
         // read on that socket, which the SOCKHASH would take whole: no sockmap.
         let sockmapSafe = !c.clientReadFilled && !c.backendReadFilled
         let session = Session(
-            id: nextSessionID, listener: c.listener, pool: counted.pool, client: c.client, clientAddress: c.clientAddress,
+            listener: c.listener, pool: counted.pool, client: c.client, clientAddress: c.clientAddress,
             path: safePath(sockmapSafe), promotion: sockmapPairs == nil || !sockmapSafe ? nil : settings.promotion,
             flushTimeoutMilliseconds: settings.sockmapFlushTimeoutMilliseconds,
             idleTimeoutMilliseconds: c.http.config.tunnelIdleTimeout.milliseconds, now: now)
-        nextSessionID += 1
         session.backend = c.backend
         session.countedBackend = counted.backend
         session.tunnel = (c.http, c.machine.tunnelKind)
         c.http.openTunnels.wrappingIncrement(ordering: .relaxed)
-        sessions[session.id] = session
+        sessions.insert(session)
         drive(session, .tunnelled(backend: index, now: now))
     }
 

@@ -130,7 +130,7 @@ extension Worker {
 
     private func exportAtRest(limit: Int, mailbox: HandoverMailbox) -> ExportedConnections {
         var batch = ExportedConnections()
-        for session in Array(sessions.values) where batch.connections.count < limit {
+        for session in sessions.values where batch.connections.count < limit {
             guard let state = exportable(session), let backend = session.machine.backend,
                   mailbox.allows(pool: session.pool.name, backend: session.pool.addresses[backend].description) else { continue }
             epoll.remove(session.client)
@@ -244,11 +244,10 @@ extension Worker {
             logger.warning("a handed-over connection's backend is not in its pool here; closed", metadata: ["backend": "\(handed.backend ?? "-")"])
             return false
         }
-        let session = Session(id: nextSessionID, listener: listener, pool: pool, client: fds[0], clientAddress: address,
+        let session = Session(listener: listener, pool: pool, client: fds[0], clientAddress: address,
                               path: machine.path, promotion: settings.promotion,
                               flushTimeoutMilliseconds: settings.sockmapFlushTimeoutMilliseconds, idleTimeoutMilliseconds: idle,
                               now: now, startedNanoseconds: handed.startedNanoseconds)
-        nextSessionID += 1
         session.machine = machine
         session.backend = fds[1]
         countBackend(session, backend)
@@ -266,7 +265,7 @@ extension Worker {
             sockmapPairs?.moveOwner(cookie: pair.clientCookie, worker: id)
             sockmapPairs?.moveOwner(cookie: pair.backendCookie, worker: id)
         }
-        sessions[session.id] = session
+        sessions.insert(session)
         drive(session, .adopted)
         return true
     }

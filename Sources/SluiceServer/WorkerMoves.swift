@@ -99,9 +99,7 @@ extension Worker {
     /// token space, both sockets into this epoll, the idle deadline kept.
     func adopt(_ migrating: MigratingSessions) {
         for session in migrating.sessions {
-            session.id = nextSessionID
-            nextSessionID += 1
-            sessions[session.id] = session
+            sessions.insert(session)
             record.add(.active, 1)
             // Taken back after a failed hand-over is not a move.
             if migrating.from != id { counters.movedIn.wrappingIncrement(ordering: .relaxed) }

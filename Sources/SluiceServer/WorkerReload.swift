@@ -180,7 +180,7 @@ extension Worker {
             return addresses.contains(address) && !(pools[pool.name]?.has(address) ?? false)
         }
         var ended = 0
-        for session in Array(sessions.values) where gone(session.listener.index) || gone(session.pool, session.countedBackend) {
+        for session in sessions.values where gone(session.listener.index) || gone(session.pool, session.countedBackend) {
             drive(session, .drainDeadline)
             ended += 1
         }

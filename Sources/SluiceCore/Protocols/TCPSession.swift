@@ -193,6 +193,10 @@ public struct TCPSession: Sendable {
     /// Bytes each flow moved through userspace (kept after the close; the
     /// kernel's share is counted by the worker).
     public private(set) var userspaceBytes: (upstream: UInt64, downstream: UInt64) = (0, 0)
+    /// What each socket waits for now (what `.arm` arms); nil: leave that
+    /// socket disarmed. Stored, not computed, so that the worker reads it
+    /// in place rather than through a copy of the whole session.
+    public private(set) var interest: (client: Readiness?, backend: Readiness?) = (nil, nil)
     public let limits: TCPSessionLimits
 
     public init(path: DataPathKind, limits: TCPSessionLimits, now: UInt64) {
@@ -210,6 +214,7 @@ public struct TCPSession: Sendable {
         case .relaying(let relay): relaying(relay, event, &actions)
         case .kernel(let pair): kernel(pair, event, &actions)
         }
+        interest = Self.interest(in: phase)
     }
 
     // MARK: - Connecting
@@ -518,8 +523,8 @@ public struct TCPSession: Sendable {
         }
     }
 
-    /// What each socket waits for now; nil: leave that socket disarmed.
-    public var interest: (client: Readiness?, backend: Readiness?) {
+    /// What each socket waits for in `phase`; nil: leave that socket disarmed.
+    private static func interest(in phase: Phase) -> (client: Readiness?, backend: Readiness?) {
         switch phase {
         case .relaying(let relay):
             // EPOLLRDHUP with EPOLLIN: a FIN that came with the last bytes is
@@ -567,6 +572,7 @@ extension TCPSession {
         phase = state.inKernel
             ? .kernel(KernelPair(relay: relay, backendToClientInKernel: state.backendToClientInKernel))
             : .relaying(relay)
+        interest = Self.interest(in: phase)
         self.backend = backend
         pathsUsed = DataPathsUsed(rawValue: state.pathsUsed)
         userspaceBytes = (state.userspaceUpstream, state.userspaceDownstream)

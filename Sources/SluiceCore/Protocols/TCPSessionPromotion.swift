@@ -36,6 +36,9 @@ extension TCPSession {
     /// empties the client's socket; from a sender faster than one pump's
     /// fairness budget none may come: the worker lets this flow's pumps run
     /// longer (once, until the promotion is tried).
+    /// (Inlinable: the worker asks on every pump, and a call across the
+    /// module boundary would copy the whole session.)
+    @inlinable
     public func awaitsEmptySource(_ flow: Flow) -> Bool {
         guard let streamBytes = limits.promotion?.streamBytes, !rhythm.attempted, flow == .upstream,
               rhythm.lastFlow == .upstream else { return false }

@@ -107,12 +107,14 @@ public enum Flow: Sendable, Equatable {
 public struct Readiness: OptionSet, Sendable {
     public let rawValue: UInt8
     public init(rawValue: UInt8) { self.rawValue = rawValue }
-    public static let readable = Readiness(rawValue: 1 << 0)
-    public static let writable = Readiness(rawValue: 1 << 1)
+    // Literals, not stored constants: the worker tests these on every event,
+    // and a stored constant is reached through an addressor from another module.
+    @inlinable public static var readable: Readiness { Readiness(rawValue: 1 << 0) }
+    @inlinable public static var writable: Readiness { Readiness(rawValue: 1 << 1) }
     /// The peer sent its FIN (EPOLLRDHUP).
-    public static let readHangup = Readiness(rawValue: 1 << 2)
-    public static let hangup = Readiness(rawValue: 1 << 3)
-    public static let error = Readiness(rawValue: 1 << 4)
+    @inlinable public static var readHangup: Readiness { Readiness(rawValue: 1 << 2) }
+    @inlinable public static var hangup: Readiness { Readiness(rawValue: 1 << 3) }
+    @inlinable public static var error: Readiness { Readiness(rawValue: 1 << 4) }
 }
 
 /// What one pump of one flow did (the worker moves the bytes, see `TCPSession.Action.pump`).

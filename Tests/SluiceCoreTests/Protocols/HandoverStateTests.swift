@@ -15,6 +15,8 @@ struct HandoverStateTests {
         let limits = d.session.limits
         var resumed = try #require(TCPSession(resuming: state, backend: 4, limits: limits))
         #expect(resumed.handover == state && resumed.backend == 4 && resumed.connectedBackend == 4)
+        // What the first `.arm` arms is the resumed state's, before any event.
+        #expect(resumed.interest.client == [.readable, .readHangup] && resumed.interest.backend == [.readable, .readHangup])
         var actions: [TCPSession.Action] = []
         resumed.handle(.adopted, into: &actions)
         #expect(actions.contains(.schedule(.idle, at: 9 + 10_000)), "the idle deadline is kept: \(actions)")
