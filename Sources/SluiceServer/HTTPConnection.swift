@@ -14,8 +14,9 @@ enum HTTPOutput {
 /// the descriptors, the backend connection of the request under way, the
 /// output queues, epoll registrations and timers that the pure `HTTPSession`
 /// (its `machine`) decides about. Owned and touched by one worker thread only.
-final class HTTPConnection {
-    let id: UInt64
+final class HTTPConnection: Slotted {
+    /// Given by the worker's table.
+    var id: UInt64 = 0
     /// Replaced between requests when a reload changes the listener.
     var listener: RuntimeListener
     var http: RuntimeHTTP
@@ -85,8 +86,7 @@ final class HTTPConnection {
     var responseTimer: TimerID?
     var connectTimer: TimerID?
 
-    init(id: UInt64, listener: RuntimeListener, http: RuntimeHTTP, client: Int32, clientAddress: SocketAddress, namesRequests: Bool) {
-        self.id = id
+    init(listener: RuntimeListener, http: RuntimeHTTP, client: Int32, clientAddress: SocketAddress, namesRequests: Bool) {
         self.listener = listener
         self.http = http
         self.client = client

@@ -8,7 +8,8 @@ protocol Slotted: AnyObject {
 /// and a comparison, not a hash (a dictionary's hashing was a tenth of a
 /// relayed message's userspace instructions). A slot freed by a close gets
 /// the next generation, so that an id a timer or a batch of events still
-/// holds finds nothing rather than the slot's next connection.
+/// holds finds nothing rather than the slot's next connection. Generations
+/// start at 1, so that no id is 0 (which `DescriptorOwners` reads as none).
 struct SlotTable<Value: Slotted> {
     /// Ids fit the 55 bits an epoll token leaves them (see `Worker.token`):
     /// 24 for the slot, 31 for its generation.
@@ -32,7 +33,7 @@ struct SlotTable<Value: Slotted> {
             slot = slots.count
             precondition(UInt64(slot) <= Self.slotMask, "more connections than a worker's slots")
             slots.append(nil)
-            generations.append(0)
+            generations.append(1)
         }
         slots[slot] = value
         value.id = generations[slot] << Self.slotBits | UInt64(slot)
@@ -51,7 +52,7 @@ struct SlotTable<Value: Slotted> {
         guard let value = self[id] else { return nil }
         let slot = Int(truncatingIfNeeded: id & Self.slotMask)
         slots[slot] = nil
-        generations[slot] = (generations[slot] + 1) & Self.generationMask
+        generations[slot] = max(1, (generations[slot] + 1) & Self.generationMask)
         freeSlots.append(slot)
         count -= 1
         return value

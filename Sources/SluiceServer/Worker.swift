@@ -149,7 +149,7 @@ final class Worker: @unchecked Sendable {
     let balancerSeed: UInt64
     var sessions = SlotTable<Session>()
     /// `mode: http` client connections (a closed one stays until its last answer is written).
-    var httpConnections: [UInt64: HTTPConnection] = [:]
+    var httpConnections = SlotTable<HTTPConnection>()
     /// Kept-alive backend connections of `mode: http` listeners, per pool.
     var idleBackends = PoolTable<IdleConnections>()
     /// The HTTP connection each backend descriptor serves (none while idle).
@@ -200,7 +200,7 @@ final class Worker: @unchecked Sendable {
     var bufferPool: [UnsafeMutableRawBufferPointer] = []
     /// The actions of the sessions being driven, innermost `drive` on top.
     var pendingActions: [TCPSession.Action] = []
-    var httpActionLists: [[HTTPSession.Action]] = []
+    var pendingHTTPActions: [HTTPSession.Action] = []
     var lastAcceptErrorLog: UInt64 = 0
     /// Listeners not re-armed until their back-off timer fires.
     var pausedListeners: Set<Int> = []
@@ -438,7 +438,7 @@ final class Worker: @unchecked Sendable {
         if marksRecord { record.setBits(.flags, UInt64(SLUICE_WORKER_DRAINING)) }
         closeListeners(keepingDatagramSockets: true)
         drainFlows()
-        for connection in Array(httpConnections.values) where connection.machine.isWaiting {
+        for connection in httpConnections.values where connection.machine.isWaiting {
             close(connection, reason: .clientClosed)
         }
         _ = timers.schedule(at: deadline, .drainDeadline)
@@ -467,8 +467,8 @@ final class Worker: @unchecked Sendable {
                 logger.warning("drain deadline reached; closing open connections", metadata: ["open": "\(sessions.count)"])
             }
             for session in sessions.values { drive(session, .drainDeadline) }
-            for connection in Array(httpConnections.values) where !connection.isClosed { close(connection, reason: .drainTimeout) }
-            for connection in Array(httpConnections.values) { lingerWritable(connection, force: true) }
+            for connection in httpConnections.values where !connection.isClosed { close(connection, reason: .drainTimeout) }
+            for connection in httpConnections.values { lingerWritable(connection, force: true) }
             for waiting in Array(awaitingHeaders.values) { rejectHeader(waiting, "the drain deadline passed") }
             for client in Array(redisClients.values) { closeRedis(client) }
             for flow in Array(udpFlowsByID.values) { closeFlow(flow, reason: "drain_timeout") }

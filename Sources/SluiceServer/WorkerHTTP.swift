@@ -10,11 +10,10 @@ import SluicePosix
 // bytes...), through the socket's output queue.
 extension Worker {
     func acceptHTTP(_ listener: RuntimeListener, _ http: RuntimeHTTP, client: Int32, address: SocketAddress, header: ProxyHeader?) {
-        let connection = HTTPConnection(id: nextSessionID, listener: listener, http: http, client: client, clientAddress: address,
+        let connection = HTTPConnection(listener: listener, http: http, client: client, clientAddress: address,
                                         namesRequests: accessLogger != nil)
         connection.receivedHeader = header
-        nextSessionID += 1
-        httpConnections[connection.id] = connection
+        httpConnections.insert(connection)
         // The listener defers accepting until the request's first bytes are
         // in (TCP_DEFER_ACCEPT), so read them now: registering the socket
         // waits until a read says EAGAIN, and a client whose one request is
@@ -44,22 +43,21 @@ extension Worker {
     /// Runs one step of the connection's session and carries out the actions
     /// it returns, in order; false when the connection closed.
     private func carryOut(_ connection: HTTPConnection, _ step: (inout HTTPSession, inout [HTTPSession.Action]) -> Void) -> Bool {
-        var actions = httpActionLists.popLast() ?? []
-        step(&connection.machine, &actions)
-        defer {
-            actions.removeAll(keepingCapacity: true)
-            httpActionLists.append(actions)
-        }
+        // One stack for every nesting level, as for TCP sessions (`drive`).
+        let start = pendingHTTPActions.count
+        step(&connection.machine, &pendingHTTPActions)
+        let end = pendingHTTPActions.count
+        defer { while pendingHTTPActions.count > start { pendingHTTPActions.removeLast() } }
         // An answer followed by the close: its bytes wait for the close,
         // which writes them and can send the FIN in the same segment.
-        let closes = actions.contains { if case .close = $0 { true } else { false } }
-        for action in actions {
+        let closes = pendingHTTPActions[start..<end].contains { if case .close = $0 { true } else { false } }
+        for next in start..<end {
             guard !connection.isClosed else { return false }
-            if closes, case .send(.client, let bytes) = action {
+            if closes, case .send(.client, let bytes) = pendingHTTPActions[next] {
                 connection.clientOutput.append(.bytes(bytes, written: 0))
                 continue
             }
-            execute(action, for: connection)
+            execute(pendingHTTPActions[next], for: connection)
         }
         return !connection.isClosed
     }

@@ -154,7 +154,7 @@ extension Worker {
                 sockmap: pair, descriptors: 2))
             batch.fds += [session.client, session.backend]
         }
-        for c in Array(httpConnections.values) where batch.connections.count < limit {
+        for c in httpConnections.values where batch.connections.count < limit {
             guard !c.isClosed, c.machine.isWaiting, c.backend < 0, c.clientOutput.isEmpty, c.receivedHeader == nil,
                   c.lingerTimer == nil else { continue }
             for timer in [c.headTimer, c.responseTimer] { if let timer { _ = timers.cancel(timer) } }
@@ -212,10 +212,9 @@ extension Worker {
             } else if let redis = handed.redis, listener.config.mode == .redis {
                 acceptRedis(listener, client: fds[0], address: address, resuming: redis)
             } else if let http = listener.http {
-                let connection = HTTPConnection(id: nextSessionID, listener: listener, http: http, client: fds[0],
+                let connection = HTTPConnection(listener: listener, http: http, client: fds[0],
                                                 clientAddress: address, namesRequests: accessLogger != nil)
-                nextSessionID += 1
-                httpConnections[connection.id] = connection
+                httpConnections.insert(connection)
                 drive(connection, .accepted(now: now))
             } else {
                 taken = false

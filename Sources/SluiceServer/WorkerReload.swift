@@ -184,7 +184,7 @@ extension Worker {
             drive(session, .drainDeadline)
             ended += 1
         }
-        for connection in Array(httpConnections.values) where !connection.isClosed && gone(connection.listener.index) {
+        for connection in httpConnections.values where !connection.isClosed && gone(connection.listener.index) {
             close(connection, reason: .drainTimeout)
             lingerWritable(connection, force: true)
             ended += 1

@@ -13,6 +13,7 @@ struct SlotTableTests {
         let entries = (0..<100).map { _ in Entry() }
         for entry in entries { table.insert(entry) }
         #expect(table.count == 100 && !table.isEmpty)
+        #expect(!entries.contains { $0.id == 0 }, "0 means no connection to DescriptorOwners")
         #expect(Set(entries.map(\.id)).count == 100, "ids are unique")
         for entry in entries { #expect(table[entry.id] === entry) }
         #expect(table.removeValue(forKey: entries[7].id) === entries[7])
@@ -47,6 +48,6 @@ struct SlotTableTests {
             highest = max(highest, entry.id)
             table.removeValue(forKey: entry.id)
         }
-        #expect(highest < 1 << 55 && highest >> SlotTable<Entry>.slotBits == 4_999)
+        #expect(highest < 1 << 55 && highest >> SlotTable<Entry>.slotBits == 5_000)
     }
 }

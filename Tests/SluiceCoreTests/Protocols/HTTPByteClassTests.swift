@@ -50,9 +50,12 @@ struct HTTPByteClassTests {
             for _ in 0..<Int.random(in: 0...2, using: &generator) {
                 bytes[Int.random(in: 0..<8, using: &generator)] = [0, 9, 10, 13, 14, 0x1F, 0x7F, 0x80, 0xFF].randomElement(using: &generator)!
             }
-            let word = bytes.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
+            let word = bytes.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
             #expect(SWAR.hasByte(below: 14, word) == bytes.contains { $0 < 14 }, "\(bytes)")
             #expect(SWAR.hasControlOrDelete(word) == bytes.contains { $0 < 0x20 || $0 == 0x7F }, "\(bytes)")
+            // The first marked byte is the first that matches, however many follow it.
+            #expect(SWAR.firstMarked(SWAR.bytes(below: 14, word)) == (bytes.firstIndex { $0 < 14 } ?? 8), "\(bytes)")
+            #expect(SWAR.firstMarked(SWAR.controlOrDelete(word)) == (bytes.firstIndex { $0 < 0x20 || $0 == 0x7F } ?? 8), "\(bytes)")
         }
     }
 }

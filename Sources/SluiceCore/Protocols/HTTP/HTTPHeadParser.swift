@@ -84,8 +84,10 @@ public struct HTTPHeadParser: Sendable {
             // Bytes above CR need no look: skip them in a tight loop (up to
             // the request line's limit, where every byte gets the full look).
             let plainUntil = request && lines == 0 ? min(count, limits.maxRequestLine) : count
-            while i + 8 <= plainUntil && !SWAR.hasByte(below: HTTPBytes.cr + 1, b.loadUnaligned(fromByteOffset: i, as: UInt64.self)) {
-                i += 8
+            while i + 8 <= plainUntil {
+                let marked = SWAR.bytes(below: HTTPBytes.cr + 1, UInt64(littleEndian: b.loadUnaligned(fromByteOffset: i, as: UInt64.self)))
+                i += SWAR.firstMarked(marked)
+                if marked != 0 { break }
             }
             while i < plainUntil && b[i] > HTTPBytes.cr { i += 1 }
             if i == count { break }
@@ -289,7 +291,11 @@ struct HeadReader {
             let valueStart = i
             // Eight bytes at a time while none is a control or DEL; the CR
             // that ends the value, an HTAB or a bad byte take the byte loop.
-            while i + 8 <= end && !SWAR.hasControlOrDelete(bytes.loadUnaligned(fromByteOffset: i, as: UInt64.self)) { i += 8 }
+            while i + 8 <= end {
+                let marked = SWAR.controlOrDelete(UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: i, as: UInt64.self)))
+                i += SWAR.firstMarked(marked)
+                if marked != 0 { break }
+            }
             while bytes[i] != HTTPBytes.cr {
                 guard HTTPBytes.isFieldByte(bytes[i]) else { return .failure(HTTPError(400, "control character in a field value")) }
                 i += 1
@@ -426,13 +432,31 @@ enum SWAR {
     static let ones: UInt64 = 0x0101_0101_0101_0101
     static let highBits: UInt64 = 0x8080_8080_8080_8080
 
+    /// The high bit of each byte of `word` below `limit` (at most 128) is
+    /// set; bits above the first such byte may be set wrongly (a borrow),
+    /// the lowest set bit is always right.
+    @inline(__always) static func bytes(below limit: UInt8, _ word: UInt64) -> UInt64 {
+        (word &- ones &* UInt64(limit)) & ~word & highBits
+    }
+
     /// Whether a byte of `word` is below `limit` (at most 128).
     @inline(__always) static func hasByte(below limit: UInt8, _ word: UInt64) -> Bool {
-        (word &- ones &* UInt64(limit)) & ~word & highBits != 0
+        bytes(below: limit, word) != 0
+    }
+
+    /// As `bytes(below:)`, for control characters (HTAB included) and DEL.
+    @inline(__always) static func controlOrDelete(_ word: UInt64) -> UInt64 {
+        bytes(below: 0x20, word) | bytes(below: 1, word ^ (ones &* 0x7F))
     }
 
     /// Whether a byte of `word` is a control character (HTAB included) or DEL.
     @inline(__always) static func hasControlOrDelete(_ word: UInt64) -> Bool {
-        hasByte(below: 0x20, word) || hasByte(below: 1, word ^ (ones &* 0x7F))
+        controlOrDelete(word) != 0
+    }
+
+    /// The index, in memory order (little-endian), of the first byte a mask
+    /// from `bytes(below:)` or `controlOrDelete` marks; 8 when none.
+    @inline(__always) static func firstMarked(_ mask: UInt64) -> Int {
+        mask.trailingZeroBitCount >> 3
     }
 }

@@ -62,9 +62,8 @@ public struct HTTPSession: Sendable {
     private var clientBytes: [UInt8] = []
     private var backendBytes: [UInt8] = []
     private var exchange: Exchange?
-    private var clientEOF = false
     /// The client's FIN has been read: nothing more can come from it.
-    public var clientFinished: Bool { clientEOF }
+    public private(set) var clientFinished = false
     /// The client asked for the close (`Connection: close`, or HTTP/1.0
     /// without keep-alive) and its last request, one without a body, was
     /// read whole with no byte after it: a client that says close sends
@@ -94,11 +93,14 @@ public struct HTTPSession: Sendable {
     }
 
     /// Between requests, with nothing of the next one received: a draining worker may close it.
-    public var isWaiting: Bool { phase == .idle && clientBytes.isEmpty }
+    /// Stored, set after every step: the worker asks after every step, and
+    /// a computed property read from another module copies the whole session.
+    public private(set) var isWaiting = true
 
     /// The `.received` event for bytes the caller holds in its own buffer:
     /// they are copied once, into the session's, with no array in between.
     public mutating func receive(_ side: Side, _ bytes: UnsafeRawBufferPointer, now: UInt64, into actions: inout [Action]) {
+        defer { isWaiting = phase == .idle && clientBytes.isEmpty }
         if case .closing = phase { return }
         if phase == .tunnel { return }
         if side == .client {
@@ -112,6 +114,7 @@ public struct HTTPSession: Sendable {
 
     /// Appends what to do about `event` to `actions`.
     public mutating func handle(_ event: Event, into actions: inout [Action]) {
+        defer { isWaiting = phase == .idle && clientBytes.isEmpty }
         if case .closing = phase { return }
         if phase == .tunnel { return } // the relay has it now
         switch event {
@@ -121,7 +124,7 @@ public struct HTTPSession: Sendable {
         case .received(let side, let bytes, let now):
             bytes.withUnsafeBytes { receive(side, $0, now: now, into: &actions) }
         case .endOfFile(.client, _):
-            clientEOF = true
+            clientFinished = true
             clientEnded(&actions)
         case .endOfFile(.backend, let now):
             backendEnded(now, &actions)
@@ -160,7 +163,7 @@ public struct HTTPSession: Sendable {
         let parsed = clientBytes.withUnsafeBytes { parser.parseRequest($0) }
         switch parsed {
         case .incomplete:
-            if clientEOF { close(.clientClosed, &actions) } else { actions.append(.read(.client)) }
+            if clientFinished { close(.clientClosed, &actions) } else { actions.append(.read(.client)) }
         case .invalid(let error):
             respondAndClose(error.status, &actions)
         case .complete(let head):
@@ -347,7 +350,7 @@ public struct HTTPSession: Sendable {
         if case .done = e.request {} else { requestDone = false }
         // The client's stream can go on only if its request was read to the end
         // and this response's end is marked.
-        e.closeClient = !e.clientKeepAlive || head.framing == .untilClose || !requestDone || clientEOF
+        e.closeClient = !e.clientKeepAlive || head.framing == .untilClose || !requestDone || clientFinished
         if head.framing != .tunnel && e.websocketAccept != nil && !clientBytes.isEmpty {
             // Declined, but the client already sent frames: nothing after them can be read as HTTP.
             e.closeClient = true
@@ -436,7 +439,7 @@ public struct HTTPSession: Sendable {
         // A small buffer is kept for the next response; a big one is not held while idle.
         backendBytes.removeAll(keepingCapacity: backendBytes.capacity <= 4096)
         exchange = nil
-        if e.closeClient || clientEOF {
+        if e.closeClient || clientFinished {
             // Without a body: a body's last bytes may have been moved by the
             // worker, and what a client sent after them was never looked at.
             clientSaidLast = !e.clientKeepAlive && requestDone && clientBytes.isEmpty && e.requestFraming == .none
