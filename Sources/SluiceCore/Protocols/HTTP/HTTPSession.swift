@@ -197,12 +197,13 @@ public struct HTTPSession: Sendable {
         clientBytes.removeFirst(head.length)
         parser.reset()
         parser.recycle(head.fields)
-        var e = Exchange(method: head.method, record: record, clientKeepAlive: head.keepAlive, pool: pool ?? -1,
-                         requestFraming: head.framing, startedAt: now)
-        e.head = rewritten
-        e.record.route = pool
-        e.websocketAccept = accept
-        exchange = e
+        // Made in place: a local put into `exchange` is copied there (a
+        // retain of every buffer it holds), then destroyed.
+        exchange = Exchange(method: head.method, record: record, clientKeepAlive: head.keepAlive, pool: pool ?? -1,
+                            requestFraming: head.framing, startedAt: now)
+        exchange!.head = rewritten
+        exchange!.record.route = pool
+        exchange!.websocketAccept = accept
         if let refusal {
             respond(refusal.status, close: true, extraFields: refusal.extra, now, &actions)
             return
@@ -213,33 +214,35 @@ public struct HTTPSession: Sendable {
             return
         }
         phase = .connecting
-        actions.append(.acquire(pool: e.pool, excluding: []))
+        actions.append(.acquire(pool: pool ?? -1, excluding: []))
     }
 
     private mutating func acquired(_ backend: Int, reused: Bool, _ now: UInt64, _ actions: inout [Action]) {
-        guard phase == .connecting, var e = exchange.take() else { return } // moved out, put back below
-        e.record.backend = backend
-        e.reused = reused
+        // Changed in place, as in `start`.
+        guard phase == .connecting, exchange != nil else { return }
+        exchange!.record.backend = backend
+        exchange!.reused = reused
         phase = .exchanging
-        var out = e.head
-        switch e.requestFraming {
+        var out = exchange!.head
+        let request: Body
+        switch exchange!.requestFraming {
         case .length(let n):
             let prefix = Int(min(n, UInt64(clientBytes.count)))
             out += clientBytes[0..<prefix]
             clientBytes.removeFirst(prefix)
-            e.record.bytesFromClient += UInt64(prefix)
-            e.request = n > UInt64(prefix) ? .length(n - UInt64(prefix)) : .done
+            exchange!.record.bytesFromClient += UInt64(prefix)
+            request = n > UInt64(prefix) ? .length(n - UInt64(prefix)) : .done
         case .chunked:
-            e.request = .chunked(HTTPChunkedDecoder())
+            request = .chunked(HTTPChunkedDecoder())
         default:
-            e.request = .done
+            request = .done
         }
-        exchange = e
+        exchange!.request = request
         actions.append(.send(.backend, out))
-        if case .length(let left) = e.request { actions.append(.move(.upstream, count: left)) }
+        if case .length(let left) = request { actions.append(.move(.upstream, count: left)) }
         actions.append(.schedule(.response, at: now + limits.responseTimeoutMilliseconds))
         actions.append(.read(.backend))
-        if case .chunked = e.request { fromClient(now, &actions) } // what came with the head
+        if case .chunked = request { fromClient(now, &actions) } // what came with the head
     }
 
     /// Client bytes during an exchange: chunk framing of the request body, or
@@ -265,18 +268,17 @@ public struct HTTPSession: Sendable {
     // MARK: - Responses
 
     private mutating func fromBackend(_ now: UInt64, _ actions: inout [Action]) {
-        // Moved out, and put back before anything that reads it: a copy
-        // would retain (and then release) every buffer it holds.
-        guard phase == .exchanging, var e = exchange.take() else { return }
-        if !e.responseHeadSeen {
-            let parsed = backendBytes.withUnsafeBytes { parser.parseResponse($0, requestMethod: e.method) }
+        // The exchange is changed in place (`exchange!`): taken out and put
+        // back, it was copied (a retain of every buffer it holds) and destroyed.
+        guard phase == .exchanging, exchange != nil else { return }
+        if !exchange!.responseHeadSeen {
+            let method = exchange!.method
+            let parsed = backendBytes.withUnsafeBytes { parser.parseResponse($0, requestMethod: method) }
             switch parsed {
             case .incomplete:
-                exchange = e
                 actions.append(.read(.backend))
                 return
             case .invalid(let error):
-                exchange = e
                 fail(error.status, &actions)
                 return
             case .complete(let head):
@@ -287,44 +289,40 @@ public struct HTTPSession: Sendable {
                     var out: [UInt8] = []
                     backendBytes.withUnsafeBytes { HTTPHeadRewriter.response(head, in: $0, close: false, into: &out) }
                     backendBytes.removeFirst(head.length)
-                    e.record.bytesToClient += UInt64(out.count)
-                    exchange = e
+                    exchange!.record.bytesToClient += UInt64(out.count)
                     actions.append(.send(.client, out))
                     fromBackend(now, &actions)
                     return
                 }
-                guard head.framing != .tunnel || tunnelAllowed(head, e) else {
-                    exchange = e
+                guard head.framing != .tunnel || tunnelAllowed(head) else {
                     fail(502, &actions)
                     return
                 }
-                responseHead(head, &e, now, &actions)
+                responseHead(head, now, &actions)
                 if phase == .tunnel { return } // the exchange ended there
             }
         }
-        if case .chunked(var decoder) = e.response {
-            let outcome = Self.passChunks(&backendBytes, through: &decoder, to: .client, counting: &e.record.bytesToClient, &actions)
+        if case .chunked(var decoder) = exchange!.response {
+            let outcome = Self.passChunks(&backendBytes, through: &decoder, to: .client, counting: &exchange!.record.bytesToClient, &actions)
             switch outcome {
             case .invalid:
-                exchange = e
                 actions.append(.release(reusable: false))
                 close(.backendReset, &actions) // the response is half out: nothing better to tell the client
                 return
-            case .done: e.response = .done
+            case .done: exchange!.response = .done
             case .more:
-                e.response = .chunked(decoder)
+                exchange!.response = .chunked(decoder)
                 actions.append(.read(.backend))
             }
         }
-        exchange = e
         finishIfDone(now, &actions)
     }
 
     /// A tunnel only where one was asked for: a WebSocket handshake the
     /// backend completed (its 101 carries the right accept value), or a
     /// CONNECT it accepted. Any other 101 is the backend's error.
-    private func tunnelAllowed(_ head: HTTPResponseHead, _ e: Exchange) -> Bool {
-        guard let expected = e.websocketAccept else { return e.method == .connect && head.status != 101 }
+    private func tunnelAllowed(_ head: HTTPResponseHead) -> Bool {
+        guard let expected = exchange!.websocketAccept else { return exchange!.method == .connect && head.status != 101 }
         return backendBytes.withUnsafeBytes { UpgradeRequest.accepts(head, in: $0, expected: expected) }
     }
 
@@ -340,57 +338,58 @@ public struct HTTPSession: Sendable {
         return outcome
     }
 
-    private mutating func responseHead(_ head: HTTPResponseHead, _ e: inout Exchange, _ now: UInt64, _ actions: inout [Action]) {
+    private mutating func responseHead(_ head: HTTPResponseHead, _ now: UInt64, _ actions: inout [Action]) {
         actions.append(.cancel(.response))
-        e.responseHeadSeen = true
-        e.record.status = head.status
-        e.record.upstreamMilliseconds = now &- (e.headSentAt == 0 ? now : e.headSentAt)
-        e.backendKeepAlive = head.keepAlive
+        exchange!.responseHeadSeen = true
+        exchange!.record.status = head.status
+        exchange!.record.upstreamMilliseconds = now &- (exchange!.headSentAt == 0 ? now : exchange!.headSentAt)
+        exchange!.backendKeepAlive = head.keepAlive
         var requestDone = true
-        if case .done = e.request {} else { requestDone = false }
+        if case .done = exchange!.request {} else { requestDone = false }
         // The client's stream can go on only if its request was read to the end
         // and this response's end is marked.
-        e.closeClient = !e.clientKeepAlive || head.framing == .untilClose || !requestDone || clientFinished
-        if head.framing != .tunnel && e.websocketAccept != nil && !clientBytes.isEmpty {
+        exchange!.closeClient = !exchange!.clientKeepAlive || head.framing == .untilClose || !requestDone || clientFinished
+        if head.framing != .tunnel && exchange!.websocketAccept != nil && !clientBytes.isEmpty {
             // Declined, but the client already sent frames: nothing after them can be read as HTTP.
-            e.closeClient = true
+            exchange!.closeClient = true
         }
         var out: [UInt8] = []
         // Room for the head and what came with it of the body: one allocation.
         out.reserveCapacity(backendBytes.count + 32)
-        backendBytes.withUnsafeBytes { HTTPHeadRewriter.response(head, in: $0, close: e.closeClient, into: &out) }
+        let closeClient = exchange!.closeClient
+        backendBytes.withUnsafeBytes { HTTPHeadRewriter.response(head, in: $0, close: closeClient, into: &out) }
         backendBytes.removeFirst(head.length)
         switch head.framing {
         case .none:
-            e.response = .done
+            exchange!.response = .done
         case .length(let n):
             let prefix = Int(min(n, UInt64(backendBytes.count)))
             out += backendBytes[0..<prefix]
             backendBytes.removeFirst(prefix)
-            e.response = n > UInt64(prefix) ? .length(n - UInt64(prefix)) : .done
+            exchange!.response = n > UInt64(prefix) ? .length(n - UInt64(prefix)) : .done
         case .chunked:
-            e.response = .chunked(HTTPChunkedDecoder())
+            exchange!.response = .chunked(HTTPChunkedDecoder())
         case .untilClose:
             out += backendBytes
             backendBytes.removeAll()
-            e.response = .untilClose
+            exchange!.response = .untilClose
         case .tunnel:
             out += backendBytes
             backendBytes.removeAll()
-            e.record.bytesToClient += UInt64(out.count)
+            exchange!.record.bytesToClient += UInt64(out.count)
             actions.append(.send(.client, out))
             if !clientBytes.isEmpty { actions.append(.send(.backend, clientBytes)) }
             clientBytes.removeAll()
-            actions.append(.log(e.record))
+            actions.append(.log(exchange!.record))
             phase = .tunnel
-            tunnelKind = e.websocketAccept == nil ? "connect" : "websocket"
+            tunnelKind = exchange!.websocketAccept == nil ? "connect" : "websocket"
             exchange = nil
             actions.append(.tunnel)
             return
         }
-        e.record.bytesToClient += UInt64(out.count)
+        exchange!.record.bytesToClient += UInt64(out.count)
         actions.append(.send(.client, out))
-        switch e.response {
+        switch exchange!.response {
         case .length(let left): actions.append(.move(.downstream, count: left))
         case .untilClose: actions.append(.move(.downstream, count: nil))
         default: break
