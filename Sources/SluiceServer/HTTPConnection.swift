@@ -80,11 +80,16 @@ final class HTTPConnection: Slotted {
     var clientFired = false
     var backendFired = false
 
-    var headTimer: TimerID?
+    var headTimer = MovingTimer()
     /// Closing: the grace period for the last answer to go out.
     var lingerTimer: TimerID?
-    var responseTimer: TimerID?
+    var responseTimer = MovingTimer()
     var connectTimer: TimerID?
+
+    subscript(timer kind: HTTPTimer) -> MovingTimer {
+        get { kind == .head ? headTimer : responseTimer }
+        set { if kind == .head { headTimer = newValue } else { responseTimer = newValue } }
+    }
 
     init(listener: RuntimeListener, http: RuntimeHTTP, client: Int32, clientAddress: SocketAddress, namesRequests: Bool) {
         self.listener = listener
@@ -151,6 +156,20 @@ final class HTTPConnection: Slotted {
 
 /// Which HTTP connection each backend descriptor serves now, by descriptor
 /// (an array: descriptors are small and dense); none while it is idle.
+/// A deadline the session sets and clears on every request (the head's,
+/// the response's), kept off the timer wheel: clearing it leaves the
+/// wheel's timer in place, and a later deadline does not move it. The
+/// timer, when it fires, finds the deadline cleared (nothing to do) or
+/// later (it is scheduled again for it). A request that starts and ends
+/// within the deadline costs no work on the wheel.
+struct MovingTimer {
+    /// What the session asked for; nil: nothing is due.
+    var deadline: UInt64?
+    /// The wheel's timer, and when it fires.
+    var id: TimerID?
+    var firesAt: UInt64 = 0
+}
+
 struct DescriptorOwners {
     private var owners: [UInt64] = [] // 0 for none: connection ids start at 1
 

@@ -474,8 +474,17 @@ final class Worker: @unchecked Sendable {
             for flow in Array(udpFlowsByID.values) { closeFlow(flow, reason: "drain_timeout") }
         case .http(let id, let timer):
             guard let connection = httpConnections[id], !connection.isClosed else { return }
-            if timer == .head { connection.headTimer = nil } else { connection.responseTimer = nil }
-            drive(connection, .timerFired(timer, now: monotonicMilliseconds()))
+            var moving = connection[timer: timer]
+            moving.id = nil
+            let now = monotonicMilliseconds()
+            if let deadline = moving.deadline, deadline > now {
+                moving.id = timers.schedule(at: deadline, .http(connection: id, timer))
+                moving.firesAt = deadline
+            }
+            connection[timer: timer] = moving
+            guard let deadline = moving.deadline, deadline <= now else { return }
+            connection[timer: timer].deadline = nil
+            drive(connection, .timerFired(timer, now: now))
         case .proxyHeader(let id):
             headerTimedOut(id)
         case .redisConnect(let index):

@@ -93,12 +93,18 @@ extension Worker {
             let pool = c.http.pools[c.backendPoolIndex]
             pool.connectFailures[index].wrappingIncrement(ordering: .relaxed)
             noteBackendFailure(pool, index)
-        case .schedule(let timer, let at):
-            cancel(timer, c)
-            let id = timers.schedule(at: at, .http(connection: c.id, timer))
-            if timer == .head { c.headTimer = id } else { c.responseTimer = id }
-        case .cancel(let timer):
-            cancel(timer, c)
+        case .schedule(let kind, let at):
+            var timer = c[timer: kind]
+            timer.deadline = at
+            // A timer already in the wheel that fires first finds the new deadline then.
+            if timer.id == nil || at < timer.firesAt {
+                if let id = timer.id { _ = timers.cancel(id) }
+                timer.id = timers.schedule(at: at, .http(connection: c.id, kind))
+                timer.firesAt = at
+            }
+            c[timer: kind] = timer
+        case .cancel(let kind):
+            c[timer: kind].deadline = nil
         case .log(let record):
             logExchange(c, record)
         case .tunnel:
@@ -109,11 +115,6 @@ extension Worker {
         case .close(let reason):
             close(c, reason: reason)
         }
-    }
-
-    private func cancel(_ timer: HTTPTimer, _ c: HTTPConnection) {
-        if timer == .head, let id = c.headTimer { _ = timers.cancel(id); c.headTimer = nil }
-        if timer == .response, let id = c.responseTimer { _ = timers.cancel(id); c.responseTimer = nil }
     }
 
     // MARK: - Readiness

@@ -176,9 +176,9 @@ extension Worker {
             close(c, reason: .internalError)
             return
         }
-        for timer in [c.headTimer, c.responseTimer, c.connectTimer] { if let timer { _ = timers.cancel(timer) } }
-        c.headTimer = nil
-        c.responseTimer = nil
+        for timer in [c.headTimer.id, c.responseTimer.id, c.connectTimer] { if let timer { _ = timers.cancel(timer) } }
+        c.headTimer = MovingTimer()
+        c.responseTimer = MovingTimer()
         c.connectTimer = nil
         // Out of this epoll under the HTTP tokens; the relay adds them under its own.
         if c.clientAdded { epoll.remove(c.client) }
@@ -211,9 +211,9 @@ extension Worker {
     func close(_ c: HTTPConnection, reason: CloseReason) {
         guard !c.isClosed else { return }
         c.isClosed = true
-        for timer in [c.headTimer, c.responseTimer] { if let timer { _ = timers.cancel(timer) } }
-        c.headTimer = nil
-        c.responseTimer = nil
+        for timer in [c.headTimer.id, c.responseTimer.id] { if let timer { _ = timers.cancel(timer) } }
+        c.headTimer = MovingTimer()
+        c.responseTimer = MovingTimer()
         releaseBackend(c, reusable: false)
         if !c.clientOutput.isEmpty && reason != .clientReset && finishWriting(c) == false {
             c.lingerTimer = timers.schedule(at: monotonicMilliseconds() + 5000, .httpLinger(connection: c.id))

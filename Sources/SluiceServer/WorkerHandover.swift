@@ -157,7 +157,7 @@ extension Worker {
         for c in httpConnections.values where batch.connections.count < limit {
             guard !c.isClosed, c.machine.isWaiting, c.backend < 0, c.clientOutput.isEmpty, c.receivedHeader == nil,
                   c.lingerTimer == nil else { continue }
-            for timer in [c.headTimer, c.responseTimer] { if let timer { _ = timers.cancel(timer) } }
+            for timer in [c.headTimer.id, c.responseTimer.id] { if let timer { _ = timers.cancel(timer) } }
             epoll.remove(c.client)
             httpConnections.removeValue(forKey: c.id)
             releaseActive()

@@ -194,6 +194,25 @@ struct HTTPEndToEndTests {
         #expect(try sluice.stop() == 0, "\(sluice.log)")
     }
 
+    @Test("head_timeout counts from each answer: an idle keep-alive client is closed that long after its last answer, not its first")
+    func headTimeoutMovesWithEachRequest() throws {
+        let (one, oneAddress) = try startHTTPBackend("one")
+        defer { _ = one }
+        let port = freePort()
+        let sluice = try SluiceProcess.run(config: httpConfig(port: port, one: oneAddress, two: oneAddress, extraHTTP: ", head_timeout: 600ms"))
+        let fd = try connectTCP("127.0.0.1", port)
+        defer { close(fd) }
+        #expect(httpExchange(fd, "/name") == "one")
+        // Past the first deadline's timer, well before the second deadline.
+        usleep(400_000)
+        #expect(httpExchange(fd, "/name") == "one", "served: the deadline moved with the first answer")
+        let answered = monotonicMilliseconds()
+        let (rest, _) = readToEnd(fd)
+        let waited = monotonicMilliseconds() - answered
+        #expect(rest.isEmpty && waited >= 550 && waited < 3000, "closed \(waited) ms after the last answer")
+        #expect(try sluice.stop() == 0, "\(sluice.log)")
+    }
+
     @Test("a new backend connection's handshake ACK leaves with the first request; the answer to Connection: close leaves with the FIN")
     func answerWithFin() throws {
         let firstSegments = Locked<(all: UInt32, withData: UInt32)?>(nil)
