@@ -279,10 +279,13 @@ struct HeadReader {
         var facts = Facts(fields: fieldStorage)
         fieldStorage = []
         facts.fields.reserveCapacity(16) // one allocation for a usual head, not one per doubling
+        // A local index: the stored one would be written back on every byte.
+        var i = self.i
+        defer { self.i = i }
         while i < end - 2 {
             let nameStart = i
             if bytes[i] == HTTPBytes.sp || bytes[i] == HTTPBytes.htab { return .failure(HTTPError(400, "obs-fold or whitespace before a field")) }
-            while HTTPBytes.isToken(bytes[i]) { i += 1 }
+            while HTTPBytes.isToken(bytes[i]) { i &+= 1 }
             if bytes[i] == HTTPBytes.sp || bytes[i] == HTTPBytes.htab { return .failure(HTTPError(400, "whitespace before the colon")) }
             guard i > nameStart, bytes[i] == HTTPBytes.colon else { return .failure(HTTPError(400, "malformed field name")) }
             let name = nameStart..<i
